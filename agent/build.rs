@@ -1,0 +1,63 @@
+//! Builds the eBPF object (`ebpf/`) with aya-build and leaves it in `OUT_DIR/podstat`,
+//! where `src/probe/mod.rs` embeds it.
+//!
+//! Building eBPF needs the nightly toolchain with `rust-src` and `bpf-linker`; `cargo xtask`
+//! installs both. A plain `cargo build`/`cargo test` on a machine without them still works:
+//! it embeds an empty object and warns, and the agent then reports every probe as
+//! "not built into this binary". `cargo xtask` sets `PODSTAT_REQUIRE_EBPF=1`, which turns
+//! that fallback into a hard error so a release can never ship without its probes.
+use std::{env, fs, path::PathBuf};
+
+use anyhow::{Context as _, anyhow};
+
+fn main() -> anyhow::Result<()> {
+    println!("cargo:rerun-if-env-changed=PODSTAT_REQUIRE_EBPF");
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR not set")?);
+    let required = env::var_os("PODSTAT_REQUIRE_EBPF").is_some_and(|v| v == "1");
+    let object = out_dir.join("podstat");
+
+    let missing = missing_prerequisites();
+    if let Some(what) = missing {
+        if required {
+            return Err(anyhow!("cannot build the eBPF object: {what}; run `cargo xtask setup`"));
+        }
+        println!("cargo:warning=building podstat WITHOUT eBPF probes: {what} (run `cargo xtask setup`)");
+        fs::write(&object, []).with_context(|| format!("writing {}", object.display()))?;
+        return Ok(());
+    }
+
+    let ebpf = aya_build::Package {
+        name: "podstat-ebpf",
+        root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../ebpf"),
+        ..Default::default()
+    };
+    // Rebuild when the shared types change too.
+    println!("cargo:rerun-if-changed={}", concat!(env!("CARGO_MANIFEST_DIR"), "/../common/src"));
+    aya_build::build_ebpf([ebpf], aya_build::Toolchain::default()).context("building the eBPF object")?;
+    if !object.exists() {
+        return Err(anyhow!("aya-build finished but {} is missing", object.display()));
+    }
+    Ok(())
+}
+
+/// What is missing for an eBPF build, if anything.
+fn missing_prerequisites() -> Option<String> {
+    if which::which("bpf-linker").is_err() {
+        return Some("bpf-linker is not on PATH".into());
+    }
+    let sysroot = std::process::Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--print", "sysroot"])
+        .output();
+    match sysroot {
+        Ok(out) if out.status.success() => {
+            let root = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            let src = PathBuf::from(root).join("lib/rustlib/src/rust/library/core");
+            if src.exists() {
+                None
+            } else {
+                Some("the nightly toolchain has no rust-src component".into())
+            }
+        }
+        _ => Some("no nightly toolchain (rustup run nightly rustc failed)".into()),
+    }
+}

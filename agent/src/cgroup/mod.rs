@@ -1,0 +1,1 @@
+//! cgroup discovery and parsing (in progress).
