@@ -19,9 +19,13 @@ fn main() -> anyhow::Result<()> {
     let missing = missing_prerequisites();
     if let Some(what) = missing {
         if required {
-            return Err(anyhow!("cannot build the eBPF object: {what}; run `cargo xtask setup`"));
+            return Err(anyhow!(
+                "cannot build the eBPF object: {what}; run `cargo xtask setup`"
+            ));
         }
-        println!("cargo:warning=building podstat WITHOUT eBPF probes: {what} (run `cargo xtask setup`)");
+        println!(
+            "cargo:warning=building podstat WITHOUT eBPF probes: {what} (run `cargo xtask setup`)"
+        );
         fs::write(&object, []).with_context(|| format!("writing {}", object.display()))?;
         return Ok(());
     }
@@ -32,10 +36,17 @@ fn main() -> anyhow::Result<()> {
         ..Default::default()
     };
     // Rebuild when the shared types change too.
-    println!("cargo:rerun-if-changed={}", concat!(env!("CARGO_MANIFEST_DIR"), "/../common/src"));
-    aya_build::build_ebpf([ebpf], aya_build::Toolchain::default()).context("building the eBPF object")?;
+    println!(
+        "cargo:rerun-if-changed={}",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../common/src")
+    );
+    aya_build::build_ebpf([ebpf], aya_build::Toolchain::default())
+        .context("building the eBPF object")?;
     if !object.exists() {
-        return Err(anyhow!("aya-build finished but {} is missing", object.display()));
+        return Err(anyhow!(
+            "aya-build finished but {} is missing",
+            object.display()
+        ));
     }
     Ok(())
 }

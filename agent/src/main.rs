@@ -1,1 +1,84 @@
-fn main() {}
+//! `podstat`: the agent daemon and the node-side tools.
+
+use std::{process::ExitCode, sync::Arc};
+
+use anyhow::Context as _;
+use podstat::{
+    check,
+    cli::{self, AgentArgs, Cmd, LogArgs, LogFormat},
+    probe::{self, Probes},
+    server,
+};
+use tokio::signal::unix::{SignalKind, signal};
+
+fn main() -> ExitCode {
+    let parsed = match cli::parse_from(std::env::args_os()) {
+        Ok(p) => p,
+        Err(e) => e.exit(),
+    };
+    if let Err(e) = init_logging(&parsed.cli.log) {
+        eprintln!("podstat: {e:#}");
+        return ExitCode::from(2);
+    }
+    let result = match parsed.cli.command {
+        Cmd::Agent(args) => run_agent(&args, &parsed.enabled).map(|()| ExitCode::SUCCESS),
+        Cmd::Check(args) => check::run(&args, &parsed.enabled),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("podstat: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(log: &LogArgs) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&log.level)
+        .with_context(|| format!("invalid --log.level {:?}", log.level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+    Ok(())
+}
+
+fn run_agent(args: &AgentArgs, enabled: &[&'static str]) -> anyhow::Result<()> {
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), collectors = ?enabled, "starting podstat agent");
+    let probes = Arc::new(Probes::load(probe::Wanted {
+        sched: enabled.contains(&"sched"),
+    }));
+    let (registry, _gatherer) =
+        podstat::build_registry(enabled, &args.paths, &args.cgroup, &probes);
+    let registry = Arc::new(registry);
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(2)
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("binding --web.listen-address {}", args.listen))?;
+        tracing::info!(address = %listener.local_addr().unwrap_or(args.listen), "serving /metrics");
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+                _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
+            }
+        };
+        server::serve(listener, registry, shutdown)
+            .await
+            .context("serving HTTP")
+    })?;
+    drop(probes);
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -5,7 +5,9 @@
 //! Today it counts context switches per CPU, which proves the path from source to an
 //! attached program; the run-queue latency and preemption attribution grow from here.
 
-use aya_ebpf::{macros::btf_tracepoint, macros::map, maps::PerCpuArray, programs::BtfTracePointContext};
+use aya_ebpf::{
+    macros::btf_tracepoint, macros::map, maps::PerCpuArray, programs::BtfTracePointContext,
+};
 
 /// Context switches seen on this CPU. One slot; userspace sums nothing, it reports per CPU.
 #[map]

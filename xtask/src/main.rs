@@ -1,1 +1,220 @@
-fn main() {}
+//! `cargo xtask`: toolchain setup, eBPF build, the test tiers and benchmarks.
+//!
+//! Every command installs what it needs that is missing, and is quick when it is there.
+
+mod bench;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "podstat's build, test and benchmark tasks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing: nightly rust-src, bpf-linker (built against the nightly's own
+    /// LLVM), and with --test-deps the Debian packages the tests use.
+    Setup {
+        /// Also install the Debian packages the test suite needs (prometheus/promtool, stress-ng, ...).
+        #[arg(long)]
+        test_deps: bool,
+    },
+    /// Build the eBPF object and the agent (release) with the object embedded.
+    Build,
+    /// Build, then run `podstat agent` on this host's real cgroups (needs root); Ctrl-C stops it.
+    /// Arguments after `--` go to `podstat agent`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the whole test suite: unit and golden tests, promtool, then the privileged
+    /// integration tests against the real kernel (needs root).
+    Test {
+        /// Only the unprivileged tiers (unit, golden, promtool).
+        #[arg(long)]
+        unprivileged: bool,
+        /// Filter passed to the integration test harness.
+        #[arg(long)]
+        filter: Option<String>,
+    },
+    /// Benchmarks: scrape cost against a plain-loop floor, and per-event probe cost against
+    /// libbpf-tools runqlat, all in one run. Needs root. Prints a Markdown report.
+    Bench {
+        /// Pods in the scrape benchmark (3 containers each).
+        #[arg(long, default_value_t = 300)]
+        pods: usize,
+        /// Scrapes to time.
+        #[arg(long, default_value_t = 200)]
+        scrapes: usize,
+        /// Seconds per context-switch storm.
+        #[arg(long, default_value_t = 10)]
+        storm_secs: u64,
+    },
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Prints a step header with the time since start; long tasks show their progress this way.
+pub fn step(start: Instant, what: &str) {
+    eprintln!("\n==> [{:>5.0}s] {what}", start.elapsed().as_secs_f64());
+}
+
+/// Runs a command, failing with its command line if it does not exit 0.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// `cargo` with the eBPF object required (build.rs fails instead of embedding nothing).
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root()).env("PODSTAT_REQUIRE_EBPF", "1");
+    cmd
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc_geteuid() == 0 }
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let start = Instant::now();
+    match cli.cmd {
+        Task::Setup { test_deps } => {
+            setup::toolchain(start)?;
+            if test_deps {
+                setup::debian_packages(start, setup::TEST_PACKAGES)?;
+            }
+        }
+        Task::Build => {
+            setup::toolchain(start)?;
+            step(start, "building podstat (release) with the eBPF object");
+            run(cargo().args(["build", "--release", "-p", "podstat"]))?;
+            eprintln!("built {}", root().join("target/release/podstat").display());
+        }
+        Task::Run { args } => {
+            setup::toolchain(start)?;
+            step(start, "building podstat (release) with the eBPF object");
+            run(cargo().args(["build", "--release", "-p", "podstat"]))?;
+            if !is_root() {
+                eprintln!(
+                    "warning: not root: cgroup files are readable, but the eBPF probes will not load"
+                );
+            }
+            step(start, "running podstat agent (Ctrl-C to stop)");
+            let bin = root().join("target/release/podstat");
+            run(Command::new(&bin).arg("agent").args(&args))?;
+        }
+        Task::Test {
+            unprivileged,
+            filter,
+        } => test(start, unprivileged, filter.as_deref())?,
+        Task::Bench {
+            pods,
+            scrapes,
+            storm_secs,
+        } => {
+            setup::toolchain(start)?;
+            setup::debian_packages(start, setup::BENCH_PACKAGES)?;
+            step(start, "building podstat (release)");
+            run(cargo().args(["build", "--release", "-p", "podstat"]))?;
+            bench::all(
+                start,
+                &bench::Config {
+                    pods,
+                    scrapes,
+                    storm_secs,
+                },
+            )?;
+        }
+    }
+    eprintln!("\n==> done in {:.0}s", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn test(start: Instant, unprivileged: bool, filter: Option<&str>) -> anyhow::Result<()> {
+    setup::toolchain(start)?;
+    setup::debian_packages(start, setup::TEST_PACKAGES)?;
+
+    step(start, "unit and golden tests (cargo test)");
+    run(cargo().args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "podstat-tests",
+        "--exclude",
+        "podstat-ebpf",
+    ]))?;
+
+    step(start, "promtool check metrics on the golden exposition");
+    let golden = root().join("agent/tests/fixtures/golden.prom");
+    let body = std::fs::read(&golden).with_context(|| format!("reading {}", golden.display()))?;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .context("spawning promtool (Debian package prometheus)")?;
+    std::io::Write::write_all(child.stdin.as_mut().context("promtool stdin")?, &body)?;
+    drop(child.stdin.take());
+    let status = child.wait()?;
+    if !status.success() {
+        bail!(
+            "promtool check metrics found problems in {}",
+            golden.display()
+        );
+    }
+
+    if unprivileged {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "the privileged integration tests need root (real cgroups and eBPF); run as root, or pass --unprivileged"
+        );
+    }
+    step(
+        start,
+        "building podstat with the eBPF object for the integration tests",
+    );
+    run(cargo().args(["build", "-p", "podstat"]))?;
+    step(
+        start,
+        "privileged integration tests (real cgroups, real eBPF)",
+    );
+    let bin = root().join("target/debug/podstat");
+    let mut cmd = cargo();
+    cmd.args(["test", "-p", "podstat-tests", "--", "--test-threads=1"])
+        .env("PODSTAT_BIN", &bin);
+    if let Some(f) = filter {
+        cmd.arg(f);
+    }
+    run(&mut cmd)
+}

@@ -1,0 +1,264 @@
+//! `podstat check`: what this host supports, each with the reason.
+//!
+//! Every item has one of three outcomes, as in cilium/ebpf's feature probes: `ok`,
+//! `unsupported` (conclusive: the host lacks it) or `inconclusive` (we could not tell, e.g.
+//! a permission problem that a privileged run would not have).
+
+use std::{fmt::Write as _, path::Path, process::ExitCode, sync::Arc};
+
+use serde::Serialize;
+
+use crate::{
+    cgroup::Layout,
+    cli::{CheckArgs, CheckOutput},
+    collector::{COLLECTORS, Slot},
+    probe::{self, Probes, Status},
+};
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Ok,
+    Unsupported,
+    Inconclusive,
+    Disabled,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Item {
+    pub area: &'static str,
+    pub name: String,
+    pub outcome: Outcome,
+    pub detail: String,
+}
+
+/// Linux capability numbers (include/uapi/linux/capability.h).
+const CAPS: &[(u32, &str)] = &[
+    (21, "CAP_SYS_ADMIN"),
+    (24, "CAP_SYS_RESOURCE"),
+    (38, "CAP_PERFMON"),
+    (39, "CAP_BPF"),
+];
+
+fn effective_caps(procfs: &Path) -> Option<u64> {
+    let status = std::fs::read_to_string(procfs.join("self/status")).ok()?;
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))?
+        .trim();
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// Builds the report. Loads the probes for real: that is the only conclusive BPF test.
+pub fn report(args: &CheckArgs, enabled: &[&'static str]) -> Vec<Item> {
+    let mut items = Vec::new();
+    let mut push = |area, name: String, outcome, detail: String| {
+        items.push(Item {
+            area,
+            name,
+            outcome,
+            detail,
+        })
+    };
+
+    match Layout::detect(&args.paths.cgroupfs) {
+        Ok(layout) => {
+            push(
+                "cgroup",
+                "mode".into(),
+                Outcome::Ok,
+                format!("{:?} at {}", layout.mode, layout.root.display()),
+            );
+            push(
+                "cgroup",
+                "cpu controller".into(),
+                Outcome::Ok,
+                format!(
+                    "cgroup {:?} hierarchy at {}",
+                    layout.cpu_version,
+                    layout.cpu.display()
+                ),
+            );
+            if let Some(acct) = &layout.cpuacct {
+                push(
+                    "cgroup",
+                    "cpuacct controller".into(),
+                    Outcome::Ok,
+                    format!("v1 hierarchy at {}", acct.display()),
+                );
+            }
+            if let Some(unified) = &layout.unified {
+                push(
+                    "cgroup",
+                    "cgroup2 controllers".into(),
+                    Outcome::Ok,
+                    format!(
+                        "{}: {}",
+                        unified.display(),
+                        if layout.v2_controllers.is_empty() {
+                            "(none)".into()
+                        } else {
+                            layout.v2_controllers.join(" ")
+                        }
+                    ),
+                );
+            }
+            for (name, path) in &layout.v1_hierarchies {
+                push(
+                    "cgroup",
+                    format!("v1 {name}"),
+                    Outcome::Ok,
+                    path.display().to_string(),
+                );
+            }
+        }
+        Err(e) => push(
+            "cgroup",
+            "layout".into(),
+            Outcome::Unsupported,
+            probe::chain(&e),
+        ),
+    }
+
+    let btf = args.paths.sysfs.join("kernel/btf/vmlinux");
+    if btf.exists() {
+        push(
+            "kernel",
+            "BTF".into(),
+            Outcome::Ok,
+            format!("{} present", btf.display()),
+        );
+    } else {
+        push(
+            "kernel",
+            "BTF".into(),
+            Outcome::Unsupported,
+            format!(
+                "{} missing: the eBPF probes need kernel BTF (CONFIG_DEBUG_INFO_BTF=y)",
+                btf.display()
+            ),
+        );
+    }
+    push(
+        "kernel",
+        "release".into(),
+        Outcome::Ok,
+        crate::collector::kernel_release(),
+    );
+
+    match effective_caps(&args.paths.procfs) {
+        Some(caps) => {
+            let have: Vec<&str> = CAPS
+                .iter()
+                .filter(|(bit, _)| caps & (1 << bit) != 0)
+                .map(|(_, n)| *n)
+                .collect();
+            let bpf_ok = caps & (1 << 21) != 0 || (caps & (1 << 39) != 0 && caps & (1 << 38) != 0);
+            push(
+                "permission",
+                "BPF".into(),
+                if bpf_ok {
+                    Outcome::Ok
+                } else {
+                    Outcome::Unsupported
+                },
+                if bpf_ok {
+                    format!("effective capabilities include {}", have.join(", "))
+                } else {
+                    format!(
+                        "needs CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN); effective: {}",
+                        if have.is_empty() {
+                            "none of them".into()
+                        } else {
+                            have.join(", ")
+                        }
+                    )
+                },
+            );
+        }
+        None => push(
+            "permission",
+            "BPF".into(),
+            Outcome::Inconclusive,
+            "cannot read CapEff from /proc/self/status".into(),
+        ),
+    }
+
+    let probes = Arc::new(Probes::load(probe::Wanted {
+        sched: enabled.contains(&"sched"),
+    }));
+    for (name, status) in probes.status() {
+        let (outcome, detail) = match status {
+            Status::Attached => (Outcome::Ok, "loaded and attached".to_string()),
+            Status::Failed(why) => (Outcome::Unsupported, why.clone()),
+            Status::Disabled => (Outcome::Disabled, "its collector is off".to_string()),
+        };
+        push("probe", (*name).to_string(), outcome, detail);
+    }
+
+    let (_registry, gatherer) = crate::build_registry(enabled, &args.paths, &args.cgroup, &probes);
+    for spec in COLLECTORS {
+        let slot = gatherer
+            .slots()
+            .iter()
+            .find(|(n, _)| *n == spec.name)
+            .map(|(_, s)| s);
+        let (outcome, detail) = match slot {
+            None => (
+                Outcome::Disabled,
+                format!("off (enable with --collector.{})", spec.name),
+            ),
+            Some(Slot::Ready(_)) => (Outcome::Ok, format!("would run: {}", spec.reads)),
+            Some(Slot::Unsupported(why)) => (
+                Outcome::Unsupported,
+                format!("{} (needs {})", why.0, spec.requires),
+            ),
+        };
+        push("collector", spec.name.to_string(), outcome, detail);
+    }
+    items
+}
+
+/// Renders the report as an aligned table.
+pub fn render_text(items: &[Item]) -> String {
+    let w = items
+        .iter()
+        .map(|i| i.area.len() + 1 + i.name.len())
+        .max()
+        .unwrap_or(10);
+    let mut out = String::new();
+    for i in items {
+        let label = format!("{} {}", i.area, i.name);
+        let outcome = match i.outcome {
+            Outcome::Ok => "ok",
+            Outcome::Unsupported => "UNSUPPORTED",
+            Outcome::Inconclusive => "inconclusive",
+            Outcome::Disabled => "disabled",
+        };
+        let _ = writeln!(out, "{label:<w$}  {outcome:<12}  {}", i.detail);
+    }
+    out
+}
+
+/// `podstat check`.
+///
+/// # Errors
+/// Only if writing JSON fails.
+pub fn run(args: &CheckArgs, enabled: &[&'static str]) -> anyhow::Result<ExitCode> {
+    let items = report(args, enabled);
+    match args.output {
+        CheckOutput::Text => print!("{}", render_text(&items)),
+        CheckOutput::Json => println!("{}", serde_json::to_string_pretty(&items)?),
+    }
+    let failed = items
+        .iter()
+        .any(|i| matches!(i.area, "collector" | "probe") && i.outcome == Outcome::Unsupported)
+        || items
+            .iter()
+            .any(|i| i.area == "cgroup" && i.outcome == Outcome::Unsupported);
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,347 @@
+//! `cgroup` collector: CFS bandwidth, usage and pressure per pod and container, read from
+//! the cgroup filesystem at scrape time (v2, v1 and hybrid hosts).
+//!
+//! Series follow the cgroups: a cgroup that is gone is not walked, so its series vanish
+//! from the next scrape and nothing accumulates with pod churn.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    path::PathBuf,
+    sync::{Mutex, PoisonError},
+};
+
+use prometheus_client::{
+    encoding::{DescriptorEncoder, EncodeLabel as _, EncodeLabelSet, LabelSetEncoder},
+    metrics::MetricType,
+};
+
+use super::{Collect, CollectError, Context, Unsupported};
+use crate::cgroup::{
+    self, CgroupKind, CgroupSample, DiscoverOptions, Discovered, ErrorCounts, Layout,
+};
+
+/// Options of the cgroup collector.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Options {
+    /// Also export non-pod cgroups (system.slice services, the runtime itself), labelled by
+    /// `cgroup` path. Off by default: it adds a series set per systemd unit.
+    #[arg(long = "collector.cgroup.non-pod")]
+    pub non_pod: bool,
+    /// Also export the pod sandbox ("pause") containers. They are skipped by default: they do
+    /// no work and double the container series.
+    #[arg(long = "collector.cgroup.sandbox")]
+    pub sandbox: bool,
+}
+
+/// The pod-scoped label set shared by every per-pod metric.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub struct Target {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    pub pod_uid: String,
+    pub container_id: String,
+    pub qos: &'static str,
+    /// Only for non-pod cgroups (`--collector.cgroup.non-pod`): the path below the root.
+    pub cgroup: Option<String>,
+}
+
+impl EncodeLabelSet for Target {
+    fn encode(&self, enc: &mut LabelSetEncoder) -> Result<(), fmt::Error> {
+        for (k, v) in [
+            ("namespace", self.namespace.as_str()),
+            ("pod", self.pod.as_str()),
+            ("container", self.container.as_str()),
+            ("pod_uid", self.pod_uid.as_str()),
+            ("container_id", self.container_id.as_str()),
+            ("qos", self.qos),
+        ] {
+            (k, v).encode(enc.encode_label())?;
+        }
+        if let Some(path) = &self.cgroup {
+            ("cgroup", path.as_str()).encode(enc.encode_label())?;
+        }
+        Ok(())
+    }
+}
+
+impl Target {
+    /// Labels for a discovered cgroup; names stay empty until a metadata provider exists.
+    pub fn from_kind(d: &Discovered) -> Self {
+        match &d.kind {
+            CgroupKind::Pod { pod_uid, qos, .. } => Self {
+                pod_uid: pod_uid.clone(),
+                qos: qos.as_str(),
+                ..Self::default()
+            },
+            CgroupKind::Container {
+                pod_uid,
+                container_id,
+                qos,
+                ..
+            } => Self {
+                pod_uid: pod_uid.clone(),
+                container_id: container_id.clone(),
+                qos: qos.as_str(),
+                ..Self::default()
+            },
+            CgroupKind::Other => Self {
+                cgroup: Some(format!("/{}", d.rel_path)),
+                ..Self::default()
+            },
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct CgroupCollector {
+    layout: Layout,
+    opts: Options,
+    procfs: PathBuf,
+    /// container id → is it a sandbox? Decided once per container (it costs two reads).
+    sandbox: Mutex<HashMap<String, bool>>,
+}
+
+impl CgroupCollector {
+    pub fn build(ctx: &Context<'_>) -> Result<Box<dyn Collect>, Unsupported> {
+        let layout = Layout::detect(&ctx.paths.cgroupfs)
+            .map_err(|e| Unsupported(crate::probe::chain(&e)))?;
+        tracing::info!(mode = ?layout.mode, cpu = %layout.cpu.display(), version = ?layout.cpu_version, "cgroup layout");
+        Ok(Box::new(Self {
+            layout,
+            opts: ctx.cgroup.clone(),
+            procfs: ctx.paths.procfs.clone(),
+            sandbox: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// A sandbox ("pause") container runs a single process named `pause`.
+    fn is_sandbox(&self, d: &Discovered, id: &str, cache: &mut HashMap<String, bool>) -> bool {
+        if let Some(known) = cache.get(id) {
+            return *known;
+        }
+        let procs = std::fs::read_to_string(self.layout.cpu.join(&d.rel_path).join("cgroup.procs"))
+            .unwrap_or_default();
+        let Some(pid) = procs.lines().next() else {
+            // No process (yet): decide later, when it has one.
+            return false;
+        };
+        let comm =
+            std::fs::read_to_string(self.procfs.join(pid.trim()).join("comm")).unwrap_or_default();
+        let sandbox = comm.trim_end() == "pause";
+        cache.insert(id.to_owned(), sandbox);
+        sandbox
+    }
+
+    /// Discovers and reads every cgroup: the rows of this scrape.
+    pub fn gather(&self, errors: &mut ErrorCounts) -> Vec<(Target, CgroupSample)> {
+        let opts = DiscoverOptions {
+            include_non_pod: self.opts.non_pod,
+            ..DiscoverOptions::default()
+        };
+        let found = cgroup::discover(&self.layout, &opts, errors);
+        let mut cache = self.sandbox.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut rows = Vec::with_capacity(found.len());
+        let mut buf = String::with_capacity(1024);
+        let mut live = Vec::new();
+        for d in &found {
+            if let CgroupKind::Container { container_id, .. } = &d.kind {
+                live.push(container_id.as_str());
+                if !self.opts.sandbox && self.is_sandbox(d, container_id, &mut cache) {
+                    continue;
+                }
+            }
+            if let Some(sample) = cgroup::read_sample(&self.layout, d, &mut buf, errors) {
+                rows.push((Target::from_kind(d), sample));
+            }
+        }
+        // Forget containers that are gone, so the cache does not grow with churn.
+        if cache.len() > live.len() {
+            let live: std::collections::HashSet<&str> = live.into_iter().collect();
+            cache.retain(|id, _| live.contains(id.as_str()));
+        }
+        rows
+    }
+}
+
+const NS_PER_SEC: f64 = 1e9;
+const US_PER_SEC: f64 = 1e6;
+
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "counters below 2^53 are exact; above it the error is below a part per 10^15"
+)]
+fn secs_ns(ns: u64) -> f64 {
+    ns as f64 / NS_PER_SEC
+}
+
+#[expect(clippy::cast_precision_loss, reason = "counters below 2^53 are exact")]
+fn secs_us(us: u64) -> f64 {
+    us as f64 / US_PER_SEC
+}
+
+#[expect(clippy::cast_precision_loss, reason = "small integers")]
+fn float(n: u64) -> f64 {
+    n as f64
+}
+
+type Getter = fn(&CgroupSample) -> Option<f64>;
+
+/// The families this collector exports: (name, type, help, value).
+const FAMILIES: &[(&str, MetricType, &str, Getter)] = &[
+    (
+        "podstat_cpu_usage_seconds",
+        MetricType::Counter,
+        "CPU time consumed by the cgroup (v2 cpu.stat usage_usec; v1 cpuacct.usage).",
+        |s| s.stat.usage_ns.map(secs_ns),
+    ),
+    (
+        "podstat_cpu_user_seconds",
+        MetricType::Counter,
+        "CPU time in user mode (v2 cpu.stat user_usec).",
+        |s| s.stat.user_ns.map(secs_ns),
+    ),
+    (
+        "podstat_cpu_system_seconds",
+        MetricType::Counter,
+        "CPU time in kernel mode (v2 cpu.stat system_usec).",
+        |s| s.stat.system_ns.map(secs_ns),
+    ),
+    (
+        "podstat_cpu_core_sched_force_idle_seconds",
+        MetricType::Counter,
+        "Time SMT siblings were forced idle by core scheduling (v2 cpu.stat core_sched.force_idle_usec).",
+        |s| s.stat.force_idle_ns.map(secs_ns),
+    ),
+    (
+        "podstat_cpu_periods",
+        MetricType::Counter,
+        "CFS bandwidth periods that elapsed while the cgroup had runnable tasks (cpu.stat nr_periods).",
+        |s| s.stat.nr_periods.map(float),
+    ),
+    (
+        "podstat_cpu_throttled_periods",
+        MetricType::Counter,
+        "CFS periods in which the cgroup was throttled at least once, for any length of time (cpu.stat nr_throttled).",
+        |s| s.stat.nr_throttled.map(float),
+    ),
+    (
+        "podstat_cpu_throttled_seconds",
+        MetricType::Counter,
+        "Time the cgroup's run queues spent throttled, summed over CPUs as the kernel counts it (v2 cpu.stat throttled_usec; v1 throttled_time).",
+        |s| s.stat.throttled_ns.map(secs_ns),
+    ),
+    (
+        "podstat_cpu_throttled_local_seconds",
+        MetricType::Counter,
+        "Throttled time caused by this cgroup's own limit, not an ancestor's (v2 cpu.stat.local throttled_usec, kernel 6.8+).",
+        |s| s.local_throttled_ns.map(secs_ns),
+    ),
+    (
+        "podstat_cpu_bursts",
+        MetricType::Counter,
+        "Periods in which the cgroup used burst quota beyond its limit (cpu.stat nr_bursts).",
+        |s| s.stat.nr_bursts.map(float),
+    ),
+    (
+        "podstat_cpu_burst_seconds",
+        MetricType::Counter,
+        "CPU time used beyond the quota from accumulated burst (cpu.stat burst_usec; v1 burst_time).",
+        |s| s.stat.burst_ns.map(secs_ns),
+    ),
+    (
+        "podstat_cpu_limit_cores",
+        MetricType::Gauge,
+        "CFS quota divided by period, in cores (cpu.max; v1 cpu.cfs_quota_us / cpu.cfs_period_us). Absent when unlimited.",
+        |s| {
+            s.max.as_ref().and_then(|m| {
+                m.quota_us
+                    .filter(|_| m.period_us > 0)
+                    .map(|q| float(q) / float(m.period_us))
+            })
+        },
+    ),
+    (
+        "podstat_cpu_period_seconds",
+        MetricType::Gauge,
+        "CFS bandwidth period (cpu.max second field; v1 cpu.cfs_period_us).",
+        |s| s.max.as_ref().map(|m| secs_us(m.period_us)),
+    ),
+    (
+        "podstat_cpu_burst_limit_seconds",
+        MetricType::Gauge,
+        "CFS burst allowance per period (cpu.max.burst; v1 cpu.cfs_burst_us).",
+        |s| s.burst_us.map(secs_us),
+    ),
+    (
+        "podstat_cpu_weight",
+        MetricType::Gauge,
+        "CPU weight, 1..10000 (cpu.weight; v1 cpu.shares converted as 1 + (shares - 2) * 9999 / 262142).",
+        |s| s.weight.map(float),
+    ),
+    (
+        "podstat_cpu_pressure_waiting_seconds",
+        MetricType::Counter,
+        "Time at least one of the cgroup's tasks waited for a CPU (cpu.pressure some total).",
+        |s| {
+            s.pressure
+                .as_ref()
+                .and_then(|p| p.some_total_us)
+                .map(secs_us)
+        },
+    ),
+    (
+        "podstat_cpu_pressure_stalled_seconds",
+        MetricType::Counter,
+        "Time all of the cgroup's non-idle tasks waited for a CPU at once (cpu.pressure full total).",
+        |s| {
+            s.pressure
+                .as_ref()
+                .and_then(|p| p.full_total_us)
+                .map(secs_us)
+        },
+    ),
+];
+
+/// Encodes the rows, family by family. Families with no value at all are left out.
+pub fn encode_rows(
+    enc: &mut DescriptorEncoder,
+    rows: &[(Target, CgroupSample)],
+) -> Result<(), fmt::Error> {
+    use prometheus_client::encoding::EncodeMetric as _;
+    use prometheus_client::metrics::{counter::ConstCounter, gauge::ConstGauge};
+    for (name, kind, help, get) in FAMILIES {
+        if !rows.iter().any(|(_, s)| get(s).is_some()) {
+            continue;
+        }
+        let mut m = enc.encode_descriptor(name, help, None, kind.clone())?;
+        for (target, sample) in rows {
+            let Some(v) = get(sample) else { continue };
+            let family = m.encode_family(target)?;
+            match kind {
+                MetricType::Counter => ConstCounter::new(v).encode(family)?,
+                _ => ConstGauge::new(v).encode(family)?,
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Collect for CgroupCollector {
+    fn collect(
+        &self,
+        enc: &mut DescriptorEncoder,
+        errors: &mut ErrorCounts,
+    ) -> Result<(), CollectError> {
+        if !self.layout.cpu.exists() {
+            return Err(CollectError::Source(format!(
+                "cpu hierarchy {} is gone",
+                self.layout.cpu.display()
+            )));
+        }
+        let rows = self.gather(errors);
+        encode_rows(enc, &rows)?;
+        Ok(())
+    }
+}

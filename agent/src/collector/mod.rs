@@ -1,0 +1,252 @@
+//! Collectors: one file per domain, each read at scrape time.
+//!
+//! [`COLLECTORS`] is the central table (name, enabled by default, what it reads, constructor)
+//! that generates the `--collector.<name>` flags, the README's collector table and the
+//! `podstat check` report. [`Gatherer`] runs the enabled collectors on each scrape and adds
+//! the self-metrics every collector owes: `podstat_collector_success`,
+//! `podstat_collector_duration_seconds` and `podstat_collector_errors_total`.
+
+pub mod cgroup;
+pub mod sched;
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    sync::{Arc, Mutex, PoisonError},
+    time::Instant,
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+};
+
+use crate::{cgroup::ErrorCounts, probe::Probes};
+
+/// Everything a collector constructor may need.
+pub struct Context<'a> {
+    pub paths: &'a crate::Paths,
+    pub cgroup: &'a cgroup::Options,
+    pub probes: &'a Arc<Probes>,
+}
+
+/// Why a collector cannot run on this host. Logged once; not a scrape failure.
+#[derive(Debug, Clone)]
+pub struct Unsupported(pub String);
+
+/// A collector, read at scrape time.
+pub trait Collect: Send + Sync + fmt::Debug {
+    /// Encodes this collector's metric families. Per-item problems (a cgroup that vanished, a
+    /// malformed file) are counted in `errors` and skipped; `Err` means the whole collector
+    /// failed this scrape.
+    fn collect(
+        &self,
+        enc: &mut DescriptorEncoder,
+        errors: &mut ErrorCounts,
+    ) -> Result<(), CollectError>;
+}
+
+/// A collector failed as a whole for this scrape.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    #[error("encoding metrics")]
+    Encode(#[from] fmt::Error),
+    #[error("{0}")]
+    Source(String),
+}
+
+pub type Constructor = fn(&Context<'_>) -> Result<Box<dyn Collect>, Unsupported>;
+
+/// One row of the collector table.
+pub struct Spec {
+    pub name: &'static str,
+    pub default_enabled: bool,
+    /// What it reads, for `--help`, `podstat check` and the README.
+    pub reads: &'static str,
+    /// Kernel requirement, for the README and `podstat check`.
+    pub requires: &'static str,
+    pub build: Constructor,
+}
+
+/// The collector table. Order here is order in the exposition.
+pub const COLLECTORS: &[Spec] = &[
+    Spec {
+        name: "cgroup",
+        default_enabled: true,
+        reads: "cgroup v2 cpu.stat, cpu.stat.local, cpu.max, cpu.max.burst, cpu.weight, cpu.pressure; \
+                v1 cpu.stat, cpu.cfs_quota_us, cpu.cfs_period_us, cpu.cfs_burst_us, cpu.shares, cpuacct.usage",
+        requires: "cgroup v1 cpu controller or cgroup v2 with the cpu controller (any kernel podstat runs on)",
+        build: cgroup::CgroupCollector::build,
+    },
+    Spec {
+        name: "sched",
+        default_enabled: true,
+        reads: "eBPF tp_btf/sched_switch: context switches per CPU",
+        requires: "BTF (/sys/kernel/btf/vmlinux), tp_btf (5.5+), CAP_BPF + CAP_PERFMON (5.8+) or CAP_SYS_ADMIN",
+        build: sched::SchedCollector::build,
+    },
+];
+
+/// Looks up a collector by name.
+pub fn spec(name: &str) -> Option<&'static Spec> {
+    COLLECTORS.iter().find(|s| s.name == name)
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CollectorLabel {
+    collector: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabel {
+    collector: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildInfo {
+    version: &'static str,
+    kernel: String,
+}
+
+/// The state of one configured collector.
+#[derive(Debug)]
+pub enum Slot {
+    Ready(Box<dyn Collect>),
+    Unsupported(Unsupported),
+}
+
+/// Runs the enabled collectors and adds the self-metrics; registered once in the registry.
+#[derive(Debug)]
+pub struct Gatherer {
+    slots: Vec<(&'static str, Slot)>,
+    kernel: String,
+    probes: Arc<Probes>,
+    /// Cumulative skipped-item counts, `(collector, reason)` → count.
+    errors: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+}
+
+impl Gatherer {
+    /// Builds every enabled collector; an unsupported one is logged once, here.
+    pub fn new(enabled: &[&'static str], ctx: &Context<'_>) -> Self {
+        let mut slots = Vec::new();
+        for spec in COLLECTORS.iter().filter(|s| enabled.contains(&s.name)) {
+            let slot = match (spec.build)(ctx) {
+                Ok(c) => Slot::Ready(c),
+                Err(why) => {
+                    tracing::warn!(collector = spec.name, reason = %why.0, "collector unsupported on this host; it stays off");
+                    Slot::Unsupported(why)
+                }
+            };
+            slots.push((spec.name, slot));
+        }
+        Self {
+            slots,
+            kernel: kernel_release(),
+            probes: Arc::clone(ctx.probes),
+            errors: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The configured collectors, for `podstat check`.
+    pub fn slots(&self) -> &[(&'static str, Slot)] {
+        &self.slots
+    }
+}
+
+impl Collector for Gatherer {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let mut outcomes: Vec<(&'static str, bool, f64)> = Vec::with_capacity(self.slots.len());
+        for (name, slot) in &self.slots {
+            let Slot::Ready(collector) = slot else {
+                continue;
+            };
+            let mut errors = ErrorCounts::default();
+            let start = Instant::now();
+            let result = collector.collect(&mut encoder, &mut errors);
+            let elapsed = start.elapsed().as_secs_f64();
+            let ok = match result {
+                Ok(()) => true,
+                // A broken writer means the response is lost anyway: stop.
+                Err(CollectError::Encode(e)) => return Err(e),
+                Err(CollectError::Source(why)) => {
+                    tracing::warn!(collector = name, error = %why, "collector failed this scrape");
+                    false
+                }
+            };
+            outcomes.push((name, ok, elapsed));
+            let mut totals = self.errors.lock().unwrap_or_else(PoisonError::into_inner);
+            for (reason, n) in errors.iter() {
+                *totals.entry((name, reason.as_str())).or_default() += n;
+            }
+        }
+
+        self.probes.encode(&mut encoder)?;
+
+        let mut m = encoder.encode_descriptor(
+            "podstat_collector_success",
+            "1 if the collector succeeded in this scrape, 0 if it failed as a whole.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (collector, ok, _) in &outcomes {
+            ConstGauge::new(i64::from(*ok))
+                .encode(m.encode_family(&CollectorLabel { collector })?)?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "podstat_collector_duration_seconds",
+            "Wall-clock time the collector took in this scrape.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (collector, _, secs) in &outcomes {
+            ConstGauge::new(*secs).encode(m.encode_family(&CollectorLabel { collector })?)?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "podstat_collector_supported",
+            "1 if the enabled collector can run on this host; 0 if it is unsupported (the log says why).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (collector, slot) in &self.slots {
+            let v = i64::from(matches!(slot, Slot::Ready(_)));
+            ConstGauge::new(v).encode(m.encode_family(&CollectorLabel { collector })?)?;
+        }
+        let totals = self
+            .errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if !totals.is_empty() {
+            let mut m = encoder.encode_descriptor(
+                "podstat_collector_errors",
+                "Items a collector skipped since start (vanished cgroup, unreadable or malformed file, unknown field), by reason.",
+                None,
+                MetricType::Counter,
+            )?;
+            for ((collector, reason), n) in &totals {
+                ConstCounter::new(*n)
+                    .encode(m.encode_family(&ErrorLabel { collector, reason })?)?;
+            }
+        }
+        let mut m = encoder.encode_descriptor(
+            "podstat_build",
+            "podstat's version and the running kernel's release.",
+            None,
+            MetricType::Info,
+        )?;
+        m.encode_info(&BuildInfo {
+            version: env!("CARGO_PKG_VERSION"),
+            kernel: self.kernel.clone(),
+        })?;
+        Ok(())
+    }
+}
+
+/// The running kernel's release, as `uname -r` prints it.
+pub fn kernel_release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}

@@ -1,0 +1,197 @@
+//! Installs what the build and the tests need, when it is missing.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{run, step};
+
+/// (command that proves it is installed, Debian package).
+pub const TEST_PACKAGES: &[(&str, &str)] =
+    &[("promtool", "prometheus"), ("stress-ng", "stress-ng")];
+pub const BENCH_PACKAGES: &[(&str, &str)] = &[
+    ("stress-ng", "stress-ng"),
+    ("runqlat", "libbpf-tools"),
+    ("bpftool", "bpftool"),
+];
+
+fn have(cmd: &str) -> bool {
+    which(cmd).is_some()
+}
+
+fn which(cmd: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+    // Debian puts libbpf-tools and bpftool in /usr/sbin, which a non-login PATH may lack.
+    dirs.extend(["/usr/sbin", "/sbin"].map(PathBuf::from));
+    dirs.into_iter().map(|d| d.join(cmd)).find(|p| p.is_file())
+}
+
+/// Nightly `rust-src` and `bpf-linker` built against the nightly's own LLVM.
+pub fn toolchain(start: Instant) -> anyhow::Result<()> {
+    let out = Command::new("rustc")
+        .args(["+nightly", "-vV"])
+        .output()
+        .context("running rustc +nightly -vV (is rustup installed?)")?;
+    if !out.status.success() {
+        bail!(
+            "no nightly toolchain: `rustc +nightly -vV` failed. The eBPF build needs the nightly that ships with this machine image"
+        );
+    }
+    let vv = String::from_utf8_lossy(&out.stdout);
+    let llvm_major = vv
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("rustc +nightly -vV printed no LLVM version")?
+        .to_owned();
+
+    let sysroot = String::from_utf8(
+        Command::new("rustc")
+            .args(["+nightly", "--print", "sysroot"])
+            .output()?
+            .stdout,
+    )?
+    .trim()
+    .to_owned();
+    let sysroot = PathBuf::from(sysroot);
+    if !sysroot.join("lib/rustlib/src/rust/library/core").exists() {
+        step(
+            start,
+            "installing the nightly rust-src component (for -Z build-std=core)",
+        );
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+
+    if bpf_linker_ok(&llvm_major) {
+        return Ok(());
+    }
+    step(
+        start,
+        &format!(
+            "building bpf-linker against the nightly's LLVM {llvm_major} (a few minutes, once)"
+        ),
+    );
+    let lib = sysroot.join("lib");
+    let libllvm = std::fs::read_dir(&lib)
+        .with_context(|| format!("listing {}", lib.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with("libLLVM.so.") || (n.starts_with("libLLVM") && n.ends_with(".so"))
+            })
+        })
+        .with_context(|| {
+            format!(
+                "no libLLVM in {}: this nightly does not ship LLVM as a shared library",
+                lib.display()
+            )
+        })?;
+    let prefix = crate::root().join("target/xtask/llvm");
+    let prefix_lib = prefix.join("lib");
+    std::fs::create_dir_all(&prefix_lib)?;
+    let link = prefix_lib.join("libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&libllvm, &link)
+        .with_context(|| format!("linking {} -> {}", link.display(), libllvm.display()))?;
+    run(Command::new("cargo")
+        .args([
+            "+nightly",
+            "install",
+            "--force",
+            "--locked",
+            "bpf-linker",
+            "--no-default-features",
+            "--features",
+        ])
+        .arg(format!("llvm-{llvm_major}"))
+        .env("LLVM_PREFIX", &prefix)
+        .env(
+            "RUSTFLAGS",
+            format!("-C link-args=-Wl,-rpath,{}", lib.display()),
+        ))
+    .or_else(|_| {
+        // Without --locked, in case the lock file pins something this toolchain cannot build.
+        run(Command::new("cargo")
+            .args([
+                "+nightly",
+                "install",
+                "--force",
+                "bpf-linker",
+                "--no-default-features",
+                "--features",
+            ])
+            .arg(format!("llvm-{llvm_major}"))
+            .env("LLVM_PREFIX", &prefix)
+            .env(
+                "RUSTFLAGS",
+                format!("-C link-args=-Wl,-rpath,{}", lib.display()),
+            ))
+    })
+    .context("building bpf-linker")?;
+    if !bpf_linker_ok(&llvm_major) {
+        bail!(
+            "bpf-linker was installed but `bpf-linker --version` still fails; is ~/.cargo/bin on PATH?"
+        );
+    }
+    Ok(())
+}
+
+/// bpf-linker runs. (It links against the nightly's libLLVM, so it must load.)
+fn bpf_linker_ok(_llvm_major: &str) -> bool {
+    which("bpf-linker").is_some_and(|p| {
+        Command::new(p)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+/// Installs the Debian packages whose commands are missing (one apt-get run).
+pub fn debian_packages(start: Instant, wanted: &[(&str, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(cmd, _)| !have(cmd))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    step(
+        start,
+        &format!("installing Debian packages: {}", missing.join(" ")),
+    );
+    if !Path::new("/usr/bin/apt-get").exists() {
+        bail!(
+            "missing {} and no apt-get here: install them by hand",
+            missing.join(", ")
+        );
+    }
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    for (cmd, pkg) in wanted {
+        if !have(cmd) {
+            bail!("installed {pkg} but `{cmd}` is still not found");
+        }
+    }
+    Ok(())
+}
+
+/// Full path of a command, searching the sbin directories too.
+pub fn find(cmd: &str) -> anyhow::Result<PathBuf> {
+    which(cmd).with_context(|| format!("`{cmd}` not found"))
+}
