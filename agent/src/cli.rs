@@ -209,6 +209,7 @@ mod tests {
     #[test]
     fn help_mentions_every_flag() {
         let mut cmd = command();
+        cmd.build();
         let help = cmd
             .find_subcommand_mut("agent")
             .expect("agent")

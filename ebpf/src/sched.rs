@@ -6,7 +6,9 @@
 //! attached program; the run-queue latency and preemption attribution grow from here.
 
 use aya_ebpf::{
-    macros::btf_tracepoint, macros::map, maps::PerCpuArray, programs::BtfTracePointContext,
+    macros::{btf_tracepoint, map},
+    maps::PerCpuArray,
+    programs::BtfTracePointContext,
 };
 
 /// Context switches seen on this CPU. One slot; userspace sums nothing, it reports per CPU.

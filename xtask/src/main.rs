@@ -175,20 +175,42 @@ fn test(start: Instant, unprivileged: bool, filter: Option<&str>) -> anyhow::Res
     ]))?;
 
     step(start, "promtool check metrics on the golden exposition");
-    let golden = root().join("agent/tests/fixtures/golden.prom");
-    let body = std::fs::read(&golden).with_context(|| format!("reading {}", golden.display()))?;
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .context("spawning promtool (Debian package prometheus)")?;
-    std::io::Write::write_all(child.stdin.as_mut().context("promtool stdin")?, &body)?;
-    drop(child.stdin.take());
-    let status = child.wait()?;
-    if !status.success() {
-        bail!(
-            "promtool check metrics found problems in {}",
-            golden.display()
+    let golden_dir = root().join("agent/tests/fixtures/golden");
+    let mut goldens: Vec<PathBuf> = std::fs::read_dir(&golden_dir)
+        .with_context(|| format!("listing {}", golden_dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "prom"))
+        .collect();
+    goldens.sort();
+    if goldens.is_empty() {
+        bail!("no golden files in {}", golden_dir.display());
+    }
+    for golden in &goldens {
+        let body =
+            std::fs::read(golden).with_context(|| format!("reading {}", golden.display()))?;
+        let mut child = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("spawning promtool (Debian package prometheus)")?;
+        std::io::Write::write_all(child.stdin.as_mut().context("promtool stdin")?, &body)?;
+        drop(child.stdin.take());
+        let out = child.wait_with_output()?;
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // promtool's lint exits non-zero on findings; any output at all is a finding.
+        if !out.status.success() || !said.trim().is_empty() {
+            bail!("promtool check metrics on {}:\n{said}", golden.display());
+        }
+        eprintln!(
+            "promtool: {} clean",
+            golden.file_name().and_then(|n| n.to_str()).unwrap_or("?")
         );
     }
 

@@ -309,8 +309,10 @@ pub fn encode_rows(
     enc: &mut DescriptorEncoder,
     rows: &[(Target, CgroupSample)],
 ) -> Result<(), fmt::Error> {
-    use prometheus_client::encoding::EncodeMetric as _;
-    use prometheus_client::metrics::{counter::ConstCounter, gauge::ConstGauge};
+    use prometheus_client::{
+        encoding::EncodeMetric as _,
+        metrics::{counter::ConstCounter, gauge::ConstGauge},
+    };
     for (name, kind, help, get) in FAMILIES {
         if !rows.iter().any(|(_, s)| get(s).is_some()) {
             continue;
@@ -344,4 +346,12 @@ impl Collect for CgroupCollector {
         encode_rows(enc, &rows)?;
         Ok(())
     }
+}
+
+/// The exposed names of this collector's families (counters with their `_total`).
+pub fn family_names() -> impl Iterator<Item = String> {
+    FAMILIES.iter().map(|(name, kind, ..)| match kind {
+        MetricType::Counter => format!("{name}_total"),
+        _ => (*name).to_owned(),
+    })
 }

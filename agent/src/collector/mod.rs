@@ -88,6 +88,17 @@ pub const COLLECTORS: &[Spec] = &[
     },
 ];
 
+/// The self-metrics every agent exports, by their exposed names (README reference test).
+pub const SELF_METRICS: &[&str] = &[
+    "podstat_node_context_switches_total",
+    "podstat_probe_attached",
+    "podstat_collector_success",
+    "podstat_collector_duration_seconds",
+    "podstat_collector_supported",
+    "podstat_collector_errors_total",
+    "podstat_build_info",
+];
+
 /// Looks up a collector by name.
 pub fn spec(name: &str) -> Option<&'static Spec> {
     COLLECTORS.iter().find(|s| s.name == name)

@@ -150,6 +150,13 @@ impl Probes {
         struct ProbeLabel {
             probe: &'static str,
         }
+        if self
+            .status
+            .iter()
+            .all(|(_, s)| matches!(s, Status::Disabled))
+        {
+            return Ok(());
+        }
         let mut m = enc.encode_descriptor(
             "podstat_probe_attached",
             "1 if the eBPF probe is loaded and attached, 0 if it failed (the log and `podstat check` say why).",

@@ -1,0 +1,95 @@
+//! Golden exposition: the agent's collectors pointed at fixture host trees, rendered in the
+//! Prometheus text format and diffed against checked-in files.
+//!
+//! Update after an intended change with `UPDATE_GOLDEN=1 cargo test -p podstat --test golden`
+//! and review the diff. `cargo xtask test` runs `promtool check metrics` on every golden file.
+
+use std::{path::PathBuf, sync::Arc};
+
+use podstat::{
+    Paths, collector::cgroup::Options, exposition::Format, probe::Probes, server::render,
+};
+
+const FIXTURES: &[&str] = &[
+    "v2-systemd-containerd",
+    "v2-cgroupfs-crio",
+    "v1-cgroupfs-docker",
+    "v1-cpu,cpuacct-systemd",
+    "hybrid-cgroupfs-containerd",
+];
+
+/// Lines whose values change from run to run.
+fn deterministic(line: &str) -> bool {
+    !(line.starts_with("podstat_collector_duration_seconds")
+        || line.starts_with("podstat_build_info"))
+}
+
+fn render_fixture(name: &str, non_pod: bool) -> String {
+    let host = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/hosts")
+        .join(name);
+    let paths = Paths {
+        cgroupfs: host.join("sys/fs/cgroup"),
+        procfs: host.join("proc"),
+        sysfs: host.join("sys"),
+    };
+    let opts = Options {
+        non_pod,
+        ..Options::default()
+    };
+    let probes = Arc::new(Probes::none());
+    let (registry, _) = podstat::build_registry(&["cgroup"], &paths, &opts, &probes);
+    let (body, _) = render(&registry, Format::Text, false).expect("render");
+    String::from_utf8(body)
+        .expect("utf-8")
+        .lines()
+        .filter(|l| deterministic(l))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+#[test]
+fn golden_exposition_matches() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden");
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1");
+    let mut combined = String::new();
+    let mut failures = Vec::new();
+    for name in FIXTURES {
+        for non_pod in [false, true] {
+            let got = render_fixture(name, non_pod);
+            let file = dir.join(format!(
+                "{name}{}.prom",
+                if non_pod { "+non-pod" } else { "" }
+            ));
+            if update {
+                std::fs::create_dir_all(&dir).expect("mkdir golden");
+                std::fs::write(&file, &got).expect("write golden");
+            } else {
+                let want = std::fs::read_to_string(&file).unwrap_or_else(|e| {
+                    panic!(
+                        "{}: {e} (run with UPDATE_GOLDEN=1 to create it)",
+                        file.display()
+                    )
+                });
+                if got != want {
+                    failures.push(format!(
+                        "{} differs:\n--- want\n{want}\n--- got\n{got}",
+                        file.display()
+                    ));
+                }
+            }
+            if !non_pod {
+                combined.push_str(&got);
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{}\n(if the change is intended: UPDATE_GOLDEN=1 cargo test -p podstat --test golden)",
+        failures.join("\n")
+    );
+    assert!(
+        combined.contains("podstat_cpu_throttled_periods_total"),
+        "fixtures produced no throttling series"
+    );
+}

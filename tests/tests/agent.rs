@@ -1,0 +1,154 @@
+//! The agent as a process: eBPF probe attached, HTTP behaviour, shutdown, `podstat check`.
+
+use std::{io::Read as _, process::Command, time::Duration};
+
+use podstat_tests::{find, http_get, parse_exposition, podstat_bin, require_root, start_agent};
+
+#[test]
+fn sched_switch_probe_attaches_and_counts() {
+    require_root();
+    let (_agent, addr) = start_agent(&["--no-collector.cgroup"]);
+    let first = parse_exposition(&http_get(addr, "/metrics", &[]).expect("scrape").text());
+    let attached = find(
+        &first,
+        "podstat_probe_attached",
+        &[("probe", "sched_switch")],
+    );
+    assert_eq!(
+        attached.len(),
+        1,
+        "no podstat_probe_attached{{probe=\"sched_switch\"}}"
+    );
+    assert!(
+        (attached[0].value - 1.0).abs() < f64::EPSILON,
+        "sched_switch probe not attached: see the agent's log above"
+    );
+    let total = |s: &[podstat_tests::Sample]| -> f64 {
+        find(s, "podstat_node_context_switches_total", &[])
+            .iter()
+            .map(|x| x.value)
+            .sum()
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let second = parse_exposition(&http_get(addr, "/metrics", &[]).expect("scrape").text());
+    assert!(
+        total(&second) > total(&first),
+        "context switch counter did not grow: {} -> {}",
+        total(&first),
+        total(&second)
+    );
+}
+
+#[test]
+fn negotiation_gzip_health_and_404() {
+    require_root();
+    let (_agent, addr) = start_agent(&["--no-collector.sched"]);
+    let text = http_get(addr, "/metrics", &[]).expect("scrape");
+    assert!(
+        text.header("content-type")
+            .is_some_and(|c| c.starts_with("text/plain; version=0.0.4")),
+        "{:?}",
+        text.headers
+    );
+    assert!(!text.text().contains("# EOF"));
+
+    let om = http_get(
+        addr,
+        "/metrics",
+        &[(
+            "Accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )],
+    )
+    .expect("scrape");
+    assert!(
+        om.header("content-type")
+            .is_some_and(|c| c.starts_with("application/openmetrics-text")),
+        "{:?}",
+        om.headers
+    );
+    assert!(
+        om.text().trim_end().ends_with("# EOF"),
+        "OpenMetrics body must end with # EOF"
+    );
+
+    let gz = http_get(addr, "/metrics", &[("Accept-Encoding", "gzip")]).expect("scrape");
+    assert_eq!(gz.header("content-encoding"), Some("gzip"));
+    let mut plain = String::new();
+    flate2_free_gunzip(&gz.body, &mut plain);
+    assert!(
+        plain.contains("podstat_build_info"),
+        "gunzipped body lacks podstat_build_info"
+    );
+
+    assert_eq!(
+        http_get(addr, "/healthz", &[]).expect("healthz").status,
+        200
+    );
+    assert_eq!(http_get(addr, "/readyz", &[]).expect("readyz").status, 200);
+    assert_eq!(http_get(addr, "/nope", &[]).expect("404").status, 404);
+}
+
+/// gunzip through the system's `gzip -dc` (keeps this crate free of a compression dependency).
+fn flate2_free_gunzip(body: &[u8], out: &mut String) {
+    let mut child = Command::new("gzip")
+        .arg("-dc")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning gzip -dc");
+    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), body).expect("writing to gzip");
+    drop(child.stdin.take());
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(out)
+        .expect("reading gzip output");
+    assert!(
+        child.wait().expect("gzip").success(),
+        "gzip -dc rejected the body: not valid gzip"
+    );
+}
+
+#[test]
+fn check_reports_this_host() {
+    require_root();
+    let out = Command::new(podstat_bin())
+        .args(["check", "--output", "json"])
+        .output()
+        .expect("running podstat check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "podstat check failed on this host:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "\"cpu controller\"",
+        "\"BTF\"",
+        "\"sched_switch\"",
+        "\"cgroup\"",
+    ] {
+        assert!(text.contains(want), "check output lacks {want}:\n{text}");
+    }
+    let human = Command::new(podstat_bin())
+        .arg("check")
+        .output()
+        .expect("podstat check");
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        human.contains("Hybrid") || human.contains("Legacy"),
+        "this host is hybrid:\n{human}"
+    );
+}
+
+#[test]
+fn bad_flag_is_a_usage_error_not_a_crash() {
+    let out = Command::new(podstat_bin())
+        .args(["agent", "--web.listen-address", "not-an-address"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--web.listen-address"));
+}
