@@ -1,6 +1,219 @@
-//! The scheduler probe (`ebpf/src/sched.rs`).
+//! The scheduler probes (`ebpf/src/sched.rs`, `ebpf/src/throttle.rs`).
+//!
+//! The kernel aggregates into histograms keyed by `{cgroup id, bucket}`; userspace adds the
+//! buckets up, converts units and fills in empty buckets. Only cgroups that userspace put in
+//! [`KNOWN_MAP`] (pods and containers) are tracked, which bounds every map by the number of
+//! pod cgroups on the node.
 
 /// Name of the per-CPU array that counts context switches; one slot.
 pub const SWITCH_COUNT_MAP: &str = "SCHED_SWITCHES";
 /// Name of the `tp_btf/sched_switch` program in the object.
 pub const SCHED_SWITCH_PROG: &str = "sched_switch";
+pub const SCHED_WAKEUP_PROG: &str = "sched_wakeup";
+pub const SCHED_WAKEUP_NEW_PROG: &str = "sched_wakeup_new";
+pub const SCHED_EXIT_PROG: &str = "sched_process_exit";
+pub const THROTTLE_FEXIT_PROG: &str = "throttle_fexit";
+pub const THROTTLE_KPROBE_PROG: &str = "throttle_kprobe";
+pub const UNTHROTTLE_FENTRY_PROG: &str = "unthrottle_fentry";
+pub const UNTHROTTLE_KPROBE_PROG: &str = "unthrottle_kprobe";
+
+/// cgroup id → [`Known`]: the cgroups userspace wants measured.
+pub const KNOWN_MAP: &str = "KNOWN";
+/// pid → [`Wait`]: when a tracked task became runnable.
+pub const WAIT_MAP: &str = "WAIT_START";
+/// cgroup id → [`SchedStats`].
+pub const SCHED_STATS_MAP: &str = "SCHED_STATS";
+/// cgroup id → [`ThrottleStats`].
+pub const THROTTLE_STATS_MAP: &str = "THROTTLE_STATS";
+/// Per-CPU array of insert failures, indexed by `MAP_*` (names in [`MAP_NAMES`]).
+pub const MAP_FULL_MAP: &str = "MAP_FULL";
+/// Read-only global with the kernel struct offsets ([`Offsets`]).
+pub const OFFSETS_GLOBAL: &str = "OFFSETS";
+
+/// Default sizing: cgroups tracked (a 300-pod node has about 1200 pod and container cgroups).
+pub const DEFAULT_MAX_CGROUPS: u32 = 4096;
+/// Default sizing: tasks waiting on a run queue at once.
+pub const DEFAULT_MAX_WAITING: u32 = 32768;
+
+/// Histogram buckets in the kernel: `BUCKETS` finite upper bounds, then +Inf, then the sum.
+pub const BUCKETS: usize = 12;
+/// Slot of +Inf in a [`Hist`].
+pub const INF_SLOT: usize = BUCKETS;
+/// Slot that holds the sum of observed values (ns, or threads).
+pub const SUM_SLOT: usize = BUCKETS + 1;
+/// Slots in a [`Hist`].
+pub const HIST_SLOTS: usize = BUCKETS + 2;
+
+/// One histogram in the kernel: per-bucket counts (not cumulative), +Inf, and the sum.
+/// One map value holds a cgroup's whole histogram, so userspace reads a cgroup with a single
+/// lookup instead of one per bucket.
+pub type Hist = [u64; HIST_SLOTS];
+
+/// Run-queue latency upper bounds, ns: 5 µs … 1 s.
+pub const RUNQ_BOUNDS_NS: [u64; BUCKETS] = [
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    10_000_000,
+    100_000_000,
+    1_000_000_000,
+];
+/// Throttle pause and quota-exhausted-after upper bounds, ns: 1 ms … 100 ms (the default period).
+pub const PERIOD_BOUNDS_NS: [u64; BUCKETS] = [
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    20_000_000,
+    30_000_000,
+    40_000_000,
+    50_000_000,
+    60_000_000,
+    75_000_000,
+    90_000_000,
+    100_000_000,
+];
+/// Runnable-thread upper bounds.
+pub const THREAD_BOUNDS: [u64; BUCKETS] = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64];
+
+/// Who took the CPU from a preempted pod task: index into [`SchedStats::preempted_by`].
+pub const BY_SAME_POD: usize = 0;
+pub const BY_OTHER_POD: usize = 1;
+pub const BY_SYSTEM: usize = 2;
+
+/// Maps whose inserts can fail, for `podstat_bpf_map_full_total{map}`.
+pub const MAP_WAIT: u32 = 0;
+pub const MAP_SCHED_STATS: u32 = 1;
+pub const MAP_THROTTLE_STATS: u32 = 2;
+/// Slots of [`MAP_FULL_MAP`], named as in the metric.
+pub const MAP_NAMES: [&str; 3] = ["wait_start", "sched_stats", "throttle_stats"];
+
+/// Value of [`KNOWN_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Known {
+    /// Identifies the pod: tasks in cgroups with the same `pod_id` belong to the same pod.
+    pub pod_id: u64,
+}
+
+/// Value of [`WAIT_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Wait {
+    pub since_ns: u64,
+    pub cgroup_id: u64,
+}
+
+/// Value of [`SCHED_STATS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SchedStats {
+    /// Run-queue latency, ns.
+    pub runq: Hist,
+    /// Involuntary switch-outs while runnable, by who took the CPU.
+    pub preempted_by: [u64; 3],
+}
+
+/// Value of [`THROTTLE_STATS_MAP`]: the episode in progress and the histograms.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ThrottleStats {
+    /// When the first of the cgroup's run queues throttled in the current episode.
+    pub start_ns: u64,
+    /// Run queues of this cgroup throttled right now.
+    pub throttled_rqs: u32,
+    /// Threads queued on the run queues that throttled in this episode.
+    pub runnable: u32,
+    /// Wall-clock length of each episode, ns.
+    pub pause: Hist,
+    /// Time from the period's start to the episode's first throttle, ns.
+    pub exhausted_after: Hist,
+    /// Threads runnable when the quota ran out.
+    pub runnable_threads: Hist,
+}
+
+/// Kernel struct offsets in bytes, resolved from the running kernel's BTF at load time.
+/// A zero `valid` means "not resolved": the programs do nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offsets {
+    /// `task_struct.cgroups` (struct css_set *).
+    pub task_cgroups: u32,
+    /// `css_set.subsys[cpu_cgrp_id]` (struct cgroup_subsys_state *).
+    pub css_set_cpu_subsys: u32,
+    /// `cgroup_subsys_state.cgroup` (struct cgroup *).
+    pub css_cgroup: u32,
+    /// `cgroup.kn` (struct kernfs_node *).
+    pub cgroup_kn: u32,
+    /// `kernfs_node.id` (u64).
+    pub kn_id: u32,
+    /// `task_struct.pid` (pid_t).
+    pub task_pid: u32,
+    /// `task_struct.__state` (5.14+) or `.state`: low 32 bits, 0 = TASK_RUNNING.
+    pub task_state: u32,
+    /// `cfs_rq.tg` (struct task_group *).
+    pub cfs_rq_tg: u32,
+    /// `cfs_rq.throttled` (int).
+    pub cfs_rq_throttled: u32,
+    /// `cfs_rq.h_nr_running` (≤ 6.13) or `.h_nr_queued` (6.14+), unsigned int.
+    pub cfs_rq_h_nr: u32,
+    /// `task_group.css.cgroup` (struct cgroup *): `task_group.css` + `css_cgroup`.
+    pub tg_css_cgroup: u32,
+    /// `task_group.cfs_bandwidth.period` (ktime_t, ns).
+    pub tg_period: u32,
+    /// `task_group.cfs_bandwidth.period_timer.node.expires` (ktime_t, CLOCK_MONOTONIC ns).
+    pub tg_period_expires: u32,
+    /// 1 when the fields above are filled in.
+    pub valid: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY (all): #[repr(C)], fixed-width integer fields only, no implicit padding (padding
+    // is spelled out as `_pad`), so every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::Known {}
+    unsafe impl aya::Pod for super::Wait {}
+    unsafe impl aya::Pod for super::SchedStats {}
+    unsafe impl aya::Pod for super::ThrottleStats {}
+    unsafe impl aya::Pod for super::Offsets {}
+}
+
+/// Slot of the first bound that `value` is at most, or [`INF_SLOT`].
+#[inline(always)]
+pub fn bucket_of(value: u64, bounds: &[u64; BUCKETS]) -> usize {
+    let mut i = 0;
+    while i < BUCKETS {
+        if value <= bounds[i] {
+            return i;
+        }
+        i += 1;
+    }
+    INF_SLOT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_upper_inclusive() {
+        assert_eq!(bucket_of(0, &RUNQ_BOUNDS_NS), 0);
+        assert_eq!(bucket_of(5_000, &RUNQ_BOUNDS_NS), 0);
+        assert_eq!(bucket_of(5_001, &RUNQ_BOUNDS_NS), 1);
+        assert_eq!(bucket_of(1_000_000_001, &RUNQ_BOUNDS_NS), INF_SLOT);
+        assert_eq!(bucket_of(4, &THREAD_BOUNDS), 3);
+        assert_eq!(bucket_of(5, &THREAD_BOUNDS), 4);
+        for bounds in [RUNQ_BOUNDS_NS, PERIOD_BOUNDS_NS, THREAD_BOUNDS] {
+            assert!(
+                bounds.windows(2).all(|w| w[0] < w[1]),
+                "bounds must increase"
+            );
+        }
+    }
+}

@@ -4,9 +4,16 @@
 //! struct layout comes in as a read-only global filled from BTF at load time.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// Atomic adds: core::sync::atomic has no RMW operations on the BPF target.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
+mod kernel;
+#[cfg(target_arch = "bpf")]
 mod sched;
+#[cfg(target_arch = "bpf")]
+mod throttle;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

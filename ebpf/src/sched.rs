@@ -1,33 +1,160 @@
-//! Scheduler probe.
+//! Scheduler probe: run-queue latency and preemption attribution per pod cgroup.
 //!
-//! `tp_btf/sched_switch` (kernel 5.5+), argument layout of `trace_sched_switch`:
-//! <https://github.com/torvalds/linux/blob/v6.18/include/trace/events/sched.h#L222>.
-//! Today it counts context switches per CPU, which proves the path from source to an
-//! attached program; the run-queue latency and preemption attribution grow from here.
+//! Hooks (tp_btf, kernel 5.5+), argument layouts from
+//! <https://github.com/torvalds/linux/blob/v6.18/include/trace/events/sched.h>:
+//! - `sched_wakeup(p)`, `sched_wakeup_new(p)`: a task became runnable;
+//! - `sched_switch(preempt, prev, next[, prev_state])`: `prev` leaves the CPU, `next` gets it;
+//!   `prev` still `TASK_RUNNING` means it was switched out involuntarily and waits again;
+//! - `sched_process_exit(p)`: forget the task's wait record.
+//!
+//! Run-queue latency is the time from becoming runnable (wakeup, or involuntary switch-out) to
+//! the next switch-in, added to the histogram of the task's cpu-controller cgroup. Only tasks in
+//! cgroups userspace put in KNOWN are tracked, so the maps are bounded by pod cgroups.
 
 use aya_ebpf::{
     macros::{btf_tracepoint, map},
-    maps::PerCpuArray,
+    maps::{HashMap, PerCpuArray},
     programs::BtfTracePointContext,
 };
+use podstat_common::sched::{
+    BY_OTHER_POD, BY_SAME_POD, BY_SYSTEM, DEFAULT_MAX_CGROUPS, DEFAULT_MAX_WAITING,
+    MAP_SCHED_STATS, MAP_WAIT, RUNQ_BOUNDS_NS, SchedStats, Wait, bucket_of,
+};
 
-/// Context switches seen on this CPU. One slot; userspace sums nothing, it reports per CPU.
+use crate::kernel::{
+    KNOWN, atomic_add, get_or_insert, map_full, now_ns, observe, offsets, read, task_cgroup_id,
+};
+
+/// Context switches seen on this CPU. One slot.
 #[map]
 static SCHED_SWITCHES: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// pid → when the tracked task became runnable, and its cgroup.
+#[map]
+static WAIT_START: HashMap<u32, Wait> = HashMap::with_max_entries(DEFAULT_MAX_WAITING, 0);
+
+/// cgroup id → run-queue latency histogram and preemption counts.
+#[map]
+static SCHED_STATS: HashMap<u64, SchedStats> = HashMap::with_max_entries(DEFAULT_MAX_CGROUPS, 0);
+
+#[btf_tracepoint(function = "sched_wakeup")]
+pub fn sched_wakeup(ctx: BtfTracePointContext) -> i32 {
+    let _ = on_wakeup(ctx.arg(0));
+    0
+}
+
+#[btf_tracepoint(function = "sched_wakeup_new")]
+pub fn sched_wakeup_new(ctx: BtfTracePointContext) -> i32 {
+    let _ = on_wakeup(ctx.arg(0));
+    0
+}
+
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
-    match try_sched_switch(&ctx) {
-        Ok(()) => 0,
-        Err(code) => code,
+    if let Some(slot) = SCHED_SWITCHES.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot of a per-CPU array; preemption is off in a tracepoint.
+        unsafe { *slot += 1 };
     }
+    let _ = on_switch(ctx.arg(1), ctx.arg(2));
+    0
+}
+
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
+    let o = offsets();
+    if o.valid != 0 {
+        if let Ok(pid) = read::<u32>(ctx.arg(0), o.task_pid) {
+            let _ = WAIT_START.remove(pid);
+        }
+    }
+    0
 }
 
 #[inline(always)]
-fn try_sched_switch(_ctx: &BtfTracePointContext) -> Result<(), i32> {
-    let slot = SCHED_SWITCHES.get_ptr_mut(0).ok_or(1)?;
-    // SAFETY: the pointer comes from a successful per-CPU map lookup, so it points at this
-    // CPU's slot, which no other CPU writes, and preemption is off in a tracepoint.
-    unsafe { *slot += 1 };
+fn start_wait(task: *const u8, cgroup_id: u64, pid_off: u32) -> Result<(), i32> {
+    let pid: u32 = read(task, pid_off)?;
+    if pid == 0 {
+        return Ok(());
+    }
+    if WAIT_START
+        .insert(
+            pid,
+            Wait {
+                since_ns: now_ns(),
+                cgroup_id,
+            },
+            0,
+        )
+        .is_err()
+    {
+        map_full(MAP_WAIT);
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn on_wakeup(task: *const u8) -> Result<(), i32> {
+    let o = offsets();
+    if o.valid == 0 {
+        return Ok(());
+    }
+    let cgroup_id = task_cgroup_id(task, &o)?;
+    if KNOWN.get_ptr(cgroup_id).is_none() {
+        return Ok(());
+    }
+    start_wait(task, cgroup_id, o.task_pid)
+}
+
+#[inline(always)]
+fn on_switch(prev: *const u8, next: *const u8) -> Result<(), i32> {
+    let o = offsets();
+    if o.valid == 0 {
+        return Ok(());
+    }
+    // prev preempted while still runnable: it waits again, and someone took its CPU.
+    let state: u32 = read(prev, o.task_state)?;
+    if state == 0 {
+        let prev_cg = task_cgroup_id(prev, &o)?;
+        if let Some(known) = KNOWN.get_ptr(prev_cg) {
+            // SAFETY: a pointer to a live map value.
+            let pod = unsafe { (*known).pod_id };
+            start_wait(prev, prev_cg, o.task_pid)?;
+            let by = match task_cgroup_id(next, &o)
+                .ok()
+                .and_then(|cg| KNOWN.get_ptr(cg))
+            {
+                // SAFETY: a pointer to a live map value.
+                Some(k) if unsafe { (*k).pod_id } == pod => BY_SAME_POD,
+                Some(_) => BY_OTHER_POD,
+                None => BY_SYSTEM,
+            };
+            if let Some(stats) = get_or_insert(&SCHED_STATS, prev_cg, MAP_SCHED_STATS) {
+                // SAFETY: `by` < 3; stats points into a map value.
+                unsafe { atomic_add(core::ptr::addr_of_mut!((*stats).preempted_by[by]), 1) };
+            }
+        }
+    }
+
+    let pid: u32 = read(next, o.task_pid)?;
+    if pid == 0 {
+        return Ok(());
+    }
+    if let Some(wait) = WAIT_START.get_ptr(pid) {
+        // SAFETY: a pointer to a live map value, copied out before the delete.
+        let wait = unsafe { *wait };
+        let _ = WAIT_START.remove(pid);
+        let now = now_ns();
+        if now > wait.since_ns {
+            let delta = now - wait.since_ns;
+            if let Some(stats) = get_or_insert(&SCHED_STATS, wait.cgroup_id, MAP_SCHED_STATS) {
+                // SAFETY: stats points into a map value.
+                observe(
+                    unsafe { core::ptr::addr_of_mut!((*stats).runq) },
+                    bucket_of(delta, &RUNQ_BOUNDS_NS),
+                    delta,
+                );
+            }
+        }
+    }
     Ok(())
 }

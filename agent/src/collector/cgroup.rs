@@ -94,8 +94,10 @@ impl Target {
     }
 }
 
+/// Finds the pod and container cgroups of this host and labels them: the identity join that
+/// the cgroup collector and the eBPF probes share.
 #[derive(Debug)]
-pub struct CgroupCollector {
+pub struct Targets {
     layout: Layout,
     opts: Options,
     procfs: PathBuf,
@@ -103,17 +105,21 @@ pub struct CgroupCollector {
     sandbox: Mutex<HashMap<String, bool>>,
 }
 
-impl CgroupCollector {
-    pub fn build(ctx: &Context<'_>) -> Result<Box<dyn Collect>, Unsupported> {
-        let layout = Layout::detect(&ctx.paths.cgroupfs)
-            .map_err(|e| Unsupported(crate::probe::chain(&e)))?;
-        tracing::info!(mode = ?layout.mode, cpu = %layout.cpu.display(), version = ?layout.cpu_version, "cgroup layout");
-        Ok(Box::new(Self {
+impl Targets {
+    /// Detects the cgroup layout under `paths.cgroupfs`.
+    pub fn new(paths: &crate::Paths, opts: &Options) -> Result<Self, Unsupported> {
+        let layout =
+            Layout::detect(&paths.cgroupfs).map_err(|e| Unsupported(crate::probe::chain(&e)))?;
+        Ok(Self {
             layout,
-            opts: ctx.cgroup.clone(),
-            procfs: ctx.paths.procfs.clone(),
+            opts: opts.clone(),
+            procfs: paths.procfs.clone(),
             sandbox: Mutex::new(HashMap::new()),
-        }))
+        })
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
     }
 
     /// A sandbox ("pause") container runs a single process named `pause`.
@@ -134,32 +140,58 @@ impl CgroupCollector {
         sandbox
     }
 
-    /// Discovers and reads every cgroup: the rows of this scrape.
-    pub fn gather(&self, errors: &mut ErrorCounts) -> Vec<(Target, CgroupSample)> {
+    /// Walks the cpu hierarchy: every pod and container cgroup (and, with `--collector.cgroup.non-pod`,
+    /// every other one) with its labels, sandboxes left out unless asked for.
+    pub fn scan(&self, errors: &mut ErrorCounts) -> Vec<(Discovered, Target)> {
         let opts = DiscoverOptions {
             include_non_pod: self.opts.non_pod,
             ..DiscoverOptions::default()
         };
         let found = cgroup::discover(&self.layout, &opts, errors);
         let mut cache = self.sandbox.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut rows = Vec::with_capacity(found.len());
-        let mut buf = String::with_capacity(1024);
+        let mut out = Vec::with_capacity(found.len());
         let mut live = Vec::new();
-        for d in &found {
+        for d in found {
             if let CgroupKind::Container { container_id, .. } = &d.kind {
-                live.push(container_id.as_str());
-                if !self.opts.sandbox && self.is_sandbox(d, container_id, &mut cache) {
+                live.push(container_id.clone());
+                if !self.opts.sandbox && self.is_sandbox(&d, container_id, &mut cache) {
                     continue;
                 }
             }
-            if let Some(sample) = cgroup::read_sample(&self.layout, d, &mut buf, errors) {
-                rows.push((Target::from_kind(d), sample));
-            }
+            let target = Target::from_kind(&d);
+            out.push((d, target));
         }
         // Forget containers that are gone, so the cache does not grow with churn.
         if cache.len() > live.len() {
-            let live: std::collections::HashSet<&str> = live.into_iter().collect();
+            let live: std::collections::HashSet<&str> = live.iter().map(String::as_str).collect();
             cache.retain(|id, _| live.contains(id.as_str()));
+        }
+        out
+    }
+}
+
+#[derive(Debug)]
+pub struct CgroupCollector {
+    targets: Targets,
+}
+
+impl CgroupCollector {
+    pub fn build(ctx: &Context<'_>) -> Result<Box<dyn Collect>, Unsupported> {
+        let targets = Targets::new(ctx.paths, ctx.cgroup)?;
+        let layout = targets.layout();
+        tracing::info!(mode = ?layout.mode, cpu = %layout.cpu.display(), version = ?layout.cpu_version, "cgroup layout");
+        Ok(Box::new(Self { targets }))
+    }
+
+    /// Discovers and reads every cgroup: the rows of this scrape.
+    pub fn gather(&self, errors: &mut ErrorCounts) -> Vec<(Target, CgroupSample)> {
+        let found = self.targets.scan(errors);
+        let mut rows = Vec::with_capacity(found.len());
+        let mut buf = String::with_capacity(1024);
+        for (d, target) in found {
+            if let Some(sample) = cgroup::read_sample(&self.targets.layout, &d, &mut buf, errors) {
+                rows.push((target, sample));
+            }
         }
         rows
     }
@@ -336,10 +368,10 @@ impl Collect for CgroupCollector {
         enc: &mut DescriptorEncoder,
         errors: &mut ErrorCounts,
     ) -> Result<(), CollectError> {
-        if !self.layout.cpu.exists() {
+        if !self.targets.layout.cpu.exists() {
             return Err(CollectError::Source(format!(
                 "cpu hierarchy {} is gone",
-                self.layout.cpu.display()
+                self.targets.layout.cpu.display()
             )));
         }
         let rows = self.gather(errors);

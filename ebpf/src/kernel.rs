@@ -1,0 +1,131 @@
+//! Reading kernel structs through offsets that userspace resolved from the running kernel's
+//! BTF, and the maps every scheduler probe shares.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::map,
+    maps::{HashMap, PerCpuArray},
+};
+use podstat_common::sched::{
+    DEFAULT_MAX_CGROUPS, HIST_SLOTS, Hist, Known, MAP_NAMES, Offsets, SUM_SLOT,
+};
+
+/// Kernel struct offsets, filled in by the loader (`EbpfLoader::set_global`) before load.
+/// The verifier sees them as constants, so the reads below cost what hand-written ones do.
+#[unsafe(no_mangle)]
+static OFFSETS: Offsets = Offsets {
+    task_cgroups: 0,
+    css_set_cpu_subsys: 0,
+    css_cgroup: 0,
+    cgroup_kn: 0,
+    kn_id: 0,
+    task_pid: 0,
+    task_state: 0,
+    cfs_rq_tg: 0,
+    cfs_rq_throttled: 0,
+    cfs_rq_h_nr: 0,
+    tg_css_cgroup: 0,
+    tg_period: 0,
+    tg_period_expires: 0,
+    valid: 0,
+};
+
+/// The cgroups to measure (pod and container cgroups), written by userspace.
+#[map]
+pub static KNOWN: HashMap<u64, Known> = HashMap::with_max_entries(DEFAULT_MAX_CGROUPS, 0);
+
+/// Insert failures per map (slots named by `MAP_NAMES`), per CPU.
+#[map]
+pub static MAP_FULL: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAP_NAMES.len() as u32, 0);
+
+#[inline(always)]
+pub fn offsets() -> Offsets {
+    // SAFETY: OFFSETS is a plain static; the volatile read keeps LLVM from folding the zero
+    // initialiser into the code, since the loader rewrites the value.
+    unsafe { core::ptr::read_volatile(&raw const OFFSETS) }
+}
+
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// Reads a `T` at `base + off` from kernel memory.
+#[inline(always)]
+pub fn read<T>(base: *const u8, off: u32) -> Result<T, i32> {
+    if base.is_null() {
+        return Err(-1);
+    }
+    // SAFETY: bpf_probe_read_kernel copies with fault handling; a bad address is an error.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize).cast::<T>()) }
+}
+
+/// The kernfs id of a cgroup (`cgroup->kn->id`), which is its directory's inode number.
+#[inline(always)]
+pub fn cgroup_kn_id(cgrp: *const u8, o: &Offsets) -> Result<u64, i32> {
+    let kn: *const u8 = read(cgrp, o.cgroup_kn)?;
+    read(kn, o.kn_id)
+}
+
+/// The id of the task's cgroup in the cpu controller's hierarchy
+/// (`task->cgroups->subsys[cpu_cgrp_id]->cgroup->kn->id`): the same on cgroup v1 and v2.
+#[inline(always)]
+pub fn task_cgroup_id(task: *const u8, o: &Offsets) -> Result<u64, i32> {
+    let cset: *const u8 = read(task, o.task_cgroups)?;
+    let css: *const u8 = read(cset, o.css_set_cpu_subsys)?;
+    let cgrp: *const u8 = read(css, o.css_cgroup)?;
+    cgroup_kn_id(cgrp, o)
+}
+
+#[inline(always)]
+pub fn map_full(slot: u32) {
+    if let Some(p) = MAP_FULL.get_ptr_mut(slot) {
+        // SAFETY: this CPU's slot of a per-CPU array; tracing programs do not nest on a CPU
+        // for the same program.
+        unsafe { *p += 1 };
+    }
+}
+
+/// Adds `v` to the u64 at `p` atomically (several CPUs update the same cgroup's value).
+#[inline(always)]
+pub fn atomic_add(p: *mut u64, v: u64) {
+    // SAFETY: p points into a map value, 8-byte aligned. With the result unused this is the
+    // BPF `lock +=` (xadd) instruction, which every kernel we support accepts.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, v) };
+}
+
+/// Records `value` in slot `slot` of `hist`, and adds it to the sum.
+#[inline(always)]
+pub fn observe(hist: *mut Hist, slot: usize, value: u64) {
+    if slot < HIST_SLOTS {
+        // SAFETY: slot is bounds-checked; hist points into a map value.
+        unsafe {
+            atomic_add(core::ptr::addr_of_mut!((*hist)[slot]), 1);
+            atomic_add(core::ptr::addr_of_mut!((*hist)[SUM_SLOT]), value);
+        }
+    }
+}
+
+/// Looks `key` up in `map`, inserting a zeroed value first if it is missing. `None` (and a
+/// count in MAP_FULL) when the map is full.
+#[inline(always)]
+pub fn get_or_insert<V: Default>(
+    map: &HashMap<u64, V>,
+    key: u64,
+    full_slot: u32,
+) -> Option<*mut V> {
+    if let Some(p) = map.get_ptr_mut(key) {
+        return Some(p);
+    }
+    // A race with another CPU inserting the same key is fine: BPF_NOEXIST fails, the lookup wins.
+    let _ = map.insert(key, V::default(), u64::from(BPF_NOEXIST));
+    let p = map.get_ptr_mut(key);
+    if p.is_none() {
+        map_full(full_slot);
+    }
+    p
+}
