@@ -184,19 +184,18 @@ pub fn report(args: &CheckArgs, enabled: &[&'static str]) -> Vec<Item> {
         ),
     }
 
-    let probes = Arc::new(Probes::load(probe::Wanted {
-        sched: enabled.contains(&"sched"),
-    }));
+    let probes = Arc::new(Probes::load(args.probe.wanted(enabled), &args.paths.sysfs));
     for (name, status) in probes.status() {
         let (outcome, detail) = match status {
-            Status::Attached => (Outcome::Ok, "loaded and attached".to_string()),
+            Status::Attached(how) => (Outcome::Ok, format!("loaded and attached ({how})")),
             Status::Failed(why) => (Outcome::Unsupported, why.clone()),
             Status::Disabled => (Outcome::Disabled, "its collector is off".to_string()),
         };
         push("probe", (*name).to_string(), outcome, detail);
     }
 
-    let (_registry, gatherer) = crate::build_registry(enabled, &args.paths, &args.cgroup, &probes);
+    let built = crate::build_registry(enabled, &args.paths, &args.cgroup, &probes);
+    let gatherer = built.gatherer;
     for spec in COLLECTORS {
         let slot = gatherer
             .slots()

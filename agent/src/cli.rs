@@ -71,6 +71,58 @@ pub struct AgentArgs {
     pub paths: Paths,
     #[command(flatten)]
     pub cgroup: collector::cgroup::Options,
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+}
+
+/// Sizing and refresh of the eBPF probes.
+#[derive(Debug, Clone, Args)]
+pub struct ProbeArgs {
+    /// Pod and container cgroups the probes track at once; sizes the per-cgroup eBPF maps
+    /// (about 0.6 KiB of kernel memory per cgroup). Beyond it, cgroups are not measured and
+    /// podstat_bpf_map_full_total{map="known"} counts them.
+    #[arg(long = "probe.max-cgroups", value_name = "N", default_value_t = podstat_common::sched::DEFAULT_MAX_CGROUPS)]
+    pub max_cgroups: u32,
+    /// Tasks waiting for a CPU at once that the run-queue probe can track (48 bytes each).
+    #[arg(long = "probe.max-waiting", value_name = "N", default_value_t = podstat_common::sched::DEFAULT_MAX_WAITING)]
+    pub max_waiting: u32,
+    /// How often the probes' list of pod cgroups is refreshed (new pods are measured from the
+    /// next refresh on; a removed pod's series go at the next one). E.g. `5s`, `500ms`.
+    #[arg(long = "probe.refresh-interval", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub refresh_interval: std::time::Duration,
+}
+
+impl ProbeArgs {
+    /// What to load, given the enabled collectors.
+    pub fn wanted(&self, enabled: &[&'static str]) -> crate::probe::Wanted {
+        crate::probe::Wanted {
+            sched: enabled.contains(&"sched"),
+            throttle: enabled.contains(&"throttle"),
+            max_cgroups: self.max_cgroups,
+            max_waiting: self.max_waiting,
+        }
+    }
+}
+
+/// Parses `250ms`, `5s`, `1m` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map_or((s, "s"), |i| s.split_at(i));
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 5s or 250ms"))?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" => v,
+        "m" => v * 60.0,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?}; use ms, s or m")),
+    };
+    if !(secs.is_finite() && secs > 0.0 && secs <= 3600.0) {
+        return Err(format!("{s:?} must be between 1ms and 1h"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 #[derive(Debug, Args)]
@@ -79,6 +131,8 @@ pub struct CheckArgs {
     pub paths: Paths,
     #[command(flatten)]
     pub cgroup: collector::cgroup::Options,
+    #[command(flatten)]
+    pub probe: ProbeArgs,
     /// Print the report as JSON.
     #[arg(long = "output", value_enum, default_value_t = CheckOutput::Text)]
     pub output: CheckOutput,
@@ -228,6 +282,19 @@ mod tests {
                 help.contains(flag),
                 "{flag} missing from agent --help:\n{help}"
             );
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5s"), Ok(std::time::Duration::from_secs(5)));
+        assert_eq!(
+            parse_duration("250ms"),
+            Ok(std::time::Duration::from_millis(250))
+        );
+        assert_eq!(parse_duration("2"), Ok(std::time::Duration::from_secs(2)));
+        for bad in ["", "0s", "-1s", "5h", "abc", "nanms"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
         }
     }
 

@@ -55,20 +55,55 @@ impl Default for Paths {
     }
 }
 
-/// Builds the registry with the enabled collectors; also returns the gatherer for reports.
+/// The agent's pieces, wired together.
+pub struct Built {
+    pub registry: Registry,
+    pub gatherer: Arc<collector::Gatherer>,
+    /// Keeps the probes' KNOWN map and the identity join current; `None` without probes.
+    pub tracker: Option<Arc<probe::tracker::Tracker>>,
+}
+
+/// Builds the registry with the enabled collectors. With probes loaded, also the tracker,
+/// which has already done its first pass when this returns.
 pub fn build_registry(
     enabled: &[&'static str],
     paths: &Paths,
     cgroup: &collector::cgroup::Options,
     probes: &Arc<probe::Probes>,
-) -> (Registry, Arc<collector::Gatherer>) {
+) -> Built {
+    let identity = Arc::new(probe::tracker::Identity::default());
+    let tracker = if probes.maps().is_some() {
+        match collector::cgroup::Targets::new(paths, cgroup) {
+            Ok(targets) => {
+                let t = Arc::new(probe::tracker::Tracker::new(
+                    Arc::clone(probes),
+                    targets,
+                    Arc::clone(&identity),
+                ));
+                let n = t.refresh();
+                tracing::info!(cgroups = n, "probes track the pod and container cgroups");
+                Some(t)
+            }
+            Err(why) => {
+                tracing::warn!(reason = %why.0, "no cgroup layout: the probes cannot attribute anything to pods");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let ctx = collector::Context {
         paths,
         cgroup,
         probes,
+        identity: &identity,
     };
     let gatherer = Arc::new(collector::Gatherer::new(enabled, &ctx));
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Arc::clone(&gatherer)));
-    (registry, gatherer)
+    Built {
+        registry,
+        gatherer,
+        tracker,
+    }
 }

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use podstat::{
     check,
     cli::{self, AgentArgs, Cmd, LogArgs, LogFormat},
-    probe::{self, Probes},
+    probe::Probes,
     server,
 };
 use tokio::signal::unix::{SignalKind, signal};
@@ -49,12 +49,18 @@ fn init_logging(log: &LogArgs) -> anyhow::Result<()> {
 
 fn run_agent(args: &AgentArgs, enabled: &[&'static str]) -> anyhow::Result<()> {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), collectors = ?enabled, "starting podstat agent");
-    let probes = Arc::new(Probes::load(probe::Wanted {
-        sched: enabled.contains(&"sched"),
-    }));
-    let (registry, _gatherer) =
-        podstat::build_registry(enabled, &args.paths, &args.cgroup, &probes);
-    let registry = Arc::new(registry);
+    let probes = Arc::new(Probes::load(args.probe.wanted(enabled), &args.paths.sysfs));
+    let built = podstat::build_registry(enabled, &args.paths, &args.cgroup, &probes);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tracker = match &built.tracker {
+        Some(t) => Some(
+            Arc::clone(t)
+                .spawn(args.probe.refresh_interval, Arc::clone(&stop))
+                .context("starting the tracker thread")?,
+        ),
+        None => None,
+    };
+    let registry = Arc::new(built.registry);
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -78,6 +84,10 @@ fn run_agent(args: &AgentArgs, enabled: &[&'static str]) -> anyhow::Result<()> {
             .await
             .context("serving HTTP")
     })?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(t) = tracker {
+        let _ = t.join();
+    }
     drop(probes);
     tracing::info!("stopped");
     Ok(())

@@ -38,7 +38,7 @@ fn render_fixture(name: &str, non_pod: bool) -> String {
         ..Options::default()
     };
     let probes = Arc::new(Probes::none());
-    let (registry, _) = podstat::build_registry(&["cgroup"], &paths, &opts, &probes);
+    let registry = podstat::build_registry(&["cgroup"], &paths, &opts, &probes).registry;
     let (body, _) = render(&registry, Format::Text, false).expect("render");
     String::from_utf8(body)
         .expect("utf-8")

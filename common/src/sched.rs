@@ -159,8 +159,10 @@ pub struct Offsets {
     pub task_state: u32,
     /// `cfs_rq.tg` (struct task_group *).
     pub cfs_rq_tg: u32,
-    /// `cfs_rq.throttled` (int).
+    /// Byte holding `cfs_rq.throttled` (an `int` on older kernels, a one-bit bitfield in 6.18).
     pub cfs_rq_throttled: u32,
+    /// Mask of the `throttled` bit(s) in that byte (0xff for an int, which is 0 or 1).
+    pub cfs_rq_throttled_mask: u32,
     /// `cfs_rq.h_nr_running` (≤ 6.13) or `.h_nr_queued` (6.14+), unsigned int.
     pub cfs_rq_h_nr: u32,
     /// `task_group.css.cgroup` (struct cgroup *): `task_group.css` + `css_cgroup`.

@@ -26,6 +26,7 @@ static OFFSETS: Offsets = Offsets {
     task_state: 0,
     cfs_rq_tg: 0,
     cfs_rq_throttled: 0,
+    cfs_rq_throttled_mask: 0,
     cfs_rq_h_nr: 0,
     tg_css_cgroup: 0,
     tg_period: 0,

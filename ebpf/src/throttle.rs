@@ -12,7 +12,8 @@
 //! threads are the sum of `h_nr_running` (6.14+: `h_nr_queued`) of the run queues that throttled
 //! during the episode. With task-based throttling (6.18+) throttled tasks stay queued until they
 //! return to user space, so the count at `throttle_cfs_rq` still includes them. The fexit hook
-//! checks `cfs_rq->throttled` so a call that found fresh runtime and did not throttle is not
+//! checks `cfs_rq->throttled` (an int, or a one-bit bitfield in 6.18: the loader passes the byte and
+//! the mask) so a call that found fresh runtime and did not throttle is not
 //! counted; the kprobe fallback cannot, and counts every call.
 
 use aya_ebpf::{
@@ -76,7 +77,9 @@ fn tracked_group(cfs_rq: *const u8) -> Result<Option<(u64, *const u8)>, i32> {
 #[inline(always)]
 fn on_throttle(cfs_rq: *const u8, check_throttled: bool) -> Result<(), i32> {
     let o = offsets();
-    if check_throttled && read::<i32>(cfs_rq, o.cfs_rq_throttled)? == 0 {
+    if check_throttled
+        && u32::from(read::<u8>(cfs_rq, o.cfs_rq_throttled)?) & o.cfs_rq_throttled_mask == 0
+    {
         return Ok(());
     }
     let Some((id, tg)) = tracked_group(cfs_rq)? else {

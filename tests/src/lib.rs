@@ -489,3 +489,106 @@ pub fn test_ids(seed: u32) -> (String, String) {
     let cid = format!("{pid:08x}{seed:08x}{}", "0".repeat(48));
     (uid, cid)
 }
+
+/// A histogram read from a scrape: per-bucket (upper bound, cumulative count), sum, count.
+#[derive(Debug, Clone, Default)]
+pub struct Hist {
+    pub buckets: Vec<(f64, f64)>,
+    pub sum: f64,
+    pub count: f64,
+}
+
+impl Hist {
+    /// The histogram `name` of the series whose labels include `want`, or None.
+    pub fn find(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> Option<Self> {
+        let count = find(samples, &format!("{name}_count"), want);
+        let count = count.first()?.value;
+        let sum = find(samples, &format!("{name}_sum"), want)
+            .first()
+            .map_or(0.0, |s| s.value);
+        let mut buckets: Vec<(f64, f64)> = find(samples, &format!("{name}_bucket"), want)
+            .iter()
+            .filter_map(|s| {
+                let le = s.labels.get("le")?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, s.value))
+            })
+            .collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        Some(Self {
+            buckets,
+            sum,
+            count,
+        })
+    }
+
+    /// `self - earlier`, bucket by bucket (same bounds).
+    pub fn minus(&self, earlier: &Self) -> Self {
+        let buckets = self
+            .buckets
+            .iter()
+            .zip(&earlier.buckets)
+            .map(|((le, a), (_, b))| (*le, a - b))
+            .collect();
+        Self {
+            buckets,
+            sum: self.sum - earlier.sum,
+            count: self.count - earlier.count,
+        }
+    }
+
+    /// The q-quantile, interpolated within the bucket as Prometheus's histogram_quantile does.
+    pub fn quantile(&self, q: f64) -> f64 {
+        if self.count <= 0.0 {
+            return f64::NAN;
+        }
+        let rank = q * self.count;
+        let mut prev_le = 0.0;
+        let mut prev_n = 0.0;
+        for (le, n) in &self.buckets {
+            if *n >= rank {
+                if le.is_infinite() {
+                    return prev_le;
+                }
+                let in_bucket = n - prev_n;
+                return if in_bucket <= 0.0 {
+                    *le
+                } else {
+                    prev_le + (le - prev_le) * (rank - prev_n) / in_bucket
+                };
+            }
+            prev_le = *le;
+            prev_n = *n;
+        }
+        prev_le
+    }
+
+    pub fn mean(&self) -> f64 {
+        self.sum / self.count
+    }
+
+    /// Observations at or below `le` (cumulative count of that bucket).
+    pub fn at_most(&self, le: f64) -> f64 {
+        self.buckets
+            .iter()
+            .filter(|(b, _)| *b <= le + 1e-12)
+            .map(|(_, n)| *n)
+            .fold(0.0, f64::max)
+    }
+}
+
+/// Scrapes `/metrics` and parses it, panicking with context on failure.
+pub fn scrape(addr: SocketAddr) -> Vec<Sample> {
+    let r = http_get(addr, "/metrics", &[]).unwrap_or_else(|e| panic!("scraping {addr}: {e}"));
+    assert_eq!(r.status, 200, "/metrics answered {}", r.status);
+    parse_exposition(&r.text())
+}
+
+/// Number of online CPUs.
+pub fn cpus() -> usize {
+    thread::available_parallelism().map_or(1, std::num::NonZero::get)
+}

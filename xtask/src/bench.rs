@@ -1,8 +1,1169 @@
+//! `cargo xtask bench`: what podstat costs, each figure against a baseline measured in the
+//! same run.
+//!
+//! 1. Scrape cost: the agent's `/metrics` on `pods` × 3 real (v1) container cgroups, against a
+//!    plain loop that reads the same `cpu.stat` files.
+//! 2. Per-event probe cost: `run_time_ns / run_cnt` of podstat's `sched_switch` program
+//!    against libbpf-tools `runqlat`'s programs, during the same context-switch storm.
+//! 3. End-to-end cost: stress-ng `--switch` throughput without and with the probe attached.
+//!
+//! Everything it creates (cgroups, processes, the `bpf_stats_enabled` sysctl) is undone by
+//! guards, also on error and on panic.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fmt::Write as _,
+    fs,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+
+use crate::{setup, step};
+
 pub struct Config {
     pub pods: usize,
     pub scrapes: usize,
     pub storm_secs: u64,
 }
-pub fn all(_start: std::time::Instant, _c: &Config) -> anyhow::Result<()> {
-    anyhow::bail!("not yet")
+
+/// The v1 hierarchies the bench creates its cgroups in (same relative paths in both).
+const HIERARCHIES: [&str; 2] = ["/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpuacct"];
+/// Every cgroup the bench creates is below a directory named with this prefix and its pid.
+const PREFIX: &str = "podstat-test-bench-";
+const CONTAINERS_PER_POD: usize = 3;
+const WARMUP: usize = 5;
+const E2E_ROUNDS: usize = 3;
+/// Upper bound on directories visited when reaping a leftover tree.
+const MAX_REAP_DIRS: usize = 200_000;
+
+const TARGET_RATIO: f64 = 2.0;
+const TARGET_SCRAPE_MS: f64 = 20.0;
+const TARGET_RSS_KIB: u64 = 32 * 1024;
+const TARGET_E2E: f64 = 0.97;
+
+pub fn all(start: Instant, c: &Config) -> anyhow::Result<()> {
+    ensure!(
+        crate::is_root(),
+        "the benchmarks need root (cgroups, eBPF, bpf_stats)"
+    );
+    ensure!(
+        c.pods > 0 && c.scrapes > 0 && c.storm_secs > 0,
+        "--pods, --scrapes and --storm-secs must be at least 1"
+    );
+    let (bin, bin_source) = podstat_bin();
+    ensure!(
+        bin.is_file(),
+        "podstat binary {} not found ({bin_source})",
+        bin.display()
+    );
+    let out_dir = crate::root().join("target/bench");
+    fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let env = Env {
+        bin,
+        out_dir,
+        storm_secs: c.storm_secs,
+    };
+
+    step(start, "reaping leftover podstat-test-bench-* cgroups");
+    reap_leftovers()?;
+
+    step(
+        start,
+        &format!(
+            "scrape cost: {} pods x {CONTAINERS_PER_POD} containers, {} scrapes",
+            c.pods, c.scrapes
+        ),
+    );
+    let scrape = scrape_bench(&env, c.pods, c.scrapes)?;
+
+    step(
+        start,
+        &format!(
+            "per-event probe cost: podstat and runqlat during a {}s context-switch storm",
+            c.storm_secs
+        ),
+    );
+    let probe = probe_bench(&env)?;
+
+    step(
+        start,
+        &format!(
+            "end-to-end cost: stress-ng --switch, {E2E_ROUNDS} rounds without and with the probe"
+        ),
+    );
+    let e2e = e2e_bench(start, &env)?;
+
+    let report = render(c, &bin_source, &env, &scrape, &probe, &e2e);
+    println!("{report}");
+    let path = env.out_dir.join("report.md");
+    fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("report written to {}", path.display());
+
+    ensure!(
+        scrape.matched_containers >= scrape.created_containers,
+        "the agent exported podstat_cpu_periods_total for {} of the {} bench containers \
+         (is the cgroup collector in {} a stub? set PODSTAT_BIN to a binary with the real one)",
+        scrape.matched_containers,
+        scrape.created_containers,
+        env.bin.display()
+    );
+    Ok(())
+}
+
+struct Env {
+    bin: PathBuf,
+    out_dir: PathBuf,
+    storm_secs: u64,
+}
+
+/// The binary to bench and where it comes from: `PODSTAT_BIN`, else the release build in
+/// `CARGO_TARGET_DIR` (or `<root>/target`).
+fn podstat_bin() -> (PathBuf, String) {
+    if let Some(p) = std::env::var_os("PODSTAT_BIN") {
+        return (PathBuf::from(p), "PODSTAT_BIN".to_owned());
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || crate::root().join("target"),
+        |t| crate::root().join(PathBuf::from(t)),
+    );
+    (
+        target.join("release/podstat"),
+        "built from this worktree".to_owned(),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cgroups
+
+/// The cgroup directories the bench created, removed deepest first when dropped.
+#[derive(Default)]
+struct CgroupTree {
+    created: Vec<PathBuf>,
+}
+
+impl CgroupTree {
+    /// Creates `rel` (below each hierarchy); its parent must exist.
+    fn mkdir(&mut self, rel: &Path) -> anyhow::Result<()> {
+        for h in HIERARCHIES {
+            let p = Path::new(h).join(rel);
+            fs::create_dir(&p).with_context(|| format!("creating cgroup {}", p.display()))?;
+            self.created.push(p);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for CgroupTree {
+    fn drop(&mut self) {
+        // Created parent first, so reversed is children first.
+        for p in self.created.drain(..).rev() {
+            if let Err(e) = fs::remove_dir(&p) {
+                eprintln!("warning: removing cgroup {}: {e}", p.display());
+            }
+        }
+    }
+}
+
+/// Removes `podstat-test-bench-*` trees left by runs that died without cleaning up.
+fn reap_leftovers() -> anyhow::Result<()> {
+    for h in HIERARCHIES {
+        let entries = fs::read_dir(h).with_context(|| format!("listing {h}"))?;
+        for e in entries.filter_map(Result::ok) {
+            let name = e.file_name();
+            let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)) else {
+                continue;
+            };
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            // A bench that is still running owns its tree.
+            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim_end() == "xtask" {
+                eprintln!(
+                    "note: leaving {} alone: bench pid {pid} is running",
+                    e.path().display()
+                );
+                continue;
+            }
+            eprintln!("removing leftover {}", e.path().display());
+            remove_tree(&e.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// rmdir every directory below `root` and `root` itself, deepest first (cgroup files go with
+/// their directory).
+fn remove_tree(root: &Path) -> anyhow::Result<()> {
+    let mut dirs = vec![root.to_path_buf()];
+    let mut i = 0;
+    while i < dirs.len() {
+        ensure!(
+            dirs.len() <= MAX_REAP_DIRS,
+            "more than {MAX_REAP_DIRS} directories below {}",
+            root.display()
+        );
+        let d = dirs[i].clone();
+        for e in fs::read_dir(&d)
+            .with_context(|| format!("listing {}", d.display()))?
+            .filter_map(Result::ok)
+        {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(e.path());
+            }
+        }
+        i += 1;
+    }
+    // Breadth-first order lists parents before children.
+    for d in dirs.iter().rev() {
+        fs::remove_dir(d).with_context(|| format!("removing cgroup {}", d.display()))?;
+    }
+    Ok(())
+}
+
+/// Kubelet-style cgroups (cgroupfs driver): guaranteed pods under `kubepods/`, the others
+/// under `kubepods/{burstable,besteffort}/`.
+struct BenchPods {
+    tree: CgroupTree,
+    container_ids: Vec<String>,
+    /// `cpu.stat` of every pod and container: what the floor loop reads.
+    stat_files: Vec<PathBuf>,
+    with_quota: usize,
+}
+
+fn create_pods(pods: usize) -> anyhow::Result<BenchPods> {
+    const POD_QUOTA_US: u64 = 150_000;
+    const CONTAINER_QUOTA_US: u64 = 50_000;
+    let pid = std::process::id();
+    let mut b = BenchPods {
+        tree: CgroupTree::default(),
+        container_ids: Vec::with_capacity(pods * CONTAINERS_PER_POD),
+        stat_files: Vec::with_capacity(pods * (CONTAINERS_PER_POD + 1)),
+        with_quota: 0,
+    };
+    let base = PathBuf::from(format!("{PREFIX}{pid}"));
+    let kubepods = base.join("kubepods");
+    b.tree.mkdir(&base)?;
+    b.tree.mkdir(&kubepods)?;
+    b.tree.mkdir(&kubepods.join("burstable"))?;
+    b.tree.mkdir(&kubepods.join("besteffort"))?;
+    let cpu = Path::new(HIERARCHIES[0]);
+    for i in 0..pods {
+        let uid = format!("0b5a1c2e-{:04x}-4abc-8def-{i:012x}", pid & 0xffff);
+        let (parent, quota) = match i % 3 {
+            // guaranteed: quota on the pod and on every container
+            0 => (kubepods.clone(), true),
+            1 => (kubepods.join("burstable"), i % 2 == 1),
+            _ => (kubepods.join("besteffort"), false),
+        };
+        let pod = parent.join(format!("pod{uid}"));
+        b.tree.mkdir(&pod)?;
+        if quota {
+            // v1 refuses a child quota above its parent's: set the pod's first.
+            write_quota(&cpu.join(&pod), POD_QUOTA_US)?;
+        }
+        b.stat_files.push(cpu.join(&pod).join("cpu.stat"));
+        for j in 0..CONTAINERS_PER_POD {
+            let id = format!("{pid:016x}{:048x}", i * CONTAINERS_PER_POD + j);
+            let dir = pod.join(&id);
+            b.tree.mkdir(&dir)?;
+            if quota {
+                write_quota(&cpu.join(&dir), CONTAINER_QUOTA_US)?;
+                b.with_quota += 1;
+            }
+            b.stat_files.push(cpu.join(&dir).join("cpu.stat"));
+            b.container_ids.push(id);
+        }
+    }
+    Ok(b)
+}
+
+fn write_quota(dir: &Path, us: u64) -> anyhow::Result<()> {
+    let f = dir.join("cpu.cfs_quota_us");
+    fs::write(&f, us.to_string()).with_context(|| format!("writing {us} to {}", f.display()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+/// A process the bench started; dropped, it is stopped (SIGTERM, then SIGKILL) and reaped.
+struct Proc {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+    done: Option<ExitStatus>,
+}
+
+impl Proc {
+    /// Spawns `cmd` with stdout and stderr to `<out_dir>/<name>.log`.
+    fn spawn(name: &'static str, cmd: &mut Command, out_dir: &Path) -> anyhow::Result<Self> {
+        let log = out_dir.join(format!("{name}.log"));
+        let f = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let f2 = f.try_clone().context("duplicating the log file")?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(f)
+            .stderr(f2)
+            .spawn()
+            .with_context(|| format!("spawning {cmd:?}"))?;
+        Ok(Self {
+            name,
+            child,
+            log,
+            done: None,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn exited(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        if self.done.is_none() {
+            self.done = self
+                .child
+                .try_wait()
+                .with_context(|| format!("waiting for {}", self.name))?;
+        }
+        Ok(self.done)
+    }
+
+    /// Waits up to `limit` for the process to exit by itself.
+    fn wait_for(&mut self, limit: Duration) -> anyhow::Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.exited()? {
+                return Ok(Some(s));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `sig` (by pid) and waits up to 5 s, then SIGKILL; returns the exit status.
+    fn stop(&mut self, sig: Signal) -> anyhow::Result<ExitStatus> {
+        if let Some(s) = self.exited()? {
+            return Ok(s);
+        }
+        let pid = Pid::from_raw(i32::try_from(self.pid()).context("pid out of range")?);
+        kill(pid, sig).with_context(|| format!("sending {sig} to {} ({pid})", self.name))?;
+        if let Some(s) = self.wait_for(Duration::from_secs(5))? {
+            return Ok(s);
+        }
+        eprintln!("warning: {} ({pid}) ignored {sig}; killing it", self.name);
+        self.child
+            .kill()
+            .with_context(|| format!("killing {}", self.name))?;
+        let s = self
+            .child
+            .wait()
+            .with_context(|| format!("waiting for {}", self.name))?;
+        self.done = Some(s);
+        Ok(s)
+    }
+
+    fn log_tail(&self) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    fn log_text(&self) -> anyhow::Result<String> {
+        fs::read_to_string(&self.log).with_context(|| format!("reading {}", self.log.display()))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop(Signal::SIGTERM) {
+            eprintln!("warning: stopping {}: {e:#}", self.name);
+        }
+    }
+}
+
+/// A loopback address with a port that was free a moment ago.
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    let l = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+    l.local_addr().context("local address of the probe socket")
+}
+
+fn start_agent(
+    env: &Env,
+    name: &'static str,
+    collector_off: &str,
+) -> anyhow::Result<(Proc, SocketAddr)> {
+    let addr = free_addr()?;
+    let mut cmd = Command::new(&env.bin);
+    cmd.args([
+        "agent",
+        "--web.listen-address",
+        &addr.to_string(),
+        collector_off,
+    ])
+    .env("NO_COLOR", "1");
+    let agent = Proc::spawn(name, &mut cmd, &env.out_dir)?;
+    Ok((agent, addr))
+}
+
+/// Polls /metrics until it answers 200 with a body `ready` accepts (at most 20 s).
+fn wait_ready(
+    agent: &mut Proc,
+    addr: SocketAddr,
+    ready: impl Fn(&str) -> bool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = String::from("no answer");
+    while Instant::now() < deadline {
+        if let Some(s) = agent.exited()? {
+            bail!(
+                "the agent exited with {s} before it was ready; its log:\n{}",
+                agent.log_tail()
+            );
+        }
+        match http_get(addr, "/metrics") {
+            Ok((200, body)) => {
+                if ready(&String::from_utf8_lossy(&body)) {
+                    return Ok(());
+                }
+                last = "200 but not ready yet".into();
+            }
+            Ok((status, _)) => last = format!("HTTP {status}"),
+            Err(e) => last = format!("{e:#}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!(
+        "the agent at {addr} was not ready after 20 s ({last}); its log:\n{}",
+        agent.log_tail()
+    )
+}
+
+fn probe_attached(body: &str) -> bool {
+    body.lines()
+        .any(|l| l.trim_end() == r#"podstat_probe_attached{probe="sched_switch"} 1"#)
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP
+
+/// GET over a fresh connection (`Connection: close`), read to the end: (status, body).
+fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n"
+    )
+    .context("sending the request")?;
+    let mut raw = Vec::with_capacity(256 * 1024);
+    s.read_to_end(&mut raw).context("reading the response")?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("response without an end of headers")?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| {
+            format!(
+                "bad status line: {:?}",
+                head.lines().next().unwrap_or_default()
+            )
+        })?;
+    let body = &raw[split + 4..];
+    let chunked = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        body.to_vec()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut b: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(b.len());
+    loop {
+        let eol = b
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .context("chunk size line without CRLF")?;
+        let size_str = String::from_utf8_lossy(&b[..eol]);
+        let size = usize::from_str_radix(size_str.split(';').next().unwrap_or("").trim(), 16)
+            .with_context(|| format!("bad chunk size {size_str:?}"))?;
+        b = &b[eol + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        ensure!(b.len() >= size + 2, "truncated chunk");
+        out.extend_from_slice(&b[..size]);
+        b = &b[size + 2..];
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics
+
+#[derive(Clone, Copy)]
+struct Summary {
+    median_ms: f64,
+    p99_ms: f64,
+}
+
+/// Nearest-rank median and p99.
+fn summarize(mut d: Vec<Duration>) -> Summary {
+    d.sort_unstable();
+    let rank = |p: f64| {
+        if d.is_empty() {
+            return 0.0;
+        }
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss,
+            reason = "sample counts are small and positive"
+        )]
+        let i = ((p * d.len() as f64).ceil() as usize).clamp(1, d.len()) - 1;
+        d[i].as_secs_f64() * 1e3
+    };
+    Summary {
+        median_ms: rank(0.5),
+        p99_ms: rank(0.99),
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => f64::midpoint(v[n / 2 - 1], v[n / 2]),
+    }
+}
+
+#[expect(clippy::cast_precision_loss, reason = "counters below 2^53 are exact")]
+fn per(num: u64, den: u64) -> f64 {
+    if den == 0 {
+        f64::NAN
+    } else {
+        num as f64 / den as f64
+    }
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "meets" } else { "**misses**" }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Scrape cost
+
+struct ScrapeResult {
+    pods: usize,
+    created_containers: usize,
+    with_quota: usize,
+    stat_files: usize,
+    agent: Summary,
+    floor: Summary,
+    body_bytes: usize,
+    /// Lines mentioning `podstat_cpu_periods_total` (what `grep -c` counts).
+    periods_lines: usize,
+    /// Bench containers with a `podstat_cpu_periods_total` series.
+    matched_containers: usize,
+    rss_kib: u64,
+    hwm_kib: u64,
+    /// The agent's own `podstat_collector_duration_seconds{collector="cgroup"}`, last scrape.
+    collect_ms: Option<f64>,
+}
+
+fn scrape_bench(env: &Env, pods: usize, scrapes: usize) -> anyhow::Result<ScrapeResult> {
+    let b = create_pods(pods)?;
+    let (mut agent, addr) = start_agent(env, "agent-scrape", "--no-collector.sched")?;
+    wait_ready(&mut agent, addr, |_| true)?;
+
+    let mut body = Vec::new();
+    for _ in 0..WARMUP {
+        body = scrape(addr)?;
+    }
+    let mut times = Vec::with_capacity(scrapes);
+    for _ in 0..scrapes {
+        let t = Instant::now();
+        body = scrape(addr)?;
+        times.push(t.elapsed());
+    }
+    let (rss_kib, hwm_kib) = vm_rss_hwm(agent.pid())?;
+    agent.stop(Signal::SIGTERM)?;
+
+    let text = String::from_utf8_lossy(&body);
+    let collect_ms = text
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"podstat_collector_duration_seconds{collector="cgroup"} "#))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|secs| secs * 1e3);
+    let periods_lines = text
+        .lines()
+        .filter(|l| l.contains("podstat_cpu_periods_total"))
+        .count();
+    let ours: HashSet<&str> = b.container_ids.iter().map(String::as_str).collect();
+    let matched: HashSet<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("podstat_cpu_periods_total{"))
+        .filter_map(|l| label(l, "container_id"))
+        .filter(|id| ours.contains(id))
+        .collect();
+
+    // The floor: the same pods' and containers' cpu.stat, read in a plain loop.
+    let mut floor = Vec::with_capacity(scrapes);
+    let mut bytes = 0usize;
+    for i in 0..WARMUP + scrapes {
+        let t = Instant::now();
+        for f in &b.stat_files {
+            bytes += fs::read_to_string(f)
+                .with_context(|| format!("reading {}", f.display()))?
+                .len();
+        }
+        if i >= WARMUP {
+            floor.push(t.elapsed());
+        }
+    }
+    std::hint::black_box(bytes);
+
+    Ok(ScrapeResult {
+        pods,
+        created_containers: b.container_ids.len(),
+        with_quota: b.with_quota,
+        stat_files: b.stat_files.len(),
+        agent: summarize(times),
+        floor: summarize(floor),
+        body_bytes: body.len(),
+        periods_lines,
+        collect_ms,
+        matched_containers: matched.len(),
+        rss_kib,
+        hwm_kib,
+    })
+    // `b` drops here: the cgroups go, children first.
+}
+
+fn scrape(addr: SocketAddr) -> anyhow::Result<Vec<u8>> {
+    let (status, body) = http_get(addr, "/metrics")?;
+    ensure!(status == 200, "GET /metrics answered {status}");
+    Ok(body)
+}
+
+/// The value of label `name` in an exposition line.
+fn label<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let key = format!("{name}=\"");
+    let start = line.find(&key)? + key.len();
+    let len = line[start..].find('"')?;
+    Some(&line[start..start + len])
+}
+
+fn vm_rss_hwm(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let p = format!("/proc/{pid}/status");
+    let status = fs::read_to_string(&p).with_context(|| format!("reading {p}"))?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no {name} in {p}"))
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Per-event probe cost
+
+/// `kernel.bpf_stats_enabled` on while it lives; the old value is restored when dropped.
+struct BpfStats {
+    old: String,
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> anyhow::Result<Self> {
+        let old = fs::read_to_string(BPF_STATS)
+            .with_context(|| format!("reading {BPF_STATS}"))?
+            .trim()
+            .to_owned();
+        fs::write(BPF_STATS, "1").with_context(|| format!("writing 1 to {BPF_STATS}"))?;
+        Ok(Self { old })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        if let Err(e) = fs::write(BPF_STATS, &self.old) {
+            eprintln!("warning: restoring {BPF_STATS} to {}: {e}", self.old);
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Prog {
+    name: String,
+    run_time_ns: u64,
+    run_cnt: u64,
+    pids: Vec<u32>,
+}
+
+/// Every loaded program, by id, from `bpftool -j prog show`.
+fn prog_snapshot() -> anyhow::Result<HashMap<u64, Prog>> {
+    let bpftool = setup::find("bpftool")?;
+    let out = Command::new(&bpftool)
+        .args(["-j", "prog", "show"])
+        .output()
+        .with_context(|| format!("running {} -j prog show", bpftool.display()))?;
+    ensure!(
+        out.status.success(),
+        "bpftool prog show failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("parsing bpftool's JSON")?;
+    let arr = v.as_array().context("bpftool's JSON is not an array")?;
+    let mut m = HashMap::with_capacity(arr.len());
+    for p in arr {
+        let Some(id) = p["id"].as_u64() else { continue };
+        let pids = p["pids"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x["pid"].as_u64().and_then(|n| u32::try_from(n).ok()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        m.insert(
+            id,
+            Prog {
+                name: p["name"].as_str().unwrap_or("?").to_owned(),
+                run_time_ns: p["run_time_ns"].as_u64().unwrap_or(0),
+                run_cnt: p["run_cnt"].as_u64().unwrap_or(0),
+                pids,
+            },
+        );
+    }
+    Ok(m)
+}
+
+/// Program ids `pid` holds: from bpftool's `pids` field when this bpftool has it, and from
+/// the `prog_id:` lines of the process's fdinfo (program and link fds) in any case.
+fn owned_progs(pid: u32, snap: &HashMap<u64, Prog>) -> anyhow::Result<HashSet<u64>> {
+    let mut ids: HashSet<u64> = snap
+        .iter()
+        .filter(|(_, p)| p.pids.contains(&pid))
+        .map(|(id, _)| *id)
+        .collect();
+    let dir = format!("/proc/{pid}/fdinfo");
+    for e in fs::read_dir(&dir)
+        .with_context(|| format!("listing {dir}"))?
+        .filter_map(Result::ok)
+    {
+        let Ok(info) = fs::read_to_string(e.path()) else {
+            continue;
+        };
+        ids.extend(
+            info.lines()
+                .filter_map(|l| l.strip_prefix("prog_id:"))
+                .filter_map(|v| v.trim().parse::<u64>().ok()),
+        );
+    }
+    Ok(ids)
+}
+
+struct ProbeRow {
+    owner: &'static str,
+    id: u64,
+    name: String,
+    events: u64,
+    run_ns: u64,
+}
+
+struct ProbeResult {
+    rows: Vec<ProbeRow>,
+    storm_ops: Option<f64>,
+}
+
+fn probe_bench(env: &Env) -> anyhow::Result<ProbeResult> {
+    let _stats = BpfStats::enable()?;
+    let (mut agent, addr) = start_agent(env, "agent-probe", "--no-collector.cgroup")?;
+    wait_ready(&mut agent, addr, probe_attached)?;
+
+    let runqlat_bin = setup::find("runqlat")?;
+    let mut runqlat = Proc::spawn("runqlat", &mut Command::new(&runqlat_bin), &env.out_dir)?;
+    // Wait (at most 15 s) until runqlat holds its programs.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(s) = runqlat.exited()? {
+            bail!("runqlat exited with {s}:\n{}", runqlat.log_tail());
+        }
+        if owned_progs(runqlat.pid(), &HashMap::new())?.len() >= 3 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "runqlat loaded fewer than 3 programs in 15 s:\n{}",
+            runqlat.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let before = prog_snapshot()?;
+    let storm = stress_switch(env, "stress-probe")?;
+    let after = prog_snapshot()?;
+    let agent_ids = owned_progs(agent.pid(), &after)?;
+    let runqlat_ids = owned_progs(runqlat.pid(), &after)?;
+    runqlat.stop(Signal::SIGINT)?;
+    agent.stop(Signal::SIGTERM)?;
+
+    let mut rows = Vec::new();
+    for (owner, ids) in [("podstat", &agent_ids), ("runqlat", &runqlat_ids)] {
+        let mut ids: Vec<u64> = ids.iter().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let (Some(a), Some(b)) = (after.get(&id), before.get(&id)) else {
+                continue;
+            };
+            rows.push(ProbeRow {
+                owner,
+                id,
+                name: a.name.clone(),
+                events: a.run_cnt.saturating_sub(b.run_cnt),
+                run_ns: a.run_time_ns.saturating_sub(b.run_time_ns),
+            });
+        }
+    }
+    for owner in ["podstat", "runqlat"] {
+        ensure!(
+            rows.iter()
+                .any(|r| r.owner == owner && r.name == "sched_switch" && r.events > 0),
+            "no sched_switch program of {owner} ran during the storm (rows: {})",
+            rows.iter()
+                .map(|r| format!("{}:{}:{}", r.owner, r.name, r.events))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(ProbeResult {
+        rows,
+        storm_ops: storm.ok(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. End-to-end cost
+
+/// Runs the context-switch storm; Ok(bogo-ops/s, real time) or Err(stress-ng's output).
+fn stress_switch(env: &Env, name: &'static str) -> anyhow::Result<Result<f64, String>> {
+    let mut cmd = Command::new("stress-ng");
+    cmd.args(["--switch", "2", "--timeout"])
+        .arg(format!("{}s", env.storm_secs))
+        .arg("--metrics-brief");
+    let mut p = Proc::spawn(name, &mut cmd, &env.out_dir)?;
+    let limit = Duration::from_secs(env.storm_secs + 30);
+    let Some(status) = p.wait_for(limit)? else {
+        let s = p.stop(Signal::SIGTERM)?;
+        bail!(
+            "stress-ng ran past {}s and was stopped ({s}):\n{}",
+            limit.as_secs(),
+            p.log_tail()
+        );
+    };
+    let out = p.log_text()?;
+    ensure!(status.success(), "stress-ng failed with {status}:\n{out}");
+    Ok(parse_switch_ops(&out).ok_or(out))
+}
+
+/// bogo-ops/s (real time) from the `switch` line of `--metrics-brief`:
+/// `stress-ng: metrc: [pid] switch <ops> <real> <usr> <sys> <ops/s real> <ops/s usr+sys>`.
+fn parse_switch_ops(out: &str) -> Option<f64> {
+    out.lines().find_map(|l| {
+        let t: Vec<&str> = l.split_whitespace().collect();
+        let k = t.iter().position(|w| *w == "switch")?;
+        t.get(k + 1)?.parse::<u64>().ok()?;
+        let nums: Option<Vec<f64>> = t
+            .get(k + 1..k + 7)?
+            .iter()
+            .map(|w| w.parse().ok())
+            .collect();
+        nums?.get(4).copied()
+    })
+}
+
+struct E2eResult {
+    off: Vec<f64>,
+    on: Vec<f64>,
+}
+
+fn e2e_bench(start: Instant, env: &Env) -> anyhow::Result<E2eResult> {
+    let mut r = E2eResult {
+        off: Vec::new(),
+        on: Vec::new(),
+    };
+    for round in 0..E2E_ROUNDS {
+        // Alternate the order so neither side always runs first.
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for with_probe in order {
+            step(
+                start,
+                &format!(
+                    "  round {}/{E2E_ROUNDS}: {}",
+                    round + 1,
+                    if with_probe {
+                        "with the probe"
+                    } else {
+                        "no probe"
+                    }
+                ),
+            );
+            if with_probe {
+                let (mut agent, addr) = start_agent(env, "agent-e2e", "--no-collector.cgroup")?;
+                wait_ready(&mut agent, addr, probe_attached)?;
+                let ops = stress_switch(env, "stress-e2e")?;
+                agent.stop(Signal::SIGTERM)?;
+                r.on.push(ops.map_err(|o| anyhow::anyhow!("no switch line in:\n{o}"))?);
+            } else {
+                let ops = stress_switch(env, "stress-e2e")?;
+                r.off
+                    .push(ops.map_err(|o| anyhow::anyhow!("no switch line in:\n{o}"))?);
+            }
+        }
+    }
+    Ok(r)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+fn render(
+    c: &Config,
+    bin_source: &str,
+    env: &Env,
+    scrape: &ScrapeResult,
+    probe: &ProbeResult,
+    e2e: &E2eResult,
+) -> String {
+    let mut r = String::new();
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let _ = writeln!(r, "# podstat benchmarks\n");
+    let _ = writeln!(
+        r,
+        "Kernel {}, {cpus} CPUs. Binary `{}` ({bin_source}). `--pods {} --scrapes {} --storm-secs {}`. \
+         Every figure is from this run; ratios are against a baseline measured in the same run.\n",
+        kernel.trim(),
+        env.bin.display(),
+        c.pods,
+        c.scrapes,
+        c.storm_secs
+    );
+
+    render_scrape(&mut r, c, scrape);
+    render_probe(&mut r, c, probe);
+    render_e2e(&mut r, c, e2e);
+    r
+}
+
+fn render_scrape(r: &mut String, c: &Config, s: &ScrapeResult) {
+    let _ = writeln!(r, "## 1. Scrape cost\n");
+    let _ = writeln!(
+        r,
+        "{} pods x {CONTAINERS_PER_POD} containers ({} container cgroups, {} with a CFS quota) as v1 \
+         cgroups; agent with `--no-collector.sched`; {WARMUP} warm-up scrapes, then {} sequential \
+         scrapes (HTTP/1.1, `Connection: close`, read to end). Floor: a plain loop reading the {} \
+         pod and container `cpu.stat` files, {} iterations.\n",
+        s.pods, s.created_containers, s.with_quota, c.scrapes, s.stat_files, c.scrapes
+    );
+    let ratio_med = s.agent.median_ms / s.floor.median_ms;
+    let ratio_p99 = s.agent.p99_ms / s.floor.p99_ms;
+    let _ = writeln!(r, "| | median | p99 | target |");
+    let _ = writeln!(r, "|---|---:|---:|---|");
+    let _ = writeln!(
+        r,
+        "| agent scrape | {:.3} ms | {:.3} ms | ≤ {TARGET_SCRAPE_MS} ms: {} |",
+        s.agent.median_ms,
+        s.agent.p99_ms,
+        verdict(s.agent.p99_ms <= TARGET_SCRAPE_MS)
+    );
+    let _ = writeln!(
+        r,
+        "| floor (read {} cpu.stat) | {:.3} ms | {:.3} ms | |",
+        s.stat_files, s.floor.median_ms, s.floor.p99_ms
+    );
+    let _ = writeln!(
+        r,
+        "| ratio agent/floor | {ratio_med:.2}x | {ratio_p99:.2}x | ≤ {TARGET_RATIO}x: {} |\n",
+        verdict(ratio_med <= TARGET_RATIO && ratio_p99 <= TARGET_RATIO)
+    );
+    #[expect(clippy::cast_precision_loss, reason = "KiB figures are small")]
+    let mib = |k: u64| k as f64 / 1024.0;
+    let _ = writeln!(
+        r,
+        "- body: {} bytes; `grep -c podstat_cpu_periods_total`: {}; bench containers with a \
+         `podstat_cpu_periods_total` series: {} of {} ({})",
+        s.body_bytes,
+        s.periods_lines,
+        s.matched_containers,
+        s.created_containers,
+        if s.matched_containers >= s.created_containers {
+            "all found"
+        } else {
+            "**missing some: FAIL**"
+        }
+    );
+    if let Some(ms) = s.collect_ms {
+        let _ = writeln!(
+            r,
+            "- the agent's own `podstat_collector_duration_seconds{{collector=\"cgroup\"}}` in \
+             the last scrape: {ms:.3} ms (the rest of the scrape time is encoding and transfer)"
+        );
+    }
+    let _ = writeln!(
+        r,
+        "- agent memory after the run: VmRSS {:.1} MiB, VmHWM {:.1} MiB (target RSS ≤ 32 MiB: {})\n",
+        mib(s.rss_kib),
+        mib(s.hwm_kib),
+        verdict(s.rss_kib <= TARGET_RSS_KIB && s.hwm_kib <= TARGET_RSS_KIB)
+    );
+}
+
+fn render_probe(r: &mut String, c: &Config, p: &ProbeResult) {
+    let _ = writeln!(r, "## 2. Per-event probe cost\n");
+    let _ = writeln!(
+        r,
+        "`kernel.bpf_stats_enabled=1`; podstat agent (`--no-collector.cgroup`) and libbpf-tools \
+         `runqlat` attached side by side during `stress-ng --switch 2 --timeout {}s`. Deltas of \
+         `run_time_ns` and `run_cnt` (bpftool) over the storm; programs attributed to their \
+         process by the prog fds it holds.\n",
+        c.storm_secs
+    );
+    let _ = writeln!(r, "| owner | program (id) | events | run time | ns/event |");
+    let _ = writeln!(r, "|---|---|---:|---:|---:|");
+    for row in &p.rows {
+        let _ = writeln!(
+            r,
+            "| {} | {} ({}) | {} | {:.1} ms | {:.1} |",
+            row.owner,
+            row.name,
+            row.id,
+            row.events,
+            per(row.run_ns, 1_000_000),
+            per(row.run_ns, row.events)
+        );
+    }
+    let ns_of = |owner: &str| {
+        p.rows
+            .iter()
+            .filter(|x| x.owner == owner && x.name == "sched_switch")
+            .map(|x| per(x.run_ns, x.events))
+            .next()
+            .unwrap_or(f64::NAN)
+    };
+    let (ps, rq) = (ns_of("podstat"), ns_of("runqlat"));
+    let rq_total: (u64, u64) =
+        p.rows
+            .iter()
+            .filter(|x| x.owner == "runqlat")
+            .fold((0, 0), |(ns, switches), x| {
+                let switches = if x.name == "sched_switch" {
+                    x.events
+                } else {
+                    switches
+                };
+                (ns + x.run_ns, switches)
+            });
+    let _ = writeln!(
+        r,
+        "\npodstat `sched_switch` {ps:.1} ns/event vs runqlat `sched_switch` {rq:.1} ns/event: \
+         {:.2}x. runqlat's programs together (wakeup + switch run time over its sched_switch \
+         events): {:.1} ns per context switch. These figures include the cost of the stats \
+         accounting itself, the same for every program.",
+        ps / rq,
+        per(rq_total.0, rq_total.1)
+    );
+    if let Some(ops) = p.storm_ops {
+        let _ = writeln!(
+            r,
+            "(stress-ng with both attached and stats on: {ops:.0} bogo-ops/s.)"
+        );
+    }
+}
+
+fn render_e2e(r: &mut String, c: &Config, e: &E2eResult) {
+    let _ = writeln!(r, "\n## 3. End-to-end cost\n");
+    let _ = writeln!(
+        r,
+        "`stress-ng --switch 2 --timeout {}s --metrics-brief`, bogo-ops/s (real time), {E2E_ROUNDS} \
+         rounds without and with the agent's probe, interleaved (order alternating).\n",
+        c.storm_secs
+    );
+    let _ = writeln!(r, "| round | no probe | with probe |");
+    let _ = writeln!(r, "|---|---:|---:|");
+    for (i, (off, on)) in e.off.iter().zip(&e.on).enumerate() {
+        let _ = writeln!(r, "| {} | {off:.0} | {on:.0} |", i + 1);
+    }
+    let (moff, mon) = (median(&e.off), median(&e.on));
+    let ratio = mon / moff;
+    let _ = writeln!(
+        r,
+        "| median | {moff:.0} | {mon:.0} |\n\nWith the probe: {:.1}% of the throughput without \
+         (target ≥ {:.0}%: {}).",
+        ratio * 100.0,
+        TARGET_E2E * 100.0,
+        verdict(ratio >= TARGET_E2E)
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stress_ng_metrics() {
+        let out = "stress-ng: metrc: [15449] stressor       bogo ops real time  usr time  sys time   bogo ops/s     bogo ops/s\n\
+stress-ng: metrc: [15449]                           (secs)    (secs)    (secs)   (real time) (usr+sys time)\n\
+stress-ng: metrc: [15449] switch           637576      2.00      0.10      1.67    318732.22      361308.60\n\
+stress-ng: metrc: [15449] switch              6401.73 nanosecs per context switch (pipe method)\n";
+        assert_eq!(parse_switch_ops(out), Some(318_732.22));
+        assert_eq!(parse_switch_ops("nothing"), None);
+    }
+
+    #[test]
+    fn dechunks() {
+        assert_eq!(
+            dechunk(b"3\r\nabc\r\n2;x\r\nde\r\n0\r\n\r\n").ok(),
+            Some(b"abcde".to_vec())
+        );
+    }
+
+    #[test]
+    fn finds_labels() {
+        let l = r#"podstat_cpu_periods_total{pod_uid="a",container_id="abc",qos="x"} 5"#;
+        assert_eq!(label(l, "container_id"), Some("abc"));
+        assert_eq!(label(l, "nope"), None);
+    }
 }

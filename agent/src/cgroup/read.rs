@@ -59,11 +59,34 @@ fn read_optional(path: &Path, buf: &mut String, errors: &mut ErrorCounts) -> Opt
     }
 }
 
-/// Reads the cgroup `d` (found by [`discover`](super::discover)) from `layout.cpu`, and on v1
-/// its usage from `layout.cpuacct`. `buf` is a scratch buffer reused across calls.
-///
-/// Returns `None` if the cgroup vanished or its `cpu.stat` is unreadable (both counted).
+/// The configured limits of a cgroup: they change rarely (a resize), so the collector may cache
+/// them for a while and read only the counters on every scrape.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub max: Option<CpuMax>,
+    pub burst_us: Option<u64>,
+    pub weight: Option<u64>,
+}
+
+/// Reads one cgroup's files into a sample: the counters ([`read_counters`]) and the limits
+/// ([`read_limits`]). `None` if the cgroup vanished or its `cpu.stat` is unreadable (counted).
 pub fn read_sample(
+    layout: &Layout,
+    d: &Discovered,
+    buf: &mut String,
+    errors: &mut ErrorCounts,
+) -> Option<CgroupSample> {
+    let mut sample = read_counters(layout, d, buf, errors)?;
+    let limits = read_limits(layout, d, buf, errors);
+    sample.max = limits.max;
+    sample.burst_us = limits.burst_us;
+    sample.weight = limits.weight;
+    Some(sample)
+}
+
+/// The counters: `cpu.stat`, v2 `cpu.stat.local`, `cpu.pressure`, v1 `cpuacct.usage`. The
+/// limit fields of the result are `None`.
+pub fn read_counters(
     layout: &Layout,
     d: &Discovered,
     buf: &mut String,
@@ -84,50 +107,16 @@ pub fn read_sample(
         stat: parse_cpu_stat(buf, version, errors),
         ..CgroupSample::default()
     };
-
-    let mut optional = |name: &str, buf: &mut String, errors: &mut ErrorCounts| {
-        path.set_file_name(name);
-        read_optional(&path, buf, errors)
-    };
-    match version {
-        CgroupVersion::V2 => {
-            if optional("cpu.stat.local", buf, errors).is_some() {
-                sample.local_throttled_ns = parse_cpu_stat_local(buf, errors);
-            }
-            if optional("cpu.max", buf, errors).is_some() {
-                sample.max = parse_cpu_max(buf, errors);
-            }
-            if optional("cpu.max.burst", buf, errors).is_some() {
-                sample.burst_us = parse_u64(buf, errors);
-            }
-            if optional("cpu.weight", buf, errors).is_some() {
-                sample.weight = parse_u64(buf, errors);
-            }
-        }
-        CgroupVersion::V1 => {
-            let quota = optional("cpu.cfs_quota_us", buf, errors)
-                .and_then(|()| parse_cfs_quota_us(buf, errors));
-            if let Some(quota_us) = quota
-                && optional("cpu.cfs_period_us", buf, errors).is_some()
-                && let Some(period_us) = parse_u64(buf, errors)
-            {
-                sample.max = Some(CpuMax {
-                    quota_us,
-                    period_us,
-                });
-            }
-            if optional("cpu.cfs_burst_us", buf, errors).is_some() {
-                sample.burst_us = parse_u64(buf, errors);
-            }
-            if optional("cpu.shares", buf, errors).is_some() {
-                sample.weight = parse_u64(buf, errors).map(shares_to_weight);
-            }
+    if version == CgroupVersion::V2 {
+        path.set_file_name("cpu.stat.local");
+        if read_optional(&path, buf, errors).is_some() {
+            sample.local_throttled_ns = parse_cpu_stat_local(buf, errors);
         }
     }
-    if optional("cpu.pressure", buf, errors).is_some() {
+    path.set_file_name("cpu.pressure");
+    if read_optional(&path, buf, errors).is_some() {
         sample.pressure = Some(parse_pressure(buf, errors));
     }
-
     if version == CgroupVersion::V1
         && let Some(cpuacct) = &layout.cpuacct
     {
@@ -138,6 +127,56 @@ pub fn read_sample(
         }
     }
     Some(sample)
+}
+
+/// The limits: v2 `cpu.max`, `cpu.max.burst`, `cpu.weight`; v1 `cpu.cfs_quota_us`,
+/// `cpu.cfs_period_us`, `cpu.cfs_burst_us`, `cpu.shares`. Missing files give `None` fields.
+pub fn read_limits(
+    layout: &Layout,
+    d: &Discovered,
+    buf: &mut String,
+    errors: &mut ErrorCounts,
+) -> Limits {
+    let mut limits = Limits::default();
+    let mut path = layout.cpu.join(&d.rel_path);
+    path.push("cpu.max");
+    let mut optional = |name: &str, buf: &mut String, errors: &mut ErrorCounts| {
+        path.set_file_name(name);
+        read_optional(&path, buf, errors)
+    };
+    match layout.cpu_version {
+        CgroupVersion::V2 => {
+            if optional("cpu.max", buf, errors).is_some() {
+                limits.max = parse_cpu_max(buf, errors);
+            }
+            if optional("cpu.max.burst", buf, errors).is_some() {
+                limits.burst_us = parse_u64(buf, errors);
+            }
+            if optional("cpu.weight", buf, errors).is_some() {
+                limits.weight = parse_u64(buf, errors);
+            }
+        }
+        CgroupVersion::V1 => {
+            let quota = optional("cpu.cfs_quota_us", buf, errors)
+                .and_then(|()| parse_cfs_quota_us(buf, errors));
+            if let Some(quota_us) = quota
+                && optional("cpu.cfs_period_us", buf, errors).is_some()
+                && let Some(period_us) = parse_u64(buf, errors)
+            {
+                limits.max = Some(CpuMax {
+                    quota_us,
+                    period_us,
+                });
+            }
+            if optional("cpu.cfs_burst_us", buf, errors).is_some() {
+                limits.burst_us = parse_u64(buf, errors);
+            }
+            if optional("cpu.shares", buf, errors).is_some() {
+                limits.weight = parse_u64(buf, errors).map(shares_to_weight);
+            }
+        }
+    }
+    limits
 }
 
 #[cfg(test)]

@@ -5,10 +5,11 @@
 //! from the next scrape and nothing accumulates with pod churn.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fmt,
     path::PathBuf,
     sync::{Mutex, PoisonError},
+    time::{Duration, Instant},
 };
 
 use prometheus_client::{
@@ -18,7 +19,7 @@ use prometheus_client::{
 
 use super::{Collect, CollectError, Context, Unsupported};
 use crate::cgroup::{
-    self, CgroupKind, CgroupSample, DiscoverOptions, Discovered, ErrorCounts, Layout,
+    self, CgroupKind, CgroupSample, DiscoverOptions, Discovered, ErrorCounts, Layout, Limits,
 };
 
 /// Options of the cgroup collector.
@@ -32,6 +33,29 @@ pub struct Options {
     /// no work and double the container series.
     #[arg(long = "collector.cgroup.sandbox")]
     pub sandbox: bool,
+    /// How long the limits read from cpu.max, cpu.max.burst and cpu.weight (v1: cfs_quota_us,
+    /// cfs_period_us, cfs_burst_us, shares) are reused before they are read again. Counters are
+    /// read on every scrape; limits change only when a pod is resized. `0s` reads them every scrape.
+    #[arg(long = "collector.cgroup.limits-refresh", value_name = "DURATION", default_value = "10s", value_parser = parse_refresh)]
+    pub limits_refresh: Duration,
+}
+
+fn parse_refresh(s: &str) -> Result<Duration, String> {
+    if s.trim().trim_end_matches(['m', 's']).trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    crate::cli::parse_duration(s)
+}
+
+/// How long a container with no process yet stays "not a sandbox" before it is checked again.
+const SANDBOX_RECHECK: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy)]
+enum Verdict {
+    Sandbox,
+    Workload,
+    /// No process to look at when checked.
+    Unknown(Instant),
 }
 
 /// The pod-scoped label set shared by every per-pod metric.
@@ -102,7 +126,7 @@ pub struct Targets {
     opts: Options,
     procfs: PathBuf,
     /// container id → is it a sandbox? Decided once per container (it costs two reads).
-    sandbox: Mutex<HashMap<String, bool>>,
+    sandbox: Mutex<HashMap<String, Verdict>>,
 }
 
 impl Targets {
@@ -123,21 +147,30 @@ impl Targets {
     }
 
     /// A sandbox ("pause") container runs a single process named `pause`.
-    fn is_sandbox(&self, d: &Discovered, id: &str, cache: &mut HashMap<String, bool>) -> bool {
-        if let Some(known) = cache.get(id) {
-            return *known;
+    fn is_sandbox(&self, d: &Discovered, id: &str, cache: &mut HashMap<String, Verdict>) -> bool {
+        match cache.get(id) {
+            Some(Verdict::Sandbox) => return true,
+            Some(Verdict::Workload) => return false,
+            Some(Verdict::Unknown(at)) if at.elapsed() < SANDBOX_RECHECK => return false,
+            _ => {}
         }
         let procs = std::fs::read_to_string(self.layout.cpu.join(&d.rel_path).join("cgroup.procs"))
             .unwrap_or_default();
-        let Some(pid) = procs.lines().next() else {
+        let verdict = match procs.lines().next() {
             // No process (yet): decide later, when it has one.
-            return false;
+            None => Verdict::Unknown(Instant::now()),
+            Some(pid) => {
+                let comm = std::fs::read_to_string(self.procfs.join(pid.trim()).join("comm"))
+                    .unwrap_or_default();
+                if comm.trim_end() == "pause" {
+                    Verdict::Sandbox
+                } else {
+                    Verdict::Workload
+                }
+            }
         };
-        let comm =
-            std::fs::read_to_string(self.procfs.join(pid.trim()).join("comm")).unwrap_or_default();
-        let sandbox = comm.trim_end() == "pause";
-        cache.insert(id.to_owned(), sandbox);
-        sandbox
+        cache.insert(id.to_owned(), verdict);
+        matches!(verdict, Verdict::Sandbox)
     }
 
     /// Walks the cpu hierarchy: every pod and container cgroup (and, with `--collector.cgroup.non-pod`,
@@ -163,7 +196,7 @@ impl Targets {
         }
         // Forget containers that are gone, so the cache does not grow with churn.
         if cache.len() > live.len() {
-            let live: std::collections::HashSet<&str> = live.iter().map(String::as_str).collect();
+            let live: HashSet<&str> = live.iter().map(String::as_str).collect();
             cache.retain(|id, _| live.contains(id.as_str()));
         }
         out
@@ -173,6 +206,8 @@ impl Targets {
 #[derive(Debug)]
 pub struct CgroupCollector {
     targets: Targets,
+    /// cgroup id → limits and when they were read; pruned to live cgroups every scrape.
+    limits: Mutex<HashMap<u64, (Instant, Limits)>>,
 }
 
 impl CgroupCollector {
@@ -180,18 +215,40 @@ impl CgroupCollector {
         let targets = Targets::new(ctx.paths, ctx.cgroup)?;
         let layout = targets.layout();
         tracing::info!(mode = ?layout.mode, cpu = %layout.cpu.display(), version = ?layout.cpu_version, "cgroup layout");
-        Ok(Box::new(Self { targets }))
+        Ok(Box::new(Self {
+            targets,
+            limits: Mutex::new(HashMap::new()),
+        }))
     }
 
     /// Discovers and reads every cgroup: the rows of this scrape.
     pub fn gather(&self, errors: &mut ErrorCounts) -> Vec<(Target, CgroupSample)> {
         let found = self.targets.scan(errors);
+        let refresh = self.targets.opts.limits_refresh;
+        let mut cache = self.limits.lock().unwrap_or_else(PoisonError::into_inner);
         let mut rows = Vec::with_capacity(found.len());
         let mut buf = String::with_capacity(1024);
-        for (d, target) in found {
-            if let Some(sample) = cgroup::read_sample(&self.targets.layout, &d, &mut buf, errors) {
-                rows.push((target, sample));
-            }
+        for (d, target) in &found {
+            let Some(mut sample) = cgroup::read_counters(&self.targets.layout, d, &mut buf, errors)
+            else {
+                continue;
+            };
+            let limits = match cache.get(&d.id) {
+                Some((at, limits)) if at.elapsed() < refresh => limits.clone(),
+                _ => {
+                    let limits = cgroup::read_limits(&self.targets.layout, d, &mut buf, errors);
+                    cache.insert(d.id, (Instant::now(), limits.clone()));
+                    limits
+                }
+            };
+            sample.max = limits.max;
+            sample.burst_us = limits.burst_us;
+            sample.weight = limits.weight;
+            rows.push((target.clone(), sample));
+        }
+        if cache.len() > found.len() {
+            let live: HashSet<u64> = found.iter().map(|(d, _)| d.id).collect();
+            cache.retain(|id, _| live.contains(id));
         }
         rows
     }

@@ -8,6 +8,7 @@
 
 pub mod cgroup;
 pub mod sched;
+pub mod throttle;
 
 use std::{
     collections::BTreeMap,
@@ -29,6 +30,7 @@ pub struct Context<'a> {
     pub paths: &'a crate::Paths,
     pub cgroup: &'a cgroup::Options,
     pub probes: &'a Arc<Probes>,
+    pub identity: &'a Arc<crate::probe::tracker::Identity>,
 }
 
 /// Why a collector cannot run on this host. Logged once; not a scrape failure.
@@ -82,15 +84,28 @@ pub const COLLECTORS: &[Spec] = &[
     Spec {
         name: "sched",
         default_enabled: true,
-        reads: "eBPF tp_btf/sched_switch: context switches per CPU",
+        reads: "eBPF tp_btf sched_wakeup, sched_wakeup_new, sched_switch, sched_process_exit: run-queue latency and preemptions per pod, context switches per CPU",
         requires: "BTF (/sys/kernel/btf/vmlinux), tp_btf (5.5+), CAP_BPF + CAP_PERFMON (5.8+) or CAP_SYS_ADMIN",
         build: sched::SchedCollector::build,
+    },
+    Spec {
+        name: "throttle",
+        default_enabled: true,
+        reads: "eBPF fexit/throttle_cfs_rq and fentry/unthrottle_cfs_rq (kprobe fallback): throttle pause, quota-exhausted-after, runnable threads per pod",
+        requires: "BTF, CONFIG_CFS_BANDWIDTH; fentry/fexit 5.5+ (else kprobes), CAP_BPF + CAP_PERFMON",
+        build: throttle::ThrottleCollector::build,
     },
 ];
 
 /// The self-metrics every agent exports, by their exposed names (README reference test).
 pub const SELF_METRICS: &[&str] = &[
     "podstat_node_context_switches_total",
+    "podstat_runqueue_latency_seconds",
+    "podstat_cpu_preemptions_total",
+    "podstat_cpu_throttle_pause_seconds",
+    "podstat_cpu_quota_exhausted_after_seconds",
+    "podstat_cpu_throttle_runnable_threads",
+    "podstat_bpf_map_full_total",
     "podstat_probe_attached",
     "podstat_collector_success",
     "podstat_collector_duration_seconds",

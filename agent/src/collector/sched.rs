@@ -1,23 +1,88 @@
-//! `sched` collector: what the scheduler probe (`ebpf/src/sched.rs`) aggregated in the kernel.
+//! `sched` collector: what the scheduler probe (`ebpf/src/sched.rs`) aggregated in the kernel:
+//! run-queue latency and preemptions per pod and container, context switches per CPU.
 
 use std::sync::Arc;
 
+use podstat_common::sched::{
+    BUCKETS, BY_OTHER_POD, BY_SAME_POD, BY_SYSTEM, Hist, INF_SLOT, MAP_NAMES, RUNQ_BOUNDS_NS,
+    SUM_SLOT,
+};
 use prometheus_client::{
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet},
     metrics::{MetricType, counter::ConstCounter},
 };
 
-use super::{Collect, CollectError, Context, Unsupported};
-use crate::{cgroup::ErrorCounts, probe::Probes};
+use super::{Collect, CollectError, Context, Unsupported, cgroup::Target};
+use crate::{
+    cgroup::ErrorCounts,
+    probe::{Probes, tracker::Identity},
+};
 
 #[derive(Debug)]
 pub struct SchedCollector {
     probes: Arc<Probes>,
+    identity: Arc<Identity>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CpuLabel {
     cpu: u32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByLabel {
+    by: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MapLabel {
+    map: &'static str,
+}
+
+/// A kernel histogram in Prometheus terms: (sum, count, per-bucket counts with upper bounds).
+pub struct PromHist {
+    pub sum: f64,
+    pub count: u64,
+    pub buckets: Vec<(f64, u64)>,
+}
+
+/// Converts a kernel [`Hist`] with upper bounds `bounds` (in kernel units) to Prometheus
+/// buckets, dividing values by `scale` (1e9 for ns → s, 1 for counts).
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "bounds and sums are far below 2^53"
+)]
+pub fn to_prom(h: &Hist, bounds: &[u64; BUCKETS], scale: f64) -> PromHist {
+    let mut buckets: Vec<(f64, u64)> = bounds
+        .iter()
+        .zip(h.iter())
+        .map(|(b, n)| (*b as f64 / scale, *n))
+        .collect();
+    buckets.push((f64::INFINITY, h[INF_SLOT]));
+    let count = h[..=INF_SLOT].iter().sum();
+    PromHist {
+        sum: h[SUM_SLOT] as f64 / scale,
+        count,
+        buckets,
+    }
+}
+
+/// Encodes one histogram family from `(labels, hist)` rows.
+pub fn encode_hists(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(Target, PromHist)],
+) -> Result<(), std::fmt::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for (t, h) in rows {
+        m.encode_family(t)?
+            .encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets, None)?;
+    }
+    Ok(())
 }
 
 impl SchedCollector {
@@ -28,8 +93,9 @@ impl SchedCollector {
             .iter()
             .find(|(p, _)| *p == "sched_switch")
         {
-            Some((_, crate::probe::Status::Attached)) => Ok(Box::new(Self {
+            Some((_, crate::probe::Status::Attached(_))) => Ok(Box::new(Self {
                 probes: Arc::clone(ctx.probes),
+                identity: Arc::clone(ctx.identity),
             })),
             Some((_, crate::probe::Status::Failed(why))) => {
                 Err(Unsupported(format!("sched_switch probe: {why}")))
@@ -45,19 +111,112 @@ impl Collect for SchedCollector {
         enc: &mut DescriptorEncoder,
         _errors: &mut ErrorCounts,
     ) -> Result<(), CollectError> {
-        let per_cpu = self
-            .probes
-            .context_switches()
-            .ok_or_else(|| CollectError::Source("reading the sched_switch map failed".into()))?;
+        let Some(maps) = self.probes.maps() else {
+            return Err(CollectError::Source("probe maps unavailable".into()));
+        };
+        let per_cpu = maps
+            .switches
+            .get(&0, 0)
+            .map_err(|e| CollectError::Source(format!("reading SCHED_SWITCHES: {e}")))?;
+        let mut runq = Vec::new();
+        let mut preempt = Vec::new();
+        for entry in maps.sched_stats.iter() {
+            let Ok((id, stats)) = entry else { continue };
+            let Some(target) = self.identity.get(id) else {
+                continue;
+            };
+            runq.push((target.clone(), to_prom(&stats.runq, &RUNQ_BOUNDS_NS, 1e9)));
+            preempt.push((target, stats.preempted_by));
+        }
+        let full: Vec<u64> = (0u32..)
+            .take(MAP_NAMES.len())
+            .map(|i| {
+                maps.map_full
+                    .get(&i, 0)
+                    .map(|v| v.iter().sum())
+                    .unwrap_or(0)
+            })
+            .collect();
+        drop(maps);
+        runq.sort_by(|a, b| {
+            a.0.pod_uid
+                .cmp(&b.0.pod_uid)
+                .then_with(|| a.0.container_id.cmp(&b.0.container_id))
+        });
+        preempt.sort_by(|a, b| {
+            a.0.pod_uid
+                .cmp(&b.0.pod_uid)
+                .then_with(|| a.0.container_id.cmp(&b.0.container_id))
+        });
+
         let mut m = enc.encode_descriptor(
             "podstat_node_context_switches",
             "Context switches on this CPU (tp_btf/sched_switch), counted in the kernel since the probe attached.",
             None,
             MetricType::Counter,
         )?;
-        for (cpu, n) in (0u32..).zip(per_cpu) {
-            ConstCounter::new(n).encode(m.encode_family(&CpuLabel { cpu })?)?;
+        for (cpu, n) in (0u32..).zip(per_cpu.iter()) {
+            ConstCounter::new(*n).encode(m.encode_family(&CpuLabel { cpu })?)?;
         }
+        encode_hists(
+            enc,
+            "podstat_runqueue_latency_seconds",
+            "Time the container's tasks waited on a run queue: from wakeup, or from an involuntary switch-out while runnable, to the next switch-in (eBPF sched_wakeup/sched_switch).",
+            &runq,
+        )?;
+        if !preempt.is_empty() {
+            let mut m = enc.encode_descriptor(
+                "podstat_cpu_preemptions",
+                "Involuntary switch-outs of the container's tasks while still runnable, by who took the CPU: a task of the same pod, of another pod, or anything else (system).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (target, by) in &preempt {
+                for (label, idx) in [
+                    ("same_pod", BY_SAME_POD),
+                    ("other_pod", BY_OTHER_POD),
+                    ("system", BY_SYSTEM),
+                ] {
+                    ConstCounter::new(by[idx])
+                        .encode(m.encode_family(&(target.clone(), ByLabel { by: label }))?)?;
+                }
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            "podstat_bpf_map_full",
+            "Inserts into an eBPF map that failed because it was full: those events were not measured. Raise --probe.max-cgroups or --probe.max-waiting.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (map, n) in MAP_NAMES.iter().zip(&full) {
+            ConstCounter::new(*n).encode(m.encode_family(&MapLabel { map })?)?;
+        }
+        let known = self
+            .identity
+            .known_full
+            .load(std::sync::atomic::Ordering::Relaxed);
+        ConstCounter::new(known).encode(m.encode_family(&MapLabel { map: "known" })?)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_hist_converts_to_seconds() {
+        let mut h: Hist = [0; podstat_common::sched::HIST_SLOTS];
+        h[0] = 2; // ≤ 5 µs
+        h[3] = 1; // ≤ 50 µs
+        h[INF_SLOT] = 1;
+        h[SUM_SLOT] = 2_000_000_000 + 40_000 + 6_000;
+        let p = to_prom(&h, &RUNQ_BOUNDS_NS, 1e9);
+        assert_eq!(p.count, 4);
+        assert!((p.sum - 2.000_046).abs() < 1e-9);
+        assert_eq!(p.buckets.len(), BUCKETS + 1);
+        assert!((p.buckets[0].0 - 5e-6).abs() < 1e-15);
+        assert_eq!(p.buckets[0].1, 2);
+        assert!(p.buckets[BUCKETS].0.is_infinite());
     }
 }

@@ -2,23 +2,30 @@
 //!
 //! Each probe loads or fails on its own. A probe that fails is reported as
 //! `podstat_probe_attached{probe} 0` with the reason in the log (and in `podstat check`);
-//! the rest keep working.
+//! the rest keep working. Kernel struct offsets come from the running kernel's BTF
+//! ([`btf`]) and reach the programs as the read-only global `OFFSETS`.
+
+pub mod btf;
+pub mod tracker;
 
 use std::{
     fmt,
-    sync::{Mutex, PoisonError},
+    path::Path,
+    sync::{Mutex, MutexGuard, PoisonError},
 };
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray},
-    programs::BtfTracePoint,
+    maps::{HashMap, MapData, PerCpuArray},
+    programs::{BtfTracePoint, FEntry, FExit, KProbe},
 };
-use podstat_common::sched as common;
+use podstat_common::sched::{self as common, Known, Offsets, SchedStats, ThrottleStats};
 use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
     metrics::{MetricType, gauge::ConstGauge},
 };
+
+use self::btf::KernelBtf;
 
 /// The eBPF object built from `ebpf/` by `build.rs`. Empty when the agent was built without
 /// the eBPF toolchain (plain `cargo build`): then every probe reports "not built".
@@ -29,23 +36,62 @@ pub fn object_embedded() -> bool {
     !OBJECT.is_empty()
 }
 
-/// The probes podstat knows, in report order.
-pub const PROBES: &[&str] = &["sched_switch"];
+/// The probes podstat knows, in report order: (name, collector that wants it).
+pub const PROBES: &[(&str, &str)] = &[
+    ("sched_switch", "sched"),
+    ("sched_wakeup", "sched"),
+    ("sched_wakeup_new", "sched"),
+    ("sched_process_exit", "sched"),
+    ("cfs_throttle", "throttle"),
+    ("cfs_unthrottle", "throttle"),
+];
 
 /// Outcome of loading one probe.
 #[derive(Debug, Clone)]
 pub enum Status {
-    Attached,
+    /// Attached, with the mechanism (`tp_btf`, `fentry`, `fexit`, `kprobe`).
+    Attached(&'static str),
     Failed(String),
     /// Not requested (its collector is off).
     Disabled,
 }
 
+/// Which probes to load, and how big the maps are.
+#[derive(Debug, Clone, Copy)]
+pub struct Wanted {
+    pub sched: bool,
+    pub throttle: bool,
+    /// Pod and container cgroups tracked at once (sizes KNOWN and the per-cgroup stats maps).
+    pub max_cgroups: u32,
+    /// Tasks waiting for a CPU at once (sizes WAIT_START).
+    pub max_waiting: u32,
+}
+
+impl Default for Wanted {
+    fn default() -> Self {
+        Self {
+            sched: true,
+            throttle: true,
+            max_cgroups: common::DEFAULT_MAX_CGROUPS,
+            max_waiting: common::DEFAULT_MAX_WAITING,
+        }
+    }
+}
+
+/// Map handles the collectors and the tracker use.
+pub struct Maps {
+    pub switches: PerCpuArray<MapData, u64>,
+    pub known: HashMap<MapData, u64, Known>,
+    pub sched_stats: HashMap<MapData, u64, SchedStats>,
+    pub throttle_stats: HashMap<MapData, u64, ThrottleStats>,
+    pub map_full: PerCpuArray<MapData, u64>,
+}
+
 /// The loaded object and the map handles the collectors read.
 pub struct Probes {
     status: Vec<(&'static str, Status)>,
-    /// Context switches per CPU (one slot, per-CPU).
-    pub sched_switches: Option<Mutex<PerCpuArray<MapData, u64>>>,
+    maps: Option<Mutex<Maps>>,
+    offsets: Option<Offsets>,
     /// Keeps programs and links alive; dropping it detaches everything.
     _ebpf: Option<Ebpf>,
 }
@@ -54,94 +100,267 @@ impl fmt::Debug for Probes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Probes")
             .field("status", &self.status)
+            .field("offsets", &self.offsets)
             .finish_non_exhaustive()
     }
 }
 
-/// Which probes to load.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Wanted {
-    pub sched: bool,
+/// Resolves every offset the programs need. The scheduler part is required; the throttle
+/// part (CONFIG_CFS_BANDWIDTH) is optional and returned as its own result.
+pub fn resolve_offsets(k: &KernelBtf) -> Result<(Offsets, Result<(), String>), btf::BtfError> {
+    let cpu_id = k.enum_value("cgroup_subsys_id", "cpu_cgrp_id")?;
+    let (elem, len) = k.array_of("css_set", "subsys")?;
+    let cpu_id = u32::try_from(cpu_id)
+        .ok()
+        .filter(|id| *id < len)
+        .ok_or_else(|| {
+            btf::BtfError::Malformed(format!(
+                "cpu_cgrp_id {cpu_id} outside css_set.subsys[{len}]"
+            ))
+        })?;
+    let css_cgroup = k.offset_of("cgroup_subsys_state", "cgroup")?;
+    let mut o = Offsets {
+        task_cgroups: k.offset_of("task_struct", "cgroups")?,
+        css_set_cpu_subsys: k.offset_of("css_set", "subsys")? + cpu_id * elem,
+        css_cgroup,
+        cgroup_kn: k.offset_of("cgroup", "kn")?,
+        kn_id: k.offset_of("kernfs_node", "id")?,
+        task_pid: k.offset_of("task_struct", "pid")?,
+        task_state: k.offset_of_any("task_struct", &["__state", "state"])?.1,
+        valid: 1,
+        ..Offsets::default()
+    };
+    let throttle = (|| -> Result<(), btf::BtfError> {
+        o.cfs_rq_tg = k.offset_of("cfs_rq", "tg")?;
+        // `int throttled` on older kernels, `bool throttled:1` in 6.18: pass byte and mask.
+        let bit = k.bit_offset_of("cfs_rq", "throttled")?;
+        o.cfs_rq_throttled = u32::try_from(bit / 8)
+            .map_err(|_| btf::BtfError::Malformed("cfs_rq.throttled offset".into()))?;
+        o.cfs_rq_throttled_mask = if k.offset_of("cfs_rq", "throttled").is_ok() {
+            0xff
+        } else {
+            1 << (bit % 8)
+        };
+        // 6.14 renamed h_nr_running to h_nr_queued and added h_nr_runnable (queued minus
+        // delayed-dequeue tasks): prefer the one that counts runnable threads.
+        o.cfs_rq_h_nr = k
+            .offset_of_any("cfs_rq", &["h_nr_runnable", "h_nr_running", "h_nr_queued"])?
+            .1;
+        o.tg_css_cgroup = k.offset_of("task_group", "css")? + css_cgroup;
+        o.tg_period = k.offset_of("task_group", "cfs_bandwidth.period")?;
+        o.tg_period_expires =
+            k.offset_of("task_group", "cfs_bandwidth.period_timer.node.expires")?;
+        Ok(())
+    })()
+    .map_err(|e| {
+        format!(
+            "kernel BTF lacks what CFS bandwidth tracking needs (CONFIG_CFS_BANDWIDTH?): {}",
+            chain(&e)
+        )
+    });
+    Ok((o, throttle))
 }
 
 impl Probes {
-    /// No probes at all (for tests and for `--no-collector.sched`).
+    /// No probes at all (for tests and when every probe collector is off).
     pub fn none() -> Self {
         Self {
-            status: PROBES.iter().map(|p| (*p, Status::Disabled)).collect(),
-            sched_switches: None,
+            status: PROBES.iter().map(|(p, _)| (*p, Status::Disabled)).collect(),
+            maps: None,
+            offsets: None,
             _ebpf: None,
         }
     }
 
     /// Loads the embedded object and attaches the wanted probes. Never fails as a whole:
     /// every failure is recorded per probe.
-    pub fn load(wanted: Wanted) -> Self {
+    pub fn load(wanted: Wanted, sysfs: &Path) -> Self {
         let mut probes = Self::none();
-        if !wanted.sched {
+        let wants = |collector: &str| match collector {
+            "sched" => wanted.sched,
+            "throttle" => wanted.throttle,
+            _ => false,
+        };
+        let requested: Vec<&'static str> = PROBES
+            .iter()
+            .filter(|(_, c)| wants(c))
+            .map(|(p, _)| *p)
+            .collect();
+        if requested.is_empty() {
             return probes;
         }
-        let fail = |probes: &mut Self, why: String| {
-            tracing::warn!(probe = "sched_switch", reason = %why, "probe not attached");
-            probes.set("sched_switch", Status::Failed(why));
+        let fail_all = |probes: &mut Self, why: &str| {
+            tracing::warn!(probes = ?requested, reason = %why, "probes not attached");
+            for p in &requested {
+                probes.set(p, Status::Failed(why.to_owned()));
+            }
         };
         if !object_embedded() {
-            fail(
+            fail_all(
                 &mut probes,
-                "this binary was built without the eBPF object (build it with `cargo xtask build`)"
-                    .into(),
+                "this binary was built without the eBPF object (build it with `cargo xtask build`)",
             );
             return probes;
         }
         raise_memlock_limit();
-        let btf = match Btf::from_sys_fs() {
-            Ok(btf) => btf,
+        let vmlinux = sysfs.join("kernel/btf/vmlinux");
+        let kbtf = match KernelBtf::load(&vmlinux) {
+            Ok(k) => k,
             Err(e) => {
-                fail(
+                fail_all(
                     &mut probes,
-                    format!("kernel BTF unavailable at /sys/kernel/btf/vmlinux: {e}"),
+                    &format!(
+                        "kernel BTF unavailable at {}: {}",
+                        vmlinux.display(),
+                        chain(&e)
+                    ),
                 );
                 return probes;
             }
         };
-        let mut ebpf = match EbpfLoader::new().btf(Some(&btf)).load(OBJECT) {
+        let btf = match Btf::parse_file(&vmlinux, aya::Endianness::default()) {
+            Ok(b) => b,
+            Err(e) => {
+                fail_all(
+                    &mut probes,
+                    &format!("parsing {}: {}", vmlinux.display(), chain(&e)),
+                );
+                return probes;
+            }
+        };
+        let (offsets, throttle_offsets) = match resolve_offsets(&kbtf) {
+            Ok(o) => o,
+            Err(e) => {
+                fail_all(
+                    &mut probes,
+                    &format!("resolving kernel struct offsets from BTF: {}", chain(&e)),
+                );
+                return probes;
+            }
+        };
+        tracing::debug!(?offsets, "kernel struct offsets from BTF");
+        probes.offsets = Some(offsets);
+
+        let mut loader = EbpfLoader::new();
+        loader
+            .btf(Some(&btf))
+            .override_global(common::OFFSETS_GLOBAL, &offsets, true)
+            .map_max_entries(common::KNOWN_MAP, wanted.max_cgroups)
+            .map_max_entries(common::SCHED_STATS_MAP, wanted.max_cgroups)
+            .map_max_entries(common::THROTTLE_STATS_MAP, wanted.max_cgroups)
+            .map_max_entries(common::WAIT_MAP, wanted.max_waiting);
+        let mut ebpf = match loader.load(OBJECT) {
             Ok(ebpf) => ebpf,
             Err(e) => {
-                fail(
+                fail_all(
                     &mut probes,
-                    format!("loading the eBPF object: {}", chain(&e)),
+                    &format!("loading the eBPF object: {}", chain(&e)),
                 );
                 return probes;
             }
         };
-        match attach_sched(&mut ebpf, &btf) {
-            Ok(map) => {
-                probes.sched_switches = Some(Mutex::new(map));
-                probes.set("sched_switch", Status::Attached);
-                tracing::info!(probe = "sched_switch", "probe attached");
+
+        if wanted.sched {
+            for (probe, prog, tp) in [
+                ("sched_switch", common::SCHED_SWITCH_PROG, "sched_switch"),
+                ("sched_wakeup", common::SCHED_WAKEUP_PROG, "sched_wakeup"),
+                (
+                    "sched_wakeup_new",
+                    common::SCHED_WAKEUP_NEW_PROG,
+                    "sched_wakeup_new",
+                ),
+                (
+                    "sched_process_exit",
+                    common::SCHED_EXIT_PROG,
+                    "sched_process_exit",
+                ),
+            ] {
+                let status = attach_tp_btf(&mut ebpf, prog, tp, &btf)
+                    .map_or_else(Status::Failed, |()| Status::Attached("tp_btf"));
+                probes.record(probe, status);
             }
-            Err(why) => fail(&mut probes, why),
+        }
+        if wanted.throttle {
+            match throttle_offsets {
+                Ok(()) => {
+                    let t = attach_fn(
+                        &mut ebpf,
+                        &btf,
+                        &kbtf,
+                        "throttle_cfs_rq",
+                        common::THROTTLE_FEXIT_PROG,
+                        Hook::FExit,
+                        common::THROTTLE_KPROBE_PROG,
+                    );
+                    probes.record(
+                        "cfs_throttle",
+                        t.map_or_else(Status::Failed, Status::Attached),
+                    );
+                    let u = attach_fn(
+                        &mut ebpf,
+                        &btf,
+                        &kbtf,
+                        "unthrottle_cfs_rq",
+                        common::UNTHROTTLE_FENTRY_PROG,
+                        Hook::FEntry,
+                        common::UNTHROTTLE_KPROBE_PROG,
+                    );
+                    probes.record(
+                        "cfs_unthrottle",
+                        u.map_or_else(Status::Failed, Status::Attached),
+                    );
+                }
+                Err(why) => {
+                    probes.record("cfs_throttle", Status::Failed(why.clone()));
+                    probes.record("cfs_unthrottle", Status::Failed(why));
+                }
+            }
+        }
+        match take_maps(&mut ebpf) {
+            Ok(maps) => probes.maps = Some(Mutex::new(maps)),
+            Err(why) => fail_all(&mut probes, &why),
         }
         probes._ebpf = Some(ebpf);
         probes
     }
 
-    fn set(&mut self, probe: &'static str, status: Status) {
+    fn set(&mut self, probe: &str, status: Status) {
         if let Some(slot) = self.status.iter_mut().find(|(p, _)| *p == probe) {
             slot.1 = status;
         }
     }
 
-    /// Per-probe outcome, for `podstat check`.
+    fn record(&mut self, probe: &'static str, status: Status) {
+        match &status {
+            Status::Attached(how) => tracing::info!(probe, via = how, "probe attached"),
+            Status::Failed(why) => tracing::warn!(probe, reason = %why, "probe not attached"),
+            Status::Disabled => {}
+        }
+        self.set(probe, status);
+    }
+
+    /// Per-probe outcome, for `podstat check` and the collectors.
     pub fn status(&self) -> &[(&'static str, Status)] {
         &self.status
     }
 
-    /// Sum over CPUs is left to PromQL; this returns the per-CPU context switch counts.
-    pub fn context_switches(&self) -> Option<Vec<u64>> {
-        let map = self.sched_switches.as_ref()?;
-        let map = map.lock().unwrap_or_else(PoisonError::into_inner);
-        map.get(&0, 0).ok().map(|v| v.iter().copied().collect())
+    /// Whether `probe` is attached.
+    pub fn attached(&self, probe: &str) -> bool {
+        self.status
+            .iter()
+            .any(|(p, s)| *p == probe && matches!(s, Status::Attached(_)))
+    }
+
+    /// The offsets resolved from this kernel's BTF, if any.
+    pub fn offsets(&self) -> Option<&Offsets> {
+        self.offsets.as_ref()
+    }
+
+    /// The map handles (locked), if the object loaded.
+    pub fn maps(&self) -> Option<MutexGuard<'_, Maps>> {
+        self.maps
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// `podstat_probe_attached{probe}` for every requested probe.
@@ -165,7 +384,7 @@ impl Probes {
         )?;
         for (probe, status) in &self.status {
             let v = match status {
-                Status::Attached => 1,
+                Status::Attached(_) => 1,
                 Status::Failed(_) => 0,
                 Status::Disabled => continue,
             };
@@ -175,26 +394,101 @@ impl Probes {
     }
 }
 
-fn attach_sched(ebpf: &mut Ebpf, btf: &Btf) -> Result<PerCpuArray<MapData, u64>, String> {
-    let prog: &mut BtfTracePoint = ebpf
-        .program_mut(common::SCHED_SWITCH_PROG)
-        .ok_or_else(|| {
-            format!(
-                "program {} missing from the object",
-                common::SCHED_SWITCH_PROG
-            )
-        })?
+fn attach_tp_btf(ebpf: &mut Ebpf, prog: &str, tracepoint: &str, btf: &Btf) -> Result<(), String> {
+    let p: &mut BtfTracePoint = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| format!("program {prog} missing from the object"))?
         .try_into()
         .map_err(|e| format!("program type: {}", chain(&e)))?;
-    prog.load("sched_switch", btf)
-        .map_err(|e| format!("verifier/load: {}", chain(&e)))?;
-    prog.attach()
-        .map_err(|e| format!("attach tp_btf/sched_switch: {}", chain(&e)))?;
-    let map = ebpf
-        .take_map(common::SWITCH_COUNT_MAP)
-        .ok_or_else(|| format!("map {} missing from the object", common::SWITCH_COUNT_MAP))?;
-    PerCpuArray::try_from(map)
-        .map_err(|e| format!("map {}: {}", common::SWITCH_COUNT_MAP, chain(&e)))
+    p.load(tracepoint, btf)
+        .map_err(|e| format!("verifier/load tp_btf/{tracepoint}: {}", chain(&e)))?;
+    p.attach()
+        .map_err(|e| format!("attach tp_btf/{tracepoint}: {}", chain(&e)))?;
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Hook {
+    FEntry,
+    FExit,
+}
+
+/// Attaches to kernel function `func` with fentry/fexit when BTF has it, else with a kprobe.
+fn attach_fn(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    kbtf: &KernelBtf,
+    func: &str,
+    prog: &str,
+    hook: Hook,
+    kprobe_prog: &str,
+) -> Result<&'static str, String> {
+    let mut why = Vec::new();
+    if kbtf.has_func(func) {
+        let r = match hook {
+            Hook::FEntry => ebpf
+                .program_mut(prog)
+                .ok_or_else(|| format!("program {prog} missing"))
+                .and_then(|p| <&mut FEntry>::try_from(p).map_err(|e| chain(&e)))
+                .and_then(|p| {
+                    p.load(func, btf).map_err(|e| chain(&e))?;
+                    p.attach().map(|_| "fentry").map_err(|e| chain(&e))
+                }),
+            Hook::FExit => ebpf
+                .program_mut(prog)
+                .ok_or_else(|| format!("program {prog} missing"))
+                .and_then(|p| <&mut FExit>::try_from(p).map_err(|e| chain(&e)))
+                .and_then(|p| {
+                    p.load(func, btf).map_err(|e| chain(&e))?;
+                    p.attach().map(|_| "fexit").map_err(|e| chain(&e))
+                }),
+        };
+        match r {
+            Ok(how) => return Ok(how),
+            Err(e) => why.push(format!("fentry/fexit on {func}: {e}")),
+        }
+    } else {
+        why.push(format!(
+            "{func} has no BTF FUNC (inlined or renamed?), no fentry/fexit"
+        ));
+    }
+    let r = ebpf
+        .program_mut(kprobe_prog)
+        .ok_or_else(|| format!("program {kprobe_prog} missing"))
+        .and_then(|p| <&mut KProbe>::try_from(p).map_err(|e| chain(&e)))
+        .and_then(|p| {
+            p.load().map_err(|e| chain(&e))?;
+            p.attach(func, 0).map(|_| "kprobe").map_err(|e| chain(&e))
+        });
+    match r {
+        Ok(how) => {
+            tracing::info!(function = func, reasons = ?why, "fell back to a kprobe");
+            Ok(how)
+        }
+        Err(e) => {
+            why.push(format!("kprobe on {func}: {e}"));
+            Err(why.join("; "))
+        }
+    }
+}
+
+fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, String> {
+    fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+        ebpf: &mut Ebpf,
+        name: &str,
+    ) -> Result<T, String> {
+        let map = ebpf
+            .take_map(name)
+            .ok_or_else(|| format!("map {name} missing from the object"))?;
+        T::try_from(map).map_err(|e| format!("map {name}: {}", chain(&e)))
+    }
+    Ok(Maps {
+        switches: take(ebpf, common::SWITCH_COUNT_MAP)?,
+        known: take(ebpf, common::KNOWN_MAP)?,
+        sched_stats: take(ebpf, common::SCHED_STATS_MAP)?,
+        throttle_stats: take(ebpf, common::THROTTLE_STATS_MAP)?,
+        map_full: take(ebpf, common::MAP_FULL_MAP)?,
+    })
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK (needs CAP_SYS_RESOURCE to raise).

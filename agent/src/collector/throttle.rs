@@ -1,0 +1,93 @@
+//! `throttle` collector: CFS throttle episodes per pod and container, from the throttle probes
+//! (`ebpf/src/throttle.rs`): pause length, how far into the period the quota ran out, and the
+//! threads runnable then.
+
+use std::sync::Arc;
+
+use podstat_common::sched::{PERIOD_BOUNDS_NS, THREAD_BOUNDS};
+use prometheus_client::encoding::DescriptorEncoder;
+
+use super::{
+    Collect, CollectError, Context, Unsupported,
+    sched::{encode_hists, to_prom},
+};
+use crate::{
+    cgroup::ErrorCounts,
+    probe::{Probes, Status, tracker::Identity},
+};
+
+#[derive(Debug)]
+pub struct ThrottleCollector {
+    probes: Arc<Probes>,
+    identity: Arc<Identity>,
+}
+
+impl ThrottleCollector {
+    pub fn build(ctx: &Context<'_>) -> Result<Box<dyn Collect>, Unsupported> {
+        for probe in ["cfs_throttle", "cfs_unthrottle"] {
+            match ctx.probes.status().iter().find(|(p, _)| *p == probe) {
+                Some((_, Status::Attached(_))) => {}
+                Some((_, Status::Failed(why))) => {
+                    return Err(Unsupported(format!("{probe} probe: {why}")));
+                }
+                _ => return Err(Unsupported(format!("{probe} probe not loaded"))),
+            }
+        }
+        Ok(Box::new(Self {
+            probes: Arc::clone(ctx.probes),
+            identity: Arc::clone(ctx.identity),
+        }))
+    }
+}
+
+impl Collect for ThrottleCollector {
+    fn collect(
+        &self,
+        enc: &mut DescriptorEncoder,
+        _errors: &mut ErrorCounts,
+    ) -> Result<(), CollectError> {
+        let Some(maps) = self.probes.maps() else {
+            return Err(CollectError::Source("probe maps unavailable".into()));
+        };
+        let (mut pause, mut after, mut runnable) = (Vec::new(), Vec::new(), Vec::new());
+        for entry in maps.throttle_stats.iter() {
+            let Ok((id, st)) = entry else { continue };
+            let Some(target) = self.identity.get(id) else {
+                continue;
+            };
+            pause.push((target.clone(), to_prom(&st.pause, &PERIOD_BOUNDS_NS, 1e9)));
+            after.push((
+                target.clone(),
+                to_prom(&st.exhausted_after, &PERIOD_BOUNDS_NS, 1e9),
+            ));
+            runnable.push((target, to_prom(&st.runnable_threads, &THREAD_BOUNDS, 1.0)));
+        }
+        drop(maps);
+        for rows in [&mut pause, &mut after, &mut runnable] {
+            rows.sort_by(|a, b| {
+                a.0.pod_uid
+                    .cmp(&b.0.pod_uid)
+                    .then_with(|| a.0.container_id.cmp(&b.0.container_id))
+            });
+        }
+        encode_hists(
+            enc,
+            "podstat_cpu_throttle_pause_seconds",
+            "Wall-clock length of each CFS throttle episode of the cgroup, from the first of its run queues throttling to the last unthrottling; once per episode, not per CPU (eBPF throttle_cfs_rq/unthrottle_cfs_rq).",
+            &pause,
+        )?;
+        encode_hists(
+            enc,
+            "podstat_cpu_quota_exhausted_after_seconds",
+            "How far into the CFS period the cgroup's quota ran out (time from the period's start to the episode's first throttle).",
+            &after,
+        )?;
+        encode_hists(
+            enc,
+            "podstat_cpu_throttle_runnable_threads",
+            "Threads of the cgroup that were running or runnable when its quota ran out (sum over the run queues that throttled in the episode).",
+            &runnable,
+        )?;
+        Ok(())
+    }
+}

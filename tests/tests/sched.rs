@@ -1,0 +1,241 @@
+//! The scheduler probes on the real kernel: run-queue latency and preemptions per pod
+//! (noisy neighbour), and throttle episodes (quota burn). cgroups on this machine's v1 cpu
+//! hierarchy in the kubelet's cgroupfs layout, the real agent scraped over HTTP.
+
+use std::{
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use podstat_tests::{
+    CgroupTree, Hist, cpus, find, require_root, scrape, start_agent, test_ids, v1_hierarchies,
+};
+
+const LOAD: &str = env!("CARGO_BIN_EXE_podstat-test-load");
+
+fn agent_flags() -> Vec<&'static str> {
+    vec!["--no-collector.cgroup", "--probe.refresh-interval", "200ms"]
+}
+
+/// Waits until the agent's probes track `pod_uid` (its series appear after a wakeup).
+fn wait_tracked(
+    addr: std::net::SocketAddr,
+    name: &str,
+    want: &[(&str, &str)],
+    within: Duration,
+) -> Vec<podstat_tests::Sample> {
+    let deadline = Instant::now() + within;
+    loop {
+        let s = scrape(addr);
+        if !find(&s, name, want).is_empty() {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {name} series for {want:?} within {within:?}: the probes do not track the test cgroup"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn noisy_neighbour_raises_runqueue_latency_and_preemptions_by_other_pod() {
+    require_root();
+    let v1 = v1_hierarchies();
+    let root = format!("podstat-test-{}-noisy", std::process::id());
+    let (uid_a, cid_a) = test_ids(11);
+    let (uid_b, cid_b) = test_ids(12);
+    let a = format!("{root}/kubepods/burstable/pod{uid_a}/{cid_a}");
+    let b = format!("{root}/kubepods/burstable/pod{uid_b}/{cid_b}");
+    let mut tree = CgroupTree::new(&[&v1.cpu, &v1.cpuacct]);
+    tree.mkdir(&a);
+    tree.mkdir(&b);
+    let (_agent, addr) = start_agent(&agent_flags());
+    thread::sleep(Duration::from_millis(500)); // one tracker refresh
+
+    let labels_a = [
+        ("pod_uid", uid_a.as_str()),
+        ("container_id", cid_a.as_str()),
+    ];
+    // Phase 1: A alone: spins 30 ms, sleeps 1 ms. EEVDF lets a waking task run within microseconds even next to hogs,
+    // so it is the involuntary switch-outs inside a 30 ms burst (about one per 3 ms slice) that a
+    // neighbour makes wait: with B they outnumber the wakeups and move the median.
+    let mut quiet = tree.spawn(&a, Command::new(LOAD).args(["spin-sleep", "30", "1", "3"]));
+    let s0 = wait_tracked(
+        addr,
+        "podstat_runqueue_latency_seconds_count",
+        &labels_a,
+        Duration::from_secs(3),
+    );
+    let h0 = Hist::find(&s0, "podstat_runqueue_latency_seconds", &labels_a).expect("A's histogram");
+    let _ = quiet.wait();
+    let s1 = scrape(addr);
+    let h1 = Hist::find(&s1, "podstat_runqueue_latency_seconds", &labels_a).expect("A's histogram");
+    let idle = h1.minus(&h0);
+    let other = |s: &[podstat_tests::Sample]| {
+        find(
+            s,
+            "podstat_cpu_preemptions_total",
+            &[
+                ("pod_uid", uid_a.as_str()),
+                ("container_id", cid_a.as_str()),
+                ("by", "other_pod"),
+            ],
+        )
+        .first()
+        .map_or(0.0, |x| x.value)
+    };
+    let other1 = other(&s1);
+
+    // Phase 2: B runs more busy threads than there are CPUs while A does the same as before.
+    let hogs = (cpus() * 2).to_string();
+    let mut hog = tree.spawn(&b, Command::new(LOAD).args(["busy", &hogs, "4"]));
+    thread::sleep(Duration::from_millis(300));
+    let mut noisy_run = tree.spawn(&a, Command::new(LOAD).args(["spin-sleep", "30", "1", "3"]));
+    let _ = noisy_run.wait();
+    let s2 = scrape(addr);
+    let _ = hog.wait();
+    let h2 = Hist::find(&s2, "podstat_runqueue_latency_seconds", &labels_a).expect("A's histogram");
+    let noisy = h2.minus(&h1);
+
+    assert!(
+        idle.count > 100.0,
+        "A alone recorded only {} run-queue waits",
+        idle.count
+    );
+    assert!(
+        noisy.count > 100.0,
+        "A with B recorded only {} run-queue waits",
+        noisy.count
+    );
+    let (p50_idle, p50_noisy) = (idle.quantile(0.5), noisy.quantile(0.5));
+    eprintln!("idle {idle:?}\nnoisy {noisy:?}");
+    eprintln!(
+        "A's run-queue latency p50: alone {:.1} µs, with B {:.1} µs",
+        p50_idle * 1e6,
+        p50_noisy * 1e6
+    );
+    assert!(
+        p50_noisy > p50_idle,
+        "p50 with a noisy neighbour ({p50_noisy}) not above p50 alone ({p50_idle})"
+    );
+    let other2 = other(&s2);
+    eprintln!("A preempted by other pods: {other1} -> {other2}");
+    assert!(
+        other2 > other1,
+        "A's preemptions by other_pod did not grow: {other1} -> {other2}"
+    );
+    // B's tasks are in B: B preempting itself is same_pod, never other_pod by A's count.
+    let b_self = find(
+        &s2,
+        "podstat_cpu_preemptions_total",
+        &[("pod_uid", uid_b.as_str()), ("by", "same_pod")],
+    );
+    assert!(
+        b_self.first().is_some_and(|x| x.value > 0.0),
+        "B's hogs never preempted each other (same_pod)"
+    );
+}
+
+/// Runs THREADS busy threads for `secs` in a container with a 50 ms / 100 ms quota and returns
+/// the throttle histograms (pause, exhausted-after, runnable) of that container.
+fn quota_burn(threads: usize, secs: f64) -> (Hist, Hist, Hist) {
+    let v1 = v1_hierarchies();
+    let root = format!("podstat-test-{}-burn{threads}", std::process::id());
+    let (uid, cid) = test_ids(20 + u32::try_from(threads).unwrap_or(0));
+    let ctr = format!("{root}/kubepods/burstable/pod{uid}/{cid}");
+    let mut tree = CgroupTree::new(&[&v1.cpu, &v1.cpuacct]);
+    tree.mkdir(&ctr);
+    tree.write(0, &ctr, "cpu.cfs_period_us", "100000");
+    tree.write(0, &ctr, "cpu.cfs_quota_us", "50000");
+    let (_agent, addr) = start_agent(&agent_flags());
+    thread::sleep(Duration::from_millis(500));
+    let mut load = tree.spawn(
+        &ctr,
+        Command::new(LOAD).args(["busy", &threads.to_string(), &secs.to_string()]),
+    );
+    let _ = load.wait();
+    thread::sleep(Duration::from_millis(200));
+    let s = scrape(addr);
+    let labels = [("pod_uid", uid.as_str()), ("container_id", cid.as_str())];
+    let get = |name| {
+        Hist::find(&s, name, &labels).unwrap_or_else(|| panic!("no {name} for the test container"))
+    };
+    (
+        get("podstat_cpu_throttle_pause_seconds"),
+        get("podstat_cpu_quota_exhausted_after_seconds"),
+        get("podstat_cpu_throttle_runnable_threads"),
+    )
+}
+
+#[test]
+fn quota_burn_shows_early_exhaustion_and_runnable_threads() {
+    require_root();
+    let ncpu = cpus();
+    let secs = 3.0;
+    let (pause4, after4, runnable4) = quota_burn(4, secs);
+    // 50 ms of quota spread over min(4, CPUs) CPUs runs out after 50 ms / min(4, CPUs).
+    #[expect(clippy::cast_precision_loss, reason = "small")]
+    let expect_after = 0.050 / ncpu.min(4) as f64;
+    eprintln!(
+        "4 threads: {} pauses, mean pause {:.1} ms; exhausted after p50 {:.1} ms (expected ~{:.1} ms); runnable mean {:.2}",
+        pause4.count,
+        pause4.mean() * 1e3,
+        after4.quantile(0.5) * 1e3,
+        expect_after * 1e3,
+        runnable4.mean()
+    );
+    assert!(
+        pause4.count >= secs * 5.0,
+        "only {} throttle pauses in {secs} s of 4 busy threads",
+        pause4.count
+    );
+    let p50 = after4.quantile(0.5);
+    assert!(
+        p50 > expect_after * 0.5 && p50 < expect_after * 1.6,
+        "quota exhausted after p50 {:.1} ms, expected {:.1} ms (band 0.5x..1.6x)",
+        p50 * 1e3,
+        expect_after * 1e3
+    );
+    let runnable = runnable4.mean();
+    assert!(
+        (3.0..=5.0).contains(&runnable),
+        "runnable threads at throttle average {runnable}, expected about 4"
+    );
+    // Each episode lasts the rest of the period.
+    assert!(
+        pause4.mean() > 0.04,
+        "mean pause {} s is short for a 25 ms burn in a 100 ms period",
+        pause4.mean()
+    );
+
+    let (pause1, after1, runnable1) = quota_burn(1, secs);
+    eprintln!(
+        "1 thread: {} pauses, mean pause {:.1} ms, total {:.0} ms; exhausted after p50 {:.1} ms; runnable mean {:.2}",
+        pause1.count,
+        pause1.mean() * 1e3,
+        pause1.sum * 1e3,
+        after1.quantile(0.5) * 1e3,
+        runnable1.mean()
+    );
+    // One thread burns 50 ms of quota in no less than 50 ms of wall time.
+    assert!(after1.count > 0.0, "1 thread never exhausted its quota");
+    let early = after1.at_most(0.040);
+    assert!(
+        early <= after1.count * 0.1,
+        "{early} of {} exhaustions before 40 ms with one thread",
+        after1.count
+    );
+    assert!(
+        pause1.sum < pause4.sum * 0.8,
+        "1 thread paused {} s in total, not clearly less than 4 threads' {} s",
+        pause1.sum,
+        pause4.sum
+    );
+    assert!(
+        runnable1.mean() < 1.6,
+        "1 thread: runnable at throttle averages {}",
+        runnable1.mean()
+    );
+}
