@@ -249,7 +249,7 @@ mod tests {
             "127.0.0.1:1",
         ])
         .expect("parse");
-        assert_eq!(p.enabled, vec!["cgroup"]);
+        assert_eq!(p.enabled, vec!["cgroup", "throttle"]);
         let p = parse_from([
             "podstat",
             "agent",

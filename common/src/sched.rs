@@ -27,6 +27,16 @@ pub const SCHED_STATS_MAP: &str = "SCHED_STATS";
 pub const THROTTLE_STATS_MAP: &str = "THROTTLE_STATS";
 /// Per-CPU array of insert failures, indexed by `MAP_*` (names in [`MAP_NAMES`]).
 pub const MAP_FULL_MAP: &str = "MAP_FULL";
+/// Array with one `u32`: how throttle episodes are detected, one of `THROTTLE_MODE_*`. Written
+/// by userspace after it knows which hooks attached.
+pub const THROTTLE_MODE_MAP: &str = "THROTTLE_MODE";
+/// No throttle tracking.
+pub const THROTTLE_MODE_OFF: u32 = 0;
+/// `throttle_cfs_rq`/`unthrottle_cfs_rq` hooks (fentry/fexit or kprobes).
+pub const THROTTLE_MODE_HOOKS: u32 = 1;
+/// From `sched_switch`: a task switched out while runnable from a throttled cfs_rq starts
+/// (or joins) an episode; the group's first switch-in after the period it ran out in ends it.
+pub const THROTTLE_MODE_SWITCH: u32 = 2;
 /// Read-only global with the kernel struct offsets ([`Offsets`]).
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 
@@ -100,6 +110,9 @@ pub const MAP_NAMES: [&str; 3] = ["wait_start", "sched_stats", "throttle_stats"]
 pub struct Known {
     /// Identifies the pod: tasks in cgroups with the same `pod_id` belong to the same pod.
     pub pod_id: u64,
+    /// The pod-level cgroup's id for a container cgroup (0 for a pod cgroup or when unknown):
+    /// a pod-level quota throttles the pod's cfs_rq, not the container's.
+    pub parent_id: u64,
 }
 
 /// Value of [`WAIT_MAP`].
@@ -126,7 +139,12 @@ pub struct SchedStats {
 pub struct ThrottleStats {
     /// When the first of the cgroup's run queues throttled in the current episode.
     pub start_ns: u64,
-    /// Run queues of this cgroup throttled right now.
+    /// End of the period the quota ran out in (the period timer's expiry), switch mode.
+    pub period_end_ns: u64,
+    /// CPUs (bit `cpu % 64`) whose run queue already counted its threads in this episode.
+    pub cpu_mask: u64,
+    /// Run queues of this cgroup throttled right now (hooks mode); 1 while an episode is open
+    /// (switch mode).
     pub throttled_rqs: u32,
     /// Threads queued on the run queues that throttled in this episode.
     pub runnable: u32,
@@ -171,6 +189,20 @@ pub struct Offsets {
     pub tg_period: u32,
     /// `task_group.cfs_bandwidth.period_timer.node.expires` (ktime_t, CLOCK_MONOTONIC ns).
     pub tg_period_expires: u32,
+    /// `task_struct.se.cfs_rq`: the cfs_rq of the task's own group on its CPU.
+    pub task_se_cfs_rq: u32,
+    /// `task_struct.se.parent`: the group entity of the task's group.
+    pub task_se_parent: u32,
+    /// `sched_entity.cfs_rq` and `sched_entity.parent`, to walk up the group hierarchy.
+    pub se_cfs_rq: u32,
+    pub se_parent: u32,
+    /// 1 on kernels with task-based throttling (6.18+: `task_struct.throttled` exists), where a
+    /// throttled task is dequeued before it is switched out and so is not in `h_nr_*`.
+    pub task_based_throttle: u32,
+    /// With task-based throttling: byte and mask of `task_struct.throttled`, set when the task
+    /// has really been throttled (not merely preempted while its cfs_rq was throttled).
+    pub task_throttled: u32,
+    pub task_throttled_mask: u32,
     /// 1 when the fields above are filled in.
     pub valid: u32,
 }

@@ -31,6 +31,13 @@ static OFFSETS: Offsets = Offsets {
     tg_css_cgroup: 0,
     tg_period: 0,
     tg_period_expires: 0,
+    task_se_cfs_rq: 0,
+    task_se_parent: 0,
+    se_cfs_rq: 0,
+    se_parent: 0,
+    task_based_throttle: 0,
+    task_throttled: 0,
+    task_throttled_mask: 0,
     valid: 0,
 };
 
@@ -111,19 +118,22 @@ pub fn observe(hist: *mut Hist, slot: usize, value: u64) {
     }
 }
 
-/// Looks `key` up in `map`, inserting a zeroed value first if it is missing. `None` (and a
+/// Looks `key` up in `map`, inserting `zero` first if it is missing. `None` (and a
 /// count in MAP_FULL) when the map is full.
 #[inline(always)]
-pub fn get_or_insert<V: Default>(
+pub fn get_or_insert<V>(
     map: &HashMap<u64, V>,
     key: u64,
+    zero: &V,
     full_slot: u32,
 ) -> Option<*mut V> {
     if let Some(p) = map.get_ptr_mut(key) {
         return Some(p);
     }
-    // A race with another CPU inserting the same key is fine: BPF_NOEXIST fails, the lookup wins.
-    let _ = map.insert(key, V::default(), u64::from(BPF_NOEXIST));
+    // `zero` is a static (in .rodata, itself a map), so the large value never sits on the
+    // 512-byte BPF stack. A race with another CPU inserting the same key is fine: BPF_NOEXIST
+    // fails and the lookup finds the other CPU's value.
+    let _ = map.insert(key, zero, u64::from(BPF_NOEXIST));
     let p = map.get_ptr_mut(key);
     if p.is_none() {
         map_full(full_slot);

@@ -17,12 +17,21 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use podstat_common::sched::{
-    BY_OTHER_POD, BY_SAME_POD, BY_SYSTEM, DEFAULT_MAX_CGROUPS, DEFAULT_MAX_WAITING,
-    MAP_SCHED_STATS, MAP_WAIT, RUNQ_BOUNDS_NS, SchedStats, Wait, bucket_of,
+    BY_OTHER_POD, BY_SAME_POD, BY_SYSTEM, DEFAULT_MAX_CGROUPS, DEFAULT_MAX_WAITING, HIST_SLOTS,
+    MAP_SCHED_STATS, MAP_WAIT, RUNQ_BOUNDS_NS, SchedStats, THROTTLE_MODE_SWITCH, Wait, bucket_of,
 };
 
-use crate::kernel::{
-    KNOWN, atomic_add, get_or_insert, map_full, now_ns, observe, offsets, read, task_cgroup_id,
+use crate::{
+    kernel::{
+        KNOWN, atomic_add, get_or_insert, map_full, now_ns, observe, offsets, read, task_cgroup_id,
+    },
+    throttle,
+};
+
+/// The value a cgroup's entry starts from.
+static ZERO: SchedStats = SchedStats {
+    runq: [0; HIST_SLOTS],
+    preempted_by: [0; 3],
 };
 
 /// Context switches seen on this CPU. One slot.
@@ -113,7 +122,11 @@ fn on_switch(prev: *const u8, next: *const u8) -> Result<(), i32> {
     }
     // prev preempted while still runnable: it waits again, and someone took its CPU.
     let state: u32 = read(prev, o.task_state)?;
+    let switch_mode = throttle::mode() == THROTTLE_MODE_SWITCH;
     if state == 0 {
+        if switch_mode {
+            let _ = throttle::on_runnable_switch_out(prev, now_ns(), &o);
+        }
         let prev_cg = task_cgroup_id(prev, &o)?;
         if let Some(known) = KNOWN.get_ptr(prev_cg) {
             // SAFETY: a pointer to a live map value.
@@ -128,7 +141,7 @@ fn on_switch(prev: *const u8, next: *const u8) -> Result<(), i32> {
                 Some(_) => BY_OTHER_POD,
                 None => BY_SYSTEM,
             };
-            if let Some(stats) = get_or_insert(&SCHED_STATS, prev_cg, MAP_SCHED_STATS) {
+            if let Some(stats) = get_or_insert(&SCHED_STATS, prev_cg, &ZERO, MAP_SCHED_STATS) {
                 // SAFETY: `by` < 3; stats points into a map value.
                 unsafe { atomic_add(core::ptr::addr_of_mut!((*stats).preempted_by[by]), 1) };
             }
@@ -144,9 +157,20 @@ fn on_switch(prev: *const u8, next: *const u8) -> Result<(), i32> {
         let wait = unsafe { *wait };
         let _ = WAIT_START.remove(pid);
         let now = now_ns();
+        if switch_mode {
+            throttle::on_switch_in(wait.cgroup_id, now);
+            if let Some(k) = KNOWN.get_ptr(wait.cgroup_id) {
+                // SAFETY: a pointer to a live map value.
+                let parent = unsafe { (*k).parent_id };
+                if parent != 0 {
+                    throttle::on_switch_in(parent, now);
+                }
+            }
+        }
         if now > wait.since_ns {
             let delta = now - wait.since_ns;
-            if let Some(stats) = get_or_insert(&SCHED_STATS, wait.cgroup_id, MAP_SCHED_STATS) {
+            if let Some(stats) = get_or_insert(&SCHED_STATS, wait.cgroup_id, &ZERO, MAP_SCHED_STATS)
+            {
                 // SAFETY: stats points into a map value.
                 observe(
                     unsafe { core::ptr::addr_of_mut!((*stats).runq) },

@@ -273,6 +273,7 @@ pub fn start_agent(extra: &[&str]) -> (Proc, SocketAddr) {
         .arg("agent")
         .arg("--web.listen-address")
         .arg(addr.to_string())
+        .args(["--log.level", "warn"])
         .args(extra)
         .stdin(Stdio::null())
         .spawn()

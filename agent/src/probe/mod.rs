@@ -16,7 +16,7 @@ use std::{
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{BtfTracePoint, FEntry, FExit, KProbe},
 };
 use podstat_common::sched::{self as common, Known, Offsets, SchedStats, ThrottleStats};
@@ -150,6 +150,23 @@ pub fn resolve_offsets(k: &KernelBtf) -> Result<(Offsets, Result<(), String>), b
         o.tg_period = k.offset_of("task_group", "cfs_bandwidth.period")?;
         o.tg_period_expires =
             k.offset_of("task_group", "cfs_bandwidth.period_timer.node.expires")?;
+        // For the sched_switch fallback: task → its group's cfs_rq, and up the group entities.
+        let se = k.offset_of("task_struct", "se")?;
+        o.se_cfs_rq = k.offset_of("sched_entity", "cfs_rq")?;
+        o.se_parent = k.offset_of("sched_entity", "parent")?;
+        o.task_se_cfs_rq = se + o.se_cfs_rq;
+        o.task_se_parent = se + o.se_parent;
+        if k.has_member("task_struct", "throttled") {
+            o.task_based_throttle = 1;
+            let bit = k.bit_offset_of("task_struct", "throttled")?;
+            o.task_throttled = u32::try_from(bit / 8)
+                .map_err(|_| btf::BtfError::Malformed("task_struct.throttled offset".into()))?;
+            o.task_throttled_mask = if k.offset_of("task_struct", "throttled").is_ok() {
+                0xff
+            } else {
+                1 << (bit % 8)
+            };
+        }
         Ok(())
     })()
     .map_err(|e| {
@@ -280,6 +297,7 @@ impl Probes {
                 probes.record(probe, status);
             }
         }
+        let mut throttle_mode = common::THROTTLE_MODE_OFF;
         if wanted.throttle {
             match throttle_offsets {
                 Ok(()) => {
@@ -292,10 +310,6 @@ impl Probes {
                         Hook::FExit,
                         common::THROTTLE_KPROBE_PROG,
                     );
-                    probes.record(
-                        "cfs_throttle",
-                        t.map_or_else(Status::Failed, Status::Attached),
-                    );
                     let u = attach_fn(
                         &mut ebpf,
                         &btf,
@@ -305,16 +319,56 @@ impl Probes {
                         Hook::FEntry,
                         common::UNTHROTTLE_KPROBE_PROG,
                     );
-                    probes.record(
-                        "cfs_unthrottle",
-                        u.map_or_else(Status::Failed, Status::Attached),
-                    );
+                    match (t, u) {
+                        (Ok(t), Ok(u)) => {
+                            throttle_mode = common::THROTTLE_MODE_HOOKS;
+                            probes.record("cfs_throttle", Status::Attached(t));
+                            probes.record("cfs_unthrottle", Status::Attached(u));
+                        }
+                        (t, u) => {
+                            // The kernel refuses fentry/fexit and has no kprobes (or the
+                            // functions are gone): watch throttling from sched_switch instead.
+                            let why: Vec<String> =
+                                [t.err(), u.err()].into_iter().flatten().collect();
+                            tracing::info!(reasons = ?why, "throttle hooks unavailable; detecting throttling from sched_switch");
+                            let switch_ok = probes.attached("sched_switch")
+                                || attach_tp_btf(
+                                    &mut ebpf,
+                                    common::SCHED_SWITCH_PROG,
+                                    "sched_switch",
+                                    &btf,
+                                )
+                                .is_ok();
+                            if switch_ok {
+                                throttle_mode = common::THROTTLE_MODE_SWITCH;
+                                probes.record(
+                                    "cfs_throttle",
+                                    Status::Attached("tp_btf/sched_switch"),
+                                );
+                                probes.record(
+                                    "cfs_unthrottle",
+                                    Status::Attached("tp_btf/sched_switch"),
+                                );
+                            } else {
+                                let why = format!(
+                                    "{}; and sched_switch could not attach either",
+                                    why.join("; ")
+                                );
+                                probes.record("cfs_throttle", Status::Failed(why.clone()));
+                                probes.record("cfs_unthrottle", Status::Failed(why));
+                            }
+                        }
+                    }
                 }
                 Err(why) => {
                     probes.record("cfs_throttle", Status::Failed(why.clone()));
                     probes.record("cfs_unthrottle", Status::Failed(why));
                 }
             }
+        }
+        if let Err(why) = set_throttle_mode(&mut ebpf, throttle_mode) {
+            probes.record("cfs_throttle", Status::Failed(why.clone()));
+            probes.record("cfs_unthrottle", Status::Failed(why));
         }
         match take_maps(&mut ebpf) {
             Ok(maps) => probes.maps = Some(Mutex::new(maps)),
@@ -470,6 +524,16 @@ fn attach_fn(
             Err(why.join("; "))
         }
     }
+}
+
+fn set_throttle_mode(ebpf: &mut Ebpf, mode: u32) -> Result<(), String> {
+    let map = ebpf
+        .map_mut(common::THROTTLE_MODE_MAP)
+        .ok_or_else(|| format!("map {} missing", common::THROTTLE_MODE_MAP))?;
+    let mut array: Array<&mut MapData, u32> = Array::try_from(map).map_err(|e| chain(&e))?;
+    array
+        .set(0, mode, 0)
+        .map_err(|e| format!("writing {}: {}", common::THROTTLE_MODE_MAP, chain(&e)))
 }
 
 fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, String> {

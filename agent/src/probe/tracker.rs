@@ -87,9 +87,14 @@ impl Tracker {
         let mut errors = ErrorCounts::default();
         let scanned = self.targets.scan(&mut errors);
         let mut next: HashMap<u64, Target> = HashMap::with_capacity(scanned.len());
+        // pod uid → the pod-level cgroup's id, the parent of its containers' cgroups.
+        let mut pod_cgroup: HashMap<String, u64> = HashMap::new();
         for (d, target) in scanned {
             // Only pod and container cgroups are measured in the kernel.
             if target.cgroup.is_none() {
+                if target.container_id.is_empty() {
+                    pod_cgroup.insert(target.pod_uid.clone(), d.id);
+                }
                 next.insert(d.id, target);
             }
         }
@@ -108,8 +113,14 @@ impl Tracker {
         let mut tracked = HashMap::with_capacity(next.len());
         for (id, target) in next {
             if !old.contains(&id) {
+                let parent_id = if target.container_id.is_empty() {
+                    0
+                } else {
+                    pod_cgroup.get(&target.pod_uid).copied().unwrap_or(0)
+                };
                 let known = Known {
                     pod_id: pod_id(&target.pod_uid),
+                    parent_id,
                 };
                 if let Err(e) = maps.known.insert(id, known, 0) {
                     self.identity.known_full.fetch_add(1, Ordering::Relaxed);
