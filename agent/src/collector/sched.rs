@@ -85,6 +85,24 @@ pub fn encode_hists(
     Ok(())
 }
 
+/// Joins kernel aggregates keyed by cgroup id to their labels: entries of cgroups the identity
+/// does not know (gone, or not a pod) are dropped; rows come out sorted by pod and container.
+pub fn join<V>(
+    identity: &Identity,
+    entries: impl IntoIterator<Item = (u64, V)>,
+) -> Vec<(Target, V)> {
+    let mut rows: Vec<(Target, V)> = entries
+        .into_iter()
+        .filter_map(|(id, v)| identity.get(id).map(|t| (t, v)))
+        .collect();
+    rows.sort_by(|a, b| {
+        a.0.pod_uid
+            .cmp(&b.0.pod_uid)
+            .then_with(|| a.0.container_id.cmp(&b.0.container_id))
+    });
+    rows
+}
+
 impl SchedCollector {
     pub fn build(ctx: &Context<'_>) -> Result<Box<dyn Collect>, Unsupported> {
         match ctx
@@ -118,16 +136,10 @@ impl Collect for SchedCollector {
             .switches
             .get(&0, 0)
             .map_err(|e| CollectError::Source(format!("reading SCHED_SWITCHES: {e}")))?;
-        let mut runq = Vec::new();
-        let mut preempt = Vec::new();
-        for entry in maps.sched_stats.iter() {
-            let Ok((id, stats)) = entry else { continue };
-            let Some(target) = self.identity.get(id) else {
-                continue;
-            };
-            runq.push((target.clone(), to_prom(&stats.runq, &RUNQ_BOUNDS_NS, 1e9)));
-            preempt.push((target, stats.preempted_by));
-        }
+        let stats = join(
+            &self.identity,
+            maps.sched_stats.iter().filter_map(Result::ok),
+        );
         let full: Vec<u64> = (0u32..)
             .take(MAP_NAMES.len())
             .map(|i| {
@@ -138,16 +150,14 @@ impl Collect for SchedCollector {
             })
             .collect();
         drop(maps);
-        runq.sort_by(|a, b| {
-            a.0.pod_uid
-                .cmp(&b.0.pod_uid)
-                .then_with(|| a.0.container_id.cmp(&b.0.container_id))
-        });
-        preempt.sort_by(|a, b| {
-            a.0.pod_uid
-                .cmp(&b.0.pod_uid)
-                .then_with(|| a.0.container_id.cmp(&b.0.container_id))
-        });
+        let runq: Vec<(Target, PromHist)> = stats
+            .iter()
+            .map(|(t, s)| (t.clone(), to_prom(&s.runq, &RUNQ_BOUNDS_NS, 1e9)))
+            .collect();
+        let preempt: Vec<(Target, [u64; 3])> = stats
+            .into_iter()
+            .map(|(t, s)| (t, s.preempted_by))
+            .collect();
 
         let mut m = enc.encode_descriptor(
             "podstat_node_context_switches",
@@ -202,7 +212,34 @@ impl Collect for SchedCollector {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
+
+    #[test]
+    fn join_labels_known_ids_and_drops_the_rest() {
+        let identity = Identity::default();
+        let target = |uid: &str, cid: &str| Target {
+            pod_uid: uid.into(),
+            container_id: cid.into(),
+            qos: "burstable",
+            ..Target::default()
+        };
+        identity.replace(HashMap::from([
+            (7, target("b", "c2")),
+            (3, target("a", "c1")),
+            (9, target("b", "c1")),
+        ]));
+        let rows = join(&identity, [(9, 'x'), (42, 'g'), (3, 'y'), (7, 'z')]);
+        let got: Vec<(&str, &str, char)> = rows
+            .iter()
+            .map(|(t, v)| (t.pod_uid.as_str(), t.container_id.as_str(), *v))
+            .collect();
+        assert_eq!(
+            got,
+            vec![("a", "c1", 'y'), ("b", "c1", 'x'), ("b", "c2", 'z')]
+        );
+    }
 
     #[test]
     fn kernel_hist_converts_to_seconds() {

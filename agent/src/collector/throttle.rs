@@ -9,7 +9,7 @@ use prometheus_client::encoding::DescriptorEncoder;
 
 use super::{
     Collect, CollectError, Context, Unsupported,
-    sched::{encode_hists, to_prom},
+    sched::{encode_hists, join, to_prom},
 };
 use crate::{
     cgroup::ErrorCounts,
@@ -49,27 +49,33 @@ impl Collect for ThrottleCollector {
         let Some(maps) = self.probes.maps() else {
             return Err(CollectError::Source("probe maps unavailable".into()));
         };
-        let (mut pause, mut after, mut runnable) = (Vec::new(), Vec::new(), Vec::new());
-        for entry in maps.throttle_stats.iter() {
-            let Ok((id, st)) = entry else { continue };
-            let Some(target) = self.identity.get(id) else {
-                continue;
-            };
-            pause.push((target.clone(), to_prom(&st.pause, &PERIOD_BOUNDS_NS, 1e9)));
-            after.push((
-                target.clone(),
-                to_prom(&st.exhausted_after, &PERIOD_BOUNDS_NS, 1e9),
-            ));
-            runnable.push((target, to_prom(&st.runnable_threads, &THREAD_BOUNDS, 1.0)));
-        }
+        let stats = join(
+            &self.identity,
+            maps.throttle_stats.iter().filter_map(Result::ok),
+        );
         drop(maps);
-        for rows in [&mut pause, &mut after, &mut runnable] {
-            rows.sort_by(|a, b| {
-                a.0.pod_uid
-                    .cmp(&b.0.pod_uid)
-                    .then_with(|| a.0.container_id.cmp(&b.0.container_id))
-            });
-        }
+        let pause: Vec<_> = stats
+            .iter()
+            .map(|(t, st)| (t.clone(), to_prom(&st.pause, &PERIOD_BOUNDS_NS, 1e9)))
+            .collect();
+        let after: Vec<_> = stats
+            .iter()
+            .map(|(t, st)| {
+                (
+                    t.clone(),
+                    to_prom(&st.exhausted_after, &PERIOD_BOUNDS_NS, 1e9),
+                )
+            })
+            .collect();
+        let runnable: Vec<_> = stats
+            .iter()
+            .map(|(t, st)| {
+                (
+                    t.clone(),
+                    to_prom(&st.runnable_threads, &THREAD_BOUNDS, 1.0),
+                )
+            })
+            .collect();
         encode_hists(
             enc,
             "podstat_cpu_throttle_pause_seconds",

@@ -578,3 +578,60 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The offsets this kernel's BTF yields: all there, distinct where they must be, inside
+    /// their structs. Runs without root (vmlinux BTF is world-readable).
+    #[test]
+    fn offsets_resolve_against_the_running_kernels_btf() {
+        let path = Path::new("/sys/kernel/btf/vmlinux");
+        assert!(
+            path.exists(),
+            "this test needs kernel BTF at {}",
+            path.display()
+        );
+        let k = KernelBtf::load(path).expect("loading vmlinux BTF");
+        let (o, throttle) = resolve_offsets(&k).expect("resolving the scheduler offsets");
+        assert_eq!(o.valid, 1);
+        throttle.expect("CFS bandwidth offsets");
+        let task = k.size_of("task_struct").expect("task_struct size");
+        for (name, off) in [
+            ("cgroups", o.task_cgroups),
+            ("pid", o.task_pid),
+            ("state", o.task_state),
+            ("se.cfs_rq", o.task_se_cfs_rq),
+            ("se.parent", o.task_se_parent),
+        ] {
+            assert!(
+                off > 0 && off < task,
+                "task_struct.{name} at {off} outside 1..{task}"
+            );
+        }
+        assert_ne!(o.task_se_cfs_rq, o.task_se_parent);
+        let cfs_rq = k.size_of("cfs_rq").expect("cfs_rq size");
+        for off in [o.cfs_rq_tg, o.cfs_rq_throttled, o.cfs_rq_h_nr] {
+            assert!(off < cfs_rq);
+        }
+        assert_ne!(o.cfs_rq_throttled_mask, 0);
+        assert!(
+            o.tg_period_expires > o.tg_period,
+            "period_timer follows period in cfs_bandwidth"
+        );
+        let cpu_id = u32::try_from(
+            k.enum_value("cgroup_subsys_id", "cpu_cgrp_id")
+                .expect("cpu_cgrp_id"),
+        )
+        .expect("small");
+        assert_eq!(
+            o.css_set_cpu_subsys,
+            k.offset_of("css_set", "subsys").expect("subsys") + 8 * cpu_id
+        );
+        if k.has_member("task_struct", "throttled") {
+            assert_eq!(o.task_based_throttle, 1);
+            assert_ne!(o.task_throttled_mask, 0);
+        }
+    }
+}
