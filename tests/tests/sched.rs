@@ -239,3 +239,33 @@ fn quota_burn_shows_early_exhaustion_and_runnable_threads() {
         runnable1.mean()
     );
 }
+
+#[test]
+fn probe_series_go_when_the_cgroup_goes() {
+    require_root();
+    let v1 = v1_hierarchies();
+    let root = format!("podstat-test-{}-probegone", std::process::id());
+    let (uid, cid) = test_ids(31);
+    let ctr = format!("{root}/kubepods/besteffort/pod{uid}/{cid}");
+    let mut tree = CgroupTree::new(&[&v1.cpu, &v1.cpuacct]);
+    tree.mkdir(&ctr);
+    let (_agent, addr) = start_agent(&agent_flags());
+    thread::sleep(Duration::from_millis(500));
+    let mut load = tree.spawn(&ctr, Command::new(LOAD).args(["spin-sleep", "1", "1", "1"]));
+    let _ = load.wait();
+    let labels = [("pod_uid", uid.as_str()), ("container_id", cid.as_str())];
+    wait_tracked(addr, "podstat_runqueue_latency_seconds_count", &labels, Duration::from_secs(3));
+    drop(tree);
+    // The tracker refreshes every 200 ms: within a second the kernel state and the series are gone.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = scrape(addr);
+        if find(&s, "podstat_runqueue_latency_seconds_count", &labels).is_empty()
+            && find(&s, "podstat_cpu_preemptions_total", &labels).is_empty()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "series of a removed cgroup still exported after 5 s");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
