@@ -23,7 +23,7 @@ use podstat_common::sched::{
 
 use crate::{
     kernel::{
-        KNOWN, atomic_add, get_or_insert, map_full, now_ns, observe, offsets, read, task_cgroup_id,
+        KNOWN, atomic_add, get_or_insert, load, map_full, now_ns, observe, offsets, task_cgroup_id,
     },
     throttle,
 };
@@ -72,7 +72,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
 pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
     let o = offsets();
     if o.valid != 0 {
-        if let Ok(pid) = read::<u32>(ctx.arg(0), o.task_pid) {
+        if let Ok(pid) = load::<u32>(ctx.arg(0), o.task_pid) {
             let _ = WAIT_START.remove(pid);
         }
     }
@@ -81,7 +81,7 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn start_wait(task: *const u8, cgroup_id: u64, pid_off: u32) -> Result<(), i32> {
-    let pid: u32 = read(task, pid_off)?;
+    let pid: u32 = load(task, pid_off)?;
     if pid == 0 {
         return Ok(());
     }
@@ -121,7 +121,7 @@ fn on_switch(prev: *const u8, next: *const u8) -> Result<(), i32> {
         return Ok(());
     }
     // prev preempted while still runnable: it waits again, and someone took its CPU.
-    let state: u32 = read(prev, o.task_state)?;
+    let state: u32 = load(prev, o.task_state)?;
     let switch_mode = throttle::mode() == THROTTLE_MODE_SWITCH;
     if state == 0 {
         if switch_mode {
@@ -148,7 +148,7 @@ fn on_switch(prev: *const u8, next: *const u8) -> Result<(), i32> {
         }
     }
 
-    let pid: u32 = read(next, o.task_pid)?;
+    let pid: u32 = load(next, o.task_pid)?;
     if pid == 0 {
         return Ok(());
     }

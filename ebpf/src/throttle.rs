@@ -30,7 +30,7 @@ use aya_ebpf::{
 };
 use podstat_common::sched::{
     DEFAULT_MAX_CGROUPS, HIST_SLOTS, MAP_THROTTLE_STATS, Offsets, PERIOD_BOUNDS_NS, THREAD_BOUNDS,
-    THROTTLE_MODE_HOOKS, THROTTLE_MODE_SWITCH, ThrottleStats, bucket_of,
+    THROTTLE_MODE_HOOKS, ThrottleStats, bucket_of,
 };
 
 use crate::kernel::{KNOWN, cgroup_kn_id, get_or_insert, now_ns, observe, offsets, read};

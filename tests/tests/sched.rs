@@ -254,7 +254,12 @@ fn probe_series_go_when_the_cgroup_goes() {
     let mut load = tree.spawn(&ctr, Command::new(LOAD).args(["spin-sleep", "1", "1", "1"]));
     let _ = load.wait();
     let labels = [("pod_uid", uid.as_str()), ("container_id", cid.as_str())];
-    wait_tracked(addr, "podstat_runqueue_latency_seconds_count", &labels, Duration::from_secs(3));
+    wait_tracked(
+        addr,
+        "podstat_runqueue_latency_seconds_count",
+        &labels,
+        Duration::from_secs(3),
+    );
     drop(tree);
     // The tracker refreshes every 200 ms: within a second the kernel state and the series are gone.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -265,7 +270,10 @@ fn probe_series_go_when_the_cgroup_goes() {
         {
             break;
         }
-        assert!(Instant::now() < deadline, "series of a removed cgroup still exported after 5 s");
+        assert!(
+            Instant::now() < deadline,
+            "series of a removed cgroup still exported after 5 s"
+        );
         thread::sleep(Duration::from_millis(100));
     }
 }

@@ -1,6 +1,10 @@
 //! Walk of the cpu hierarchy: every pod and container cgroup, with its kernfs id.
 
-use std::{fs, io, os::unix::fs::MetadataExt as _, path::PathBuf};
+use std::{
+    fs, io,
+    os::unix::fs::{DirEntryExt as _, MetadataExt as _},
+    path::PathBuf,
+};
 
 use super::{
     error::{ErrorCounts, ErrorReason},
@@ -116,14 +120,9 @@ impl Walker<'_> {
                 self.errors.add(ErrorReason::Malformed);
                 continue;
             };
-            // fstatat on the open directory; same inode as `stat` (the kernfs node id).
-            let id = match entry.metadata() {
-                Ok(m) => m.ino(),
-                Err(e) => {
-                    self.errors.add(reason(&e));
-                    continue;
-                }
-            };
+            // d_ino from getdents: kernfs fills it with the node's inode number, the same as
+            // `stat` gives (the kernfs id that eBPF sees), without a stat per directory.
+            let id = entry.ino();
 
             let rel_len = self.rel.len();
             if rel_len > 0 {

@@ -22,7 +22,7 @@ pub use error::{CgroupError, ErrorCounts, ErrorReason};
 pub use identity::{CgroupKind, Driver, Qos, Runtime, classify};
 pub use layout::{CgroupVersion, Layout, Mode};
 pub use parse::{CpuMax, CpuStat, Pressure};
-pub use read::{CgroupSample, Limits, read_counters, read_limits, read_sample};
+pub use read::{CgroupSample, Limits, Presence, read_counters, read_limits, read_sample};
 
 #[cfg(test)]
 pub(crate) mod test_util {

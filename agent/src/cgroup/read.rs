@@ -39,9 +39,54 @@ pub struct CgroupSample {
 }
 
 /// Reads `path` into `buf` (cleared first), reusing its allocation.
+/// Reads a whole small file into `buf`, reusing its allocation. Unlike `read_to_string` it does
+/// not stat the file for a size hint: cgroup files report size 0 or 4096 anyway, so that is a
+/// wasted syscall (two, with the seek) per file per scrape. A short read ends the file, as it
+/// does for kernfs seq files and regular files.
 fn read_into(path: &Path, buf: &mut String) -> io::Result<()> {
-    buf.clear();
-    File::open(path)?.read_to_string(buf).map(drop)
+    const CHUNK: usize = 4096;
+    let mut bytes = std::mem::take(buf).into_bytes();
+    bytes.clear();
+    let result = (|| {
+        let mut f = File::open(path)?;
+        loop {
+            let start = bytes.len();
+            bytes.resize(start + CHUNK, 0);
+            let n = f.read(&mut bytes[start..])?;
+            bytes.truncate(start + n);
+            if n < CHUNK {
+                return Ok(());
+            }
+            if bytes.len() > 1 << 20 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "cgroup file larger than 1 MiB",
+                ));
+            }
+        }
+    })();
+    match String::from_utf8(bytes) {
+        Ok(s) => {
+            *buf = s;
+            result
+        }
+        Err(e) => {
+            let mut bytes = e.into_bytes();
+            bytes.clear();
+            *buf = String::from_utf8(bytes).unwrap_or_default();
+            result.and(Err(io::Error::new(io::ErrorKind::InvalidData, "not UTF-8")))
+        }
+    }
+}
+
+/// Whether the optional counter files exist on this host, learnt from the first cgroup read
+/// (they depend on the kernel and its boot options, not on the cgroup). `None`: not known yet.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Presence {
+    /// `cpu.pressure` (PSI; absent on cgroup v1 hierarchies and with `psi=0`).
+    pub pressure: Option<bool>,
+    /// `cpu.stat.local` (v2, kernel 6.8+).
+    pub stat_local: Option<bool>,
 }
 
 /// Reads an optional file: `Some(())` with the content in `buf`, `None` if absent or unreadable
@@ -76,7 +121,7 @@ pub fn read_sample(
     buf: &mut String,
     errors: &mut ErrorCounts,
 ) -> Option<CgroupSample> {
-    let mut sample = read_counters(layout, d, buf, errors)?;
+    let mut sample = read_counters(layout, d, buf, errors, &mut Presence::default())?;
     let limits = read_limits(layout, d, buf, errors);
     sample.max = limits.max;
     sample.burst_us = limits.burst_us;
@@ -91,6 +136,7 @@ pub fn read_counters(
     d: &Discovered,
     buf: &mut String,
     errors: &mut ErrorCounts,
+    presence: &mut Presence,
 ) -> Option<CgroupSample> {
     let version = layout.cpu_version;
     let mut path = layout.cpu.join(&d.rel_path);
@@ -107,15 +153,21 @@ pub fn read_counters(
         stat: parse_cpu_stat(buf, version, errors),
         ..CgroupSample::default()
     };
-    if version == CgroupVersion::V2 {
+    if version == CgroupVersion::V2 && presence.stat_local != Some(false) {
         path.set_file_name("cpu.stat.local");
-        if read_optional(&path, buf, errors).is_some() {
+        let found = read_optional(&path, buf, errors).is_some();
+        if found {
             sample.local_throttled_ns = parse_cpu_stat_local(buf, errors);
         }
+        presence.stat_local.get_or_insert(found);
     }
-    path.set_file_name("cpu.pressure");
-    if read_optional(&path, buf, errors).is_some() {
-        sample.pressure = Some(parse_pressure(buf, errors));
+    if presence.pressure != Some(false) {
+        path.set_file_name("cpu.pressure");
+        let found = read_optional(&path, buf, errors).is_some();
+        if found {
+            sample.pressure = Some(parse_pressure(buf, errors));
+        }
+        presence.pressure.get_or_insert(found);
     }
     if version == CgroupVersion::V1
         && let Some(cpuacct) = &layout.cpuacct

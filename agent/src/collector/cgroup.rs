@@ -20,6 +20,7 @@ use prometheus_client::{
 use super::{Collect, CollectError, Context, Unsupported};
 use crate::cgroup::{
     self, CgroupKind, CgroupSample, DiscoverOptions, Discovered, ErrorCounts, Layout, Limits,
+    Presence,
 };
 
 /// Options of the cgroup collector.
@@ -208,6 +209,8 @@ pub struct CgroupCollector {
     targets: Targets,
     /// cgroup id → limits and when they were read; pruned to live cgroups every scrape.
     limits: Mutex<HashMap<u64, (Instant, Limits)>>,
+    /// Which optional files this host has, learnt once.
+    presence: Mutex<Presence>,
 }
 
 impl CgroupCollector {
@@ -218,6 +221,7 @@ impl CgroupCollector {
         Ok(Box::new(Self {
             targets,
             limits: Mutex::new(HashMap::new()),
+            presence: Mutex::new(Presence::default()),
         }))
     }
 
@@ -226,10 +230,12 @@ impl CgroupCollector {
         let found = self.targets.scan(errors);
         let refresh = self.targets.opts.limits_refresh;
         let mut cache = self.limits.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut presence = self.presence.lock().unwrap_or_else(PoisonError::into_inner);
         let mut rows = Vec::with_capacity(found.len());
         let mut buf = String::with_capacity(1024);
         for (d, target) in &found {
-            let Some(mut sample) = cgroup::read_counters(&self.targets.layout, d, &mut buf, errors)
+            let Some(mut sample) =
+                cgroup::read_counters(&self.targets.layout, d, &mut buf, errors, &mut presence)
             else {
                 continue;
             };
@@ -431,8 +437,11 @@ impl Collect for CgroupCollector {
                 self.targets.layout.cpu.display()
             )));
         }
+        let t0 = Instant::now();
         let rows = self.gather(errors);
+        let t1 = Instant::now();
         encode_rows(enc, &rows)?;
+        tracing::debug!(gather = ?(t1 - t0), encode = ?t1.elapsed(), rows = rows.len(), "cgroup collector");
         Ok(())
     }
 }
