@@ -50,6 +50,7 @@ fn effective_caps(procfs: &Path) -> Option<u64> {
 }
 
 /// Builds the report. Loads the probes for real: that is the only conclusive BPF test.
+#[expect(clippy::too_many_lines, reason = "one report, item after item")]
 pub fn report(args: &CheckArgs, enabled: &[&'static str]) -> Vec<Item> {
     let mut items = Vec::new();
     let mut push = |area, name: String, outcome, detail: String| {
@@ -58,7 +59,7 @@ pub fn report(args: &CheckArgs, enabled: &[&'static str]) -> Vec<Item> {
             name,
             outcome,
             detail,
-        })
+        });
     };
 
     match Layout::detect(&args.paths.cgroupfs) {

@@ -220,6 +220,10 @@ mod pod {
 
 /// Slot of the first bound that `value` is at most, or [`INF_SLOT`].
 #[inline(always)]
+#[expect(
+    clippy::inline_always,
+    reason = "BPF has no real calls between these helpers; it must inline"
+)]
 pub fn bucket_of(value: u64, bounds: &[u64; BUCKETS]) -> usize {
     let mut i = 0;
     while i < BUCKETS {

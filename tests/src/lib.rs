@@ -19,9 +19,9 @@ use std::{
 
 /// The agent binary under test (`cargo xtask test` sets `PODSTAT_BIN`).
 pub fn podstat_bin() -> PathBuf {
-    let bin = std::env::var_os("PODSTAT_BIN").map(PathBuf::from).unwrap_or_else(|| {
+    let bin = std::env::var_os("PODSTAT_BIN").map_or_else(|| {
         panic!("PODSTAT_BIN is not set: run the integration tests through `cargo xtask test`, which builds podstat with its eBPF object")
-    });
+    }, PathBuf::from);
     assert!(
         bin.is_file(),
         "PODSTAT_BIN={} does not exist; run `cargo xtask test`",
@@ -281,15 +281,15 @@ pub fn start_agent(extra: &[&str]) -> (Proc, SocketAddr) {
     let mut proc = Proc(Some(child));
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(r) = http_get(addr, "/healthz", &[]) {
-            if r.status == 200 {
-                return (proc, addr);
-            }
+        if let Ok(r) = http_get(addr, "/healthz", &[])
+            && r.status == 200
+        {
+            return (proc, addr);
         }
-        if let Some(c) = proc.0.as_mut() {
-            if let Ok(Some(status)) = c.try_wait() {
-                panic!("podstat agent exited during startup with {status}");
-            }
+        if let Some(c) = proc.0.as_mut()
+            && let Ok(Some(status)) = c.try_wait()
+        {
+            panic!("podstat agent exited during startup with {status}");
         }
         assert!(
             Instant::now() < deadline,

@@ -17,6 +17,14 @@ use podstat_tests::{
 const NS_PER_SEC: f64 = 1e9;
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario, set up, scraped and compared field by field"
+)]
+#[expect(
+    clippy::float_cmp,
+    reason = "counters are integers in f64: the agent and cpu.stat must agree exactly"
+)]
 fn throttled_container_is_reported_and_matches_cpu_stat() {
     require_root();
     let started = Instant::now();
@@ -139,7 +147,7 @@ fn throttled_container_is_reported_and_matches_cpu_stat() {
     drop(sleeper.kill());
     let _ = sleeper.wait();
     assert!(
-        started.elapsed() < Duration::from_secs(60),
+        started.elapsed() < Duration::from_mins(1),
         "test took too long"
     );
 }

@@ -1,10 +1,6 @@
 //! Walk of the cpu hierarchy: every pod and container cgroup, with its kernfs id.
 
-use std::{
-    fs, io,
-    os::unix::fs::{DirEntryExt as _, MetadataExt as _},
-    path::PathBuf,
-};
+use std::{fs, io, os::unix::fs::DirEntryExt as _, path::PathBuf};
 
 use super::{
     error::{ErrorCounts, ErrorReason},
@@ -152,7 +148,7 @@ impl Walker<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use std::{collections::BTreeMap, os::unix::fs::MetadataExt as _};
 
     use super::*;
     use crate::cgroup::{

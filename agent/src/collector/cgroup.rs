@@ -412,7 +412,7 @@ pub fn encode_rows(
         if !rows.iter().any(|(_, s)| get(s).is_some()) {
             continue;
         }
-        let mut m = enc.encode_descriptor(name, help, None, kind.clone())?;
+        let mut m = enc.encode_descriptor(name, help, None, *kind)?;
         for (target, sample) in rows {
             let Some(v) = get(sample) else { continue };
             let family = m.encode_family(target)?;

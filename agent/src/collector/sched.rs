@@ -142,12 +142,7 @@ impl Collect for SchedCollector {
         );
         let full: Vec<u64> = (0u32..)
             .take(MAP_NAMES.len())
-            .map(|i| {
-                maps.map_full
-                    .get(&i, 0)
-                    .map(|v| v.iter().sum())
-                    .unwrap_or(0)
-            })
+            .map(|i| maps.map_full.get(&i, 0).map_or(0, |v| v.iter().sum()))
             .collect();
         drop(maps);
         let runq: Vec<(Target, PromHist)> = stats

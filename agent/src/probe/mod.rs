@@ -93,7 +93,7 @@ pub struct Probes {
     maps: Option<Mutex<Maps>>,
     offsets: Option<Offsets>,
     /// Keeps programs and links alive; dropping it detaches everything.
-    _ebpf: Option<Ebpf>,
+    keep_alive: Option<Ebpf>,
 }
 
 impl fmt::Debug for Probes {
@@ -185,12 +185,16 @@ impl Probes {
             status: PROBES.iter().map(|(p, _)| (*p, Status::Disabled)).collect(),
             maps: None,
             offsets: None,
-            _ebpf: None,
+            keep_alive: None,
         }
     }
 
     /// Loads the embedded object and attaches the wanted probes. Never fails as a whole:
     /// every failure is recorded per probe.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one linear sequence of load steps, each failing on its own"
+    )]
     pub fn load(wanted: Wanted, sysfs: &Path) -> Self {
         let mut probes = Self::none();
         let wants = |collector: &str| match collector {
@@ -374,7 +378,7 @@ impl Probes {
             Ok(maps) => probes.maps = Some(Mutex::new(maps)),
             Err(why) => fail_all(&mut probes, &why),
         }
-        probes._ebpf = Some(ebpf);
+        probes.keep_alive = Some(ebpf);
         probes
     }
 
