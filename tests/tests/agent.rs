@@ -152,3 +152,65 @@ fn bad_flag_is_a_usage_error_not_a_crash() {
     assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
     assert!(String::from_utf8_lossy(&out.stderr).contains("--web.listen-address"));
 }
+
+#[test]
+fn live_scrape_passes_promtool_lint() {
+    require_root();
+    let promtool = ["/usr/bin/promtool", "/usr/local/bin/promtool"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "promtool not found: install Debian's prometheus package (cargo xtask test does)"
+            )
+        });
+    // Everything on, with a throttled pod that has run, so every family is in the scrape.
+    let v1 = podstat_tests::v1_hierarchies();
+    let (uid, cid) = podstat_tests::test_ids(41);
+    let ctr = format!(
+        "podstat-test-{}-lint/kubepods/burstable/pod{uid}/{cid}",
+        std::process::id()
+    );
+    let mut tree = podstat_tests::CgroupTree::new(&[&v1.cpu, &v1.cpuacct]);
+    tree.mkdir(&ctr);
+    tree.write(0, &ctr, "cpu.cfs_quota_us", "20000");
+    let (_agent, addr) = start_agent(&["--probe.refresh-interval", "200ms"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut load = tree.spawn(
+        &ctr,
+        Command::new(env!("CARGO_BIN_EXE_podstat-test-load")).args(["busy", "2", "1"]),
+    );
+    let _ = load.wait();
+    let body = http_get(addr, "/metrics", &[]).expect("scrape").body;
+    let text = String::from_utf8_lossy(&body);
+    for family in [
+        "podstat_runqueue_latency_seconds_bucket",
+        "podstat_cpu_throttle_pause_seconds_bucket",
+        "podstat_cpu_throttled_seconds_total",
+    ] {
+        assert!(
+            text.contains(&format!("{family}{{")),
+            "{family} missing from the scrape"
+        );
+    }
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning promtool");
+    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), &body)
+        .expect("writing to promtool");
+    drop(child.stdin.take());
+    let out = child.wait_with_output().expect("promtool");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics on a live scrape:\n{said}"
+    );
+}
