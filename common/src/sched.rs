@@ -121,6 +121,9 @@ pub struct Known {
 pub struct Wait {
     pub since_ns: u64,
     pub cgroup_id: u64,
+    /// Switch mode: the group whose throttle episode this task's switch-out joined (0: none).
+    /// Its switch-in after the refill closes the episode, so only these tasks pay for the check.
+    pub throttled_group: u64,
 }
 
 /// Value of [`SCHED_STATS_MAP`].

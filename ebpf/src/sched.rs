@@ -80,7 +80,12 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
 }
 
 #[inline(always)]
-fn start_wait(task: *const u8, cgroup_id: u64, pid_off: u32) -> Result<(), i32> {
+fn start_wait(
+    task: *const u8,
+    cgroup_id: u64,
+    throttled_group: u64,
+    pid_off: u32,
+) -> Result<(), i32> {
     let pid: u32 = load(task, pid_off)?;
     if pid == 0 {
         return Ok(());
@@ -91,6 +96,7 @@ fn start_wait(task: *const u8, cgroup_id: u64, pid_off: u32) -> Result<(), i32> 
             Wait {
                 since_ns: now_ns(),
                 cgroup_id,
+                throttled_group,
             },
             0,
         )
@@ -111,7 +117,7 @@ fn on_wakeup(task: *const u8) -> Result<(), i32> {
     if KNOWN.get_ptr(cgroup_id).is_none() {
         return Ok(());
     }
-    start_wait(task, cgroup_id, o.task_pid)
+    start_wait(task, cgroup_id, 0, o.task_pid)
 }
 
 #[inline(always)]
@@ -124,14 +130,16 @@ fn on_switch(prev: *const u8, next: *const u8) -> Result<(), i32> {
     let state: u32 = load(prev, o.task_state)?;
     let switch_mode = throttle::mode() == THROTTLE_MODE_SWITCH;
     if state == 0 {
-        if switch_mode {
-            let _ = throttle::on_runnable_switch_out(prev, now_ns(), &o);
-        }
         let prev_cg = task_cgroup_id(prev, &o)?;
         if let Some(known) = KNOWN.get_ptr(prev_cg) {
             // SAFETY: a pointer to a live map value.
             let pod = unsafe { (*known).pod_id };
-            start_wait(prev, prev_cg, o.task_pid)?;
+            let throttled_group = if switch_mode {
+                throttle::on_runnable_switch_out(prev, now_ns(), &o).unwrap_or(0)
+            } else {
+                0
+            };
+            start_wait(prev, prev_cg, throttled_group, o.task_pid)?;
             let by = match task_cgroup_id(next, &o)
                 .ok()
                 .and_then(|cg| KNOWN.get_ptr(cg))
@@ -157,15 +165,8 @@ fn on_switch(prev: *const u8, next: *const u8) -> Result<(), i32> {
         let wait = unsafe { *wait };
         let _ = WAIT_START.remove(pid);
         let now = now_ns();
-        if switch_mode {
-            throttle::on_switch_in(wait.cgroup_id, now);
-            if let Some(k) = KNOWN.get_ptr(wait.cgroup_id) {
-                // SAFETY: a pointer to a live map value.
-                let parent = unsafe { (*k).parent_id };
-                if parent != 0 {
-                    throttle::on_switch_in(parent, now);
-                }
-            }
+        if switch_mode && wait.throttled_group != 0 {
+            throttle::on_switch_in(wait.throttled_group, now);
         }
         if now > wait.since_ns {
             let delta = now - wait.since_ns;

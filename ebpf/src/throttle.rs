@@ -230,35 +230,36 @@ fn on_unthrottle_hook(cfs_rq: *const u8) -> Result<(), i32> {
     Ok(())
 }
 
-/// Switch mode: `prev` left the CPU while runnable. If its cfs_rq or an ancestor's (up to three
-/// levels: container, pod, QoS) is throttled, that group's episode starts or grows.
+/// Switch mode: `prev`, a task of a tracked cgroup, left the CPU while runnable. If its cfs_rq or
+/// an ancestor's (up to three levels: container, pod, QoS) is throttled, that group's episode
+/// starts or grows. Returns the group's cgroup id, or 0 when nothing is throttled.
 #[inline(always)]
-pub fn on_runnable_switch_out(prev: *const u8, now: u64, o: &Offsets) -> Result<(), i32> {
+pub fn on_runnable_switch_out(prev: *const u8, now: u64, o: &Offsets) -> Result<u64, i32> {
     // With task-based throttling a task can also be preempted while its cfs_rq is throttled
     // and before it throttles itself; only the real throttle counts.
     if o.task_based_throttle != 0
         && u32::from(read::<u8>(prev, o.task_throttled)?) & o.task_throttled_mask == 0
     {
-        return Ok(());
+        return Ok(0);
     }
     let mut cfs_rq: *const u8 = read(prev, o.task_se_cfs_rq)?;
     let mut se: *const u8 = read(prev, o.task_se_parent)?;
     let mut level = 0;
     while level < 3 {
         if cfs_rq.is_null() {
-            return Ok(());
+            return Ok(0);
         }
         if is_throttled(cfs_rq, o)? {
             return throttled_switch_out(cfs_rq, now, level == 0, o);
         }
         if se.is_null() {
-            return Ok(());
+            return Ok(0);
         }
         cfs_rq = read(se, o.se_cfs_rq)?;
         se = read(se, o.se_parent)?;
         level += 1;
     }
-    Ok(())
+    Ok(0)
 }
 
 #[inline(always)]
@@ -267,12 +268,12 @@ fn throttled_switch_out(
     now: u64,
     own_group: bool,
     o: &Offsets,
-) -> Result<(), i32> {
+) -> Result<u64, i32> {
     let Some((id, tg)) = tracked_group(cfs_rq, o)? else {
-        return Ok(());
+        return Ok(0);
     };
     let Some(st) = get_or_insert(&THROTTLE_STATS, id, &ZERO, MAP_THROTTLE_STATS) else {
-        return Ok(());
+        return Ok(0);
     };
     // SAFETY: bpf_get_smp_processor_id has no preconditions.
     let cpu = unsafe { bpf_get_smp_processor_id() };
@@ -302,7 +303,7 @@ fn throttled_switch_out(
             (*st).runnable += read::<u32>(cfs_rq, o.cfs_rq_h_nr)?;
         }
     }
-    Ok(())
+    Ok(id)
 }
 
 /// Switch mode: a task of cgroup `id` got a CPU. If the group's episode is open and the period

@@ -3,9 +3,12 @@
 //!
 //! 1. Scrape cost: the agent's `/metrics` on `pods` × 3 real (v1) container cgroups, against a
 //!    plain loop that reads the same `cpu.stat` files.
-//! 2. Per-event probe cost: `run_time_ns / run_cnt` of podstat's `sched_switch` program
-//!    against libbpf-tools `runqlat`'s programs, during the same context-switch storm.
-//! 3. End-to-end cost: stress-ng `--switch` throughput without and with the probe attached.
+//! 2. Per-event probe cost: `run_time_ns / run_cnt` of each of podstat's programs against
+//!    libbpf-tools `runqlat`'s, during the same context-switch storm, run inside a kubelet-style
+//!    container cgroup (podstat's full path; checked on the agent's run-queue series), then a
+//!    shorter one outside pods (its early exit). Also all programs per context switch.
+//! 3. End-to-end cost: stress-ng `--switch` throughput in that container cgroup with no probe,
+//!    with the podstat agent, and with runqlat alone, interleaved.
 //!
 //! Everything it creates (cgroups, processes, the `bpf_stats_enabled` sysctl) is undone by
 //! guards, also on error and on panic.
@@ -41,7 +44,14 @@ const HIERARCHIES: [&str; 2] = ["/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpuacct"];
 const PREFIX: &str = "podstat-test-bench-";
 const CONTAINERS_PER_POD: usize = 3;
 const WARMUP: usize = 5;
-const E2E_ROUNDS: usize = 3;
+const E2E_ROUNDS: usize = 5;
+/// Seconds per end-to-end storm.
+const E2E_SECS: u64 = 6;
+/// The agent's `--probe.refresh-interval` in the bench.
+const PROBE_REFRESH: &str = "500ms";
+/// Wait between the agent being ready and a storm: a few refreshes, so the tracker knows the
+/// storm's cgroup.
+const TRACKER_WAIT: Duration = Duration::from_millis(1500);
 /// Upper bound on directories visited when reaping a leftover tree.
 const MAX_REAP_DIRS: usize = 200_000;
 
@@ -88,19 +98,24 @@ pub fn all(start: Instant, c: &Config) -> anyhow::Result<()> {
     step(
         start,
         &format!(
-            "per-event probe cost: podstat and runqlat during a {}s context-switch storm",
-            c.storm_secs
+            "per-event probe cost: podstat and runqlat during a {}s context-switch storm in a pod, \
+             then a {}s one outside pods",
+            c.storm_secs,
+            c.storm_secs.div_ceil(2)
         ),
     );
-    let probe = probe_bench(&env)?;
+    let pod = create_storm_pod()?;
+    let probe = probe_bench(start, &env, &pod)?;
 
     step(
         start,
         &format!(
-            "end-to-end cost: stress-ng --switch, {E2E_ROUNDS} rounds without and with the probe"
+            "end-to-end cost: stress-ng --switch in the pod, {E2E_ROUNDS} rounds x {E2E_SECS}s: \
+             no probe, podstat, runqlat"
         ),
     );
-    let e2e = e2e_bench(start, &env)?;
+    let e2e = e2e_bench(start, &env, &pod)?;
+    drop(pod);
 
     let report = render(c, &bin_source, &env, &scrape, &probe, &e2e);
     println!("{report}");
@@ -287,6 +302,36 @@ fn create_pods(pods: usize) -> anyhow::Result<BenchPods> {
     Ok(b)
 }
 
+/// One burstable pod with one container (kubelet cgroupfs layout) on both hierarchies: where
+/// the storms run. Removed when dropped.
+struct StormPod {
+    _tree: CgroupTree,
+    /// The container's cgroup, relative to each hierarchy.
+    rel: PathBuf,
+    container_id: String,
+}
+
+fn create_storm_pod() -> anyhow::Result<StormPod> {
+    let pid = std::process::id();
+    let mut tree = CgroupTree::default();
+    let base = PathBuf::from(format!("{PREFIX}{pid}"));
+    let burstable = base.join("kubepods/burstable");
+    tree.mkdir(&base)?;
+    tree.mkdir(&base.join("kubepods"))?;
+    tree.mkdir(&burstable)?;
+    let uid = format!("5707a1e5-{:04x}-4abc-8def-000000000001", pid & 0xffff);
+    let pod = burstable.join(format!("pod{uid}"));
+    tree.mkdir(&pod)?;
+    let container_id = format!("{pid:016x}{:048x}", 0x5707_u32);
+    let rel = pod.join(&container_id);
+    tree.mkdir(&rel)?;
+    Ok(StormPod {
+        _tree: tree,
+        rel,
+        container_id,
+    })
+}
+
 fn write_quota(dir: &Path, us: u64) -> anyhow::Result<()> {
     let f = dir.join("cpu.cfs_quota_us");
     fs::write(&f, us.to_string()).with_context(|| format!("writing {us} to {}", f.display()))
@@ -398,10 +443,12 @@ fn free_addr() -> anyhow::Result<SocketAddr> {
     l.local_addr().context("local address of the probe socket")
 }
 
+/// Starts `podstat agent` on a free loopback port with `extra` flags (and the bench's
+/// `--probe.refresh-interval`).
 fn start_agent(
     env: &Env,
     name: &'static str,
-    collector_off: &str,
+    extra: &[&str],
 ) -> anyhow::Result<(Proc, SocketAddr)> {
     let addr = free_addr()?;
     let mut cmd = Command::new(&env.bin);
@@ -409,8 +456,10 @@ fn start_agent(
         "agent",
         "--web.listen-address",
         &addr.to_string(),
-        collector_off,
+        "--probe.refresh-interval",
+        PROBE_REFRESH,
     ])
+    .args(extra)
     .env("NO_COLOR", "1");
     let agent = Proc::spawn(name, &mut cmd, &env.out_dir)?;
     Ok((agent, addr))
@@ -595,7 +644,7 @@ struct ScrapeResult {
 
 fn scrape_bench(env: &Env, pods: usize, scrapes: usize) -> anyhow::Result<ScrapeResult> {
     let b = create_pods(pods)?;
-    let (mut agent, addr) = start_agent(env, "agent-scrape", "--no-collector.sched")?;
+    let (mut agent, addr) = start_agent(env, "agent-scrape", &["--no-collector.sched"])?;
     wait_ready(&mut agent, addr, |_| true)?;
 
     let mut body = Vec::new();
@@ -799,45 +848,130 @@ struct ProbeRow {
     run_ns: u64,
 }
 
-struct ProbeResult {
+/// One storm with podstat and runqlat attached: every program of both, deltas over the storm.
+struct StormRows {
+    secs: u64,
     rows: Vec<ProbeRow>,
     storm_ops: Option<f64>,
 }
 
-fn probe_bench(env: &Env) -> anyhow::Result<ProbeResult> {
-    let _stats = BpfStats::enable()?;
-    let (mut agent, addr) = start_agent(env, "agent-probe", "--no-collector.cgroup")?;
-    wait_ready(&mut agent, addr, probe_attached)?;
-
-    let runqlat_bin = setup::find("runqlat")?;
-    let mut runqlat = Proc::spawn("runqlat", &mut Command::new(&runqlat_bin), &env.out_dir)?;
-    // Wait (at most 15 s) until runqlat holds its programs.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(s) = runqlat.exited()? {
-            bail!("runqlat exited with {s}:\n{}", runqlat.log_tail());
-        }
-        if owned_progs(runqlat.pid(), &HashMap::new())?.len() >= 3 {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "runqlat loaded fewer than 3 programs in 15 s:\n{}",
-            runqlat.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(100));
+impl StormRows {
+    /// Programs of `owner` that ran during the storm.
+    fn ran<'a>(&'a self, owner: &'a str) -> impl Iterator<Item = &'a ProbeRow> + 'a {
+        self.rows
+            .iter()
+            .filter(move |x| x.owner == owner && x.events > 0)
     }
 
+    /// `owner`'s `sched_switch` program: (run time, events), the events being the context
+    /// switches of the storm.
+    fn switch(&self, owner: &str) -> Option<(u64, u64)> {
+        self.ran(owner)
+            .find(|x| is_switch_prog(&x.name))
+            .map(|x| (x.run_ns, x.events))
+    }
+
+    /// Run time of all `owner`'s programs per context switch (its `sched_switch` run count).
+    fn ns_per_switch(&self, owner: &str) -> f64 {
+        let total: u64 = self.ran(owner).map(|x| x.run_ns).sum();
+        self.switch(owner)
+            .map_or(f64::NAN, |(_, switches)| per(total, switches))
+    }
+}
+
+/// The `sched_switch` program: podstat's and runqlat's `tp_btf` one, or runqlat's raw
+/// tracepoint fallback (`handle_sched_switch`, cut to 15 characters by the kernel).
+fn is_switch_prog(name: &str) -> bool {
+    name == "sched_switch" || name.starts_with("handle_sched_sw")
+}
+
+struct ProbeResult {
+    pod: StormRows,
+    host: StormRows,
+    /// `podstat_runqueue_latency_seconds_count` of the storm pod's container after the storm.
+    runq_count: f64,
+    container_id: String,
+}
+
+fn probe_bench(start: Instant, env: &Env, pod: &StormPod) -> anyhow::Result<ProbeResult> {
+    let _stats = BpfStats::enable()?;
+    let (mut agent, addr) = start_agent(env, "agent-probe", &["--no-collector.cgroup"])?;
+    wait_ready(&mut agent, addr, probe_attached)?;
+    let mut runqlat = start_runqlat(env, "runqlat")?;
+    // Let the tracker's refresh find the storm pod's cgroup.
+    std::thread::sleep(TRACKER_WAIT);
+
+    step(
+        start,
+        &format!("  storm in pod container {}", pod.container_id),
+    );
     let before = prog_snapshot()?;
-    let storm = stress_switch(env, "stress-probe")?;
+    let ops = stress_switch(env, "stress-probe-pod", env.storm_secs, Some(&pod.rel))?;
     let after = prog_snapshot()?;
-    let agent_ids = owned_progs(agent.pid(), &after)?;
-    let runqlat_ids = owned_progs(runqlat.pid(), &after)?;
+    let runq_count = runq_count(addr, &pod.container_id)?;
+    ensure!(
+        runq_count > 0.0,
+        "the agent has no podstat_runqueue_latency_seconds_count > 0 for the storm's container \
+         {} ({runq_count}): its probes did not take the pod path, so the figures would be the \
+         non-pod path's; agent log:\n{}",
+        pod.container_id,
+        agent.log_tail()
+    );
+    let owners = [
+        ("podstat", owned_progs(agent.pid(), &after)?),
+        ("runqlat", owned_progs(runqlat.pid(), &after)?),
+    ];
+    let pod_rows = StormRows {
+        secs: env.storm_secs,
+        rows: prog_deltas(&owners, &before, &after),
+        storm_ops: ops.ok(),
+    };
+
+    let host_secs = env.storm_secs.div_ceil(2);
+    step(
+        start,
+        &format!("  shorter storm ({host_secs}s) outside pods"),
+    );
+    let before = prog_snapshot()?;
+    let ops = stress_switch(env, "stress-probe-host", host_secs, None)?;
+    let after = prog_snapshot()?;
+    let host_rows = StormRows {
+        secs: host_secs,
+        rows: prog_deltas(&owners, &before, &after),
+        storm_ops: ops.ok(),
+    };
     runqlat.stop(Signal::SIGINT)?;
     agent.stop(Signal::SIGTERM)?;
 
+    for (what, s) in [("in the pod", &pod_rows), ("outside pods", &host_rows)] {
+        for owner in ["podstat", "runqlat"] {
+            ensure!(
+                s.switch(owner).is_some(),
+                "no sched_switch program of {owner} ran during the storm {what} (rows: {})",
+                s.rows
+                    .iter()
+                    .map(|r| format!("{}:{}:{}", r.owner, r.name, r.events))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    Ok(ProbeResult {
+        pod: pod_rows,
+        host: host_rows,
+        runq_count,
+        container_id: pod.container_id.clone(),
+    })
+}
+
+/// The per-program deltas between two snapshots, for the programs of each owner.
+fn prog_deltas(
+    owners: &[(&'static str, HashSet<u64>)],
+    before: &HashMap<u64, Prog>,
+    after: &HashMap<u64, Prog>,
+) -> Vec<ProbeRow> {
     let mut rows = Vec::new();
-    for (owner, ids) in [("podstat", &agent_ids), ("runqlat", &runqlat_ids)] {
+    for (owner, ids) in owners {
         let mut ids: Vec<u64> = ids.iter().copied().collect();
         ids.sort_unstable();
         for id in ids {
@@ -853,34 +987,75 @@ fn probe_bench(env: &Env) -> anyhow::Result<ProbeResult> {
             });
         }
     }
-    for owner in ["podstat", "runqlat"] {
+    rows
+}
+
+/// Starts libbpf-tools `runqlat` and waits (at most 15 s) until it holds its programs.
+fn start_runqlat(env: &Env, name: &'static str) -> anyhow::Result<Proc> {
+    let runqlat_bin = setup::find("runqlat")?;
+    let mut runqlat = Proc::spawn(name, &mut Command::new(&runqlat_bin), &env.out_dir)?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(s) = runqlat.exited()? {
+            bail!("runqlat exited with {s}:\n{}", runqlat.log_tail());
+        }
+        if owned_progs(runqlat.pid(), &HashMap::new())?.len() >= 3 {
+            return Ok(runqlat);
+        }
         ensure!(
-            rows.iter()
-                .any(|r| r.owner == owner && r.name == "sched_switch" && r.events > 0),
-            "no sched_switch program of {owner} ran during the storm (rows: {})",
-            rows.iter()
-                .map(|r| format!("{}:{}:{}", r.owner, r.name, r.events))
-                .collect::<Vec<_>>()
-                .join(", ")
+            Instant::now() < deadline,
+            "runqlat loaded fewer than 3 programs in 15 s:\n{}",
+            runqlat.log_tail()
         );
+        std::thread::sleep(Duration::from_millis(100));
     }
-    Ok(ProbeResult {
-        rows,
-        storm_ops: storm.ok(),
-    })
+}
+
+/// The agent's `podstat_runqueue_latency_seconds_count` for `container_id` (0 if absent).
+fn runq_count(addr: SocketAddr, container_id: &str) -> anyhow::Result<f64> {
+    let body = scrape(addr)?;
+    let text = String::from_utf8_lossy(&body);
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("podstat_runqueue_latency_seconds_count{"))
+        .filter(|l| label(l, "container_id") == Some(container_id))
+        .filter_map(|l| l.rsplit(' ').next()?.trim().parse::<f64>().ok())
+        .sum())
 }
 
 // ---------------------------------------------------------------------------------------------
 // 3. End-to-end cost
 
-/// Runs the context-switch storm; Ok(bogo-ops/s, real time) or Err(stress-ng's output).
-fn stress_switch(env: &Env, name: &'static str) -> anyhow::Result<Result<f64, String>> {
-    let mut cmd = Command::new("stress-ng");
-    cmd.args(["--switch", "2", "--timeout"])
-        .arg(format!("{}s", env.storm_secs))
-        .arg("--metrics-brief");
+/// Runs the context-switch storm for `secs`, in the container cgroup `cgroup` (relative to
+/// each hierarchy; stress-ng is moved there before it starts, so its workers inherit it) or
+/// where the bench runs; Ok(bogo-ops/s, real time) or Err(stress-ng's output).
+fn stress_switch(
+    env: &Env,
+    name: &'static str,
+    secs: u64,
+    cgroup: Option<&Path>,
+) -> anyhow::Result<Result<f64, String>> {
+    let stress = format!("stress-ng --switch 2 --timeout {secs}s --metrics-brief");
+    let mut cmd = match cgroup {
+        None => {
+            let mut c = Command::new("stress-ng");
+            c.args(stress.split_whitespace().skip(1));
+            c
+        }
+        Some(rel) => {
+            let mut script = String::new();
+            for h in HIERARCHIES {
+                let procs = Path::new(h).join(rel).join("cgroup.procs");
+                let _ = write!(script, "echo $$ > '{}' && ", procs.display());
+            }
+            let _ = write!(script, "exec {stress}");
+            let mut c = Command::new("sh");
+            c.args(["-c", &script]);
+            c
+        }
+    };
     let mut p = Proc::spawn(name, &mut cmd, &env.out_dir)?;
-    let limit = Duration::from_secs(env.storm_secs + 30);
+    let limit = Duration::from_secs(secs + 30);
     let Some(status) = p.wait_for(limit)? else {
         let s = p.stop(Signal::SIGTERM)?;
         bail!(
@@ -910,46 +1085,76 @@ fn parse_switch_ops(out: &str) -> Option<f64> {
     })
 }
 
-struct E2eResult {
-    off: Vec<f64>,
-    on: Vec<f64>,
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Arm {
+    NoProbe,
+    Podstat,
+    Runqlat,
 }
 
-fn e2e_bench(start: Instant, env: &Env) -> anyhow::Result<E2eResult> {
+impl Arm {
+    const ALL: [Self; 3] = [Self::NoProbe, Self::Podstat, Self::Runqlat];
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::NoProbe => "no probe",
+            Self::Podstat => "podstat agent",
+            Self::Runqlat => "runqlat alone",
+        }
+    }
+}
+
+struct E2eResult {
+    off: Vec<f64>,
+    podstat: Vec<f64>,
+    runqlat: Vec<f64>,
+}
+
+fn e2e_bench(start: Instant, env: &Env, pod: &StormPod) -> anyhow::Result<E2eResult> {
     let mut r = E2eResult {
         off: Vec::new(),
-        on: Vec::new(),
+        podstat: Vec::new(),
+        runqlat: Vec::new(),
     };
+    let ops_of =
+        |ops: Result<f64, String>| ops.map_err(|o| anyhow::anyhow!("no switch line in:\n{o}"));
     for round in 0..E2E_ROUNDS {
-        // Alternate the order so neither side always runs first.
-        let order = if round % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
-        for with_probe in order {
+        // Rotate the order so no arm always runs first or last.
+        let mut order = Arm::ALL;
+        order.rotate_left(round % Arm::ALL.len());
+        for arm in order {
             step(
                 start,
-                &format!(
-                    "  round {}/{E2E_ROUNDS}: {}",
-                    round + 1,
-                    if with_probe {
-                        "with the probe"
-                    } else {
-                        "no probe"
-                    }
-                ),
+                &format!("  round {}/{E2E_ROUNDS}: {}", round + 1, arm.describe()),
             );
-            if with_probe {
-                let (mut agent, addr) = start_agent(env, "agent-e2e", "--no-collector.cgroup")?;
-                wait_ready(&mut agent, addr, probe_attached)?;
-                let ops = stress_switch(env, "stress-e2e")?;
-                agent.stop(Signal::SIGTERM)?;
-                r.on.push(ops.map_err(|o| anyhow::anyhow!("no switch line in:\n{o}"))?);
-            } else {
-                let ops = stress_switch(env, "stress-e2e")?;
-                r.off
-                    .push(ops.map_err(|o| anyhow::anyhow!("no switch line in:\n{o}"))?);
+            match arm {
+                Arm::NoProbe => {
+                    let ops = stress_switch(env, "stress-e2e", E2E_SECS, Some(&pod.rel))?;
+                    r.off.push(ops_of(ops)?);
+                }
+                Arm::Podstat => {
+                    let (mut agent, addr) =
+                        start_agent(env, "agent-e2e", &["--no-collector.cgroup"])?;
+                    wait_ready(&mut agent, addr, probe_attached)?;
+                    std::thread::sleep(TRACKER_WAIT);
+                    let ops = stress_switch(env, "stress-e2e", E2E_SECS, Some(&pod.rel))?;
+                    let count = runq_count(addr, &pod.container_id)?;
+                    agent.stop(Signal::SIGTERM)?;
+                    ensure!(
+                        count > 0.0,
+                        "round {}: the agent measured no run-queue waits for the storm's \
+                         container {} (it ran the non-pod path)",
+                        round + 1,
+                        pod.container_id
+                    );
+                    r.podstat.push(ops_of(ops)?);
+                }
+                Arm::Runqlat => {
+                    let mut runqlat = start_runqlat(env, "runqlat-e2e")?;
+                    let ops = stress_switch(env, "stress-e2e", E2E_SECS, Some(&pod.rel))?;
+                    runqlat.stop(Signal::SIGINT)?;
+                    r.runqlat.push(ops_of(ops)?);
+                }
             }
         }
     }
@@ -983,8 +1188,8 @@ fn render(
     );
 
     render_scrape(&mut r, c, scrape);
-    render_probe(&mut r, c, probe);
-    render_e2e(&mut r, c, e2e);
+    render_probe(&mut r, probe);
+    render_e2e(&mut r, e2e);
     r
 }
 
@@ -1051,19 +1256,45 @@ fn render_scrape(r: &mut String, c: &Config, s: &ScrapeResult) {
     );
 }
 
-fn render_probe(r: &mut String, c: &Config, p: &ProbeResult) {
+fn render_probe(r: &mut String, p: &ProbeResult) {
     let _ = writeln!(r, "## 2. Per-event probe cost\n");
     let _ = writeln!(
         r,
-        "`kernel.bpf_stats_enabled=1`; podstat agent (`--no-collector.cgroup`) and libbpf-tools \
-         `runqlat` attached side by side during `stress-ng --switch 2 --timeout {}s`. Deltas of \
-         `run_time_ns` and `run_cnt` (bpftool) over the storm; programs attributed to their \
-         process by the prog fds it holds.\n",
-        c.storm_secs
+        "`kernel.bpf_stats_enabled=1`; podstat agent (`--no-collector.cgroup --probe.refresh-interval \
+         {PROBE_REFRESH}`, started {:.1} s before the storm so its tracker knows the pod) and \
+         libbpf-tools `runqlat` attached side by side. Deltas of `run_time_ns` and `run_cnt` \
+         (bpftool) over each storm; programs attributed to their process by the prog fds it \
+         holds. These figures include the cost of the stats accounting itself, the same for \
+         every program.\n",
+        TRACKER_WAIT.as_secs_f64()
     );
+    let _ = writeln!(
+        r,
+        "### Pod tasks (podstat's full path)\n\n`stress-ng --switch 2 --timeout {}s` inside the \
+         container cgroup `kubepods/burstable/pod<uid>/<64-hex id>` (v1 cpu and cpuacct). After \
+         the storm the agent had `podstat_runqueue_latency_seconds_count` {:.0} for that \
+         container (`container_id=\"{}\"`): the storm took the pod path.\n",
+        p.pod.secs, p.runq_count, p.container_id
+    );
+    render_storm(r, &p.pod);
+    let _ = writeln!(
+        r,
+        "\n### Non-pod tasks (podstat's early exit)\n\n`stress-ng --switch 2 --timeout {}s` in \
+         the bench's own cgroup, outside any pod.\n",
+        p.host.secs
+    );
+    render_storm(r, &p.host);
+}
+
+fn render_storm(r: &mut String, s: &StormRows) {
     let _ = writeln!(r, "| owner | program (id) | events | run time | ns/event |");
     let _ = writeln!(r, "|---|---|---:|---:|---:|");
-    for row in &p.rows {
+    let mut idle = Vec::new();
+    for row in &s.rows {
+        if row.events == 0 {
+            idle.push(format!("{} `{}` ({})", row.owner, row.name, row.id));
+            continue;
+        }
         let _ = writeln!(
             r,
             "| {} | {} ({}) | {} | {:.1} ms | {:.1} |",
@@ -1075,66 +1306,80 @@ fn render_probe(r: &mut String, c: &Config, p: &ProbeResult) {
             per(row.run_ns, row.events)
         );
     }
-    let ns_of = |owner: &str| {
-        p.rows
-            .iter()
-            .filter(|x| x.owner == owner && x.name == "sched_switch")
-            .map(|x| per(x.run_ns, x.events))
-            .next()
-            .unwrap_or(f64::NAN)
+    if !idle.is_empty() {
+        let _ = writeln!(r, "\nLoaded but not run (0 events): {}.", idle.join(", "));
+    }
+    let sw = |owner: &str| s.switch(owner).map_or(f64::NAN, |(ns, n)| per(ns, n));
+    let (ps, rq) = (sw("podstat"), sw("runqlat"));
+    let (ps_all, rq_all) = (s.ns_per_switch("podstat"), s.ns_per_switch("runqlat"));
+    let switches = |owner: &str| s.switch(owner).map_or(0, |(_, n)| n);
+    let names = |owner: &str| {
+        s.ran(owner)
+            .map(|x| x.name.as_str())
+            .collect::<Vec<_>>()
+            .join(" + ")
     };
-    let (ps, rq) = (ns_of("podstat"), ns_of("runqlat"));
-    let rq_total: (u64, u64) =
-        p.rows
-            .iter()
-            .filter(|x| x.owner == "runqlat")
-            .fold((0, 0), |(ns, switches), x| {
-                let switches = if x.name == "sched_switch" {
-                    x.events
-                } else {
-                    switches
-                };
-                (ns + x.run_ns, switches)
-            });
+    let _ = writeln!(r);
     let _ = writeln!(
         r,
-        "\npodstat `sched_switch` {ps:.1} ns/event vs runqlat `sched_switch` {rq:.1} ns/event: \
-         {:.2}x. runqlat's programs together (wakeup + switch run time over its sched_switch \
-         events): {:.1} ns per context switch. These figures include the cost of the stats \
-         accounting itself, the same for every program.",
-        ps / rq,
-        per(rq_total.0, rq_total.1)
+        "- `sched_switch` vs `sched_switch`: podstat {ps:.1} ns/event, runqlat {rq:.1} ns/event: \
+         **{:.2}x**",
+        ps / rq
     );
-    if let Some(ops) = p.storm_ops {
+    let _ = writeln!(
+        r,
+        "- ns per context switch, all programs (run time of all the tool's programs over its \
+         `sched_switch` events): podstat {ps_all:.1} ns ({}; {} switches), runqlat {rq_all:.1} ns \
+         ({}; {} switches): **{:.2}x**",
+        names("podstat"),
+        switches("podstat"),
+        names("runqlat"),
+        switches("runqlat"),
+        ps_all / rq_all
+    );
+    if let Some(ops) = s.storm_ops {
         let _ = writeln!(
             r,
-            "(stress-ng with both attached and stats on: {ops:.0} bogo-ops/s.)"
+            "- stress-ng with both attached and stats on: {ops:.0} bogo-ops/s"
         );
     }
 }
 
-fn render_e2e(r: &mut String, c: &Config, e: &E2eResult) {
+fn render_e2e(r: &mut String, e: &E2eResult) {
     let _ = writeln!(r, "\n## 3. End-to-end cost\n");
     let _ = writeln!(
         r,
-        "`stress-ng --switch 2 --timeout {}s --metrics-brief`, bogo-ops/s (real time), {E2E_ROUNDS} \
-         rounds without and with the agent's probe, interleaved (order alternating).\n",
-        c.storm_secs
+        "`stress-ng --switch 2 --timeout {E2E_SECS}s --metrics-brief` inside the same pod \
+         container cgroup, bogo-ops/s (real time). {E2E_ROUNDS} rounds of three arms, interleaved \
+         (order rotating each round): no probe; the podstat agent (default collectors but \
+         `--no-collector.cgroup`, `--probe.refresh-interval {PROBE_REFRESH}`, started {:.1} s \
+         before the storm; its run-queue series for the container checked after each round); \
+         libbpf-tools `runqlat` alone.\n",
+        TRACKER_WAIT.as_secs_f64()
     );
-    let _ = writeln!(r, "| round | no probe | with probe |");
-    let _ = writeln!(r, "|---|---:|---:|");
-    for (i, (off, on)) in e.off.iter().zip(&e.on).enumerate() {
-        let _ = writeln!(r, "| {} | {off:.0} | {on:.0} |", i + 1);
+    let _ = writeln!(r, "| round | no probe | podstat | runqlat |");
+    let _ = writeln!(r, "|---|---:|---:|---:|");
+    for (i, ((off, ps), rq)) in e.off.iter().zip(&e.podstat).zip(&e.runqlat).enumerate() {
+        let _ = writeln!(r, "| {} | {off:.0} | {ps:.0} | {rq:.0} |", i + 1);
     }
-    let (moff, mon) = (median(&e.off), median(&e.on));
-    let ratio = mon / moff;
+    let (moff, mps, mrq) = (median(&e.off), median(&e.podstat), median(&e.runqlat));
+    let (ps, rq) = (mps / moff, mrq / moff);
     let _ = writeln!(
         r,
-        "| median | {moff:.0} | {mon:.0} |\n\nWith the probe: {:.1}% of the throughput without \
-         (target ≥ {:.0}%: {}).",
-        ratio * 100.0,
+        "| median | {moff:.0} | {mps:.0} | {mrq:.0} |\n| median / no probe | 100% | {:.1}% | {:.1}% |\n",
+        ps * 100.0,
+        rq * 100.0
+    );
+    let _ = writeln!(
+        r,
+        "With podstat: {:.1}% of the no-probe throughput (target ≥ {:.0}%: {}); with runqlat: \
+         {:.1}%. Throughput lost: podstat {:.1}%, runqlat {:.1}%.",
+        ps * 100.0,
         TARGET_E2E * 100.0,
-        verdict(ratio >= TARGET_E2E)
+        verdict(ps >= TARGET_E2E),
+        rq * 100.0,
+        (1.0 - ps) * 100.0,
+        (1.0 - rq) * 100.0
     );
 }
 
