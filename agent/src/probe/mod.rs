@@ -239,16 +239,6 @@ impl Probes {
                 return probes;
             }
         };
-        let btf = match Btf::parse_file(&vmlinux, aya::Endianness::default()) {
-            Ok(b) => b,
-            Err(e) => {
-                fail_all(
-                    &mut probes,
-                    &format!("parsing {}: {}", vmlinux.display(), chain(&e)),
-                );
-                return probes;
-            }
-        };
         let (offsets, throttle_offsets) = match resolve_offsets(&kbtf) {
             Ok(o) => o,
             Err(e) => {
@@ -259,7 +249,24 @@ impl Probes {
                 return probes;
             }
         };
+
         tracing::debug!(?offsets, "kernel struct offsets from BTF");
+        // Keep what the attach step needs from our BTF view, and free it before aya parses the
+        // same file: the two would otherwise be in memory at once (peak RSS).
+        let has_func = |f: &str| kbtf.has_func(f);
+        let fentry_ok = (has_func("throttle_cfs_rq"), has_func("unthrottle_cfs_rq"));
+        drop(kbtf);
+        let btf = match Btf::parse_file(&vmlinux, aya::Endianness::default()) {
+            Ok(b) => b,
+            Err(e) => {
+                fail_all(
+                    &mut probes,
+                    &format!("parsing {}: {}", vmlinux.display(), chain(&e)),
+                );
+                return probes;
+            }
+        };
+
         probes.offsets = Some(offsets);
 
         let mut loader = EbpfLoader::new();
@@ -308,7 +315,7 @@ impl Probes {
                     let t = attach_fn(
                         &mut ebpf,
                         &btf,
-                        &kbtf,
+                        fentry_ok.0,
                         "throttle_cfs_rq",
                         common::THROTTLE_FEXIT_PROG,
                         Hook::FExit,
@@ -317,7 +324,7 @@ impl Probes {
                     let u = attach_fn(
                         &mut ebpf,
                         &btf,
-                        &kbtf,
+                        fentry_ok.1,
                         "unthrottle_cfs_rq",
                         common::UNTHROTTLE_FENTRY_PROG,
                         Hook::FEntry,
@@ -475,14 +482,14 @@ enum Hook {
 fn attach_fn(
     ebpf: &mut Ebpf,
     btf: &Btf,
-    kbtf: &KernelBtf,
+    has_btf_func: bool,
     func: &str,
     prog: &str,
     hook: Hook,
     kprobe_prog: &str,
 ) -> Result<&'static str, String> {
     let mut why = Vec::new();
-    if kbtf.has_func(func) {
+    if has_btf_func {
         let r = match hook {
             Hook::FEntry => ebpf
                 .program_mut(prog)
