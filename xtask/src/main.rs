@@ -136,7 +136,13 @@ fn main() -> anyhow::Result<()> {
         Task::Test {
             unprivileged,
             filter,
-        } => test(start, unprivileged, filter.as_deref())?,
+        } => {
+            let tally = test(start, unprivileged, filter.as_deref())?;
+            eprintln!("\n==> done in {:.0}s", start.elapsed().as_secs_f64());
+            // The closing line: every tier's results added up.
+            tally.report();
+            return Ok(());
+        }
         Task::Bench {
             pods,
             scrapes,
@@ -160,12 +166,13 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn test(start: Instant, unprivileged: bool, filter: Option<&str>) -> anyhow::Result<()> {
+fn test(start: Instant, unprivileged: bool, filter: Option<&str>) -> anyhow::Result<Tally> {
     setup::toolchain(start)?;
     setup::debian_packages(start, setup::TEST_PACKAGES)?;
 
+    let mut tally = Tally::default();
     step(start, "unit and golden tests (cargo test)");
-    run(cargo().args([
+    tally.run(cargo().args([
         "test",
         "--workspace",
         "--exclude",
@@ -215,7 +222,7 @@ fn test(start: Instant, unprivileged: bool, filter: Option<&str>) -> anyhow::Res
     }
 
     if unprivileged {
-        return Ok(());
+        return Ok(tally);
     }
     if !is_root() {
         bail!(
@@ -238,5 +245,57 @@ fn test(start: Instant, unprivileged: bool, filter: Option<&str>) -> anyhow::Res
     if let Some(f) = filter {
         cmd.arg(f);
     }
-    run(&mut cmd)
+    tally.run(&mut cmd)?;
+    Ok(tally)
+}
+
+/// Adds up cargo test's `test result:` lines across the tiers, for one closing line.
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Tally {
+    /// Runs a `cargo test`, echoing its output, and counts its results.
+    fn run(&mut self, cmd: &mut Command) -> anyhow::Result<()> {
+        use std::io::{BufRead as _, BufReader};
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawning {cmd:?}"))?;
+        let stdout = child.stdout.take().context("cargo test stdout")?;
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                let count = |what: &str| -> u64 {
+                    rest.split(';')
+                        .find_map(|p| {
+                            p.trim()
+                                .strip_suffix(what)
+                                .and_then(|n| n.trim().rsplit(' ').next()?.parse().ok())
+                        })
+                        .unwrap_or(0)
+                };
+                self.passed += count(" passed");
+                self.failed += count(" failed");
+                self.ignored += count(" ignored");
+            }
+        }
+        let status = child.wait()?;
+        if !status.success() {
+            self.report();
+            bail!("{cmd:?} failed with {status}");
+        }
+        Ok(())
+    }
+
+    fn report(&self) {
+        println!(
+            "\n{} passed, {} failed, {} skipped",
+            self.passed, self.failed, self.ignored
+        );
+    }
 }
