@@ -83,7 +83,8 @@ pub struct ProbeArgs {
     /// podstat_bpf_map_full_total{map="known"} counts them.
     #[arg(long = "probe.max-cgroups", value_name = "N", default_value_t = podstat_common::sched::DEFAULT_MAX_CGROUPS)]
     pub max_cgroups: u32,
-    /// Tasks waiting for a CPU at once that the run-queue probe can track (48 bytes each).
+    /// Threads in pod cgroups the run-queue probe keeps state for (from their first wait until
+    /// they exit; 48 bytes each). Beyond it, podstat_bpf_map_full_total{map="wait_start"} counts.
     #[arg(long = "probe.max-waiting", value_name = "N", default_value_t = podstat_common::sched::DEFAULT_MAX_WAITING)]
     pub max_waiting: u32,
     /// How often the probes' list of pod cgroups is refreshed (new pods are measured from the

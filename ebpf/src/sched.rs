@@ -90,11 +90,21 @@ fn start_wait(
     if pid == 0 {
         return Ok(());
     }
-    if WAIT_START
+    let now = now_ns();
+    // A tracked task keeps its entry from its first wait until it exits: later waits rewrite it
+    // in place, which costs a lookup instead of a hash insert and delete per context switch.
+    if let Some(w) = WAIT_START.get_ptr_mut(pid) {
+        // SAFETY: a pointer to a live map value; only this task's own events write it.
+        unsafe {
+            (*w).since_ns = now;
+            (*w).cgroup_id = cgroup_id;
+            (*w).throttled_group = throttled_group;
+        }
+    } else if WAIT_START
         .insert(
             pid,
             Wait {
-                since_ns: now_ns(),
+                since_ns: now,
                 cgroup_id,
                 throttled_group,
             },
@@ -160,10 +170,14 @@ fn on_switch(prev: *const u8, next: *const u8) -> Result<(), i32> {
     if pid == 0 {
         return Ok(());
     }
-    if let Some(wait) = WAIT_START.get_ptr(pid) {
-        // SAFETY: a pointer to a live map value, copied out before the delete.
-        let wait = unsafe { *wait };
-        let _ = WAIT_START.remove(pid);
+    if let Some(entry) = WAIT_START.get_ptr_mut(pid) {
+        // SAFETY: a pointer to a live map value: copy it out, then mark it consumed.
+        let wait = unsafe { *entry };
+        if wait.since_ns == 0 {
+            return Ok(());
+        }
+        // SAFETY: as above.
+        unsafe { (*entry).since_ns = 0 };
         let now = now_ns();
         if switch_mode && wait.throttled_group != 0 {
             throttle::on_switch_in(wait.throttled_group, now);

@@ -105,41 +105,27 @@ pub fn toolchain(start: Instant) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(&libllvm, &link)
         .with_context(|| format!("linking {} -> {}", link.display(), libllvm.display()))?;
-    run(Command::new("cargo")
-        .args([
-            "+nightly",
-            "install",
-            "--force",
-            "--locked",
-            "bpf-linker",
-            "--no-default-features",
-            "--features",
-        ])
-        .arg(format!("llvm-{llvm_major}"))
-        .env("LLVM_PREFIX", &prefix)
-        .env(
-            "RUSTFLAGS",
-            format!("-C link-args=-Wl,-rpath,{}", lib.display()),
-        ))
-    .or_else(|_| {
-        // Without --locked, in case the lock file pins something this toolchain cannot build.
-        run(Command::new("cargo")
-            .args([
-                "+nightly",
-                "install",
-                "--force",
-                "bpf-linker",
-                "--no-default-features",
-                "--features",
-            ])
+    let install = |locked: bool| {
+        let mut cmd = Command::new("cargo");
+        cmd.args(["+nightly", "install", "--force"]);
+        if locked {
+            cmd.arg("--locked");
+        }
+        cmd.args(["bpf-linker", "--no-default-features", "--features"])
             .arg(format!("llvm-{llvm_major}"))
             .env("LLVM_PREFIX", &prefix)
+            // bpf-linker loads the nightly's libLLVM at run time: find it there.
             .env(
                 "RUSTFLAGS",
                 format!("-C link-args=-Wl,-rpath,{}", lib.display()),
-            ))
-    })
-    .context("building bpf-linker")?;
+            );
+        run(&mut cmd)
+    };
+    // Without --locked as a second try, in case the lock file pins something this toolchain
+    // cannot build.
+    install(true)
+        .or_else(|_| install(false))
+        .context("building bpf-linker")?;
     if !bpf_linker_ok(&llvm_major) {
         bail!(
             "bpf-linker was installed but `bpf-linker --version` still fails; is ~/.cargo/bin on PATH?"

@@ -106,9 +106,27 @@ impl Tracker {
         for id in &old {
             if !next.contains_key(id) {
                 let _ = maps.known.remove(id);
-                let _ = maps.sched_stats.remove(id);
-                let _ = maps.throttle_stats.remove(id);
             }
+        }
+        // Stats of cgroups that are gone, including entries a task's last wait re-created
+        // after its cgroup left KNOWN: swept so the maps never fill with churn.
+        let stale: Vec<u64> = maps
+            .sched_stats
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|id| !next.contains_key(id))
+            .collect();
+        for id in &stale {
+            let _ = maps.sched_stats.remove(id);
+        }
+        let stale: Vec<u64> = maps
+            .throttle_stats
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|id| !next.contains_key(id))
+            .collect();
+        for id in &stale {
+            let _ = maps.throttle_stats.remove(id);
         }
         let mut tracked = HashMap::with_capacity(next.len());
         for (id, target) in next {
