@@ -51,8 +51,11 @@ enum Task {
         #[arg(long)]
         filter: Option<String>,
     },
-    /// Benchmarks: scrape cost against a plain-loop floor, and per-event probe cost against
-    /// libbpf-tools runqlat, all in one run. Needs root. Prints a Markdown report.
+    /// Benchmarks, all in one run, each against a baseline measured in that run: scrape cost
+    /// (300 pods x 3 containers of real cgroups) against plain loops reading the same files;
+    /// per-event cost of every probe program against libbpf-tools runqlat during a
+    /// context-switch storm, inside a pod and outside; end-to-end storm throughput with no
+    /// probe, with podstat and with runqlat. Needs root. Writes target/bench/report.md.
     Bench {
         /// Pods in the scrape benchmark (3 containers each).
         #[arg(long, default_value_t = 300)]
