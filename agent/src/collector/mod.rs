@@ -114,6 +114,20 @@ pub const SELF_METRICS: &[&str] = &[
     "podstat_build_info",
 ];
 
+/// `Ok` if every probe in `probes` is attached, else why the collector cannot run.
+pub fn require_probes(ctx: &Context<'_>, probes: &[&str]) -> Result<(), Unsupported> {
+    for probe in probes {
+        match ctx.probes.status().iter().find(|(p, _)| p == probe) {
+            Some((_, crate::probe::Status::Attached(_))) => {}
+            Some((_, crate::probe::Status::Failed(why))) => {
+                return Err(Unsupported(format!("{probe} probe: {why}")));
+            }
+            _ => return Err(Unsupported(format!("{probe} probe not loaded"))),
+        }
+    }
+    Ok(())
+}
+
 /// Looks up a collector by name.
 pub fn spec(name: &str) -> Option<&'static Spec> {
     COLLECTORS.iter().find(|s| s.name == name)

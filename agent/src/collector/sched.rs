@@ -105,21 +105,11 @@ pub fn join<V>(
 
 impl SchedCollector {
     pub fn build(ctx: &Context<'_>) -> Result<Box<dyn Collect>, Unsupported> {
-        match ctx
-            .probes
-            .status()
-            .iter()
-            .find(|(p, _)| *p == "sched_switch")
-        {
-            Some((_, crate::probe::Status::Attached(_))) => Ok(Box::new(Self {
-                probes: Arc::clone(ctx.probes),
-                identity: Arc::clone(ctx.identity),
-            })),
-            Some((_, crate::probe::Status::Failed(why))) => {
-                Err(Unsupported(format!("sched_switch probe: {why}")))
-            }
-            _ => Err(Unsupported("sched_switch probe not loaded".into())),
-        }
+        super::require_probes(ctx, &["sched_switch"])?;
+        Ok(Box::new(Self {
+            probes: Arc::clone(ctx.probes),
+            identity: Arc::clone(ctx.identity),
+        }))
     }
 }
 

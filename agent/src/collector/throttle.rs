@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     cgroup::ErrorCounts,
-    probe::{Probes, Status, tracker::Identity},
+    probe::{Probes, tracker::Identity},
 };
 
 #[derive(Debug)]
@@ -24,15 +24,7 @@ pub struct ThrottleCollector {
 
 impl ThrottleCollector {
     pub fn build(ctx: &Context<'_>) -> Result<Box<dyn Collect>, Unsupported> {
-        for probe in ["cfs_throttle", "cfs_unthrottle"] {
-            match ctx.probes.status().iter().find(|(p, _)| *p == probe) {
-                Some((_, Status::Attached(_))) => {}
-                Some((_, Status::Failed(why))) => {
-                    return Err(Unsupported(format!("{probe} probe: {why}")));
-                }
-                _ => return Err(Unsupported(format!("{probe} probe not loaded"))),
-            }
-        }
+        super::require_probes(ctx, &["cfs_throttle", "cfs_unthrottle"])?;
         Ok(Box::new(Self {
             probes: Arc::clone(ctx.probes),
             identity: Arc::clone(ctx.identity),
