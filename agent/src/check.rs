@@ -195,7 +195,13 @@ pub fn report(args: &CheckArgs, enabled: &[&'static str]) -> Vec<Item> {
         push("probe", (*name).to_string(), outcome, detail);
     }
 
-    let built = crate::build_registry(enabled, &args.paths, &args.cgroup, &probes);
+    let built = crate::build_registry(
+        enabled,
+        &args.paths,
+        &args.cgroup,
+        &probes,
+        &Arc::new(crate::metadata::Store::default()),
+    );
     let gatherer = built.gatherer;
     for spec in COLLECTORS {
         let slot = gatherer

@@ -73,6 +73,8 @@ pub struct AgentArgs {
     pub cgroup: collector::cgroup::Options,
     #[command(flatten)]
     pub probe: ProbeArgs,
+    #[command(flatten)]
+    pub metadata: crate::metadata::Options,
 }
 
 /// Sizing and refresh of the eBPF probes.

@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use podstat::{
     check,
     cli::{self, AgentArgs, Cmd, LogArgs, LogFormat},
+    metadata,
     probe::Probes,
     server,
 };
@@ -61,7 +62,15 @@ fn release_startup_memory() {
 fn run_agent(args: &AgentArgs, enabled: &[&'static str]) -> anyhow::Result<()> {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), collectors = ?enabled, "starting podstat agent");
     let probes = Arc::new(Probes::load(args.probe.wanted(enabled), &args.paths.sysfs));
-    let built = podstat::build_registry(enabled, &args.paths, &args.cgroup, &probes);
+    let provider = metadata::choose(&args.metadata).map_err(anyhow::Error::msg)?;
+    if provider.is_none() {
+        tracing::info!(
+            "no metadata provider (no CRI socket, no service-account token, or --metadata.provider none): \
+             series carry pod_uid and container_id, with empty namespace, pod and container"
+        );
+    }
+    let store = Arc::new(metadata::Store::default());
+    let built = podstat::build_registry(enabled, &args.paths, &args.cgroup, &probes, &store);
     release_startup_memory();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let tracker = match &built.tracker {
@@ -80,6 +89,9 @@ fn run_agent(args: &AgentArgs, enabled: &[&'static str]) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
+        if let Some(p) = provider {
+            tokio::spawn(metadata::run(Arc::clone(&store), p, args.metadata.clone()));
+        }
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("binding --web.listen-address {}", args.listen))?;

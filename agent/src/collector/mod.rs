@@ -31,6 +31,7 @@ pub struct Context<'a> {
     pub cgroup: &'a cgroup::Options,
     pub probes: &'a Arc<Probes>,
     pub identity: &'a Arc<crate::probe::tracker::Identity>,
+    pub metadata: &'a Arc<crate::metadata::Store>,
 }
 
 /// Why a collector cannot run on this host. Logged once; not a scrape failure.
