@@ -5,6 +5,9 @@
 //! tests/README.md) and never skip silently: a missing prerequisite is a failure that says
 //! what is missing.
 
+pub mod dashboard;
+pub mod rules;
+
 use std::{
     collections::BTreeMap,
     fs,

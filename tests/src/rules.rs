@@ -1,0 +1,66 @@
+//! The shipped Prometheus rules, for tests that load them into a real Prometheus.
+
+use std::path::PathBuf;
+
+/// `deploy/prometheus/podstat.rules.yaml`.
+pub fn rules_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/podstat.rules.yaml")
+}
+
+/// The rules file with every alert's `for:` replaced by `for_` (e.g. `"10s"`), so that a test
+/// with a scrape and evaluation interval of a few seconds sees alerts fire within a minute.
+/// Every `for:` in the file is a line of its own, `        for: <duration>`; the rate windows
+/// (`[5m]`) stay: they need only two samples.
+///
+/// # Panics
+/// If `for_` is not a plain Prometheus duration, or the file has no `for:` line.
+pub fn rules_with_for(rules_yaml: &str, for_: &str) -> String {
+    assert!(
+        !for_.is_empty()
+            && for_
+                .chars()
+                .all(|c| c.is_ascii_digit() || "smhdwy".contains(c)),
+        "{for_:?} is not a Prometheus duration like 10s"
+    );
+    let mut replaced = 0;
+    let mut out = String::with_capacity(rules_yaml.len());
+    for line in rules_yaml.lines() {
+        let body = line.trim_start();
+        if body.starts_with("for: ") {
+            let indent = &line[..line.len() - body.len()];
+            out.push_str(indent);
+            out.push_str("for: ");
+            out.push_str(for_);
+            replaced += 1;
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    assert!(replaced > 0, "no `for:` line in the rules");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_for_is_replaced_and_nothing_else() {
+        let path = rules_path();
+        let rules = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let short = rules_with_for(&rules, "10s");
+        let fors = |s: &str| {
+            s.lines()
+                .filter(|l| l.trim_start().starts_with("for:"))
+                .map(|l| l.trim().to_owned())
+                .collect::<Vec<_>>()
+        };
+        let alerts = rules.matches("- alert: ").count();
+        assert_eq!(fors(&rules).len(), alerts, "one `for:` per alert");
+        assert_eq!(fors(&short), vec!["for: 10s".to_owned(); alerts]);
+        assert_eq!(rules.lines().count(), short.lines().count());
+        assert!(!short.contains("for: 15m"));
+    }
+}
