@@ -5,6 +5,7 @@
 //! tests/README.md) and never skip silently: a missing prerequisite is a failure that says
 //! what is missing.
 
+pub mod cri;
 pub mod dashboard;
 pub mod rules;
 

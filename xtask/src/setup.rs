@@ -11,8 +11,14 @@ use anyhow::{Context as _, bail};
 use crate::{run, step};
 
 /// (command that proves it is installed, Debian package).
-pub const TEST_PACKAGES: &[(&str, &str)] =
-    &[("promtool", "prometheus"), ("stress-ng", "stress-ng")];
+pub const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("promtool", "prometheus"),
+    ("stress-ng", "stress-ng"),
+    // The end-to-end test: pods through containerd's CRI, images from busybox-static.
+    ("containerd", "containerd"),
+    ("runc", "runc"),
+    ("busybox", "busybox-static"),
+];
 pub const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("stress-ng", "stress-ng"),
     ("runqlat", "libbpf-tools"),

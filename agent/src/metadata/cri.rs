@@ -43,10 +43,7 @@ pub enum CriError {
         message: String,
     },
     #[error("{method}: malformed response: {why}")]
-    Malformed {
-        method: &'static str,
-        why: String,
-    },
+    Malformed { method: &'static str, why: String },
 }
 
 /// A CRI client on one socket; the HTTP/2 connection is reused until it fails.
@@ -71,7 +68,11 @@ impl Client {
     }
 
     async fn connection(&mut self) -> Result<&mut http2::SendRequest<Full<Bytes>>, CriError> {
-        if self.conn.as_ref().is_some_and(http2::SendRequest::is_closed) {
+        if self
+            .conn
+            .as_ref()
+            .is_some_and(http2::SendRequest::is_closed)
+        {
             self.conn = None;
         }
         if self.conn.is_none() {
@@ -200,7 +201,10 @@ pub fn frame(msg: &impl Message) -> Vec<u8> {
 /// The single message of a unary response.
 pub fn unframe(body: &[u8]) -> Result<&[u8], String> {
     let Some((head, rest)) = body.split_at_checked(5) else {
-        return Err(format!("{} bytes, shorter than a gRPC frame header", body.len()));
+        return Err(format!(
+            "{} bytes, shorter than a gRPC frame header",
+            body.len()
+        ));
     };
     if head[0] != 0 {
         return Err("compressed message (podstat asks for none)".into());
@@ -326,7 +330,8 @@ mod tests {
         };
         let framed = frame(&resp);
         assert_eq!(framed[0], 0);
-        let back = ListPodSandboxResponse::decode(unframe(&framed).expect("frame")).expect("decode");
+        let back =
+            ListPodSandboxResponse::decode(unframe(&framed).expect("frame")).expect("decode");
         assert_eq!(back, resp);
     }
 

@@ -65,7 +65,11 @@ impl Client {
         let tls = match uri.scheme_str() {
             Some("https") => Some(Arc::new(tls_config(opts)?)),
             Some("http") => None,
-            _ => return Err(KubeletError::Url(format!("{base:?}: not http(s)://host:port"))),
+            _ => {
+                return Err(KubeletError::Url(format!(
+                    "{base:?}: not http(s)://host:port"
+                )));
+            }
         };
         if uri.host().is_none() {
             return Err(KubeletError::Url(format!("{base:?}: no host")));
@@ -88,7 +92,11 @@ impl Client {
     }
 
     async fn get(&self) -> Result<Bytes, KubeletError> {
-        let host = self.uri.host().unwrap_or("127.0.0.1").trim_matches(['[', ']']);
+        let host = self
+            .uri
+            .host()
+            .unwrap_or("127.0.0.1")
+            .trim_matches(['[', ']']);
         let port = self
             .uri
             .port_u16()
@@ -172,8 +180,11 @@ fn tls_config(opts: &Options) -> Result<ClientConfig, KubeletError> {
             why,
         };
         let mut roots = RootCertStore::empty();
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| ca_err(format!("{e} (or pass --metadata.kubelet-insecure-skip-verify)")))?;
+        let certs = CertificateDer::pem_file_iter(path).map_err(|e| {
+            ca_err(format!(
+                "{e} (or pass --metadata.kubelet-insecure-skip-verify)"
+            ))
+        })?;
         for cert in certs {
             let cert = cert.map_err(|e| ca_err(e.to_string()))?;
             roots.add(cert).map_err(|e| ca_err(e.to_string()))?;
@@ -264,7 +275,10 @@ struct ObjectMeta {
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
-#[expect(clippy::struct_field_names, reason = "the Kubernetes API's field names")]
+#[expect(
+    clippy::struct_field_names,
+    reason = "the Kubernetes API's field names"
+)]
 struct PodStatus {
     #[serde(default)]
     container_statuses: Vec<ContainerStatus>,
@@ -355,8 +369,18 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for body in ["", "null", "[1,2]", "{\"items\": 5}", "<html>", "{\"items\":[{}]}"] {
-            assert!(parse_pods(body.as_bytes()).is_err(), "{body:?} must not parse");
+        for body in [
+            "",
+            "null",
+            "[1,2]",
+            "{\"items\": 5}",
+            "<html>",
+            "{\"items\":[{}]}",
+        ] {
+            assert!(
+                parse_pods(body.as_bytes()).is_err(),
+                "{body:?} must not parse"
+            );
         }
         // An empty list is fine.
         assert!(parse_pods(b"{}").expect("empty").pods.is_empty());

@@ -56,6 +56,7 @@ const SA_CA: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
 
 /// Options of the metadata providers.
 #[derive(Debug, Clone, clap::Args)]
+#[group(id = "metadata")]
 pub struct Options {
     /// Where pod, namespace and container names come from. `auto` uses the first CRI socket
     /// that exists (containerd, CRI-O), else the kubelet if a service-account token is mounted,
@@ -93,7 +94,7 @@ pub struct Options {
     /// How often names are refreshed. An id a scrape does not know triggers an earlier refresh
     /// (at most once a second); failures back off exponentially up to this interval × 4.
     #[arg(long = "metadata.refresh-interval", value_name = "DURATION", default_value = "30s", value_parser = crate::cli::parse_duration)]
-    pub refresh_interval: Duration,
+    pub refresh: Duration,
     /// Time limit of one refresh (connect, request and response).
     #[arg(long = "metadata.timeout", value_name = "DURATION", default_value = "5s", value_parser = crate::cli::parse_duration)]
     pub timeout: Duration,
@@ -108,7 +109,7 @@ impl Default for Options {
             kubelet_token_file: SA_TOKEN.into(),
             kubelet_ca_file: SA_CA.into(),
             kubelet_insecure_skip_verify: false,
-            refresh_interval: Duration::from_secs(30),
+            refresh: Duration::from_secs(30),
             timeout: Duration::from_secs(5),
         }
     }
@@ -210,7 +211,10 @@ impl Store {
     }
 
     fn replace(&self, snap: Snapshot) {
-        *self.snapshot.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(snap);
+        *self
+            .snapshot
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(snap);
     }
 
     fn health(&self) -> std::sync::MutexGuard<'_, Health> {
@@ -218,7 +222,12 @@ impl Store {
     }
 
     /// Labels every target and drops the sandboxes the provider names (unless `keep_sandboxes`).
-    pub fn label_all<T>(&self, rows: &mut Vec<T>, keep_sandboxes: bool, target: fn(&mut T) -> &mut Target) {
+    pub fn label_all<T>(
+        &self,
+        rows: &mut Vec<T>,
+        keep_sandboxes: bool,
+        target: fn(&mut T) -> &mut Target,
+    ) {
         let snap = self.snapshot();
         let mut unknown = false;
         rows.retain_mut(|row| match snap.label(target(row)) {
@@ -249,7 +258,12 @@ pub struct Metrics(pub Arc<Store>);
 
 impl Collector for Metrics {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let Some(provider) = *self.0.provider.lock().unwrap_or_else(PoisonError::into_inner) else {
+        let Some(provider) = *self
+            .0
+            .provider
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+        else {
             return Ok(());
         };
         let labels = [("provider", provider)];
@@ -358,12 +372,16 @@ pub fn choose(opts: &Options) -> Result<Option<Provider>, String> {
     match opts.provider {
         ProviderKind::None => Ok(None),
         ProviderKind::Cri => {
-            let socket = opts.cri_socket.clone().or_else(first_socket).ok_or_else(|| {
-                format!(
-                    "--metadata.provider cri: no CRI socket at {} (pass --metadata.cri-socket)",
-                    CRI_SOCKETS.join(", ")
-                )
-            })?;
+            let socket = opts
+                .cri_socket
+                .clone()
+                .or_else(first_socket)
+                .ok_or_else(|| {
+                    format!(
+                        "--metadata.provider cri: no CRI socket at {} (pass --metadata.cri-socket)",
+                        CRI_SOCKETS.join(", ")
+                    )
+                })?;
             Ok(Some(Provider::Cri(cri::Client::new(socket))))
         }
         ProviderKind::Kubelet => kubelet::Client::new(opts)
@@ -440,7 +458,7 @@ impl Store {
 pub async fn run(store: Arc<Store>, mut provider: Provider, opts: Options) {
     store.set_provider(provider.name());
     let source = provider.source();
-    tracing::info!(provider = provider.name(), %source, interval = ?opts.refresh_interval, "metadata provider");
+    tracing::info!(provider = provider.name(), %source, interval = ?opts.refresh, "metadata provider");
     let mut wait = Duration::ZERO;
     loop {
         let started = tokio::time::Instant::now();
@@ -457,7 +475,7 @@ pub async fn run(store: Arc<Store>, mut provider: Provider, opts: Options) {
         }
         store.record(&source, result);
         wait = if failed {
-            backoff(wait, opts.refresh_interval)
+            backoff(wait, opts.refresh)
         } else {
             Duration::ZERO
         };
@@ -466,7 +484,7 @@ pub async fn run(store: Arc<Store>, mut provider: Provider, opts: Options) {
             continue;
         }
         tokio::select! {
-            () = tokio::time::sleep(opts.refresh_interval) => {}
+            () = tokio::time::sleep(opts.refresh) => {}
             () = store.unknown.notified() => {
                 tokio::time::sleep_until(started + MIN_GAP).await;
             }
@@ -551,7 +569,10 @@ mod tests {
             seen.push(w.as_secs());
         }
         assert_eq!(seen, [1, 2, 4, 8, 16, 32, 64, 120, 120, 120]);
-        assert_eq!(backoff(Duration::ZERO, Duration::ZERO), Duration::from_secs(1));
+        assert_eq!(
+            backoff(Duration::ZERO, Duration::ZERO),
+            Duration::from_secs(1)
+        );
     }
 
     #[test]
@@ -559,10 +580,7 @@ mod tests {
         let store = Store::default();
         store.set_provider("cri");
         store.record("test", Ok(snapshot()));
-        store.record(
-            "test",
-            Err(Error::Timeout(Duration::from_secs(5))),
-        );
+        store.record("test", Err(Error::Timeout(Duration::from_secs(5))));
         assert_eq!(store.snapshot().pods.len(), 1);
         let h = store.health();
         assert!(!h.up);
