@@ -6,6 +6,7 @@
 //! what is missing.
 
 pub mod dashboard;
+pub mod deploy;
 pub mod rules;
 
 use std::{
