@@ -41,9 +41,58 @@ pub fn rules_with_for(rules_yaml: &str, for_: &str) -> String {
     out
 }
 
+/// A rules file that sets the throttling alert's threshold for one namespace (the per-namespace
+/// override of README "Alerts"), to load next to the shipped rules.
+///
+/// # Panics
+/// If the namespace is not a Kubernetes name or the threshold is not positive.
+pub fn namespace_threshold_rules(namespace: &str, threshold: f64) -> String {
+    assert!(
+        !namespace.is_empty()
+            && namespace
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+        "{namespace:?} is not a namespace name"
+    );
+    assert!(
+        threshold.is_finite() && threshold > 0.0,
+        "threshold {threshold}"
+    );
+    format!(
+        "groups:\n  - name: podstat.thresholds.test\n    rules:\n      \
+         - record: podstat:cpu_throttled_wall_share:alert_threshold_namespace\n        \
+         expr: vector({threshold})\n        labels:\n          namespace: {namespace}\n"
+    )
+}
+
 #[cfg(test)]
 mod tests {
+    use std::process::Command;
+
     use super::*;
+
+    #[test]
+    fn namespace_threshold_rules_pass_promtool() {
+        let path = std::env::temp_dir().join(format!(
+            "podstat-test-threshold-{}.rules.yaml",
+            std::process::id()
+        ));
+        let rules = namespace_threshold_rules("podstat-test-e2e", 0.1);
+        std::fs::write(&path, &rules).expect("writing the rules file");
+        let out = Command::new("promtool")
+            .args(["check", "rules"])
+            .arg(&path)
+            .output()
+            .expect("running promtool (Debian package prometheus)");
+        let _ = std::fs::remove_file(&path);
+        assert!(
+            out.status.success(),
+            "promtool check rules:\n{rules}\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(rules.contains("vector(0.1)") && rules.contains("namespace: podstat-test-e2e"));
+    }
 
     #[test]
     fn every_for_is_replaced_and_nothing_else() {
