@@ -65,33 +65,50 @@ pub fn namespace_threshold_rules(namespace: &str, threshold: f64) -> String {
     )
 }
 
+/// Runs `promtool check rules` on a rules file given as text (written to a temporary
+/// `podstat-test-*` file and removed); `Err` carries what promtool said.
+///
+/// # Panics
+/// If the file cannot be written or promtool cannot be started.
+pub fn promtool_check_rules(rules_yaml: &str) -> Result<(), String> {
+    let path = std::env::temp_dir().join(format!(
+        "podstat-test-rules-{}-{:x}.yaml",
+        std::process::id(),
+        rules_yaml.len()
+    ));
+    std::fs::write(&path, rules_yaml).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    let out = std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&path)
+        .output()
+        .expect("running promtool (Debian package prometheus; `cargo xtask test` installs it)");
+    let _ = std::fs::remove_file(&path);
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::process::Command;
-
     use super::*;
 
     #[test]
     fn namespace_threshold_rules_pass_promtool() {
-        let path = std::env::temp_dir().join(format!(
-            "podstat-test-threshold-{}.rules.yaml",
-            std::process::id()
-        ));
         let rules = namespace_threshold_rules("podstat-test-e2e", 0.1);
-        std::fs::write(&path, &rules).expect("writing the rules file");
-        let out = Command::new("promtool")
-            .args(["check", "rules"])
-            .arg(&path)
-            .output()
-            .expect("running promtool (Debian package prometheus)");
-        let _ = std::fs::remove_file(&path);
-        assert!(
-            out.status.success(),
-            "promtool check rules:\n{rules}\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if let Err(said) = promtool_check_rules(&rules) {
+            panic!("promtool check rules:\n{rules}\n{said}");
+        }
         assert!(rules.contains("vector(0.1)") && rules.contains("namespace: podstat-test-e2e"));
+        assert!(
+            promtool_check_rules("groups: [{name: x, rules: [{record: y, expr: 'rate('}]}]")
+                .is_err()
+        );
     }
 
     #[test]
