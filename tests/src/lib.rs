@@ -7,6 +7,7 @@
 
 pub mod cri;
 pub mod dashboard;
+pub mod deploy;
 pub mod rules;
 
 use std::{
