@@ -306,13 +306,13 @@ impl Collector for Metrics {
 /// Why a refresh failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("CRI socket {path}: {source}")]
+    #[error("CRI socket {path}")]
     Cri {
         path: PathBuf,
         #[source]
         source: cri::CriError,
     },
-    #[error("kubelet {url}: {source}")]
+    #[error("kubelet {url}")]
     Kubelet {
         url: String,
         #[source]
