@@ -10,6 +10,7 @@ pub mod collector;
 pub mod exposition;
 pub mod probe;
 pub mod server;
+pub mod view;
 
 use std::{path::PathBuf, sync::Arc};
 
