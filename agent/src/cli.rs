@@ -300,6 +300,7 @@ where
     let cli = Cli::from_arg_matches(&matches)?;
     let enabled = matches
         .subcommand()
+        .filter(|(name, _)| matches!(*name, "agent" | "check"))
         .map(|(_, sub)| enabled_from(sub))
         .unwrap_or_default();
     Ok(Parsed { cli, enabled })

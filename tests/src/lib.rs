@@ -6,7 +6,6 @@
 //! what is missing.
 
 use std::{
-    collections::BTreeMap,
     fs,
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
@@ -380,91 +379,9 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     out
 }
 
-/// One parsed sample of the text exposition.
-#[derive(Debug, Clone)]
-pub struct Sample {
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    pub value: f64,
-}
-
-/// Parses Prometheus/OpenMetrics text samples (comments skipped).
-pub fn parse_exposition(text: &str) -> Vec<Sample> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        if line.starts_with('#') || line.trim().is_empty() {
-            continue;
-        }
-        let (name, rest) = match line.find('{') {
-            Some(i) => (&line[..i], &line[i..]),
-            None => line.split_once(' ').map_or((line, ""), |(n, r)| (n, r)),
-        };
-        let mut labels = BTreeMap::new();
-        let value_part = if let Some(stripped) = rest.strip_prefix('{') {
-            let end = find_label_end(stripped);
-            parse_labels(&stripped[..end], &mut labels);
-            &stripped[end + 1..]
-        } else {
-            rest
-        };
-        let value = value_part
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(f64::NAN);
-        out.push(Sample {
-            name: name.to_owned(),
-            labels,
-            value,
-        });
-    }
-    out
-}
-
-fn find_label_end(s: &str) -> usize {
-    let mut in_str = false;
-    let mut esc = false;
-    for (i, c) in s.char_indices() {
-        match c {
-            _ if esc => esc = false,
-            '\\' => esc = true,
-            '"' => in_str = !in_str,
-            '}' if !in_str => return i,
-            _ => {}
-        }
-    }
-    s.len()
-}
-
-fn parse_labels(s: &str, out: &mut BTreeMap<String, String>) {
-    let mut rest = s;
-    while let Some(eq) = rest.find('=') {
-        let key = rest[..eq].trim_start_matches(',').trim().to_owned();
-        let after = &rest[eq + 1..];
-        let Some(body) = after.strip_prefix('"') else {
-            break;
-        };
-        let mut val = String::new();
-        let mut chars = body.char_indices();
-        let mut end = body.len();
-        while let Some((i, c)) = chars.next() {
-            match c {
-                '\\' => {
-                    if let Some((_, n)) = chars.next() {
-                        val.push(if n == 'n' { '\n' } else { n });
-                    }
-                }
-                '"' => {
-                    end = i;
-                    break;
-                }
-                _ => val.push(c),
-            }
-        }
-        out.insert(key, val);
-        rest = &body[(end + 1).min(body.len())..];
-    }
-}
+/// The exposition parser is the agent's own (`podstat top --from` and `podstat explain --from`
+/// read with it too).
+pub use podstat::view::expo::{Sample, parse as parse_exposition};
 
 /// The samples named `name` whose labels include all of `want`.
 pub fn find<'a>(samples: &'a [Sample], name: &str, want: &[(&str, &str)]) -> Vec<&'a Sample> {

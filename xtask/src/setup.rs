@@ -11,8 +11,11 @@ use anyhow::{Context as _, bail};
 use crate::{run, step};
 
 /// (command that proves it is installed, Debian package).
-pub const TEST_PACKAGES: &[(&str, &str)] =
-    &[("promtool", "prometheus"), ("stress-ng", "stress-ng")];
+pub const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("promtool", "prometheus"),
+    ("stress-ng", "stress-ng"),
+    ("tmux", "tmux"),
+];
 pub const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("stress-ng", "stress-ng"),
     ("runqlat", "libbpf-tools"),

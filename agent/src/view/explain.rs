@@ -698,4 +698,66 @@ pub fn render_text(d: &Diagnosis) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recommendation_rules() {
+        // 4 threads against half a core: pool of 1 (never 0), or 4 cores.
+        let r = recommend(0.5, Some(4.0), Some(0.0125), Some(0.1));
+        assert_eq!(
+            (r.pool_max_threads, r.limit_min_cores),
+            (Some(1), Some(4.0))
+        );
+        assert!(
+            r.text.contains("12.5 ms into each 100.0 ms period"),
+            "{}",
+            r.text
+        );
+        // 24 threads against 16 cores: a pool of 16 or 24 cores.
+        let r = recommend(16.0, Some(24.0), Some(0.024), Some(0.1));
+        assert_eq!(
+            (r.pool_max_threads, r.limit_min_cores),
+            (Some(16), Some(24.0))
+        );
+        // Threads that fit the limit: no pool size, raise or drop the limit.
+        let r = recommend(4.0, Some(2.0), None, None);
+        assert_eq!((r.pool_max_threads, r.limit_min_cores), (None, None));
+        assert!(r.drop_limit_if_latency_sensitive);
+    }
+
+    #[test]
+    fn targets_resolve_by_uid_name_prefix_and_path() {
+        let text = "podstat_cpu_usage_seconds_total{namespace=\"ns\",pod=\"web\",container=\"\",pod_uid=\"0a1b2c3d-0000-4000-8000-000000000001\",container_id=\"\",qos=\"burstable\"} 1\n\
+                    podstat_cpu_usage_seconds_total{namespace=\"other\",pod=\"web\",container=\"\",pod_uid=\"9a1b2c3d-0000-4000-8000-000000000002\",container_id=\"\",qos=\"burstable\"} 1\n";
+        let snap = Snapshot::from_samples(&super::super::expo::parse(text));
+        let uid = |s: &str| resolve(s, &snap).map(|s| s.pod_uid);
+        assert_eq!(
+            uid("ns/web").as_deref(),
+            Ok("0a1b2c3d-0000-4000-8000-000000000001")
+        );
+        assert_eq!(
+            uid("0a1b2c3d").as_deref(),
+            Ok("0a1b2c3d-0000-4000-8000-000000000001")
+        );
+        assert!(matches!(
+            resolve("web", &snap),
+            Err(ResolveError::Ambiguous { .. })
+        ));
+        assert!(matches!(
+            resolve("nope", &snap),
+            Err(ResolveError::NotFound(_))
+        ));
+        let sel = resolve(
+            "/sys/fs/cgroup/cpu/kubepods/burstable/pod0a1b2c3d-0000-4000-8000-000000000001/3b8f0a1c9d2e4f5a6b7c8d9e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c",
+            &snap,
+        )
+        .expect("container path");
+        assert_eq!(sel.pod_uid, "0a1b2c3d-0000-4000-8000-000000000001");
+        assert_eq!(sel.container_id.as_deref().map(str::len), Some(64));
+        assert!(matches!(
+            resolve("/sys/fs/cgroup/cpu/system.slice/x.service", &snap),
+            Err(ResolveError::NotPodCgroup(_))
+        ));
+    }
+}

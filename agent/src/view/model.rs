@@ -333,12 +333,14 @@ pub struct Row {
     pub flow_migrations: Option<f64>,
 }
 
+/// `later - earlier` for a counter. A series absent from `earlier` counts from zero: its
+/// cgroup appeared, or its kernel entry was created (first event after the probes loaded),
+/// during the interval. A counter that went down was reset and counts from zero too.
 fn delta(later: Option<f64>, earlier: Option<f64>) -> Option<f64> {
     let l = later?;
     Some(match earlier {
         Some(e) if e <= l => l - e,
-        Some(_) => l, // reset
-        None => 0.0,
+        _ => l,
     })
 }
 
@@ -356,18 +358,12 @@ fn delta_arr<const N: usize>(
 
 fn delta_hist(later: Option<&Hist>, earlier: Option<&Hist>) -> Option<Hist> {
     let l = later?;
-    Some(match earlier {
-        Some(e) => l.minus(e),
-        None => Hist {
-            buckets: l.buckets.iter().map(|(le, _)| (*le, 0.0)).collect(),
-            ..Hist::default()
-        },
-    })
+    Some(earlier.map_or_else(|| l.clone(), |e| l.minus(e)))
 }
 
 impl Row {
-    /// What happened in `later`'s cgroup since `earlier` (`seconds` apart). A cgroup new in
-    /// `later` starts from zero.
+    /// What happened in `later`'s cgroup since `earlier` (`seconds` apart). What `earlier`
+    /// lacks counts from zero.
     pub fn between(key: &Key, later: &Cgroup, earlier: Option<&Cgroup>, seconds: f64) -> Self {
         let e = earlier;
         let seconds = seconds.max(1e-3);
@@ -379,7 +375,7 @@ impl Row {
                     .and_then(|e| e.preempted_by_pod.get(&p.pod_uid))
                     .map(|b| b.count);
                 Preemptor {
-                    count: delta(Some(p.count), before.or(e.map(|_| 0.0))).unwrap_or(0.0),
+                    count: delta(Some(p.count), before).unwrap_or(0.0),
                     ..p.clone()
                 }
             })

@@ -178,11 +178,10 @@ fn fetch(url: &str) -> Result<String, SourceError> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(io)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(io)?;
-    write!(
-        s,
+    let request = format!(
         "GET {path} HTTP/1.0\r\nHost: {host}\r\nAccept: text/plain;version=0.0.4\r\nUser-Agent: podstat\r\n\r\n"
-    )
-    .map_err(io)?;
+    );
+    s.write_all(request.as_bytes()).map_err(io)?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).map_err(io)?;
     let split = raw
@@ -225,8 +224,14 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let server = std::thread::spawn(move || {
             let (mut c, _) = listener.accept().expect("accept");
-            let mut buf = [0u8; 1024];
-            let _ = c.read(&mut buf);
+            let mut req = Vec::new();
+            let mut buf = [0u8; 256];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match c.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
             let body =
                 "podstat_cpu_limit_cores{pod_uid=\"u\",container_id=\"\",qos=\"guaranteed\"} 2\n";
             let _ = write!(

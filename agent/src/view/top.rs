@@ -473,4 +473,44 @@ pub fn run_live(
 }
 
 #[cfg(test)]
-mod tests;
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_sort_filter_and_quit() {
+        let mut s = Screen::new(SortKey::Throttled, String::new());
+        s.key(b'c');
+        assert_eq!(s.sort, SortKey::Cpu);
+        s.key(b'x'); // unknown: ignored
+        assert_eq!(s.sort, SortKey::Cpu);
+        for b in b"/shopX" {
+            s.key(*b);
+        }
+        s.key(0x7f);
+        assert_eq!(s.editing.as_deref(), Some("shop"));
+        s.key(b'q'); // typed into the filter, not a quit
+        s.key(0x7f);
+        s.key(b'\r');
+        assert_eq!((s.filter.as_str(), s.editing.is_none()), ("shop", true));
+        s.key(0x1b);
+        assert!(s.filter.is_empty());
+        s.key(b'/');
+        s.key(b'z');
+        s.key(0x1b);
+        assert!(
+            s.filter.is_empty() && s.editing.is_none(),
+            "Esc cancels the edit"
+        );
+        assert!(!s.quit);
+        s.key(b'q');
+        assert!(s.quit);
+    }
+
+    #[test]
+    fn durations_are_short() {
+        assert_eq!(short_dur(None), "–");
+        assert_eq!(short_dur(Some(0.000_85)), "850µs");
+        assert_eq!(short_dur(Some(0.0125)), "12.5ms");
+        assert_eq!(short_dur(Some(1.2)), "1.20s");
+    }
+}
