@@ -6,6 +6,7 @@
 //! what is missing.
 
 use std::{
+    fmt::Write as _,
     fs,
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
@@ -330,7 +331,7 @@ pub fn http_get(
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
+        let _ = write!(req, "{k}: {v}\r\n");
     }
     req.push_str("\r\n");
     s.write_all(req.as_bytes())?;
@@ -402,7 +403,7 @@ pub fn test_ids(seed: u32) -> (String, String) {
     let t = Instant::now().elapsed().as_nanos();
     let uid = format!(
         "{pid:08x}-{seed:04x}-4000-8000-{:012x}",
-        (t as u64) & 0xffff_ffff_ffff
+        u64::try_from(t & 0xffff_ffff_ffff).unwrap_or(0)
     );
     let cid = format!("{pid:08x}{seed:08x}{}", "0".repeat(48));
     (uid, cid)
@@ -445,6 +446,7 @@ impl Hist {
     }
 
     /// `self - earlier`, bucket by bucket (same bounds).
+    #[must_use]
     pub fn minus(&self, earlier: &Self) -> Self {
         let buckets = self
             .buckets

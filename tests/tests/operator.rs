@@ -107,7 +107,7 @@ fn explain_quota_burn_names_throttling_and_recommends_a_pool_of_one() {
     let path = format!("{}/{ctr}", v1_hierarchies().cpu.display());
     let out = explain(
         &[&path, "--duration", "6s", "--output", "json"],
-        Duration::from_secs(60),
+        Duration::from_mins(1),
     );
     sc.tree.kill_all(&ctr);
     let _ = load.wait();
@@ -169,7 +169,7 @@ fn explain_noisy_neighbour_names_the_hog_pod() {
     let url = format!("http://{addr}/metrics");
     let out = explain(
         &[&uid_a, "--from", &url, "--duration", "5s"],
-        Duration::from_secs(60),
+        Duration::from_mins(1),
     );
     sc.tree.kill_all(&a);
     sc.tree.kill_all(&b);
@@ -196,7 +196,7 @@ fn explain_idle_pod_reports_nothing_wrong() {
         Command::new(LOAD).args(["spin-sleep", "1", "50", "30"]),
     );
     thread::sleep(Duration::from_millis(300));
-    let out = explain(&[&uid, "--duration", "4s"], Duration::from_secs(60));
+    let out = explain(&[&uid, "--duration", "4s"], Duration::from_mins(1));
     sc.tree.kill_all(&ctr);
     let _ = idle.wait();
     assert!(

@@ -224,7 +224,9 @@ pub struct Diagnosis {
     pub steering: Steering,
 }
 
-fn throttling_of(r: &Row) -> Option<Throttling> {
+/// `throttle_probe`: the throttle probe is attached, so a cgroup without pause data had no
+/// pause (rather than no measurement).
+fn throttling_of(r: &Row, throttle_probe: bool) -> Option<Throttling> {
     let limit = r.limit_cores.filter(|l| *l > 0.0)?;
     let period = r.period_seconds;
     let after = r.exhausted_after_p50();
@@ -248,8 +250,8 @@ fn throttling_of(r: &Row) -> Option<Throttling> {
         periods: r.periods,
         throttled_periods: r.throttled_periods,
         throttled_period_share: r.throttled_period_share(),
-        wall_lost_seconds: r.throttled_wall_seconds,
-        wall_lost_share: r.throttled_wall_share(),
+        wall_lost_seconds: r.throttled_wall_seconds.or(throttle_probe.then_some(0.0)),
+        wall_lost_share: r.throttled_wall_share().or(throttle_probe.then_some(0.0)),
         pause_p99_seconds: r.pause_p99(),
         quota_exhausted_after_p50_seconds: after,
         exhausted_early: early,
@@ -310,6 +312,10 @@ pub fn recommend(
 }
 
 /// Diagnoses `sel` from the rows of one observation window.
+#[expect(
+    clippy::too_many_lines,
+    reason = "three findings from one pass over the pod's rows"
+)]
 pub fn diagnose(sel: &Selection, rows: &[Row], snap: &Snapshot, seconds: f64) -> Diagnosis {
     let mine: Vec<&Row> = rows
         .iter()
@@ -325,7 +331,11 @@ pub fn diagnose(sel: &Selection, rows: &[Row], snap: &Snapshot, seconds: f64) ->
         .iter()
         .find(|r| !r.names.pod.is_empty())
         .map_or_else(|| sel.pod_uid.clone(), |r| r.pod_name());
-    let throttling: Vec<Throttling> = mine.iter().filter_map(|r| throttling_of(r)).collect();
+    let throttle_probe = snap.probes.get("cfs_throttle") == Some(&true);
+    let throttling: Vec<Throttling> = mine
+        .iter()
+        .filter_map(|r| throttling_of(r, throttle_probe))
+        .collect();
     let throttled = throttling.iter().any(|t| t.problem);
 
     // Scheduler and steering numbers belong to the cgroups the threads run in: add them up.
@@ -474,7 +484,11 @@ fn pct(x: f64) -> String {
 }
 
 /// The diagnosis as plain text.
-#[expect(clippy::too_many_lines, reason = "one report, section by section")]
+#[expect(
+    clippy::too_many_lines,
+    clippy::many_single_char_names,
+    reason = "one report, section by section; d, o, t, n, s: diagnosis, output and section"
+)]
 pub fn render_text(d: &Diagnosis) -> String {
     let mut o = String::new();
     let what = match &d.container_id {
@@ -602,7 +616,7 @@ pub fn render_text(d: &Diagnosis) -> String {
             let q = |v: Option<f64>| v.map_or("–".into(), ms);
             let _ = writeln!(
                 o,
-                "  {}: run-queue latency p50 {}, p99 {} over {:.0} waits; waiting added up to {} of wall time",
+                "  {}: run-queue latency p50 {}, p99 {} over {:.0} waits; the threads waited {:.2} s per second of wall time (summed over threads)",
                 if n.problem {
                     "WAITING ON NEIGHBOURS"
                 } else {
@@ -611,7 +625,7 @@ pub fn render_text(d: &Diagnosis) -> String {
                 q(n.runq_p50_seconds),
                 q(n.runq_p99_seconds),
                 n.waits,
-                pct(n.wait_share)
+                n.wait_share
             );
             if n.preemptions > 0.0 {
                 let _ = writeln!(

@@ -45,7 +45,11 @@ impl Hist {
             self.buckets.clone_from(&other.buckets);
         } else {
             for (le, n) in &other.buckets {
-                match self.buckets.iter_mut().find(|(b, _)| b == le) {
+                match self
+                    .buckets
+                    .iter_mut()
+                    .find(|(b, _)| b.total_cmp(le).is_eq())
+                {
                     Some(slot) => slot.1 += n,
                     None => self.buckets.push((*le, *n)),
                 }
@@ -557,7 +561,7 @@ podstat_net_arfs_enabled{device="eth0"} 0
         assert_eq!(Hist::default().quantile(0.5), None);
         let mut sum = h.clone();
         sum.add(&h);
-        assert_eq!(sum.count, 20.0);
+        assert!((sum.count - 20.0).abs() < 1e-9);
         assert_eq!(sum.buckets[3], (4.0, 20.0));
         assert_eq!(sum.minus(&h), h);
     }
