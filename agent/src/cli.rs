@@ -370,6 +370,37 @@ mod tests {
     }
 
     #[test]
+    fn view_help_lists_keys_and_sources() {
+        let mut cmd = command();
+        cmd.build();
+        for (sub, needles) in [
+            (
+                "top",
+                &["--from", "--once", "q quits", "/ filter", "--namespace"][..],
+            ),
+            (
+                "explain",
+                &["--from", "--duration", "cgroup path", "--output"][..],
+            ),
+        ] {
+            let help = cmd
+                .find_subcommand_mut(sub)
+                .expect(sub)
+                .render_long_help()
+                .to_string();
+            for n in needles {
+                assert!(help.contains(n), "{n} missing from {sub} --help:\n{help}");
+            }
+        }
+        let p = parse_from(["podstat", "top", "--once", "--sort", "cpu"]).expect("parse");
+        assert!(p.enabled.is_empty(), "no collector switches on the views");
+        let Cmd::Top(t) = p.cli.command else {
+            panic!("not top")
+        };
+        assert!(t.once && t.sort == crate::view::top::SortKey::Cpu);
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("5s"), Ok(std::time::Duration::from_secs(5)));
         assert_eq!(
