@@ -381,8 +381,9 @@ impl RawTerminal {
         let orig = termios::tcgetattr(stdin.as_fd()).map_err(std::io::Error::from)?;
         *ORIGINAL.lock().unwrap_or_else(PoisonError::into_inner) = Some(orig.clone());
         let mut raw = orig;
+        // No ISIG either: Ctrl-C arrives as a byte and quits like `q`, through the restore.
         raw.local_flags
-            .remove(LocalFlags::ICANON | LocalFlags::ECHO);
+            .remove(LocalFlags::ICANON | LocalFlags::ECHO | LocalFlags::ISIG);
         raw.control_chars[termios::SpecialCharacterIndices::VMIN as usize] = 0;
         raw.control_chars[termios::SpecialCharacterIndices::VTIME as usize] = 0;
         termios::tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw).map_err(std::io::Error::from)?;
