@@ -186,15 +186,19 @@ fn pad_right(s: &str, w: usize) -> String {
     }
 }
 
-/// The table (header and one line per row), each line cut to `width` characters.
+/// The table (header and one line per row), each line cut to `width` characters. The pod
+/// column gives way first (down to 12 characters, names cut with `…`), so the numbers fit
+/// an 80-column terminal.
 pub fn render_table(rows: &[&Row], width: usize) -> String {
+    let ctr_w = 12;
+    let numbers: usize = COLUMNS.iter().map(|(_, w)| w + 1).sum::<usize>() + ctr_w + 1;
     let pod_w = rows
         .iter()
         .map(|r| r.pod_name().chars().count())
         .max()
         .unwrap_or(3)
-        .clamp(3, 40);
-    let ctr_w = 12;
+        .clamp(3, 40)
+        .min(width.saturating_sub(numbers).max(12));
     let mut lines = Vec::with_capacity(rows.len() + 1);
     let mut head = format!(
         "{} {}",
