@@ -93,6 +93,13 @@ fn top_sorted_and_filtered() {
         "top-json-cpu.json",
         &(top::render_json(&top::select(&r, SortKey::Cpu, "batch/")) + "\n"),
     );
+    // A classic 80×24 SSH terminal: every column and every key still on screen.
+    let narrow = Screen::new(SortKey::Throttled, String::new())
+        .render("fixture", &r, "", 80, 24)
+        .replace("\x1b[K\r", "");
+    assert!(narrow.lines().all(|l| l.chars().count() <= 80), "{narrow}");
+    assert!(narrow.contains("q quit") && narrow.contains(" LOCAL\n"), "{narrow}");
+    check("top-screen-80.txt", &narrow);
     let mut screen = Screen::new(SortKey::Preempt, String::new());
     for b in b"/shop\r" {
         screen.key(*b);

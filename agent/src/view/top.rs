@@ -139,14 +139,14 @@ fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
 
 /// Column headers, and what each means (README).
 const COLUMNS: [(&str, usize); 8] = [
-    ("CPU/LIMIT", 11),
-    ("THROT%", 6),
-    ("PAUSE99", 8),
+    ("CPU/LIM", 10),
+    ("THR%", 4),
+    ("PAUSE99", 7),
     ("EXH50", 7),
-    ("RUN@THR", 7),
-    ("RUNQ99", 8),
-    ("PREEMPT/s", 9),
-    ("LOCAL%", 6),
+    ("RUN@T", 5),
+    ("RUNQ99", 7),
+    ("PRE/s", 6),
+    ("LOCAL", 5),
 ];
 
 fn cells(r: &Row) -> [String; 8] {
@@ -187,7 +187,7 @@ fn pad_right(s: &str, w: usize) -> String {
 }
 
 /// The table (header and one line per row), each line cut to `width` characters. The pod
-/// column gives way first (down to 12 characters, names cut with `…`), so the numbers fit
+/// column gives way first (down to 8 characters, names cut with `…`), so the numbers fit
 /// an 80-column terminal.
 pub fn render_table(rows: &[&Row], width: usize) -> String {
     let ctr_w = 12;
@@ -198,7 +198,7 @@ pub fn render_table(rows: &[&Row], width: usize) -> String {
         .max()
         .unwrap_or(3)
         .clamp(3, 40)
-        .min(width.saturating_sub(numbers).max(12));
+        .min(width.saturating_sub(numbers).max(8));
     let mut lines = Vec::with_capacity(rows.len() + 1);
     let mut head = format!(
         "{} {}",
@@ -334,20 +334,29 @@ impl Screen {
         height: usize,
     ) -> String {
         let shown = select(rows, self.sort, &self.filter);
-        let mut head = vec![
-            format!(
-                "podstat top - {source} - {} cgroups, {} shown - sort: {}",
-                rows.len(),
-                shown.len(),
-                self.sort.label()
-            ),
-            KEYS_HELP.to_owned(),
-            match &self.editing {
-                Some(buf) => format!("filter: {buf}_  (Enter apply, Esc cancel)"),
-                None if self.filter.is_empty() => format!("filter: none  {note}"),
-                None => format!("filter: {}  {note}", self.filter),
-            },
-        ];
+        let mut head = vec![format!(
+            "podstat top - {source} - {} cgroups, {} shown - sort: {}",
+            rows.len(),
+            shown.len(),
+            self.sort.label()
+        )];
+        // The keys stay readable on a narrow terminal: wrapped between entries, not cut.
+        let mut line = String::new();
+        for entry in KEYS_HELP.split("  ") {
+            if !line.is_empty() && line.chars().count() + 2 + entry.chars().count() > width {
+                head.push(std::mem::take(&mut line));
+            }
+            if !line.is_empty() {
+                line.push_str("  ");
+            }
+            line.push_str(entry);
+        }
+        head.push(line);
+        head.push(match &self.editing {
+            Some(buf) => format!("filter: {buf}_  (Enter apply, Esc cancel)"),
+            None if self.filter.is_empty() => format!("filter: none  {note}"),
+            None => format!("filter: {}  {note}", self.filter),
+        });
         let table = render_table(&shown, width);
         head.extend(table.lines().map(str::to_owned));
         let mut out = String::new();
