@@ -98,7 +98,10 @@ fn top_sorted_and_filtered() {
         .render("fixture", &r, "", 80, 24)
         .replace("\x1b[K\r", "");
     assert!(narrow.lines().all(|l| l.chars().count() <= 80), "{narrow}");
-    assert!(narrow.contains("q quit") && narrow.contains(" LOCAL\n"), "{narrow}");
+    assert!(
+        narrow.contains("q quit") && narrow.contains(" LOCAL\n"),
+        "{narrow}"
+    );
     check("top-screen-80.txt", &narrow);
     let mut screen = Screen::new(SortKey::Preempt, String::new());
     for b in b"/shop\r" {

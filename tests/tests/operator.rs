@@ -11,7 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use podstat_tests::{CgroupTree, podstat_bin, require_root, start_agent, test_ids, v1_hierarchies};
+use podstat_tests::{
+    CgroupTree, find, podstat_bin, require_root, scrape, start_agent, test_ids, v1_hierarchies,
+};
 
 const LOAD: &str = env!("CARGO_BIN_EXE_podstat-test-load");
 
@@ -170,6 +172,29 @@ fn explain_noisy_neighbour_names_the_hog_pod() {
     let out = explain(
         &[&uid_a, "--from", &url, "--duration", "5s"],
         Duration::from_mins(1),
+    );
+    // The kernel's pair map, as the agent exports it: A preempted by B, by name (uid here).
+    let scraped = scrape(addr);
+    let by_b = find(
+        &scraped,
+        "podstat_cpu_preempted_by_pod_total",
+        &[
+            ("pod_uid", uid_a.as_str()),
+            ("preemptor_pod_uid", uid_b.as_str()),
+        ],
+    );
+    assert!(
+        by_b.first().is_some_and(|s| s.value > 0.0),
+        "no podstat_cpu_preempted_by_pod_total for A by B: {by_b:?}"
+    );
+    let full = find(
+        &scraped,
+        "podstat_bpf_map_full_total",
+        &[("map", "preempt_pairs")],
+    );
+    assert!(
+        full.first().is_some_and(|s| s.value == 0.0),
+        "the preempt_pairs map reports overflow or is missing: {full:?}"
     );
     sc.tree.kill_all(&a);
     sc.tree.kill_all(&b);
