@@ -8,7 +8,7 @@ use podstat::{
     cli::{self, AgentArgs, Cmd, LogArgs, LogFormat},
     metadata,
     probe::Probes,
-    server,
+    server, view,
 };
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -17,13 +17,25 @@ fn main() -> ExitCode {
         Ok(p) => p,
         Err(e) => e.exit(),
     };
-    if let Err(e) = init_logging(&parsed.cli.log) {
+    // The views own the terminal: only problems go to stderr unless --log.level says otherwise.
+    let quiet = match parsed.cli.command {
+        Cmd::Top(_) => Some("error"),
+        Cmd::Explain(_) => Some("warn"),
+        _ => None,
+    };
+    if let Err(e) = init_logging(&parsed.cli.log, quiet) {
         eprintln!("podstat: {e:#}");
         return ExitCode::from(2);
     }
     let result = match parsed.cli.command {
         Cmd::Agent(args) => run_agent(&args, &parsed.enabled).map(|()| ExitCode::SUCCESS),
         Cmd::Check(args) => check::run(&args, &parsed.enabled),
+        Cmd::Top(args) => view::run_top(&args)
+            .map(|()| ExitCode::SUCCESS)
+            .context("podstat top"),
+        Cmd::Explain(args) => view::run_explain(&args)
+            .map(|()| ExitCode::SUCCESS)
+            .context("podstat explain"),
     };
     match result {
         Ok(code) => code,
@@ -35,8 +47,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(log: &LogArgs) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&log.level)
+fn init_logging(log: &LogArgs, quiet: Option<&str>) -> anyhow::Result<()> {
+    let level = match quiet {
+        Some(q) if log.level == "info" && std::env::var_os("PODSTAT_LOG").is_none() => q,
+        _ => log.level.as_str(),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
         .with_context(|| format!("invalid --log.level {:?}", log.level))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

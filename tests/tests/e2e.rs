@@ -7,6 +7,7 @@
 //! cgroups, directories), on success, failure and panic.
 
 use std::{
+    fmt::Write as _,
     fs,
     net::SocketAddr,
     path::Path,
@@ -144,7 +145,7 @@ fn urlencode(s: &str) -> String {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
             out.push(char::from(b));
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            let _ = write!(out, "%{b:02X}");
         }
     }
     out
@@ -167,7 +168,7 @@ fn cri_pods_prometheus_alert_and_dashboard() {
     let busy_uid = uid(1);
     let idle_uid = uid(2);
     // 4 busy shells against 0.2 cores: throttled for most of every period.
-    let (_, busy_cid) = ctr.run_pod(&PodSpec {
+    let (_, burner_cid) = ctr.run_pod(&PodSpec {
         namespace: NAMESPACE,
         name: "burner",
         uid: &busy_uid,
@@ -176,7 +177,7 @@ fn cri_pods_prometheus_alert_and_dashboard() {
         script: "for i in 1 2 3 4; do (while :; do :; done) & done; wait",
     });
     // Idle with a tiny limit (0.01 cores): wakes once a second for a moment.
-    let (_, idle_cid) = ctr.run_pod(&PodSpec {
+    let (_, idler_cid) = ctr.run_pod(&PodSpec {
         namespace: NAMESPACE,
         name: "idler",
         uid: &idle_uid,
@@ -213,8 +214,8 @@ fn cri_pods_prometheus_alert_and_dashboard() {
                 )
             })
             .collect();
-        if pods.contains(&("burner", "burn", busy_cid.as_str()))
-            && pods.contains(&("idler", "idle", idle_cid.as_str()))
+        if pods.contains(&("burner", "burn", burner_cid.as_str()))
+            && pods.contains(&("idler", "idle", idler_cid.as_str()))
         {
             break;
         }

@@ -103,6 +103,7 @@ pub const SELF_METRICS: &[&str] = &[
     "podstat_node_context_switches_total",
     "podstat_runqueue_latency_seconds",
     "podstat_cpu_preemptions_total",
+    "podstat_cpu_preempted_by_pod_total",
     "podstat_cpu_throttle_pause_seconds",
     "podstat_cpu_quota_exhausted_after_seconds",
     "podstat_cpu_throttle_runnable_threads",

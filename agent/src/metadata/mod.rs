@@ -492,6 +492,41 @@ pub async fn run(store: Arc<Store>, mut provider: Provider, opts: Options) {
     }
 }
 
+/// For the operator views (`top`, `explain`), which have no async runtime: chooses a provider
+/// as `auto` does, refreshes once (bounded by the timeout) so that names are there from the
+/// first snapshot, then keeps refreshing on a thread of its own. Without a provider, or if the
+/// thread cannot start, the store simply stays empty (uid labels only).
+pub fn start_in_background() -> Arc<Store> {
+    let store = Arc::new(Store::default());
+    let opts = Options {
+        provider: ProviderKind::Auto,
+        refresh: Duration::from_secs(10),
+        ..Options::default()
+    };
+    let Ok(Some(mut provider)) = choose(&opts) else {
+        return store;
+    };
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return store;
+    };
+    store.set_provider(provider.name());
+    let source = provider.source();
+    let first = rt.block_on(async {
+        tokio::time::timeout(opts.timeout, provider.fetch())
+            .await
+            .unwrap_or(Err(Error::Timeout(opts.timeout)))
+    });
+    store.record(&source, first);
+    let s = Arc::clone(&store);
+    let _ = std::thread::Builder::new()
+        .name("podstat-metadata".into())
+        .spawn(move || rt.block_on(run(s, provider, opts)));
+    store
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
