@@ -175,6 +175,7 @@ fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 fn kubelet_names_pods_over_https_with_token_and_escaped_labels() {
     require_root();
     let scratch = Scratch::new("kubelet");
