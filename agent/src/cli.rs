@@ -229,6 +229,8 @@ pub struct CheckArgs {
     pub cgroup: collector::cgroup::Options,
     #[command(flatten)]
     pub probe: ProbeArgs,
+    #[command(flatten)]
+    pub metadata: crate::metadata::Options,
     /// Print the report as JSON.
     #[arg(long = "output", value_enum, default_value_t = CheckOutput::Text)]
     pub output: CheckOutput,
