@@ -218,6 +218,17 @@ mod tests {
             )
         };
 
+        // The agent's own command line accepts the args of the base and of each component.
+        let parses = |ds: &Value| {
+            let args = strs(&container(ds)["args"]);
+            if let Err(e) =
+                podstat::cli::parse_from(std::iter::once("podstat").chain(args.iter().copied()))
+            {
+                panic!("podstat rejects the DaemonSet's args {args:?}:\n{e}");
+            }
+        };
+        parses(&daemonset());
+
         // CRI-O: the socket volume, its mount and the flag all move to crio.sock.
         let mut ds = daemonset();
         json_patch(&mut ds, &patch_of("crio", "DaemonSet"));
@@ -244,6 +255,7 @@ mod tests {
         );
         assert!(args.contains(&"--metadata.provider=cri"), "{args:?}");
         assert!(!args.iter().any(|a| a.contains("containerd")), "{args:?}");
+        parses(&ds);
 
         // kubelet: the provider flag, the token, no CRI socket at all.
         let mut ds = daemonset();
@@ -257,6 +269,7 @@ mod tests {
         );
         assert!(!args.iter().any(|a| a.contains("cri-socket")), "{args:?}");
         assert!(args.contains(&"agent"), "{args:?}");
+        parses(&ds);
         let (mounts, volumes) = mounts_and_volumes(&ds);
         assert!(!mounts.contains(&"cri-socket".to_owned()), "{mounts:?}");
         assert!(!volumes.contains(&"cri-socket".to_owned()), "{volumes:?}");
