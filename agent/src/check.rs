@@ -191,6 +191,7 @@ pub fn report(args: &CheckArgs, enabled: &[&'static str]) -> Vec<Item> {
             Status::Attached(how) => (Outcome::Ok, format!("loaded and attached ({how})")),
             Status::Failed(why) => (Outcome::Unsupported, why.clone()),
             Status::Disabled => (Outcome::Disabled, "its collector is off".to_string()),
+            Status::NotNeeded(why) => (Outcome::Disabled, (*why).to_string()),
         };
         push("probe", (*name).to_string(), outcome, detail);
     }
@@ -267,7 +268,7 @@ fn check_metadata(opts: &crate::metadata::Options) -> (Outcome, String) {
         ),
         Err(e) => (
             Outcome::Unsupported,
-            format!("{name} ({source}): {}", crate::probe::chain(&e)),
+            format!("{name} ({source}): {}", probe::chain(&e)),
         ),
     }
 }

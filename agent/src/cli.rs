@@ -172,8 +172,10 @@ pub struct ProbeArgs {
     /// podstat_bpf_map_full_total{map="known"} counts them.
     #[arg(long = "probe.max-cgroups", value_name = "N", default_value_t = podstat_common::sched::DEFAULT_MAX_CGROUPS)]
     pub max_cgroups: u32,
-    /// Threads in pod cgroups the run-queue probe keeps state for (from their first wait until
-    /// they exit; 48 bytes each). Beyond it, podstat_bpf_map_full_total{map="wait_start"} counts.
+    /// Threads in pod cgroups the run-queue probe keeps state for: in wakeup mode every thread
+    /// from its first wait until it exits (48 bytes each; beyond it,
+    /// podstat_bpf_map_full_total{map="wait_start"} counts); in sched_info mode only threads
+    /// switched out while their pod is throttled (an LRU map: the oldest records make room).
     #[arg(long = "probe.max-waiting", value_name = "N", default_value_t = podstat_common::sched::DEFAULT_MAX_WAITING)]
     pub max_waiting: u32,
     /// Pairs of (preempted cgroup, preempting cgroup) from different pods the scheduler probe
@@ -181,6 +183,17 @@ pub struct ProbeArgs {
     /// podstat_bpf_map_full_total{map="preempt_pairs"} counts the preemptions not attributed.
     #[arg(long = "probe.max-preempt-pairs", value_name = "N", default_value_t = podstat_common::sched::DEFAULT_MAX_PREEMPT_PAIRS)]
     pub max_preempt_pairs: u32,
+    /// How the run-queue latency probe measures: `sched-info` reads the kernel's own
+    /// `task_struct.sched_info.last_queued` in sched_switch alone (CONFIG_SCHED_INFO, on every
+    /// distribution kernel); `wakeup` adds sched_wakeup, sched_wakeup_new and
+    /// sched_process_exit programs and a per-task map; `auto` takes sched-info when the
+    /// kernel has it. `podstat check` says which runs.
+    #[arg(
+        long = "probe.runqueue-mode",
+        value_name = "MODE",
+        default_value = "auto"
+    )]
+    pub runqueue_mode: crate::probe::RunqueueMode,
     /// How often the probes' list of pod cgroups is refreshed (new pods are measured from the
     /// next refresh on; a removed pod's series go at the next one). E.g. `5s`, `500ms`.
     #[arg(long = "probe.refresh-interval", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
@@ -196,6 +209,7 @@ impl ProbeArgs {
             max_cgroups: self.max_cgroups,
             max_waiting: self.max_waiting,
             max_preempt_pairs: self.max_preempt_pairs,
+            runqueue: self.runqueue_mode,
         }
     }
 }

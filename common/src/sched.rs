@@ -19,8 +19,12 @@ pub const UNTHROTTLE_KPROBE_PROG: &str = "unthrottle_kprobe";
 
 /// cgroup id → [`Known`]: the cgroups userspace wants measured.
 pub const KNOWN_MAP: &str = "KNOWN";
-/// pid → [`Wait`]: when a tracked task became runnable.
+/// pid → [`Wait`]: when a tracked task became runnable (wakeup mode only).
 pub const WAIT_MAP: &str = "WAIT_START";
+/// pid → id of the group whose throttle episode the task's switch-out joined: an LRU hash,
+/// written only in sched_info mode with throttle switch mode, for tasks switched out while
+/// their group is throttled (see [`Known::throttled_at_ns`]).
+pub const THROTTLED_TASKS_MAP: &str = "THROTTLED_TASKS";
 /// cgroup id → [`SchedStats`].
 pub const SCHED_STATS_MAP: &str = "SCHED_STATS";
 /// cgroup id → [`ThrottleStats`].
@@ -40,6 +44,16 @@ pub const THROTTLE_MODE_HOOKS: u32 = 1;
 /// From `sched_switch`: a task switched out while runnable from a throttled cfs_rq starts
 /// (or joins) an episode; the group's first switch-in after the period it ran out in ends it.
 pub const THROTTLE_MODE_SWITCH: u32 = 2;
+/// How run-queue latency is measured ([`Offsets::sched_info`]): from the kernel's own
+/// `task_struct.sched_info.last_queued`, read in `sched_switch` alone.
+pub const RUNQ_MODE_SCHED_INFO: u32 = 1;
+/// From `sched_wakeup`/`sched_wakeup_new` and involuntary switch-outs, kept per task in
+/// [`WAIT_MAP`] (`sched_process_exit` forgets it): the fallback.
+pub const RUNQ_MODE_WAKEUP: u32 = 0;
+/// Switch mode in sched_info mode: a task's throttle record is looked up at its switch-in only
+/// while its cgroup had a throttled switch-out less than this long ago (ns). A CFS period is
+/// at most 1 s, so a throttled task is switched in again well within it unless it exits.
+pub const THROTTLE_GATE_NS: u64 = 2_000_000_000;
 /// Read-only global with the kernel struct offsets ([`Offsets`]).
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 
@@ -124,6 +138,10 @@ pub struct Known {
     /// The pod-level cgroup's id for a container cgroup (0 for a pod cgroup or when unknown):
     /// a pod-level quota throttles the pod's cfs_rq, not the container's.
     pub parent_id: u64,
+    /// Written by the kernel (userspace inserts 0): when a task of this cgroup last left the
+    /// CPU while its group was throttled (`bpf_ktime_get_ns`), in sched_info mode with throttle
+    /// switch mode. Only while it is recent does a switch-in look for a throttle record.
+    pub throttled_at_ns: u64,
 }
 
 /// Value of [`WAIT_MAP`].
@@ -226,6 +244,14 @@ pub struct Offsets {
     /// has really been throttled (not merely preempted while its cfs_rq was throttled).
     pub task_throttled: u32,
     pub task_throttled_mask: u32,
+    /// `task_struct.sched_info.last_queued` (unsigned long long, rq clock ns; CONFIG_SCHED_INFO).
+    pub task_last_queued: u32,
+    /// `cfs_rq.rq` (struct rq *; CONFIG_FAIR_GROUP_SCHED).
+    pub cfs_rq_rq: u32,
+    /// `rq.clock` (u64 ns, the clock `sched_info` stamps `last_queued` with).
+    pub rq_clock: u32,
+    /// [`RUNQ_MODE_SCHED_INFO`] or [`RUNQ_MODE_WAKEUP`]: how run-queue latency is measured.
+    pub sched_info: u32,
     /// 1 when the fields above are filled in.
     pub valid: u32,
 }

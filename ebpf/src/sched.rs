@@ -2,24 +2,32 @@
 //!
 //! Hooks (tp_btf, kernel 5.5+), argument layouts from
 //! <https://github.com/torvalds/linux/blob/v6.18/include/trace/events/sched.h>:
-//! - `sched_wakeup(p)`, `sched_wakeup_new(p)`: a task became runnable;
 //! - `sched_switch(preempt, prev, next[, prev_state])`: `prev` leaves the CPU, `next` gets it;
 //!   `prev` still `TASK_RUNNING` means it was switched out involuntarily and waits again;
-//! - `sched_process_exit(p)`: forget the task's wait record.
+//! - wakeup mode only: `sched_wakeup(p)`, `sched_wakeup_new(p)`: a task became runnable;
+//!   `sched_process_exit(p)`: forget the task's wait record.
 //!
 //! Run-queue latency is the time from becoming runnable (wakeup, or involuntary switch-out) to
-//! the next switch-in, added to the histogram of the task's cpu-controller cgroup. Only tasks in
-//! cgroups userspace put in KNOWN are tracked, so the maps are bounded by pod cgroups.
+//! the next switch-in, added to the histogram of the task's cpu-controller cgroup. Two modes,
+//! chosen by the loader (`Offsets::sched_info`):
+//! - **sched_info**: the kernel already stamps that instant in `task->sched_info.last_queued`
+//!   (CONFIG_SCHED_INFO), so `sched_switch` alone reads it for `next` and subtracts it from the
+//!   run queue's clock: no per-task map on the hot path, no wakeup or exit programs.
+//! - **wakeup**: the fallback, with the instant kept per task in WAIT_START.
+//!
+//! Only tasks in cgroups userspace put in KNOWN are tracked, so the maps are bounded by pod
+//! cgroups.
 
 use aya_ebpf::{
     macros::{btf_tracepoint, map},
-    maps::{HashMap, PerCpuArray},
+    maps::{HashMap, LruHashMap, PerCpuArray},
     programs::BtfTracePointContext,
 };
 use podstat_common::sched::{
     BY_OTHER_POD, BY_SAME_POD, BY_SYSTEM, DEFAULT_MAX_CGROUPS, DEFAULT_MAX_PREEMPT_PAIRS,
-    DEFAULT_MAX_WAITING, HIST_SLOTS, MAP_PREEMPT_PAIRS, MAP_SCHED_STATS, MAP_WAIT, PreemptPair,
-    RUNQ_BOUNDS_NS, SchedStats, THROTTLE_MODE_SWITCH, Wait, bucket_of,
+    DEFAULT_MAX_WAITING, HIST_SLOTS, Known, MAP_PREEMPT_PAIRS, MAP_SCHED_STATS, MAP_WAIT, Offsets,
+    PreemptPair, RUNQ_BOUNDS_NS, RUNQ_MODE_SCHED_INFO, SchedStats, THROTTLE_GATE_NS,
+    THROTTLE_MODE_SWITCH, Wait, bucket_of,
 };
 
 use crate::{
@@ -39,9 +47,17 @@ static ZERO: SchedStats = SchedStats {
 #[map]
 static SCHED_SWITCHES: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// pid → when the tracked task became runnable, and its cgroup.
+/// pid → when the tracked task became runnable, and its cgroup (wakeup mode; the loader
+/// shrinks it to one entry in sched_info mode).
 #[map]
 static WAIT_START: HashMap<u32, Wait> = HashMap::with_max_entries(DEFAULT_MAX_WAITING, 0);
+
+/// pid → the group whose throttle episode the task's switch-out joined (sched_info mode with
+/// throttle switch mode only): consumed at the task's next switch-in. LRU, because without a
+/// `sched_process_exit` program nothing forgets a task that exits while throttled; such
+/// records age out instead.
+#[map]
+static THROTTLED_TASKS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(DEFAULT_MAX_WAITING, 0);
 
 /// cgroup id → run-queue latency histogram and preemption counts.
 #[map]
@@ -142,6 +158,15 @@ fn on_wakeup(task: *const u8) -> Result<(), i32> {
     start_wait(task, cgroup_id, 0, o.task_pid)
 }
 
+/// What the switch-out path already learnt about `next` (its cgroup and KNOWN entry), so the
+/// switch-in path does not walk to the cgroup and look it up a second time.
+#[derive(Clone, Copy)]
+struct NextCgroup {
+    id: u64,
+    /// Null when the cgroup is not tracked.
+    known: *mut Known,
+}
+
 #[inline(always)]
 fn on_switch(prev: *const u8, next: *const u8) -> Result<(), i32> {
     let o = offsets();
@@ -151,41 +176,165 @@ fn on_switch(prev: *const u8, next: *const u8) -> Result<(), i32> {
     // prev preempted while still runnable: it waits again, and someone took its CPU.
     let state: u32 = load(prev, o.task_state)?;
     let switch_mode = throttle::mode() == THROTTLE_MODE_SWITCH;
+    let mut seen: Option<NextCgroup> = None;
     if state == 0 {
-        let prev_cg = task_cgroup_id(prev, &o)?;
-        if let Some(known) = KNOWN.get_ptr(prev_cg) {
-            // SAFETY: a pointer to a live map value.
-            let pod = unsafe { (*known).pod_id };
-            let throttled_group = if switch_mode {
-                throttle::on_runnable_switch_out(prev, now_ns(), &o).unwrap_or(0)
-            } else {
-                0
-            };
-            start_wait(prev, prev_cg, throttled_group, o.task_pid)?;
-            let next_cg = task_cgroup_id(next, &o).unwrap_or(0);
-            let by = match KNOWN.get_ptr(next_cg) {
-                // SAFETY: a pointer to a live map value.
-                Some(k) if unsafe { (*k).pod_id } == pod => BY_SAME_POD,
-                Some(_) => BY_OTHER_POD,
-                None => BY_SYSTEM,
-            };
-            if let Some(stats) = get_or_insert(&SCHED_STATS, prev_cg, &ZERO, MAP_SCHED_STATS) {
-                // SAFETY: `by` < 3; stats points into a map value.
-                unsafe { atomic_add(core::ptr::addr_of_mut!((*stats).preempted_by[by]), 1) };
-            }
-            if by == BY_OTHER_POD {
-                let pair = PreemptPair {
-                    victim: prev_cg,
-                    preemptor: next_cg,
-                };
-                if let Some(n) = get_or_insert(&PREEMPT_PAIRS, pair, &ZERO_COUNT, MAP_PREEMPT_PAIRS)
-                {
-                    atomic_add(n, 1);
-                }
+        seen = on_preempted(prev, next, &o, switch_mode)?;
+    }
+    if o.sched_info == RUNQ_MODE_SCHED_INFO {
+        switch_in_sched_info(next, &o, switch_mode, seen)
+    } else {
+        switch_in_wakeup(next, &o, switch_mode)
+    }
+}
+
+/// `prev` was switched out while runnable: count who took its CPU and, in wakeup mode, start
+/// its wait. Returns `next`'s cgroup when it had to look it up.
+#[inline(always)]
+fn on_preempted(
+    prev: *const u8,
+    next: *const u8,
+    o: &Offsets,
+    switch_mode: bool,
+) -> Result<Option<NextCgroup>, i32> {
+    let prev_cg = task_cgroup_id(prev, o)?;
+    let Some(known) = KNOWN.get_ptr_mut(prev_cg) else {
+        return Ok(None);
+    };
+    // SAFETY: a pointer to a live map value.
+    let pod = unsafe { (*known).pod_id };
+    let (throttled_group, now) = if switch_mode {
+        let now = now_ns();
+        (
+            throttle::on_runnable_switch_out(prev, now, o).unwrap_or(0),
+            now,
+        )
+    } else {
+        (0, 0)
+    };
+    if o.sched_info == RUNQ_MODE_SCHED_INFO {
+        // The kernel stamps prev's sched_info.last_queued itself (sched_info_depart); only a
+        // throttled switch-out needs a record, for the switch-in that ends the episode.
+        if throttled_group != 0 {
+            let pid: u32 = load(prev, o.task_pid)?;
+            if THROTTLED_TASKS.insert(pid, throttled_group, 0).is_ok() {
+                // SAFETY: a pointer to a live map value; a racing write of the same field
+                // from another CPU stores a time just as recent.
+                unsafe { (*known).throttled_at_ns = now };
             }
         }
+    } else {
+        start_wait(prev, prev_cg, throttled_group, o.task_pid)?;
     }
+    let next_cg = task_cgroup_id(next, o).unwrap_or(0);
+    let next_known = KNOWN.get_ptr_mut(next_cg);
+    let by = match next_known {
+        // SAFETY: a pointer to a live map value.
+        Some(k) if unsafe { (*k).pod_id } == pod => BY_SAME_POD,
+        Some(_) => BY_OTHER_POD,
+        None => BY_SYSTEM,
+    };
+    if let Some(stats) = get_or_insert(&SCHED_STATS, prev_cg, &ZERO, MAP_SCHED_STATS) {
+        // SAFETY: `by` < 3; stats points into a map value.
+        unsafe { atomic_add(core::ptr::addr_of_mut!((*stats).preempted_by[by]), 1) };
+    }
+    if by == BY_OTHER_POD {
+        let pair = PreemptPair {
+            victim: prev_cg,
+            preemptor: next_cg,
+        };
+        if let Some(n) = get_or_insert(&PREEMPT_PAIRS, pair, &ZERO_COUNT, MAP_PREEMPT_PAIRS) {
+            atomic_add(n, 1);
+        }
+    }
+    Ok(Some(NextCgroup {
+        id: next_cg,
+        known: next_known.unwrap_or(core::ptr::null_mut()),
+    }))
+}
 
+/// sched_info mode: `next` gets the CPU. The kernel set `next->sched_info.last_queued` to the
+/// run queue's clock when `next` was enqueued (wakeup, or a new task) or was switched out still
+/// runnable, and zeroes it only in `sched_info_arrive`, which runs after this tracepoint (in
+/// `prepare_task_switch`). `__schedule` updated the run queue's clock before picking `next`,
+/// so `rq->clock - last_queued` is the wait `sched_info` is about to account. Sources (v6.18,
+/// the same order since v5.10):
+/// <https://github.com/torvalds/linux/blob/v6.18/kernel/sched/stats.h> (`sched_info_enqueue`,
+/// `sched_info_arrive`, `sched_info_depart`),
+/// <https://github.com/torvalds/linux/blob/v6.18/kernel/sched/core.c> (`__schedule`:
+/// `update_rq_clock`, `trace_sched_switch`, then `context_switch` → `prepare_task_switch` →
+/// `sched_info_switch`), <https://github.com/torvalds/linux/blob/v6.18/include/linux/sched.h>
+/// (`struct sched_info`), <https://github.com/torvalds/linux/blob/v6.18/kernel/sched/sched.h>
+/// (`struct cfs_rq`'s `rq`, `struct rq`'s `clock`, `rq_clock()`).
+#[inline(always)]
+fn switch_in_sched_info(
+    next: *const u8,
+    o: &Offsets,
+    switch_mode: bool,
+    seen: Option<NextCgroup>,
+) -> Result<(), i32> {
+    let queued: u64 = load(next, o.task_last_queued)?;
+    if queued == 0 {
+        // Not queued since it last ran (the idle task, or sched_info off): nothing waited.
+        return Ok(());
+    }
+    let (id, known) = match seen {
+        Some(n) => (n.id, n.known),
+        None => {
+            let id = task_cgroup_id(next, o)?;
+            (id, KNOWN.get_ptr_mut(id).unwrap_or(core::ptr::null_mut()))
+        }
+    };
+    if known.is_null() {
+        return Ok(());
+    }
+    if switch_mode {
+        // SAFETY: a pointer to a live map value.
+        let at = unsafe { (*known).throttled_at_ns };
+        if at != 0 {
+            throttled_switch_in(next, at, o)?;
+        }
+    }
+    // next is on this CPU's run queue, so its cfs_rq's rq is this CPU's.
+    let cfs_rq: *const u8 = load(next, o.task_se_cfs_rq)?;
+    let rq: *const u8 = load(cfs_rq, o.cfs_rq_rq)?;
+    let clock: u64 = load(rq, o.rq_clock)?;
+    if clock >= queued {
+        let delta = clock - queued;
+        if let Some(stats) = get_or_insert(&SCHED_STATS, id, &ZERO, MAP_SCHED_STATS) {
+            // SAFETY: stats points into a map value.
+            observe(
+                unsafe { core::ptr::addr_of_mut!((*stats).runq) },
+                bucket_of(delta, &RUNQ_BOUNDS_NS),
+                delta,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// sched_info mode, throttle switch mode: a task of a cgroup that had a throttled switch-out
+/// `at` gets a CPU. If it is one of those tasks (it has a record), its group may be running
+/// again: let the throttle probe close the episode. Only tasks of recently throttled cgroups
+/// pay for the lookup.
+#[inline(always)]
+fn throttled_switch_in(next: *const u8, at: u64, o: &Offsets) -> Result<(), i32> {
+    let now = now_ns();
+    if now.wrapping_sub(at) >= THROTTLE_GATE_NS {
+        return Ok(());
+    }
+    let pid: u32 = load(next, o.task_pid)?;
+    // SAFETY: the value is copied out before the entry is removed.
+    if let Some(group) = unsafe { THROTTLED_TASKS.get(pid) }.copied() {
+        let _ = THROTTLED_TASKS.remove(pid);
+        throttle::on_switch_in(group, now);
+    }
+    Ok(())
+}
+
+/// Wakeup mode: `next` gets the CPU; its wait record (from a wakeup or an involuntary
+/// switch-out) gives the latency.
+#[inline(always)]
+fn switch_in_wakeup(next: *const u8, o: &Offsets, switch_mode: bool) -> Result<(), i32> {
     let pid: u32 = load(next, o.task_pid)?;
     if pid == 0 {
         return Ok(());

@@ -18,6 +18,69 @@ fn agent_flags() -> Vec<&'static str> {
     vec!["--no-collector.cgroup", "--probe.refresh-interval", "200ms"]
 }
 
+/// How `sched_switch` attaches in sched_info mode (`podstat_probe_attached{via}`).
+const SCHED_INFO_VIA: &str = "tp_btf (sched_info)";
+
+/// Whether this kernel keeps `sched_info` (CONFIG_SCHED_INFO, live): `/proc/self/schedstat`
+/// counts our runs. It does on this repository's test host (6.18, CONFIG_TASK_DELAY_ACCT).
+fn kernel_keeps_sched_info() -> bool {
+    std::fs::read_to_string("/proc/self/schedstat").is_ok_and(|t| {
+        t.split_whitespace()
+            .nth(2)
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n > 0)
+    })
+}
+
+/// Asserts how the agent measures run-queue latency: `sched_switch` attached `via` that, and
+/// the wakeup programs exported (wakeup mode) or not (sched_info mode, where they are not
+/// needed). Prints the mode, so the test log says which one ran.
+fn assert_runqueue_mode(samples: &[podstat_tests::Sample], via: &str) {
+    let switch = find(
+        samples,
+        "podstat_probe_attached",
+        &[("probe", "sched_switch")],
+    );
+    assert_eq!(
+        switch.len(),
+        1,
+        "no podstat_probe_attached{{probe=\"sched_switch\"}}"
+    );
+    assert!(
+        (switch[0].value - 1.0).abs() < f64::EPSILON && switch[0].label("via") == via,
+        "sched_switch should be attached via {via:?}: {:?}",
+        switch[0]
+    );
+    let wakeup = find(
+        samples,
+        "podstat_probe_attached",
+        &[("probe", "sched_wakeup")],
+    );
+    if via == SCHED_INFO_VIA {
+        assert!(
+            wakeup.is_empty(),
+            "sched_info mode attaches no sched_wakeup program: {wakeup:?}"
+        );
+    } else {
+        assert!(
+            wakeup
+                .first()
+                .is_some_and(|w| (w.value - 1.0).abs() < f64::EPSILON),
+            "wakeup mode needs sched_wakeup attached: {wakeup:?}"
+        );
+    }
+    eprintln!("run-queue latency mode: sched_switch via {via:?}");
+}
+
+/// The `via` the agent must report with default flags on this kernel.
+fn expected_via() -> &'static str {
+    if kernel_keeps_sched_info() {
+        SCHED_INFO_VIA
+    } else {
+        "tp_btf"
+    }
+}
+
 /// Waits until the agent's probes track `pod_uid` (its series appear after a wakeup).
 fn wait_tracked(
     addr: std::net::SocketAddr,
@@ -42,16 +105,34 @@ fn wait_tracked(
 #[test]
 fn noisy_neighbour_raises_runqueue_latency_and_preemptions_by_other_pod() {
     require_root();
+    assert!(
+        kernel_keeps_sched_info(),
+        "this repository's test host keeps sched_info (CONFIG_SCHED_INFO): the default mode must be sched_info here"
+    );
+    noisy_neighbour(&[], expected_via(), 11);
+}
+
+/// The same with the fallback forced: wakeup programs and the per-task wait map.
+#[test]
+fn noisy_neighbour_in_wakeup_mode() {
+    require_root();
+    noisy_neighbour(&["--probe.runqueue-mode", "wakeup"], "tp_btf", 13);
+}
+
+fn noisy_neighbour(mode_flags: &[&str], via: &str, ids: u32) {
     let v1 = v1_hierarchies();
-    let root = format!("podstat-test-{}-noisy", std::process::id());
-    let (uid_a, cid_a) = test_ids(11);
-    let (uid_b, cid_b) = test_ids(12);
+    let root = format!("podstat-test-{}-noisy{ids}", std::process::id());
+    let (uid_a, cid_a) = test_ids(ids);
+    let (uid_b, cid_b) = test_ids(ids + 1);
     let a = format!("{root}/kubepods/burstable/pod{uid_a}/{cid_a}");
     let b = format!("{root}/kubepods/burstable/pod{uid_b}/{cid_b}");
     let mut tree = CgroupTree::new(&[&v1.cpu, &v1.cpuacct]);
     tree.mkdir(&a);
     tree.mkdir(&b);
-    let (_agent, addr) = start_agent(&agent_flags());
+    let mut flags = agent_flags();
+    flags.extend_from_slice(mode_flags);
+    let (_agent, addr) = start_agent(&flags);
+    assert_runqueue_mode(&scrape(addr), via);
     thread::sleep(Duration::from_millis(500)); // one tracker refresh
 
     let labels_a = [
@@ -153,6 +234,9 @@ fn quota_burn(threads: usize, secs: f64) -> (Hist, Hist, Hist) {
     tree.write(0, &ctr, "cpu.cfs_period_us", "100000");
     tree.write(0, &ctr, "cpu.cfs_quota_us", "50000");
     let (_agent, addr) = start_agent(&agent_flags());
+    // Throttle switch mode on this host (no fentry, no kprobes) ends episodes on the switch-in
+    // of a task switched out throttled, which sched_info mode keeps a record for.
+    assert_runqueue_mode(&scrape(addr), expected_via());
     thread::sleep(Duration::from_millis(500));
     let mut load = tree.spawn(
         &ctr,
@@ -253,6 +337,7 @@ fn probe_series_go_when_the_cgroup_goes() {
     let mut tree = CgroupTree::new(&[&v1.cpu, &v1.cpuacct]);
     tree.mkdir(&ctr);
     let (_agent, addr) = start_agent(&agent_flags());
+    assert_runqueue_mode(&scrape(addr), expected_via());
     thread::sleep(Duration::from_millis(500));
     let mut load = tree.spawn(&ctr, Command::new(LOAD).args(["spin-sleep", "1", "1", "1"]));
     let _ = load.wait();

@@ -36,6 +36,8 @@ pub struct Config {
     pub pods: usize,
     pub scrapes: usize,
     pub storm_secs: u64,
+    /// Skip part 1 (scrape cost): for probe work, where only parts 2 and 3 change.
+    pub skip_scrape: bool,
 }
 
 /// The v1 hierarchies the bench creates its cgroups in (same relative paths in both).
@@ -86,14 +88,18 @@ pub fn all(start: Instant, c: &Config) -> anyhow::Result<()> {
     step(start, "reaping leftover podstat-test-bench-* cgroups");
     reap_leftovers()?;
 
-    step(
-        start,
-        &format!(
-            "scrape cost: {} pods x {CONTAINERS_PER_POD} containers, {} scrapes",
-            c.pods, c.scrapes
-        ),
-    );
-    let scrape = scrape_bench(&env, c.pods, c.scrapes)?;
+    let scrape = if c.skip_scrape {
+        None
+    } else {
+        step(
+            start,
+            &format!(
+                "scrape cost: {} pods x {CONTAINERS_PER_POD} containers, {} scrapes",
+                c.pods, c.scrapes
+            ),
+        );
+        Some(scrape_bench(&env, c.pods, c.scrapes)?)
+    };
 
     step(
         start,
@@ -117,12 +123,15 @@ pub fn all(start: Instant, c: &Config) -> anyhow::Result<()> {
     let e2e = e2e_bench(start, &env, &pod)?;
     drop(pod);
 
-    let report = render(c, &bin_source, &env, &scrape, &probe, &e2e);
+    let report = render(c, &bin_source, &env, scrape.as_ref(), &probe, &e2e);
     println!("{report}");
     let path = env.out_dir.join("report.md");
     fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
     eprintln!("report written to {}", path.display());
 
+    let Some(scrape) = scrape else {
+        return Ok(());
+    };
     ensure!(
         scrape.matched_containers >= scrape.created_containers,
         "the agent exported podstat_cpu_periods_total for {} of the {} bench containers \
@@ -499,8 +508,15 @@ fn wait_ready(
 }
 
 fn probe_attached(body: &str) -> bool {
+    switch_attach_line(body).is_some_and(|l| l.ends_with(" 1"))
+}
+
+/// The agent's `podstat_probe_attached{probe="sched_switch"…}` line (with its `via` label, if
+/// the binary exports one: `tp_btf (sched_info)` in sched_info mode).
+fn switch_attach_line(body: &str) -> Option<&str> {
     body.lines()
-        .any(|l| l.trim_end() == r#"podstat_probe_attached{probe="sched_switch"} 1"#)
+        .map(str::trim_end)
+        .find(|l| l.starts_with(r#"podstat_probe_attached{probe="sched_switch""#))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -914,6 +930,8 @@ fn is_switch_prog(name: &str) -> bool {
 }
 
 struct ProbeResult {
+    /// The agent's `podstat_probe_attached{probe="sched_switch"…}` line: how it measured.
+    attach: String,
     pod: StormRows,
     host: StormRows,
     /// `podstat_runqueue_latency_seconds_count` of the storm pod's container after the storm.
@@ -925,6 +943,9 @@ fn probe_bench(start: Instant, env: &Env, pod: &StormPod) -> anyhow::Result<Prob
     let _stats = BpfStats::enable()?;
     let (mut agent, addr) = start_agent(env, "agent-probe", &["--no-collector.cgroup"])?;
     wait_ready(&mut agent, addr, probe_attached)?;
+    let attach = switch_attach_line(&String::from_utf8_lossy(&scrape(addr)?))
+        .unwrap_or("?")
+        .to_owned();
     let mut runqlat = start_runqlat(env, "runqlat")?;
     // Let the tracker's refresh find the storm pod's cgroup.
     std::thread::sleep(TRACKER_WAIT);
@@ -985,6 +1006,7 @@ fn probe_bench(start: Instant, env: &Env, pod: &StormPod) -> anyhow::Result<Prob
         }
     }
     Ok(ProbeResult {
+        attach,
         pod: pod_rows,
         host: host_rows,
         runq_count,
@@ -1196,7 +1218,7 @@ fn render(
     c: &Config,
     bin_source: &str,
     env: &Env,
-    scrape: &ScrapeResult,
+    scrape: Option<&ScrapeResult>,
     probe: &ProbeResult,
     e2e: &E2eResult,
 ) -> String {
@@ -1215,7 +1237,12 @@ fn render(
         c.storm_secs
     );
 
-    render_scrape(&mut r, c, scrape);
+    match scrape {
+        Some(scrape) => render_scrape(&mut r, c, scrape),
+        None => {
+            let _ = writeln!(r, "## 1. Scrape cost\n\nSkipped (`--skip-scrape`).\n");
+        }
+    }
     render_probe(&mut r, probe);
     render_e2e(&mut r, e2e);
     r
@@ -1307,6 +1334,7 @@ fn render_probe(r: &mut String, p: &ProbeResult) {
          every program.\n",
         TRACKER_WAIT.as_secs_f64()
     );
+    let _ = writeln!(r, "The agent reported `{}`.\n", p.attach);
     let _ = writeln!(
         r,
         "### Pod tasks (podstat's full path)\n\n`stress-ng --switch 2 --timeout {}s` inside the \

@@ -66,6 +66,9 @@ enum Task {
         /// Seconds per context-switch storm.
         #[arg(long, default_value_t = 10)]
         storm_secs: u64,
+        /// Skip the scrape benchmark: only the probe's per-event and end-to-end costs.
+        #[arg(long)]
+        skip_scrape: bool,
     },
 }
 
@@ -150,6 +153,7 @@ fn main() -> anyhow::Result<()> {
             pods,
             scrapes,
             storm_secs,
+            skip_scrape,
         } => {
             setup::toolchain(start)?;
             setup::debian_packages(start, setup::BENCH_PACKAGES)?;
@@ -161,6 +165,7 @@ fn main() -> anyhow::Result<()> {
                     pods,
                     scrapes,
                     storm_secs,
+                    skip_scrape,
                 },
             )?;
         }

@@ -212,7 +212,7 @@ impl Collect for SchedCollector {
         encode_hists(
             enc,
             "podstat_runqueue_latency_seconds",
-            "Time the container's tasks waited on a run queue: from wakeup, or from an involuntary switch-out while runnable, to the next switch-in (eBPF sched_wakeup/sched_switch).",
+            "Time the container's tasks waited on a run queue: from wakeup, or from an involuntary switch-out while runnable, to the next switch-in (eBPF sched_switch reading the kernel's sched_info, or sched_wakeup/sched_switch).",
             &runq,
         )?;
         if !preempt.is_empty() {

@@ -688,7 +688,7 @@ impl KernelBtf {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::{
         collections::HashMap,
         process::Command,
@@ -828,6 +828,48 @@ mod tests {
             out.extend_from_slice(&self.strings);
             out
         }
+    }
+
+    /// The scheduler types the probes need, as an old or stripped-down kernel has them: the
+    /// cgroup chain, `pid` and `__state`, and no `sched_info`, `cfs_rq` or `rq`.
+    pub(crate) fn minimal_btf_without_sched_info() -> KernelBtf {
+        let mut b = Blob::new();
+        let int = b.int("int", 4, 32);
+        let u64_t = b.int("unsigned long long", 8, 64);
+        let void_ptr = b.ty("", PTR, 0, false, 0, &[]);
+        b.enumeration(
+            "cgroup_subsys_id",
+            false,
+            false,
+            &[
+                ("cpuset_cgrp_id", 0),
+                ("cpu_cgrp_id", 1),
+                ("CGROUP_SUBSYS_COUNT", 2),
+            ],
+        );
+        let subsys = b.ty("", ARRAY, 0, false, 0, &[void_ptr, int, 2]);
+        b.composite(STRUCT, "css_set", 16, false, &[("subsys", subsys, 0)]);
+        b.composite(
+            STRUCT,
+            "cgroup_subsys_state",
+            8,
+            false,
+            &[("cgroup", void_ptr, 0)],
+        );
+        b.composite(STRUCT, "cgroup", 16, false, &[("kn", void_ptr, 64)]);
+        b.composite(STRUCT, "kernfs_node", 16, false, &[("id", u64_t, 64)]);
+        b.composite(
+            STRUCT,
+            "task_struct",
+            64,
+            false,
+            &[
+                ("__state", int, 0),
+                ("pid", int, 256),
+                ("cgroups", void_ptr, 384),
+            ],
+        );
+        KernelBtf::parse(&b.bytes()).expect("parsing the minimal blob")
     }
 
     /// The member `offset` word of a bitfield in a `kind_flag` struct.

@@ -51,12 +51,33 @@ pub const PROBES: &[(&str, &str)] = &[
 /// Outcome of loading one probe.
 #[derive(Debug, Clone)]
 pub enum Status {
-    /// Attached, with the mechanism (`tp_btf`, `fentry`, `fexit`, `kprobe`).
+    /// Attached, with the mechanism (`tp_btf`, `tp_btf (sched_info)`, `fentry`, `fexit`,
+    /// `kprobe`, `tp_btf/sched_switch`).
     Attached(&'static str),
     Failed(String),
     /// Not requested (its collector is off).
     Disabled,
+    /// Requested, but another probe does its work on this kernel (why): not attached, and not
+    /// a failure (no `podstat_probe_attached` series).
+    NotNeeded(&'static str),
 }
+
+/// How run-queue latency is measured (`--probe.runqueue-mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum RunqueueMode {
+    /// sched_info when the kernel has it, else wakeup.
+    #[default]
+    Auto,
+    /// From the kernel's `task_struct.sched_info.last_queued`, in `sched_switch` alone.
+    SchedInfo,
+    /// From `sched_wakeup`/`sched_wakeup_new` and a per-task map (the fallback).
+    Wakeup,
+}
+
+/// How `sched_switch` is described when it measures run-queue latency from `sched_info`.
+pub const SCHED_INFO_ATTACH: &str = "tp_btf (sched_info)";
+/// Why the wakeup and exit programs are not attached in sched_info mode.
+const NOT_NEEDED_SCHED_INFO: &str = "not needed: sched_switch reads run-queue latency from the kernel's sched_info (sched_info mode)";
 
 /// Which probes to load, and how big the maps are.
 #[derive(Debug, Clone, Copy)]
@@ -69,6 +90,8 @@ pub struct Wanted {
     pub max_waiting: u32,
     /// (victim, preemptor) cgroup pairs of different pods (sizes PREEMPT_PAIRS).
     pub max_preempt_pairs: u32,
+    /// How run-queue latency is measured.
+    pub runqueue: RunqueueMode,
 }
 
 impl Default for Wanted {
@@ -79,6 +102,7 @@ impl Default for Wanted {
             max_cgroups: common::DEFAULT_MAX_CGROUPS,
             max_waiting: common::DEFAULT_MAX_WAITING,
             max_preempt_pairs: common::DEFAULT_MAX_PREEMPT_PAIRS,
+            runqueue: RunqueueMode::Auto,
         }
     }
 }
@@ -111,9 +135,21 @@ impl fmt::Debug for Probes {
     }
 }
 
+/// What [`resolve_offsets`] found in the kernel's BTF.
+#[derive(Debug)]
+pub struct Resolved {
+    /// Every offset found (`sched_info` is left at [`common::RUNQ_MODE_WAKEUP`]: the loader
+    /// chooses the mode).
+    pub offsets: Offsets,
+    /// The CFS bandwidth fields of the throttle probe (CONFIG_CFS_BANDWIDTH), or why not.
+    pub throttle: Result<(), String>,
+    /// The fields sched_info mode reads (CONFIG_SCHED_INFO, CONFIG_FAIR_GROUP_SCHED), or why not.
+    pub sched_info: Result<(), String>,
+}
+
 /// Resolves every offset the programs need. The scheduler part is required; the throttle
-/// part (CONFIG_CFS_BANDWIDTH) is optional and returned as its own result.
-pub fn resolve_offsets(k: &KernelBtf) -> Result<(Offsets, Result<(), String>), btf::BtfError> {
+/// part (CONFIG_CFS_BANDWIDTH) and the sched_info part are optional, each with its own result.
+pub fn resolve_offsets(k: &KernelBtf) -> Result<Resolved, btf::BtfError> {
     let cpu_id = k.enum_value("cgroup_subsys_id", "cpu_cgrp_id")?;
     let (elem, len) = k.array_of("css_set", "subsys")?;
     let cpu_id = u32::try_from(cpu_id)
@@ -181,7 +217,66 @@ pub fn resolve_offsets(k: &KernelBtf) -> Result<(Offsets, Result<(), String>), b
             chain(&e)
         )
     });
-    Ok((o, throttle))
+    let sched_info = resolve_sched_info(k, &mut o).map_err(|e| {
+        format!(
+            "kernel BTF lacks what sched_info mode reads (CONFIG_SCHED_INFO, CONFIG_FAIR_GROUP_SCHED?): {}",
+            chain(&e)
+        )
+    });
+    Ok(Resolved {
+        offsets: o,
+        throttle,
+        sched_info,
+    })
+}
+
+/// The fields of sched_info mode: `task->sched_info.last_queued`, and the run queue's clock
+/// through `task->se.cfs_rq->rq->clock`. Layouts:
+/// <https://github.com/torvalds/linux/blob/v6.18/include/linux/sched.h> (`struct sched_info`,
+/// `task_struct.sched_info`, `sched_entity.cfs_rq` under CONFIG_FAIR_GROUP_SCHED),
+/// <https://github.com/torvalds/linux/blob/v6.18/kernel/sched/sched.h> (`cfs_rq.rq` under
+/// CONFIG_FAIR_GROUP_SCHED, `rq.clock`); the same fields in
+/// <https://github.com/torvalds/linux/blob/v5.10/include/linux/sched.h> and
+/// <https://github.com/torvalds/linux/blob/v5.10/kernel/sched/sched.h>.
+fn resolve_sched_info(k: &KernelBtf, o: &mut Offsets) -> Result<(), btf::BtfError> {
+    let last_queued = k.offset_of("task_struct", "sched_info.last_queued")?;
+    let task_se_cfs_rq =
+        k.offset_of("task_struct", "se")? + k.offset_of("sched_entity", "cfs_rq")?;
+    let cfs_rq_rq = k.offset_of("cfs_rq", "rq")?;
+    let rq_clock = k.offset_of("rq", "clock")?;
+    o.task_last_queued = last_queued;
+    o.task_se_cfs_rq = task_se_cfs_rq;
+    o.cfs_rq_rq = cfs_rq_rq;
+    o.rq_clock = rq_clock;
+    Ok(())
+}
+
+/// Whether the kernel keeps `sched_info` for tasks right now. CONFIG_SCHED_INFO puts the
+/// fields in BTF, but before 5.14 a kernel without CONFIG_SCHEDSTATS fills them only while
+/// delay accounting is on (`sched_info_on()`); `/proc/<pid>/schedstat` then reads `0 0 0`. So
+/// this asks the kernel about ourselves: a process that has run has a non-zero run count
+/// (`pcount`, the third field) exactly when `sched_info` is live.
+pub fn sched_info_live(schedstat: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(schedstat)
+        .map_err(|e| format!("reading {}: {e}", schedstat.display()))?;
+    parse_schedstat_live(&text).map_err(|why| format!("{}: {why}", schedstat.display()))
+}
+
+/// `Ok` if a `/proc/<pid>/schedstat` line (`<run ns> <wait ns> <run count>`) shows a live
+/// `sched_info`.
+fn parse_schedstat_live(text: &str) -> Result<(), String> {
+    let fields: Vec<u64> = text
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("unexpected content {:?}", text.trim()))?;
+    match fields.as_slice() {
+        [_, _, pcount] if *pcount > 0 => Ok(()),
+        [_, _, _] => {
+            Err("reads 0 runs: the kernel does not keep sched_info (delay accounting off?)".into())
+        }
+        _ => Err(format!("unexpected content {:?}", text.trim())),
+    }
 }
 
 impl Probes {
@@ -245,7 +340,11 @@ impl Probes {
                 return probes;
             }
         };
-        let (offsets, throttle_offsets) = match resolve_offsets(&kbtf) {
+        let Resolved {
+            mut offsets,
+            throttle: throttle_offsets,
+            sched_info: sched_info_offsets,
+        } = match resolve_offsets(&kbtf) {
             Ok(o) => o,
             Err(e) => {
                 fail_all(
@@ -256,6 +355,27 @@ impl Probes {
             }
         };
 
+        let sched_info = wanted.sched
+            && match choose_runqueue_mode(wanted.runqueue, sched_info_offsets) {
+                Ok(on) => on,
+                Err(why) => {
+                    for p in [
+                        "sched_switch",
+                        "sched_wakeup",
+                        "sched_wakeup_new",
+                        "sched_process_exit",
+                    ] {
+                        probes.record(p, Status::Failed(why.clone()));
+                    }
+                    if !wanted.throttle {
+                        return probes;
+                    }
+                    false
+                }
+            };
+        if sched_info {
+            offsets.sched_info = common::RUNQ_MODE_SCHED_INFO;
+        }
         tracing::debug!(?offsets, "kernel struct offsets from BTF");
         // Keep what the attach step needs from our BTF view, and free it before aya parses the
         // same file: the two would otherwise be in memory at once (peak RSS).
@@ -282,7 +402,15 @@ impl Probes {
             .map_max_entries(common::KNOWN_MAP, wanted.max_cgroups)
             .map_max_entries(common::SCHED_STATS_MAP, wanted.max_cgroups)
             .map_max_entries(common::THROTTLE_STATS_MAP, wanted.max_cgroups)
-            .map_max_entries(common::WAIT_MAP, wanted.max_waiting)
+            // sched_info mode keeps no wait records; only throttled tasks get a record.
+            .map_max_entries(
+                common::WAIT_MAP,
+                if sched_info { 1 } else { wanted.max_waiting },
+            )
+            .map_max_entries(
+                common::THROTTLED_TASKS_MAP,
+                if sched_info { wanted.max_waiting } else { 1 },
+            )
             .map_max_entries(common::PREEMPT_PAIRS_MAP, wanted.max_preempt_pairs);
         let mut ebpf = match loader.load(OBJECT) {
             Ok(ebpf) => ebpf,
@@ -295,7 +423,14 @@ impl Probes {
             }
         };
 
-        if wanted.sched {
+        if wanted.sched && sched_info {
+            let status = attach_tp_btf(&mut ebpf, common::SCHED_SWITCH_PROG, "sched_switch", &btf)
+                .map_or_else(Status::Failed, |()| Status::Attached(SCHED_INFO_ATTACH));
+            probes.record("sched_switch", status);
+            for probe in ["sched_wakeup", "sched_wakeup_new", "sched_process_exit"] {
+                probes.record(probe, Status::NotNeeded(NOT_NEEDED_SCHED_INFO));
+            }
+        } else if wanted.sched && !probes.failed("sched_switch") {
             for (probe, prog, tp) in [
                 ("sched_switch", common::SCHED_SWITCH_PROG, "sched_switch"),
                 ("sched_wakeup", common::SCHED_WAKEUP_PROG, "sched_wakeup"),
@@ -406,9 +541,17 @@ impl Probes {
         match &status {
             Status::Attached(how) => tracing::info!(probe, via = how, "probe attached"),
             Status::Failed(why) => tracing::warn!(probe, reason = %why, "probe not attached"),
+            Status::NotNeeded(why) => tracing::info!(probe, reason = why, "probe not attached"),
             Status::Disabled => {}
         }
         self.set(probe, status);
+    }
+
+    /// Whether `probe` was recorded as failed.
+    fn failed(&self, probe: &str) -> bool {
+        self.status
+            .iter()
+            .any(|(p, s)| *p == probe && matches!(s, Status::Failed(_)))
     }
 
     /// Per-probe outcome, for `podstat check` and the collectors.
@@ -435,34 +578,63 @@ impl Probes {
             .map(|m| m.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// `podstat_probe_attached{probe}` for every requested probe.
+    /// `podstat_probe_attached{probe, via}` for every requested probe that has to attach.
     pub fn encode(&self, enc: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
         #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
         struct ProbeLabel {
             probe: &'static str,
+            via: &'static str,
         }
         if self
             .status
             .iter()
-            .all(|(_, s)| matches!(s, Status::Disabled))
+            .all(|(_, s)| matches!(s, Status::Disabled | Status::NotNeeded(_)))
         {
             return Ok(());
         }
         let mut m = enc.encode_descriptor(
             "podstat_probe_attached",
-            "1 if the eBPF probe is loaded and attached, 0 if it failed (the log and `podstat check` say why).",
+            "1 if the eBPF probe is loaded and attached, 0 if it failed (the log and `podstat check` say why); `via` is how it attached (for sched_switch, `tp_btf (sched_info)` when run-queue latency comes from the kernel's sched_info).",
             None,
             MetricType::Gauge,
         )?;
         for (probe, status) in &self.status {
-            let v = match status {
-                Status::Attached(_) => 1,
-                Status::Failed(_) => 0,
-                Status::Disabled => continue,
+            let (v, via) = match status {
+                Status::Attached(how) => (1, *how),
+                Status::Failed(_) => (0, ""),
+                Status::Disabled | Status::NotNeeded(_) => continue,
             };
-            ConstGauge::new(v).encode(m.encode_family(&ProbeLabel { probe })?)?;
+            ConstGauge::new(v).encode(m.encode_family(&ProbeLabel { probe, via })?)?;
         }
         Ok(())
+    }
+}
+
+/// sched_info mode (`Ok(true)`) or wakeup mode (`Ok(false)`), as `wanted` asks and the kernel
+/// allows; `Err` when sched_info mode was asked for and the kernel cannot do it.
+fn choose_runqueue_mode(wanted: RunqueueMode, offsets: Result<(), String>) -> Result<bool, String> {
+    let available = || -> Result<(), String> {
+        offsets?;
+        sched_info_live(Path::new("/proc/self/schedstat"))
+    };
+    match wanted {
+        RunqueueMode::Wakeup => {
+            tracing::info!("run-queue latency from sched_wakeup (wakeup mode, as asked)");
+            Ok(false)
+        }
+        RunqueueMode::SchedInfo => available()
+            .map(|()| true)
+            .map_err(|why| format!("--probe.runqueue-mode sched-info: {why}")),
+        RunqueueMode::Auto => match available() {
+            Ok(()) => {
+                tracing::info!("run-queue latency from the kernel's sched_info (sched_info mode)");
+                Ok(true)
+            }
+            Err(why) => {
+                tracing::info!(reason = %why, "run-queue latency from sched_wakeup (wakeup mode)");
+                Ok(false)
+            }
+        },
     }
 }
 
@@ -602,10 +774,9 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
 
-    /// The offsets this kernel's BTF yields: all there, distinct where they must be, inside
-    /// their structs. Runs without root (vmlinux BTF is world-readable).
-    #[test]
-    fn offsets_resolve_against_the_running_kernels_btf() {
+    /// This kernel's BTF and what the resolver finds in it. Needs no root (vmlinux BTF is
+    /// world-readable).
+    fn running_kernel() -> (KernelBtf, Resolved) {
         let path = Path::new("/sys/kernel/btf/vmlinux");
         assert!(
             path.exists(),
@@ -613,9 +784,23 @@ mod tests {
             path.display()
         );
         let k = KernelBtf::load(path).expect("loading vmlinux BTF");
-        let (o, throttle) = resolve_offsets(&k).expect("resolving the scheduler offsets");
+        let r = resolve_offsets(&k).expect("resolving the scheduler offsets");
+        (k, r)
+    }
+
+    /// The offsets this kernel's BTF yields: all there, distinct where they must be, inside
+    /// their structs. Runs without root (vmlinux BTF is world-readable).
+    #[test]
+    fn offsets_resolve_against_the_running_kernels_btf() {
+        let (k, r) = running_kernel();
+        let o = r.offsets;
         assert_eq!(o.valid, 1);
-        throttle.expect("CFS bandwidth offsets");
+        assert_eq!(
+            o.sched_info,
+            common::RUNQ_MODE_WAKEUP,
+            "the loader, not the resolver, picks the mode"
+        );
+        r.throttle.expect("CFS bandwidth offsets");
         let task = k.size_of("task_struct").expect("task_struct size");
         for (name, off) in [
             ("cgroups", o.task_cgroups),
@@ -652,5 +837,92 @@ mod tests {
             assert_eq!(o.task_based_throttle, 1);
             assert_ne!(o.task_throttled_mask, 0);
         }
+    }
+
+    /// sched_info mode's fields against this kernel's BTF: `task_struct.sched_info.last_queued`
+    /// (the last of `struct sched_info`'s u64 timestamps), `cfs_rq.rq`, `rq.clock`.
+    #[test]
+    fn sched_info_fields_resolve_against_the_running_kernels_btf() {
+        let (k, r) = running_kernel();
+        r.sched_info.expect(
+            "this kernel (CONFIG_SCHED_INFO, CONFIG_FAIR_GROUP_SCHED) has the sched_info fields",
+        );
+        let o = r.offsets;
+        let field = |ty, name| {
+            k.offset_of(ty, name)
+                .unwrap_or_else(|e| panic!("{ty}.{name}: {e}"))
+        };
+        let last_queued = field("sched_info", "last_queued");
+        assert_eq!(
+            o.task_last_queued,
+            field("task_struct", "sched_info") + last_queued
+        );
+        assert_eq!(last_queued % 8, 0, "last_queued is an aligned u64");
+        assert!(
+            last_queued + 8 <= k.size_of("sched_info").expect("sched_info size"),
+            "last_queued inside struct sched_info"
+        );
+        assert!(o.task_last_queued + 8 <= k.size_of("task_struct").expect("task_struct size"));
+        assert_eq!(
+            o.task_se_cfs_rq,
+            field("task_struct", "se") + field("sched_entity", "cfs_rq")
+        );
+        assert!(o.cfs_rq_rq + 8 <= k.size_of("cfs_rq").expect("cfs_rq size"));
+        assert_eq!(o.cfs_rq_rq % 8, 0, "cfs_rq.rq is a pointer");
+        assert!(o.rq_clock + 8 <= k.size_of("rq").expect("rq size"));
+        assert_eq!(o.rq_clock % 8, 0, "rq.clock is an aligned u64");
+        assert_ne!(
+            o.rq_clock,
+            field("rq", "clock_task"),
+            "the rq clock sched_info stamps with is rq->clock, not clock_task"
+        );
+    }
+
+    /// A kernel without the fields (an older layout, or CONFIG_SCHED_INFO off) leaves
+    /// sched_info mode unavailable and the rest resolved: the wakeup-mode fallback.
+    #[test]
+    fn sched_info_missing_from_btf_falls_back() {
+        let k = btf::tests::minimal_btf_without_sched_info();
+        let r = resolve_offsets(&k).expect("the scheduler part resolves");
+        assert_eq!(r.offsets.valid, 1);
+        let why = r.sched_info.expect_err("no sched_info in this BTF");
+        assert!(why.contains("sched_info"), "{why}");
+        assert_eq!(r.offsets.task_last_queued, 0);
+    }
+
+    #[test]
+    fn schedstat_tells_whether_sched_info_is_live() {
+        for (text, live) in [
+            ("276217 525967 3\n", true),
+            ("1 0 1", true),
+            ("0 0 0\n", false),
+            ("", false),
+            ("12 34\n", false),
+            ("a b c", false),
+        ] {
+            assert_eq!(parse_schedstat_live(text).is_ok(), live, "{text:?}");
+        }
+        // This process, on this kernel (CONFIG_SCHED_INFO=y).
+        sched_info_live(Path::new("/proc/self/schedstat")).expect("sched_info live here");
+    }
+
+    #[test]
+    fn mode_follows_the_flag_and_the_kernel() {
+        let missing = || Err::<(), String>("no fields".to_owned());
+        assert_eq!(
+            choose_runqueue_mode(RunqueueMode::Wakeup, Ok(())),
+            Ok(false)
+        );
+        assert_eq!(
+            choose_runqueue_mode(RunqueueMode::Auto, missing()),
+            Ok(false)
+        );
+        assert!(choose_runqueue_mode(RunqueueMode::SchedInfo, missing()).is_err());
+        // This kernel has sched_info live (see above).
+        assert_eq!(choose_runqueue_mode(RunqueueMode::Auto, Ok(())), Ok(true));
+        assert_eq!(
+            choose_runqueue_mode(RunqueueMode::SchedInfo, Ok(())),
+            Ok(true)
+        );
     }
 }

@@ -148,6 +148,7 @@ impl Tracker {
                 let known = Known {
                     pod_id: pod_id(&target.pod_uid),
                     parent_id,
+                    throttled_at_ns: 0,
                 };
                 if let Err(e) = maps.known.insert(id, known, 0) {
                     self.identity.known_full.fetch_add(1, Ordering::Relaxed);
