@@ -294,8 +294,20 @@ fn cri_pods_prometheus_alert_and_dashboard() {
         ],
     );
     assert!(!queries.is_empty(), "the dashboard has no queries");
+    // The RX steering panels read the families of the `net` collector (issue 4). An agent that
+    // exports none of them has no steering collector, and those panels show "no data" by
+    // design: they are skipped then, each with the reason.
+    let exports_net = !prom
+        .query(r#"count({__name__=~"podstat_net_.*"})"#)
+        .is_empty();
     let mut empty = Vec::new();
     for (title, expr) in &queries {
+        if !exports_net && expr.contains("podstat_net_") {
+            eprintln!(
+                "dashboard: skipped, the agent exports no podstat_net_* family (no steering collector in this build): {title}"
+            );
+            continue;
+        }
         if prom.query(expr).is_empty() {
             empty.push(format!("{title}: {expr}"));
         }
