@@ -250,7 +250,7 @@ mod tests {
             "127.0.0.1:1",
         ])
         .expect("parse");
-        assert_eq!(p.enabled, vec!["cgroup", "throttle"]);
+        assert_eq!(p.enabled, vec!["cgroup", "throttle", "net"]);
         let p = parse_from([
             "podstat",
             "agent",

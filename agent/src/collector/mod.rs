@@ -7,6 +7,7 @@
 //! `podstat_collector_duration_seconds` and `podstat_collector_errors_total`.
 
 pub mod cgroup;
+pub mod net;
 pub mod sched;
 pub mod throttle;
 
@@ -94,6 +95,16 @@ pub const COLLECTORS: &[Spec] = &[
         reads: "eBPF fexit/throttle_cfs_rq and fentry/unthrottle_cfs_rq (kprobe fallback): throttle pause, quota-exhausted-after, runnable threads per pod",
         requires: "BTF, CONFIG_CFS_BANDWIDTH; fentry/fexit 5.5+ (else kprobes), CAP_BPF + CAP_PERFMON",
         build: throttle::ThrottleCollector::build,
+    },
+    Spec {
+        name: "net",
+        default_enabled: true,
+        reads: "/proc/net/softnet_stat, /proc/interrupts, /proc/irq/*/smp_affinity_list, sysfs rps_cpus, rps_flow_cnt, \
+                net.core.rps_sock_flow_entries, CPU topology; ethtool netlink (ntuple); with the net probes, \
+                receive steering locality and flow migrations per pod, packets per receive queue, aRFS rule churn",
+        requires: "any kernel (softnet_stat 11 to 15 columns, 2.6 to 6.18); ethtool netlink 5.6+ for ntuple; \
+                   probes: BTF, tp_btf sk_data_ready (6.10+) or tcp_probe, sock_recv_length (6.3+) or tcp_rcv_space_adjust",
+        build: net::NetCollector::build,
     },
 ];
 
