@@ -99,6 +99,7 @@ impl ProbeArgs {
         crate::probe::Wanted {
             sched: enabled.contains(&"sched"),
             throttle: enabled.contains(&"throttle"),
+            net: enabled.contains(&"net"),
             max_cgroups: self.max_cgroups,
             max_waiting: self.max_waiting,
         }

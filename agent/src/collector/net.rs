@@ -13,12 +13,13 @@
 //! locality, flow migrations and per-queue packet counts (see [`steering`]).
 
 pub mod ethtool;
+pub mod steering;
 
 use std::{
     collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
-    sync::{Mutex, PoisonError},
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use prometheus_client::{
@@ -27,7 +28,10 @@ use prometheus_client::{
 };
 
 use super::{Collect, CollectError, Context, Unsupported};
-use crate::cgroup::{ErrorCounts, ErrorReason};
+use crate::{
+    cgroup::{ErrorCounts, ErrorReason},
+    probe::{Probes, tracker::Identity},
+};
 
 /// One row of `/proc/net/softnet_stat`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -495,6 +499,11 @@ pub const FAMILIES: &[&str] = &[
     "podstat_net_rps_flow_entries",
     "podstat_net_rps_sock_flow_entries",
     "podstat_net_arfs_enabled",
+    "podstat_net_rx_steering_packets_total",
+    "podstat_net_flow_migrations_total",
+    "podstat_net_rx_queue_packets_total",
+    "podstat_net_arfs_steer_requests_total",
+    "podstat_net_arfs_expiries_total",
 ];
 
 #[derive(Debug)]
@@ -503,6 +512,8 @@ pub struct NetCollector {
     sysfs: PathBuf,
     /// The ethtool netlink socket, opened on first use; `Err` once it is known not to work.
     ethtool: Mutex<Option<Result<ethtool::Ethtool, String>>>,
+    probes: Arc<Probes>,
+    identity: Arc<Identity>,
 }
 
 impl NetCollector {
@@ -518,6 +529,8 @@ impl NetCollector {
             procfs: ctx.paths.procfs.clone(),
             sysfs: ctx.paths.sysfs.clone(),
             ethtool: Mutex::new(None),
+            probes: Arc::clone(ctx.probes),
+            identity: Arc::clone(ctx.identity),
         }))
     }
 
@@ -704,6 +717,7 @@ impl Collect for NetCollector {
             }
         }
 
+        steering::encode(enc, &self.probes, &self.identity, &devices)?;
         Ok(())
     }
 }

@@ -6,6 +6,7 @@
 //! ([`btf`]) and reach the programs as the read-only global `OFFSETS`.
 
 pub mod btf;
+pub mod net;
 pub mod tracker;
 
 use std::{
@@ -44,6 +45,10 @@ pub const PROBES: &[(&str, &str)] = &[
     ("sched_process_exit", "sched"),
     ("cfs_throttle", "throttle"),
     ("cfs_unthrottle", "throttle"),
+    ("net_reader", "net"),
+    ("net_softirq", "net"),
+    ("net_rx_queue", "net"),
+    ("arfs", "net"),
 ];
 
 /// Outcome of loading one probe.
@@ -61,6 +66,8 @@ pub enum Status {
 pub struct Wanted {
     pub sched: bool,
     pub throttle: bool,
+    /// The receive-steering probes (`net` collector).
+    pub net: bool,
     /// Pod and container cgroups tracked at once (sizes KNOWN and the per-cgroup stats maps).
     pub max_cgroups: u32,
     /// Tasks waiting for a CPU at once (sizes WAIT_START).
@@ -72,6 +79,7 @@ impl Default for Wanted {
         Self {
             sched: true,
             throttle: true,
+            net: true,
             max_cgroups: common::DEFAULT_MAX_CGROUPS,
             max_waiting: common::DEFAULT_MAX_WAITING,
         }
@@ -85,6 +93,7 @@ pub struct Maps {
     pub sched_stats: HashMap<MapData, u64, SchedStats>,
     pub throttle_stats: HashMap<MapData, u64, ThrottleStats>,
     pub map_full: PerCpuArray<MapData, u64>,
+    pub net: net::NetMaps,
 }
 
 /// The loaded object and the map handles the collectors read.
@@ -200,6 +209,7 @@ impl Probes {
         let wants = |collector: &str| match collector {
             "sched" => wanted.sched,
             "throttle" => wanted.throttle,
+            "net" => wanted.net,
             _ => false,
         };
         let requested: Vec<&'static str> = PROBES
@@ -251,6 +261,8 @@ impl Probes {
         };
 
         tracing::debug!(?offsets, "kernel struct offsets from BTF");
+        let net_offsets = net::resolve_offsets(&kbtf, &offsets, net::own_netns_inum())
+            .map_err(|e| format!("resolving network struct offsets from BTF: {}", chain(&e)));
         // Keep what the attach step needs from our BTF view, and free it before aya parses the
         // same file: the two would otherwise be in memory at once (peak RSS).
         let has_func = |f: &str| kbtf.has_func(f);
@@ -276,7 +288,11 @@ impl Probes {
             .map_max_entries(common::KNOWN_MAP, wanted.max_cgroups)
             .map_max_entries(common::SCHED_STATS_MAP, wanted.max_cgroups)
             .map_max_entries(common::THROTTLE_STATS_MAP, wanted.max_cgroups)
-            .map_max_entries(common::WAIT_MAP, wanted.max_waiting);
+            .map_max_entries(common::WAIT_MAP, wanted.max_waiting)
+            .map_max_entries(podstat_common::net::NET_STATS_MAP, wanted.max_cgroups);
+        if let Ok(o) = &net_offsets {
+            loader.override_global(podstat_common::net::NET_OFFSETS_GLOBAL, o, true);
+        }
         let mut ebpf = match loader.load(OBJECT) {
             Ok(ebpf) => ebpf,
             Err(e) => {
@@ -374,6 +390,22 @@ impl Probes {
                 Err(why) => {
                     probes.record("cfs_throttle", Status::Failed(why.clone()));
                     probes.record("cfs_unthrottle", Status::Failed(why));
+                }
+            }
+        }
+        if wanted.net {
+            match &net_offsets {
+                Ok(_) => {
+                    for (probe, status) in net::attach(&mut ebpf, &btf, sysfs) {
+                        probes.record(probe, status);
+                    }
+                }
+                Err(why) => {
+                    for (probe, c) in PROBES {
+                        if *c == "net" {
+                            probes.record(probe, Status::Failed(why.clone()));
+                        }
+                    }
                 }
             }
         }
@@ -547,22 +579,24 @@ fn set_throttle_mode(ebpf: &mut Ebpf, mode: u32) -> Result<(), String> {
         .map_err(|e| format!("writing {}: {}", common::THROTTLE_MODE_MAP, chain(&e)))
 }
 
+fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &str,
+) -> Result<T, String> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| format!("map {name} missing from the object"))?;
+    T::try_from(map).map_err(|e| format!("map {name}: {}", chain(&e)))
+}
+
 fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, String> {
-    fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
-        ebpf: &mut Ebpf,
-        name: &str,
-    ) -> Result<T, String> {
-        let map = ebpf
-            .take_map(name)
-            .ok_or_else(|| format!("map {name} missing from the object"))?;
-        T::try_from(map).map_err(|e| format!("map {name}: {}", chain(&e)))
-    }
     Ok(Maps {
         switches: take(ebpf, common::SWITCH_COUNT_MAP)?,
         known: take(ebpf, common::KNOWN_MAP)?,
         sched_stats: take(ebpf, common::SCHED_STATS_MAP)?,
         throttle_stats: take(ebpf, common::THROTTLE_STATS_MAP)?,
         map_full: take(ebpf, common::MAP_FULL_MAP)?,
+        net: net::take_maps(ebpf)?,
     })
 }
 
