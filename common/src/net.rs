@@ -23,6 +23,8 @@ pub const ARFS_EXPIRE_KRETPROBE_PROG: &str = "arfs_expire_kretprobe";
 
 /// socket pointer → [`Reader`] (LRU: sockets come and go without a close hook).
 pub const SOCK_READER_MAP: &str = "SOCK_READER";
+/// flow hash (`sk_rxhash`) → [`Reader`], for the per-packet side (LRU).
+pub const FLOW_READER_MAP: &str = "FLOW_READER";
 /// cgroup id → [`NetStats`].
 pub const NET_STATS_MAP: &str = "NET_STATS";
 /// CPU → [`Place`], written by userspace.
@@ -67,7 +69,8 @@ pub struct Reader {
     pub cgroup_id: u64,
     /// The CPU it last consumed data on.
     pub cpu: u32,
-    pub pad: u32,
+    /// The socket's `sk_rxhash` (the flow hash RFS keys on) when RFS recorded one, else 0.
+    pub rxhash: u32,
 }
 
 /// Value of [`NET_STATS_MAP`].
@@ -120,6 +123,10 @@ pub struct NetOffsets {
     pub skb_dev: u32,
     /// `sk_buff.queue_mapping` (__u16).
     pub skb_queue_mapping: u32,
+    /// `sk_buff.hash` (__u32): the flow hash RPS/RFS computed.
+    pub skb_hash: u32,
+    /// `sock.sk_rxhash` (__u32, CONFIG_RPS); 0 when the kernel has none.
+    pub sk_rxhash: u32,
     /// `net_device.ifindex` (int).
     pub dev_ifindex: u32,
     /// `net_device.nd_net.net` (struct net *), CONFIG_NET_NS.

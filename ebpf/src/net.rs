@@ -37,6 +37,8 @@ use crate::kernel::{KNOWN, atomic_add, load, read};
 static NET_OFFSETS: NetOffsets = NetOffsets {
     skb_dev: 0,
     skb_queue_mapping: 0,
+    skb_hash: 0,
+    sk_rxhash: 0,
     dev_ifindex: 0,
     dev_nd_net: 0,
     net_ns_inum: 0,
@@ -60,6 +62,9 @@ static ZERO_ARFS: ArfsStats = ArfsStats {
 
 #[map]
 static SOCK_READER: LruHashMap<u64, Reader> = LruHashMap::with_max_entries(DEFAULT_MAX_SOCKETS, 0);
+
+#[map]
+static FLOW_READER: LruHashMap<u32, Reader> = LruHashMap::with_max_entries(DEFAULT_MAX_SOCKETS, 0);
 
 #[map]
 static NET_STATS: HashMap<u64, NetStats> = HashMap::with_max_entries(DEFAULT_MAX_CGROUPS, 0);
@@ -152,34 +157,37 @@ fn on_read(sk: *const u8) -> Result<(), i32> {
     }
     let key = sk as u64;
     let now = cpu();
+    // The flow hash RFS recorded for the socket (0 while RFS is off or before the first packet).
+    let rxhash: u32 = if o.sk_rxhash != 0 {
+        load(sk, o.sk_rxhash).unwrap_or(0)
+    } else {
+        0
+    };
+    let reader = Reader {
+        cgroup_id,
+        cpu: now,
+        rxhash,
+    };
     if let Some(r) = SOCK_READER.get_ptr_mut(key) {
         // SAFETY: a live map value; copy, then update in place.
         let prev = unsafe { *r };
-        if prev.cpu == now && prev.cgroup_id == cgroup_id {
+        if prev.cpu == now && prev.cgroup_id == cgroup_id && prev.rxhash == rxhash {
             return Ok(());
         }
         // SAFETY: as above.
-        unsafe {
-            (*r).cpu = now;
-            (*r).cgroup_id = cgroup_id;
-        }
-        if prev.cpu != now {
-            if let Some(s) = get_or_insert(&NET_STATS, &cgroup_id, &ZERO_STATS, NET_MAP_STATS) {
-                // SAFETY: s points into a map value.
-                unsafe { atomic_add(core::ptr::addr_of_mut!((*s).migrations), 1) };
-            }
+        unsafe { *r = reader };
+        if prev.cpu != now
+            && let Some(s) = get_or_insert(&NET_STATS, &cgroup_id, &ZERO_STATS, NET_MAP_STATS)
+        {
+            // SAFETY: s points into a map value.
+            unsafe { atomic_add(core::ptr::addr_of_mut!((*s).migrations), 1) };
         }
     } else {
         // LRU: a full map evicts the least recently used socket, never fails.
-        let _ = SOCK_READER.insert(
-            key,
-            Reader {
-                cgroup_id,
-                cpu: now,
-                pad: 0,
-            },
-            0,
-        );
+        let _ = SOCK_READER.insert(key, reader, 0);
+    }
+    if rxhash != 0 {
+        let _ = FLOW_READER.insert(rxhash, reader, 0);
     }
     Ok(())
 }
@@ -205,6 +213,16 @@ fn on_ready(sk: *const u8) {
     };
     // SAFETY: a live map value.
     let reader = unsafe { *r };
+    if reader.rxhash != 0 {
+        // Counted per packet in netif_receive_skb, by flow hash, on the CPU RPS/RFS chose.
+        return;
+    }
+    count_locality(&reader);
+}
+
+/// Adds one packet processed on this CPU to the reader cgroup's locality counters.
+#[inline(always)]
+fn count_locality(reader: &Reader) {
     let here = cpu();
     let locality = if here == reader.cpu {
         SAME_CPU
@@ -236,6 +254,16 @@ fn on_receive(skb: *const u8) -> Result<(), i32> {
     let o = net_offsets();
     if o.valid == 0 {
         return Ok(());
+    }
+    // Steering: the packet's flow hash (set when RPS/RFS or the NIC computed one) names the
+    // socket whose reader RFS tracks; this is the CPU that does its protocol processing.
+    let hash: u32 = load(skb, o.skb_hash)?;
+    if hash != 0
+        && let Some(r) = FLOW_READER.get_ptr(hash)
+    {
+        // SAFETY: a live map value.
+        let reader = unsafe { *r };
+        count_locality(&reader);
     }
     let dev: *const u8 = load(skb, o.skb_dev)?;
     if o.netns_inum != 0 {

@@ -45,6 +45,9 @@ pub fn resolve_offsets(
     Ok(NetOffsets {
         skb_dev: k.offset_of("sk_buff", "dev")?,
         skb_queue_mapping: k.offset_of("sk_buff", "queue_mapping")?,
+        skb_hash: k.offset_of("sk_buff", "hash")?,
+        // CONFIG_RPS: without it no RFS either, and the per-socket hook alone counts.
+        sk_rxhash: k.offset_of("sock", "sk_rxhash").unwrap_or(0),
         dev_ifindex: k.offset_of("net_device", "ifindex")?,
         dev_nd_net: k.offset_of("net_device", "nd_net.net")?,
         net_ns_inum: k.offset_of("net", "ns.inum")?,

@@ -54,6 +54,18 @@ pub fn map_full(probes: &Probes) -> Vec<(&'static str, u64)> {
         .collect()
 }
 
+/// The name of device `ifindex` in podstat's network namespace (`lo` is always ifindex 1),
+/// else `ifindex<n>` (a device that went away since the packet was counted).
+fn device_name(devices: &[Device], ifindex: u32) -> String {
+    if ifindex == 1 {
+        return "lo".to_owned();
+    }
+    devices
+        .iter()
+        .find(|d| d.ifindex == Some(ifindex))
+        .map_or_else(|| format!("ifindex{ifindex}"), |d| d.ids.name.clone())
+}
+
 /// Encodes the steering families, if the probes are loaded.
 #[expect(
     clippy::too_many_lines,
@@ -71,10 +83,7 @@ pub fn encode(
     let stats = join(identity, maps.net.stats.iter().filter_map(Result::ok));
     let mut rxq: BTreeMap<(String, String, u32), u64> = BTreeMap::new();
     for (key, per_cpu) in maps.net.rx_queue.iter().filter_map(Result::ok) {
-        let device = devices
-            .iter()
-            .find(|d| d.ifindex == Some(key.ifindex))
-            .map_or_else(|| format!("ifindex{}", key.ifindex), |d| d.ids.name.clone());
+        let device = device_name(devices, key.ifindex);
         let queue = if key.queue == NO_QUEUE {
             "none".to_owned()
         } else {
@@ -134,12 +143,10 @@ pub fn encode(
     if probes.attached("arfs") {
         let name = |ifindex: u32| {
             if ifindex == 0 {
-                return "all".to_owned();
+                "all".to_owned()
+            } else {
+                device_name(devices, ifindex)
             }
-            devices
-                .iter()
-                .find(|d| d.ifindex == Some(ifindex))
-                .map_or_else(|| format!("ifindex{ifindex}"), |d| d.ids.name.clone())
         };
         let mut m = enc.encode_descriptor(
             "podstat_net_arfs_steer_requests",
