@@ -71,6 +71,10 @@ pub struct Reader {
     pub cpu: u32,
     /// The socket's `sk_rxhash` (the flow hash RFS keys on) when RFS recorded one, else 0.
     pub rxhash: u32,
+    /// The socket's network namespace (inode): a packet of the same flow hash received in
+    /// another namespace is the other end's (the kernel's flow hash is symmetric).
+    pub netns: u32,
+    pub pad: u32,
 }
 
 /// Value of [`NET_STATS_MAP`].
@@ -127,6 +131,8 @@ pub struct NetOffsets {
     pub skb_hash: u32,
     /// `sock.sk_rxhash` (__u32, CONFIG_RPS); 0 when the kernel has none.
     pub sk_rxhash: u32,
+    /// `sock.__sk_common.skc_net.net` (struct net *).
+    pub sk_net: u32,
     /// `net_device.ifindex` (int).
     pub dev_ifindex: u32,
     /// `net_device.nd_net.net` (struct net *), CONFIG_NET_NS.

@@ -39,6 +39,7 @@ static NET_OFFSETS: NetOffsets = NetOffsets {
     skb_queue_mapping: 0,
     skb_hash: 0,
     sk_rxhash: 0,
+    sk_net: 0,
     dev_ifindex: 0,
     dev_nd_net: 0,
     net_ns_inum: 0,
@@ -163,10 +164,15 @@ fn on_read(sk: *const u8) -> Result<(), i32> {
     } else {
         0
     };
+    let netns: u32 = load::<*const u8>(sk, o.sk_net)
+        .and_then(|net| load(net, o.net_ns_inum))
+        .unwrap_or(0);
     let reader = Reader {
         cgroup_id,
         cpu: now,
         rxhash,
+        netns,
+        pad: 0,
     };
     if let Some(r) = SOCK_READER.get_ptr_mut(key) {
         // SAFETY: a live map value; copy, then update in place.
@@ -257,21 +263,22 @@ fn on_receive(skb: *const u8) -> Result<(), i32> {
     }
     // Steering: the packet's flow hash (set when RPS/RFS or the NIC computed one) names the
     // socket whose reader RFS tracks; this is the CPU that does its protocol processing.
+    let dev: *const u8 = load(skb, o.skb_dev)?;
+    let net: *const u8 = load(dev, o.dev_nd_net)?;
+    let netns: u32 = load(net, o.net_ns_inum)?;
     let hash: u32 = load(skb, o.skb_hash)?;
     if hash != 0
         && let Some(r) = FLOW_READER.get_ptr(hash)
     {
         // SAFETY: a live map value.
         let reader = unsafe { *r };
-        count_locality(&reader);
-    }
-    let dev: *const u8 = load(skb, o.skb_dev)?;
-    if o.netns_inum != 0 {
-        let net: *const u8 = load(dev, o.dev_nd_net)?;
-        let inum: u32 = load(net, o.net_ns_inum)?;
-        if inum != o.netns_inum {
-            return Ok(());
+        // The same hash in another namespace is the flow's other direction (its ACKs).
+        if reader.netns == netns {
+            count_locality(&reader);
         }
+    }
+    if o.netns_inum != 0 && netns != o.netns_inum {
+        return Ok(());
     }
     let ifindex: i32 = load(dev, o.dev_ifindex)?;
     let mapping: u16 = load(skb, o.skb_queue_mapping)?;

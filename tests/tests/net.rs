@@ -272,6 +272,10 @@ fn scenario(
 }
 
 #[test]
+#[expect(
+    clippy::float_cmp,
+    reason = "the gauges compared are small integers, exact in f64"
+)]
 fn steering_locality_and_flow_migrations_per_pod() {
     require_root();
     assert!(

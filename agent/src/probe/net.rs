@@ -46,8 +46,12 @@ pub fn resolve_offsets(
         skb_dev: k.offset_of("sk_buff", "dev")?,
         skb_queue_mapping: k.offset_of("sk_buff", "queue_mapping")?,
         skb_hash: k.offset_of("sk_buff", "hash")?,
-        // CONFIG_RPS: without it no RFS either, and the per-socket hook alone counts.
-        sk_rxhash: k.offset_of("sock", "sk_rxhash").unwrap_or(0),
+        // CONFIG_RPS: without it no RFS either, and the per-socket hook alone counts. 6.x keeps
+        // it in sock_common (`#define sk_rxhash __sk_common.skc_rxhash`).
+        sk_rxhash: k
+            .offset_of_any("sock", &["sk_rxhash", "__sk_common.skc_rxhash"])
+            .map_or(0, |(_, off)| off),
+        sk_net: k.offset_of("sock", "__sk_common.skc_net.net")?,
         dev_ifindex: k.offset_of("net_device", "ifindex")?,
         dev_nd_net: k.offset_of("net_device", "nd_net.net")?,
         net_ns_inum: k.offset_of("net", "ns.inum")?,
@@ -205,4 +209,37 @@ pub fn take_maps(ebpf: &mut Ebpf) -> Result<NetMaps, String> {
         arfs: super::take(ebpf, common::ARFS_STATS_MAP)?,
         full: super::take(ebpf, common::NET_MAP_FULL_MAP)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The net offsets this kernel's BTF yields: all inside their structs, distinct where they
+    /// must be. Runs without root (vmlinux BTF is world-readable).
+    #[test]
+    fn offsets_resolve_against_the_running_kernels_btf() {
+        let k = KernelBtf::load(Path::new("/sys/kernel/btf/vmlinux")).expect("vmlinux BTF");
+        let (sched, _) = super::super::resolve_offsets(&k).expect("sched offsets");
+        let o = resolve_offsets(&k, &sched, own_netns_inum()).expect("net offsets");
+        assert_eq!(o.valid, 1);
+        assert_ne!(o.netns_inum, 0, "own network namespace inode");
+        let skb = k.size_of("sk_buff").expect("sk_buff");
+        for off in [o.skb_dev, o.skb_queue_mapping, o.skb_hash] {
+            assert!(off < skb, "sk_buff offset {off} outside {skb}");
+        }
+        assert_ne!(o.skb_hash, o.skb_queue_mapping);
+        assert!(o.dev_ifindex < k.size_of("net_device").expect("net_device"));
+        assert!(o.net_ns_inum < k.size_of("net").expect("net"));
+        assert!(o.sk_rxhash > 0 && o.sk_rxhash < k.size_of("sock").expect("sock"));
+        assert_eq!(o.task_cgroups, sched.task_cgroups);
+    }
+
+    #[test]
+    fn arfs_driver_functions_are_unique() {
+        let mut v = ARFS_DRIVER_FUNCS.to_vec();
+        v.sort_unstable();
+        v.dedup();
+        assert_eq!(v.len(), ARFS_DRIVER_FUNCS.len());
+    }
 }

@@ -10,10 +10,7 @@
 use std::{
     io::{ErrorKind, Read as _, Write as _},
     net::{TcpListener, TcpStream},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
     thread,
     time::{Duration, Instant},
 };
@@ -87,130 +84,145 @@ fn send(args: &[String]) {
     println!("sent={sent}");
 }
 
+/// What the reader threads share.
+struct Shared {
+    socks: Vec<TcpStream>,
+    eof: Vec<AtomicBool>,
+    bytes: AtomicU64,
+    reads: AtomicU64,
+    end: Instant,
+}
+
+impl Shared {
+    fn done(&self) -> bool {
+        Instant::now() >= self.end || self.eof.iter().all(|e| e.load(Ordering::Relaxed))
+    }
+
+    /// One read of flow `i`; `Some(n)` when it returned data.
+    fn read(&self, i: usize, buf: &mut [u8]) -> Option<usize> {
+        match (&self.socks[i]).read(buf) {
+            Ok(0) => {
+                self.eof[i].store(true, Ordering::Relaxed);
+                None
+            }
+            Ok(n) => {
+                self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                self.reads.fetch_add(1, Ordering::Relaxed);
+                Some(n)
+            }
+            Err(e) => {
+                if !matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) {
+                    eprintln!("read: {e}");
+                    self.eof[i].store(true, Ordering::Relaxed);
+                }
+                None
+            }
+        }
+    }
+}
+
+/// Pinned to `cpu`, blocking reads of thread `t`'s share of the flows.
+fn read_pinned(sh: &Shared, t: usize, threads: usize, cpu: usize) {
+    pin(cpu);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mine: Vec<usize> = (t..sh.socks.len()).step_by(threads).collect();
+    for &i in &mine {
+        let _ = sh.socks[i].set_read_timeout(Some(Duration::from_millis(200)));
+    }
+    while !sh.done() && mine.iter().any(|&i| !sh.eof[i].load(Ordering::Relaxed)) {
+        for &i in &mine {
+            let _ = sh.read(i, &mut buf);
+        }
+    }
+}
+
+/// Non-blocking reads of every flow; with `hop`, moves to the next CPU every `hop` reads.
+fn read_shared(sh: &Shared, t: usize, hop: Option<u64>) {
+    let ncpu = cpus();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut cpu = t % ncpu;
+    let mut n_reads = 0u64;
+    while !sh.done() {
+        let mut got = false;
+        for i in 0..sh.socks.len() {
+            if sh.read(i, &mut buf).is_some() {
+                got = true;
+                n_reads += 1;
+                if let Some(every) = hop
+                    && n_reads.is_multiple_of(every)
+                {
+                    cpu = (cpu + 1) % ncpu;
+                    pin(cpu);
+                }
+            }
+        }
+        if !got {
+            thread::yield_now();
+        }
+    }
+}
+
 fn recv(args: &[String]) {
     let port: u16 = arg(args, 2);
     let flows: usize = arg(args, 3);
     let threads: usize = arg(args, 4);
     let secs: u64 = arg(args, 5);
     let mode: String = arg(args, 6);
+    let pinned: Option<usize> = mode.strip_prefix("pin").and_then(|c| c.parse().ok());
+    // `hop<N>`: move to the next CPU every N reads (`hop` alone: every 64).
+    let hop: Option<u64> = mode.strip_prefix("hop").map(|n| {
+        if n.is_empty() {
+            64
+        } else {
+            n.parse::<u64>().unwrap_or_else(|_| usage()).max(1)
+        }
+    });
+    if pinned.is_none() && hop.is_none() && mode != "free" {
+        usage();
+    }
     let listener = TcpListener::bind(("0.0.0.0", port)).unwrap_or_else(|e| {
         eprintln!("bind {port}: {e}");
         std::process::exit(1)
     });
-    // Ready: the test starts the sender when this line appears.
-    println!("listening");
-    let _ = std::io::stdout().flush();
-    let socks: Arc<Vec<TcpStream>> = Arc::new(
-        (0..flows)
-            .map(|_| {
-                listener.accept().map(|(s, _)| s).unwrap_or_else(|e| {
+    let socks: Vec<TcpStream> = (0..flows)
+        .map(|_| {
+            listener.accept().map_or_else(
+                |e| {
                     eprintln!("accept: {e}");
                     std::process::exit(1)
-                })
-            })
-            .collect(),
-    );
-    let end = Instant::now() + Duration::from_secs(secs);
-    let bytes = Arc::new(AtomicU64::new(0));
-    let eof: Arc<Vec<AtomicBool>> = Arc::new((0..flows).map(|_| AtomicBool::new(false)).collect());
-    let reads = Arc::new(AtomicU64::new(0));
-    let pinned: Option<usize> = mode.strip_prefix("pin").and_then(|c| c.parse().ok());
-    // `hop<N>`: move to the next CPU every N reads (`hop` alone: every 64).
-    let hop: Option<u64> = mode
-        .strip_prefix("hop")
-        .map(|n| {
-            if n.is_empty() {
-                Some(64)
-            } else {
-                n.parse().ok()
-            }
-        })
-        .map(|n| n.unwrap_or_else(|| usage()).max(1));
-    if pinned.is_none() && hop.is_none() && mode != "free" {
-        usage();
-    }
-    let ncpu = cpus();
-    let workers: Vec<_> = (0..threads)
-        .map(|t| {
-            let socks = Arc::clone(&socks);
-            let (bytes, reads) = (Arc::clone(&bytes), Arc::clone(&reads));
-            let eof = Arc::clone(&eof);
-            thread::spawn(move || {
-                let mut buf = vec![0u8; 64 * 1024];
-                if let Some(c) = pinned {
-                    pin(c);
-                    // Blocking reads of this thread's share of the flows.
-                    let mine: Vec<&TcpStream> = socks.iter().skip(t).step_by(threads).collect();
-                    for s in &mine {
-                        let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
-                    }
-                    let mut open = mine.len();
-                    while open > 0 && Instant::now() < end {
-                        open = 0;
-                        for mut s in mine.iter().copied() {
-                            match s.read(&mut buf) {
-                                Ok(0) => {}
-                                Ok(n) => {
-                                    open += 1;
-                                    bytes.fetch_add(n as u64, Ordering::Relaxed);
-                                    reads.fetch_add(1, Ordering::Relaxed);
-                                }
-                                Err(e)
-                                    if matches!(
-                                        e.kind(),
-                                        ErrorKind::WouldBlock
-                                            | ErrorKind::TimedOut
-                                            | ErrorKind::Interrupted
-                                    ) =>
-                                {
-                                    open += 1;
-                                }
-                                Err(e) => eprintln!("read: {e}"),
-                            }
-                        }
-                    }
-                    return;
-                }
-                for s in socks.iter() {
-                    let _ = s.set_nonblocking(true);
-                }
-                let mut cpu = t % ncpu;
-                let mut n_reads = 0u64;
-                // Until every flow has ended (EOF) or the time is up.
-                while Instant::now() < end && !eof.iter().all(|e| e.load(Ordering::Relaxed)) {
-                    let mut got = false;
-                    for (i, mut s) in socks.iter().enumerate() {
-                        match s.read(&mut buf) {
-                            Ok(0) => eof[i].store(true, Ordering::Relaxed),
-                            Ok(n) => {
-                                got = true;
-                                bytes.fetch_add(n as u64, Ordering::Relaxed);
-                                reads.fetch_add(1, Ordering::Relaxed);
-                                n_reads += 1;
-                                if let Some(every) = hop
-                                    && n_reads % every == 0
-                                {
-                                    cpu = (cpu + 1) % ncpu;
-                                    pin(cpu);
-                                }
-                            }
-                            Err(_) => {}
-                        }
-                    }
-                    if !got {
-                        thread::yield_now();
-                    }
-                }
-            })
+                },
+                |(s, _)| s,
+            )
         })
         .collect();
-    for w in workers {
-        let _ = w.join();
+    if pinned.is_none() {
+        for s in &socks {
+            let _ = s.set_nonblocking(true);
+        }
     }
+    let shared = Shared {
+        eof: (0..flows).map(|_| AtomicBool::new(false)).collect(),
+        socks,
+        bytes: AtomicU64::new(0),
+        reads: AtomicU64::new(0),
+        end: Instant::now() + Duration::from_secs(secs),
+    };
+    thread::scope(|s| {
+        for t in 0..threads {
+            let sh = &shared;
+            s.spawn(move || match pinned {
+                Some(cpu) => read_pinned(sh, t, threads, cpu),
+                None => read_shared(sh, t, hop),
+            });
+        }
+    });
     println!(
         "bytes={} reads={}",
-        bytes.load(Ordering::Relaxed),
-        reads.load(Ordering::Relaxed)
+        shared.bytes.load(Ordering::Relaxed),
+        shared.reads.load(Ordering::Relaxed)
     );
 }
 
