@@ -9,7 +9,7 @@
 pub const NET_RECV_PROG: &str = "net_sock_recv_length";
 /// `tp_btf/tcp_rcv_space_adjust`: fallback reader hook (TCP only, every kernel podstat runs on).
 pub const NET_RECV_TCP_PROG: &str = "net_tcp_rcv_space_adjust";
-/// `tp_btf/sk_data_ready` (6.10+): a packet was queued to the socket, TCP and UDP.
+/// `tp_btf/sk_data_ready` (6.3+): a packet was queued to the socket, TCP and UDP.
 pub const NET_READY_PROG: &str = "net_sk_data_ready";
 /// `tp_btf/tcp_probe` (4.16+): fallback softirq hook, each segment of an established TCP socket.
 pub const NET_READY_TCP_PROG: &str = "net_tcp_probe";

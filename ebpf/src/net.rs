@@ -8,7 +8,7 @@
 //! <https://github.com/torvalds/linux/blob/v6.18/include/trace/events/net.h>:
 //! - reader side, process context, on the reading CPU: `sock_recv_length(sk, ret, flags)`
 //!   (6.3+, every protocol's recvmsg) or, before 6.3, `tcp_rcv_space_adjust(sk)` (TCP reads);
-//! - softirq side, the CPU that queues the packet to the socket: `sk_data_ready(sk)` (6.10+,
+//! - softirq side, the CPU that queues the packet to the socket: `sk_data_ready(sk)` (6.3+,
 //!   TCP and UDP) or, before, `tcp_probe(sk, skb)` (each segment of an established TCP socket);
 //! - `netif_receive_skb(skb)`: the CPU that processes each packet, by device and queue;
 //! - aRFS: a kprobe on the driver's `ndo_rx_flow_steer(dev, skb, rxq, flow_id)` and fexit (or

@@ -103,7 +103,7 @@ pub const COLLECTORS: &[Spec] = &[
                 net.core.rps_sock_flow_entries, CPU topology; ethtool netlink (ntuple); with the net probes, \
                 receive steering locality and flow migrations per pod, packets per receive queue, aRFS rule churn",
         requires: "any kernel (softnet_stat 11 to 15 columns, 2.6 to 6.18); ethtool netlink 5.6+ for ntuple; \
-                   probes: BTF, tp_btf sk_data_ready (6.10+) or tcp_probe, sock_recv_length (6.3+) or tcp_rcv_space_adjust",
+                   probes: BTF, tp_btf sk_data_ready (6.3+) or tcp_probe, sock_recv_length (6.3+) or tcp_rcv_space_adjust",
         build: net::NetCollector::build,
     },
 ];

@@ -94,7 +94,7 @@ pub fn attach(ebpf: &mut Ebpf, btf: &Btf, sysfs: &Path) -> Vec<(&'static str, St
             },
         };
         out.push(("net_reader", reader));
-        // Softirq side: sk_data_ready (6.10+, TCP and UDP), else tcp_probe.
+        // Softirq side: sk_data_ready (6.3+, TCP and UDP), else tcp_probe.
         let softirq = match tp_btf(ebpf, common::NET_READY_PROG, "sk_data_ready", btf) {
             Ok(()) => Status::Attached("tp_btf/sk_data_ready"),
             Err(e1) => match tp_btf(ebpf, common::NET_READY_TCP_PROG, "tcp_probe", btf) {
