@@ -48,7 +48,8 @@ struct TestNet {
 }
 
 impl TestNet {
-    fn new() -> Self {
+    /// `rfs`: configure RFS (rps_flow_cnt and rps_sock_flow_entries) besides RPS.
+    fn new(rfs: bool) -> Self {
         let pid = std::process::id();
         let saved_sock_flow =
             fs::read_to_string(SOCK_FLOW).unwrap_or_else(|e| panic!("reading {SOCK_FLOW}: {e}"));
@@ -94,11 +95,13 @@ impl TestNet {
         // RPS over every CPU and RFS on each receive queue of the receiving end; the global
         // socket flow table (restored in Drop).
         let mask = format!("{:x}", (1u64 << cpus().min(63)) - 1);
+        let flows = if rfs { 4096 } else { 0 };
         let script = format!(
-            "for q in /sys/class/net/podstat-test-b/queues/rx-*; do echo {mask} > $q/rps_cpus; echo 4096 > $q/rps_flow_cnt; done"
+            "for q in /sys/class/net/podstat-test-b/queues/rx-*; do echo {mask} > $q/rps_cpus; echo {flows} > $q/rps_flow_cnt; done"
         );
         run(Command::new("ip").args(["netns", "exec", &net.rx, "sh", "-c", &script]));
-        fs::write(SOCK_FLOW, "32768").unwrap_or_else(|e| panic!("writing {SOCK_FLOW}: {e}"));
+        let entries = if rfs { "32768" } else { "0" };
+        fs::write(SOCK_FLOW, entries).unwrap_or_else(|e| panic!("writing {SOCK_FLOW}: {e}"));
         // A sysfs of the receiver's namespace for the agent's --path.sysfs.
         fs::create_dir_all(&net.sysfs).expect("mkdir sysfs mount point");
         run(Command::new("nsenter")
@@ -151,7 +154,7 @@ fn scrape_in(ns: &str, addr: SocketAddr) -> std::io::Result<Vec<Sample>> {
     })
 }
 
-fn start_agent_in(net: &TestNet) -> (Proc, SocketAddr) {
+fn start_agent_in(net: &TestNet, extra: &[&str]) -> (Proc, SocketAddr) {
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let child = TestNet::enter(&net.rx)
@@ -166,6 +169,7 @@ fn start_agent_in(net: &TestNet) -> (Proc, SocketAddr) {
             "--log.level",
             "warn",
         ])
+        .args(extra)
         .stdin(Stdio::null())
         .spawn()
         .expect("spawning podstat agent");
@@ -282,14 +286,14 @@ fn steering_locality_and_flow_migrations_per_pod() {
         cpus() >= 2,
         "this test needs at least 2 CPUs to tell CPUs apart"
     );
-    let net = TestNet::new();
+    let net = TestNet::new(true);
     let v1 = v1_hierarchies();
     let root = format!("podstat-test-{}-net", std::process::id());
     let (uid, cid) = test_ids(41);
     let cg = format!("{root}/kubepods/burstable/pod{uid}/{cid}");
     let mut tree = CgroupTree::new(&[&v1.cpu, &v1.cpuacct]);
     tree.mkdir(&cg);
-    let (_agent, addr) = start_agent_in(&net);
+    let (_agent, addr) = start_agent_in(&net, &[]);
     thread::sleep(Duration::from_millis(500)); // one tracker refresh
     let labels = [("pod_uid", uid.as_str()), ("container_id", cid.as_str())];
 
@@ -383,4 +387,45 @@ fn steering_locality_and_flow_migrations_per_pod() {
         );
     }
     eprintln!("{text}");
+}
+
+/// The hooks older kernels have (tcp_rcv_space_adjust, tcp_probe), forced on this kernel, with
+/// RFS off: no flow hash is recorded for the socket, so the per-socket path counts.
+#[test]
+#[expect(
+    clippy::float_cmp,
+    reason = "the gauges compared are small integers, exact in f64"
+)]
+fn legacy_hooks_count_tcp_steering_without_rfs() {
+    require_root();
+    let net = TestNet::new(false);
+    let v1 = v1_hierarchies();
+    let root = format!("podstat-test-{}-netlegacy", std::process::id());
+    let (uid, cid) = test_ids(42);
+    let cg = format!("{root}/kubepods/burstable/pod{uid}/{cid}");
+    let mut tree = CgroupTree::new(&[&v1.cpu, &v1.cpuacct]);
+    tree.mkdir(&cg);
+    let (_agent, addr) = start_agent_in(&net, &["--probe.net.legacy-hooks"]);
+    thread::sleep(Duration::from_millis(500));
+    let labels = [("pod_uid", uid.as_str()), ("container_id", cid.as_str())];
+    let pinned = scenario(&net, &tree, &cg, addr, &labels, (1, 1, "pin1"));
+    let hopping = scenario(&net, &tree, &cg, addr, &labels, (2, 4, "hop2"));
+    assert!(
+        pinned.packets > 100.0 && hopping.packets > 100.0,
+        "tcp_probe/tcp_rcv_space_adjust counted too little: {pinned:?} {hopping:?}"
+    );
+    assert_eq!(pinned.migrations, 0.0, "one pinned reader migrated");
+    assert!(
+        hopping.migrations > 50.0,
+        "hopping readers: only {} migrations",
+        hopping.migrations
+    );
+    let s = scrape_in(&net.rx, addr).expect("scrape");
+    for probe in ["net_reader", "net_softirq"] {
+        assert_eq!(
+            value(&s, "podstat_probe_attached", &[("probe", probe)]),
+            1.0,
+            "{probe} with legacy hooks"
+        );
+    }
 }

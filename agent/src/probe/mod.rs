@@ -68,6 +68,9 @@ pub struct Wanted {
     pub throttle: bool,
     /// The receive-steering probes (`net` collector).
     pub net: bool,
+    /// Use the pre-6.3 steering hooks (`tcp_rcv_space_adjust`, `tcp_probe`) even where
+    /// `sock_recv_length` and `sk_data_ready` exist.
+    pub net_legacy_hooks: bool,
     /// Pod and container cgroups tracked at once (sizes KNOWN and the per-cgroup stats maps).
     pub max_cgroups: u32,
     /// Tasks waiting for a CPU at once (sizes WAIT_START).
@@ -80,6 +83,7 @@ impl Default for Wanted {
             sched: true,
             throttle: true,
             net: true,
+            net_legacy_hooks: false,
             max_cgroups: common::DEFAULT_MAX_CGROUPS,
             max_waiting: common::DEFAULT_MAX_WAITING,
         }
@@ -396,7 +400,9 @@ impl Probes {
         if wanted.net {
             match &net_offsets {
                 Ok(_) => {
-                    for (probe, status) in net::attach(&mut ebpf, &btf, sysfs) {
+                    for (probe, status) in
+                        net::attach(&mut ebpf, &btf, sysfs, wanted.net_legacy_hooks)
+                    {
                         probes.record(probe, status);
                     }
                 }

@@ -78,7 +78,12 @@ fn tp_btf(ebpf: &mut Ebpf, prog: &str, tp: &str, btf: &Btf) -> Result<(), String
 }
 
 /// Attaches the net programs; returns each probe's outcome.
-pub fn attach(ebpf: &mut Ebpf, btf: &Btf, sysfs: &Path) -> Vec<(&'static str, Status)> {
+pub fn attach(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    sysfs: &Path,
+    legacy: bool,
+) -> Vec<(&'static str, Status)> {
     let mut out = Vec::new();
     if let Err(why) = fill_topology(ebpf, sysfs) {
         for p in ["net_reader", "net_softirq"] {
@@ -86,7 +91,14 @@ pub fn attach(ebpf: &mut Ebpf, btf: &Btf, sysfs: &Path) -> Vec<(&'static str, St
         }
     } else {
         // Reader side: sock_recv_length (6.3+, any protocol), else tcp_rcv_space_adjust.
-        let reader = match tp_btf(ebpf, common::NET_RECV_PROG, "sock_recv_length", btf) {
+        let newer = |ebpf: &mut Ebpf, prog: &str, tp: &str| {
+            if legacy {
+                Err(format!("{tp}: not used (--probe.net.legacy-hooks)"))
+            } else {
+                tp_btf(ebpf, prog, tp, btf)
+            }
+        };
+        let reader = match newer(ebpf, common::NET_RECV_PROG, "sock_recv_length") {
             Ok(()) => Status::Attached("tp_btf/sock_recv_length"),
             Err(e1) => match tp_btf(ebpf, common::NET_RECV_TCP_PROG, "tcp_rcv_space_adjust", btf) {
                 Ok(()) => Status::Attached("tp_btf/tcp_rcv_space_adjust (TCP only)"),
@@ -95,7 +107,7 @@ pub fn attach(ebpf: &mut Ebpf, btf: &Btf, sysfs: &Path) -> Vec<(&'static str, St
         };
         out.push(("net_reader", reader));
         // Softirq side: sk_data_ready (6.3+, TCP and UDP), else tcp_probe.
-        let softirq = match tp_btf(ebpf, common::NET_READY_PROG, "sk_data_ready", btf) {
+        let softirq = match newer(ebpf, common::NET_READY_PROG, "sk_data_ready") {
             Ok(()) => Status::Attached("tp_btf/sk_data_ready"),
             Err(e1) => match tp_btf(ebpf, common::NET_READY_TCP_PROG, "tcp_probe", btf) {
                 Ok(()) => Status::Attached("tp_btf/tcp_probe (TCP only)"),
