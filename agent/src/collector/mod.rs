@@ -130,7 +130,7 @@ pub fn require_probes(ctx: &Context<'_>, probes: &[&str]) -> Result<(), Unsuppor
     for probe in probes {
         match ctx.probes.status().iter().find(|(p, _)| p == probe) {
             Some((_, crate::probe::Status::Attached(_))) => {}
-            Some((_, crate::probe::Status::Failed(why))) => {
+            Some((_, crate::probe::Status::Failed(why) | crate::probe::Status::Absent(why))) => {
                 return Err(Unsupported(format!("{probe} probe: {why}")));
             }
             _ => return Err(Unsupported(format!("{probe} probe not loaded"))),

@@ -57,12 +57,19 @@ pub enum Status {
     /// Attached, with the mechanism (`tp_btf`, `fentry`, `fexit`, `kprobe`).
     Attached(&'static str),
     Failed(String),
+    /// Nothing on this host for the probe to watch (no NIC driver with aRFS): not attached,
+    /// not a failure of the host's kernel.
+    Absent(String),
     /// Not requested (its collector is off).
     Disabled,
 }
 
 /// Which probes to load, and how big the maps are.
 #[derive(Debug, Clone, Copy)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent switches, one per probe group"
+)]
 pub struct Wanted {
     pub sched: bool,
     pub throttle: bool,
@@ -437,6 +444,7 @@ impl Probes {
         match &status {
             Status::Attached(how) => tracing::info!(probe, via = how, "probe attached"),
             Status::Failed(why) => tracing::warn!(probe, reason = %why, "probe not attached"),
+            Status::Absent(why) => tracing::info!(probe, reason = %why, "probe not attached"),
             Status::Disabled => {}
         }
         self.set(probe, status);
@@ -488,7 +496,7 @@ impl Probes {
         for (probe, status) in &self.status {
             let v = match status {
                 Status::Attached(_) => 1,
-                Status::Failed(_) => 0,
+                Status::Failed(_) | Status::Absent(_) => 0,
                 Status::Disabled => continue,
             };
             ConstGauge::new(v).encode(m.encode_family(&ProbeLabel { probe })?)?;

@@ -164,8 +164,8 @@ fn attach_arfs(ebpf: &mut Ebpf, btf: &Btf) -> Status {
         })
         .collect();
     if found.is_empty() {
-        return Status::Failed(format!(
-            "no loaded NIC driver implements ndo_rx_flow_steer (looked for {} in /proc/kallsyms); aRFS rule churn cannot be seen on this host",
+        return Status::Absent(format!(
+            "unsupported on this host: no loaded NIC driver implements ndo_rx_flow_steer (looked for {} in /proc/kallsyms); aRFS rule churn cannot be seen on this host",
             ARFS_DRIVER_FUNCS.join(", ")
         ));
     }
