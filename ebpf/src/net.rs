@@ -152,12 +152,20 @@ fn on_read(sk: *const u8) -> Result<(), i32> {
     if o.valid == 0 || sk.is_null() {
         return Ok(());
     }
+    let key = sk as u64;
+    let now = cpu();
+    // Fast path: a tracked socket read again on the same CPU (the steady state of a pinned or
+    // settled reader) changes nothing; skip the walk to the thread's cgroup.
+    if let Some(r) = SOCK_READER.get_ptr(key) {
+        // SAFETY: a live map value.
+        if unsafe { (*r).cpu } == now {
+            return Ok(());
+        }
+    }
     let cgroup_id = current_cgroup_id(&o)?;
     if KNOWN.get_ptr(cgroup_id).is_none() {
         return Ok(());
     }
-    let key = sk as u64;
-    let now = cpu();
     // The flow hash RFS recorded for the socket (0 while RFS is off or before the first packet).
     let rxhash: u32 = if o.sk_rxhash != 0 {
         load(sk, o.sk_rxhash).unwrap_or(0)
