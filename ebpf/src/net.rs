@@ -154,24 +154,34 @@ fn on_read(sk: *const u8) -> Result<(), i32> {
     }
     let key = sk as u64;
     let now = cpu();
-    // Fast path: a tracked socket read again on the same CPU (the steady state of a pinned or
-    // settled reader) changes nothing; skip the walk to the thread's cgroup.
-    if let Some(r) = SOCK_READER.get_ptr(key) {
-        // SAFETY: a live map value.
-        if unsafe { (*r).cpu } == now {
-            return Ok(());
-        }
-    }
-    let cgroup_id = current_cgroup_id(&o)?;
-    if KNOWN.get_ptr(cgroup_id).is_none() {
-        return Ok(());
-    }
     // The flow hash RFS recorded for the socket (0 while RFS is off or before the first packet).
     let rxhash: u32 = if o.sk_rxhash != 0 {
         load(sk, o.sk_rxhash).unwrap_or(0)
     } else {
         0
     };
+    // Fast path: a tracked socket read again on the same CPU for the same flow (the steady
+    // state of a pinned or settled reader) changes nothing; skip the walk to the thread's
+    // cgroup. A new socket at a freed one's address has another flow hash, so it takes the
+    // slow path and gets its own reader.
+    let tracked = if let Some(r) = SOCK_READER.get_ptr(key) {
+        // SAFETY: a live map value.
+        let (cpu_was, hash_was) = unsafe { ((*r).cpu, (*r).rxhash) };
+        if cpu_was == now && hash_was == rxhash {
+            return Ok(());
+        }
+        true
+    } else {
+        false
+    };
+    let cgroup_id = current_cgroup_id(&o)?;
+    if KNOWN.get_ptr(cgroup_id).is_none() {
+        if tracked {
+            // A pod's socket now read outside pods (or its address reused): forget it.
+            let _ = SOCK_READER.remove(key);
+        }
+        return Ok(());
+    }
     let netns: u32 = load::<*const u8>(sk, o.sk_net)
         .and_then(|net| load(net, o.net_ns_inum))
         .unwrap_or(0);
