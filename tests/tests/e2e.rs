@@ -272,7 +272,7 @@ fn cri_pods_prometheus_alert_and_dashboard() {
         .into_iter()
         .filter(|v| label(v, "pod") == "idler")
         .collect();
-    let idle_stats = prom.query(&"rate(podstat_cpu_throttled_periods_total{pod=\"idler\",container=\"idle\"}[1m]) / rate(podstat_cpu_periods_total{pod=\"idler\",container=\"idle\"}[1m])".to_string());
+    let idle_stats = prom.query("rate(podstat_cpu_throttled_periods_total{pod=\"idler\",container=\"idle\"}[1m]) / rate(podstat_cpu_periods_total{pod=\"idler\",container=\"idle\"}[1m])");
     eprintln!("idle pod: throttled periods / periods = {idle_stats:?}");
     assert!(
         idle_alerts.is_empty(),
