@@ -403,49 +403,7 @@ fn steering_locality_and_flow_migrations_per_pod() {
         pinned.migrations
     );
 
-    // Node side: the veth's queues, RPS/RFS settings, ntuple, and the packets per queue.
-    let dev = [("device", "podstat-test-b")];
-    let ncpu = f64::from(u32::try_from(cpus()).unwrap_or(u32::MAX));
-    for q in ["0", "1", "2", "3"] {
-        let want = [("device", "podstat-test-b"), ("queue", q)];
-        assert_eq!(
-            value(&s, "podstat_net_rps_cpus", &want),
-            ncpu,
-            "rps_cpus of queue {q}:\n{text}"
-        );
-        assert_eq!(
-            value(&s, "podstat_net_rps_flow_entries", &want),
-            4096.0,
-            "rps_flow_cnt of queue {q}:\n{text}"
-        );
-    }
-    // net.core.rps_sock_flow_entries exists only in the host's network namespace (init_net),
-    // so an agent in the receiver's namespace has none to report (the golden test covers it).
-    assert!(
-        find(&s, "podstat_net_rps_sock_flow_entries", &[]).is_empty(),
-        "rps_sock_flow_entries reported from a namespace without the sysctl:\n{text}"
-    );
-    assert_eq!(
-        find(&s, "podstat_net_arfs_enabled", &dev).len(),
-        1,
-        "ntuple state of the veth (ethtool netlink):\n{text}"
-    );
-    assert!(
-        value(&s, "podstat_net_rx_queue_packets_total", &dev) > 100.0,
-        "no packets counted on podstat-test-b's receive queues:\n{text}"
-    );
-    for (probe, want) in [
-        ("net_reader", 1.0),
-        ("net_softirq", 1.0),
-        ("net_rx_queue", 1.0),
-        ("arfs", 0.0),
-    ] {
-        assert_eq!(
-            value(&s, "podstat_probe_attached", &[("probe", probe)]),
-            want,
-            "probe {probe}:\n{text}"
-        );
-    }
+    assert_node_side(&s, &text);
     eprintln!("{text}");
 }
 
@@ -486,6 +444,58 @@ fn legacy_hooks_count_tcp_steering_without_rfs() {
             value(&s, "podstat_probe_attached", &[("probe", probe)]),
             1.0,
             "{probe} with legacy hooks"
+        );
+    }
+}
+
+/// The node side, seen from the receiver's namespace: the veth's queues, RPS/RFS settings,
+/// ntuple, the packets per queue, and which probes attached.
+#[expect(
+    clippy::float_cmp,
+    reason = "the gauges compared are small integers, exact in f64"
+)]
+fn assert_node_side(s: &[Sample], text: &str) {
+    // Node side: the veth's queues, RPS/RFS settings, ntuple, and the packets per queue.
+    let dev = [("device", "podstat-test-b")];
+    let ncpu = f64::from(u32::try_from(cpus()).unwrap_or(u32::MAX));
+    for q in ["0", "1", "2", "3"] {
+        let want = [("device", "podstat-test-b"), ("queue", q)];
+        assert_eq!(
+            value(s, "podstat_net_rps_cpus", &want),
+            ncpu,
+            "rps_cpus of queue {q}:\n{text}"
+        );
+        assert_eq!(
+            value(s, "podstat_net_rps_flow_entries", &want),
+            4096.0,
+            "rps_flow_cnt of queue {q}:\n{text}"
+        );
+    }
+    // net.core.rps_sock_flow_entries exists only in the host's network namespace (init_net),
+    // so an agent in the receiver's namespace has none to report (the golden test covers it).
+    assert!(
+        find(s, "podstat_net_rps_sock_flow_entries", &[]).is_empty(),
+        "rps_sock_flow_entries reported from a namespace without the sysctl:\n{text}"
+    );
+    assert_eq!(
+        find(s, "podstat_net_arfs_enabled", &dev).len(),
+        1,
+        "ntuple state of the veth (ethtool netlink):\n{text}"
+    );
+    assert!(
+        value(s, "podstat_net_rx_queue_packets_total", &dev) > 100.0,
+        "no packets counted on podstat-test-b's receive queues:\n{text}"
+    );
+    for (probe, want) in [
+        ("net_reader", 1.0),
+        ("net_softirq", 1.0),
+        ("net_rx_queue", 1.0),
+        ("arfs", 0.0),
+    ] {
+        assert_eq!(
+            value(s, "podstat_probe_attached", &[("probe", probe)]),
+            want,
+            "probe {probe}:\n{text}"
         );
     }
 }
