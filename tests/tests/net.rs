@@ -275,6 +275,57 @@ fn scenario(
     out
 }
 
+/// UDP datagrams to one reader pinned to CPU 1 in `cgroup`; the pod's deltas.
+fn udp_scenario(
+    net: &TestNet,
+    tree: &CgroupTree,
+    cgroup: &str,
+    agent: SocketAddr,
+    labels: &[(&str, &str)],
+) -> Outcome {
+    let port = free_port().to_string();
+    let before = scrape_in(&net.rx, agent).expect("scrape before");
+    let mut rx_cmd = TestNet::enter(&net.rx);
+    rx_cmd.args([NET, "urecv", &port, "8", "1"]);
+    let mut receiver = Proc(Some(tree.spawn(cgroup, &mut rx_cmd)));
+    thread::sleep(Duration::from_millis(300));
+    let sent = TestNet::enter(&net.tx)
+        .args([NET, "usend", &format!("10.211.7.2:{port}"), "100", "2", "0"])
+        .output()
+        .expect("running the UDP sender");
+    assert!(
+        sent.status.success(),
+        "UDP sender failed: {}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    assert!(
+        receiver.stop(0, Duration::from_secs(15)).is_some(),
+        "UDP receiver did not end"
+    );
+    let after = scrape_in(&net.rx, agent).expect("scrape after");
+    let d = |name: &str, extra: &[(&str, &str)]| {
+        let mut want = labels.to_vec();
+        want.extend_from_slice(extra);
+        value(&after, name, &want) - value(&before, name, &want)
+    };
+    let packets = d("podstat_net_rx_steering_packets_total", &[]);
+    let out = Outcome {
+        packets,
+        not_same_cpu: packets
+            - d(
+                "podstat_net_rx_steering_packets_total",
+                &[("locality", "same_cpu")],
+            ),
+        migrations: d("podstat_net_flow_migrations_total", &[]),
+    };
+    eprintln!(
+        "udp (1 flow, reader pinned): {} ({:.1}% not same_cpu)\n  {out:?}",
+        String::from_utf8_lossy(&sent.stdout).trim(),
+        100.0 * out.share_not_same_cpu()
+    );
+    out
+}
+
 #[test]
 #[expect(
     clippy::float_cmp,
@@ -303,6 +354,8 @@ fn steering_locality_and_flow_migrations_per_pod() {
     // reads (RFS chases them; the flow's packets keep landing where the reader just was).
     let hopping = scenario(&net, &tree, &cg, addr, &labels, (4, 8, "hop2"));
 
+    let udp = udp_scenario(&net, &tree, &cg, addr, &labels);
+
     let s = scrape_in(&net.rx, addr).expect("final scrape");
     let text: Vec<String> = s
         .iter()
@@ -320,6 +373,13 @@ fn steering_locality_and_flow_migrations_per_pod() {
         "scenario 2 counted only {} packets for the pod:\n{text}",
         hopping.packets
     );
+    // UDP: an unconnected socket has no flow hash of its own, so sk_data_ready counts it.
+    assert!(
+        udp.packets > 100.0,
+        "UDP: only {} datagrams counted for the pod:\n{text}",
+        udp.packets
+    );
+    assert_eq!(udp.migrations, 0.0, "UDP: one pinned reader migrated");
     assert!(
         pinned.share_not_same_cpu() < 0.2,
         "scenario 1 (pinned reader, RFS): {:.1}% of packets not on the reader's CPU, expected most on it",
@@ -343,49 +403,7 @@ fn steering_locality_and_flow_migrations_per_pod() {
         pinned.migrations
     );
 
-    // Node side: the veth's queues, RPS/RFS settings, ntuple, and the packets per queue.
-    let dev = [("device", "podstat-test-b")];
-    let ncpu = f64::from(u32::try_from(cpus()).unwrap_or(u32::MAX));
-    for q in ["0", "1", "2", "3"] {
-        let want = [("device", "podstat-test-b"), ("queue", q)];
-        assert_eq!(
-            value(&s, "podstat_net_rps_cpus", &want),
-            ncpu,
-            "rps_cpus of queue {q}:\n{text}"
-        );
-        assert_eq!(
-            value(&s, "podstat_net_rps_flow_entries", &want),
-            4096.0,
-            "rps_flow_cnt of queue {q}:\n{text}"
-        );
-    }
-    // net.core.rps_sock_flow_entries exists only in the host's network namespace (init_net),
-    // so an agent in the receiver's namespace has none to report (the golden test covers it).
-    assert!(
-        find(&s, "podstat_net_rps_sock_flow_entries", &[]).is_empty(),
-        "rps_sock_flow_entries reported from a namespace without the sysctl:\n{text}"
-    );
-    assert_eq!(
-        find(&s, "podstat_net_arfs_enabled", &dev).len(),
-        1,
-        "ntuple state of the veth (ethtool netlink):\n{text}"
-    );
-    assert!(
-        value(&s, "podstat_net_rx_queue_packets_total", &dev) > 100.0,
-        "no packets counted on podstat-test-b's receive queues:\n{text}"
-    );
-    for (probe, want) in [
-        ("net_reader", 1.0),
-        ("net_softirq", 1.0),
-        ("net_rx_queue", 1.0),
-        ("arfs", 0.0),
-    ] {
-        assert_eq!(
-            value(&s, "podstat_probe_attached", &[("probe", probe)]),
-            want,
-            "probe {probe}:\n{text}"
-        );
-    }
+    assert_node_side(&s, &text);
     eprintln!("{text}");
 }
 
@@ -426,6 +444,58 @@ fn legacy_hooks_count_tcp_steering_without_rfs() {
             value(&s, "podstat_probe_attached", &[("probe", probe)]),
             1.0,
             "{probe} with legacy hooks"
+        );
+    }
+}
+
+/// The node side, seen from the receiver's namespace: the veth's queues, RPS/RFS settings,
+/// ntuple, the packets per queue, and which probes attached.
+#[expect(
+    clippy::float_cmp,
+    reason = "the gauges compared are small integers, exact in f64"
+)]
+fn assert_node_side(s: &[Sample], text: &str) {
+    // Node side: the veth's queues, RPS/RFS settings, ntuple, and the packets per queue.
+    let dev = [("device", "podstat-test-b")];
+    let ncpu = f64::from(u32::try_from(cpus()).unwrap_or(u32::MAX));
+    for q in ["0", "1", "2", "3"] {
+        let want = [("device", "podstat-test-b"), ("queue", q)];
+        assert_eq!(
+            value(s, "podstat_net_rps_cpus", &want),
+            ncpu,
+            "rps_cpus of queue {q}:\n{text}"
+        );
+        assert_eq!(
+            value(s, "podstat_net_rps_flow_entries", &want),
+            4096.0,
+            "rps_flow_cnt of queue {q}:\n{text}"
+        );
+    }
+    // net.core.rps_sock_flow_entries exists only in the host's network namespace (init_net),
+    // so an agent in the receiver's namespace has none to report (the golden test covers it).
+    assert!(
+        find(s, "podstat_net_rps_sock_flow_entries", &[]).is_empty(),
+        "rps_sock_flow_entries reported from a namespace without the sysctl:\n{text}"
+    );
+    assert_eq!(
+        find(s, "podstat_net_arfs_enabled", &dev).len(),
+        1,
+        "ntuple state of the veth (ethtool netlink):\n{text}"
+    );
+    assert!(
+        value(s, "podstat_net_rx_queue_packets_total", &dev) > 100.0,
+        "no packets counted on podstat-test-b's receive queues:\n{text}"
+    );
+    for (probe, want) in [
+        ("net_reader", 1.0),
+        ("net_softirq", 1.0),
+        ("net_rx_queue", 1.0),
+        ("arfs", 0.0),
+    ] {
+        assert_eq!(
+            value(s, "podstat_probe_attached", &[("probe", probe)]),
+            want,
+            "probe {probe}:\n{text}"
         );
     }
 }

@@ -2,6 +2,8 @@
 //!
 //! - `send ADDR FLOWS MBYTES SECS CPU`: opens FLOWS connections to ADDR and writes until MBYTES
 //!   in all have gone or SECS passed; pinned to CPU (`-1`: not pinned).
+//! - `usend ADDR MBYTES SECS CPU`, `urecv PORT SECS CPU`: the same over UDP, one flow, the
+//!   reader pinned to CPU.
 //! - `recv PORT FLOWS THREADS SECS MODE`: accepts FLOWS connections on PORT and reads them with
 //!   THREADS threads until every flow ends or SECS pass. MODE `pin<N>`: each thread pinned to
 //!   CPU N, reading its flows with blocking reads; `free`: unpinned threads that all read every
@@ -9,7 +11,7 @@
 //!   reads (64 without N). Prints `bytes=<n> reads=<n>` at the end.
 use std::{
     io::{ErrorKind, Read as _, Write as _},
-    net::{TcpListener, TcpStream},
+    net::{TcpListener, TcpStream, UdpSocket},
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
     thread,
     time::{Duration, Instant},
@@ -17,7 +19,7 @@ use std::{
 
 fn usage() -> ! {
     eprintln!(
-        "usage: podstat-test-net send ADDR FLOWS MBYTES SECS CPU | recv PORT FLOWS THREADS SECS pin<N>|free|hop[N]"
+        "usage: podstat-test-net send ADDR FLOWS MBYTES SECS CPU | recv PORT FLOWS THREADS SECS pin<N>|free|hop[N] | usend ADDR MBYTES SECS CPU | urecv PORT SECS CPU"
     );
     std::process::exit(2)
 }
@@ -226,11 +228,73 @@ fn recv(args: &[String]) {
     );
 }
 
+/// `usend ADDR MBYTES SECS CPU`: 1400-byte UDP datagrams to ADDR until MBYTES or SECS.
+fn usend(args: &[String]) {
+    let addr: String = arg(args, 2);
+    let mbytes: u64 = arg(args, 3);
+    let secs: u64 = arg(args, 4);
+    let cpu: i64 = arg(args, 5);
+    if let Ok(c) = usize::try_from(cpu) {
+        pin(c);
+    }
+    let sock = UdpSocket::bind("0.0.0.0:0").unwrap_or_else(|e| {
+        eprintln!("bind: {e}");
+        std::process::exit(1)
+    });
+    let buf = vec![0x5au8; 1400];
+    let limit = mbytes * 1024 * 1024;
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut sent = 0u64;
+    while sent < limit && Instant::now() < end {
+        match sock.send_to(&buf, &addr) {
+            Ok(n) => sent += n as u64,
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => {
+                eprintln!("send after {sent} bytes: {e}");
+                break;
+            }
+        }
+    }
+    println!("sent={sent}");
+}
+
+/// `urecv PORT SECS CPU`: an unconnected UDP socket read by one thread pinned to CPU, until
+/// SECS pass or nothing came for a second after the first datagram.
+fn urecv(args: &[String]) {
+    let port: u16 = arg(args, 2);
+    let secs: u64 = arg(args, 3);
+    let cpu: usize = arg(args, 4);
+    pin(cpu);
+    let sock = UdpSocket::bind(("0.0.0.0", port)).unwrap_or_else(|e| {
+        eprintln!("bind {port}: {e}");
+        std::process::exit(1)
+    });
+    let _ = sock.set_read_timeout(Some(Duration::from_secs(1)));
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut buf = vec![0u8; 2048];
+    let (mut bytes, mut got_any) = (0u64, false);
+    while Instant::now() < end {
+        match sock.recv(&mut buf) {
+            Ok(n) => {
+                bytes += n as u64;
+                got_any = true;
+            }
+            Err(_) if got_any => break,
+            Err(_) => {}
+        }
+    }
+    println!("bytes={bytes}");
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("send") => send(&args),
         Some("recv") => recv(&args),
+        Some("usend") => usend(&args),
+        Some("urecv") => urecv(&args),
         _ => usage(),
     }
 }
