@@ -184,7 +184,7 @@ mod tests {
     #[test]
     #[expect(
         clippy::too_many_lines,
-        reason = "one check per component patch, in the order the components apply them"
+        reason = "each component's patch, checked in turn"
     )]
     fn component_patches_hit_what_they_mean() {
         let patch_of = |component: &str, kind: &str| -> Vec<Value> {

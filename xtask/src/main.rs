@@ -3,6 +3,7 @@
 //! Every command installs what it needs that is missing, and is quick when it is there.
 
 mod bench;
+mod bench_net;
 mod setup;
 
 use std::{
@@ -69,6 +70,18 @@ enum Task {
         /// Skip the scrape benchmark: only the probe's per-event and end-to-end costs.
         #[arg(long)]
         skip_scrape: bool,
+    },
+    /// Receive-path cost of the steering probes: iperf3 TCP over a veth pair between two
+    /// network namespaces (RPS/RFS on, server in a pod cgroup), without and with the agent's
+    /// net probes, interleaved; ns per event of each net program (bpf_stats). Needs root.
+    /// Writes target/bench/net.md.
+    BenchNet {
+        /// Seconds per iperf3 run.
+        #[arg(long, default_value_t = 5)]
+        secs: u64,
+        /// Rounds (each: one run without, one with the probes).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
     },
 }
 
@@ -168,6 +181,13 @@ fn main() -> anyhow::Result<()> {
                     skip_scrape,
                 },
             )?;
+        }
+        Task::BenchNet { secs, rounds } => {
+            setup::toolchain(start)?;
+            setup::debian_packages(start, setup::BENCH_PACKAGES)?;
+            step(start, "building podstat (release)");
+            run(cargo().args(["build", "--release", "-p", "podstat"]))?;
+            bench_net::all(start, &bench_net::Config { secs, rounds })?;
         }
     }
     eprintln!("\n==> done in {:.0}s", start.elapsed().as_secs_f64());
