@@ -4,6 +4,7 @@
 
 mod bench;
 mod setup;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -50,6 +51,13 @@ enum Task {
         /// Filter passed to the integration test harness.
         #[arg(long)]
         filter: Option<String>,
+    },
+    /// The kernel matrix: boot every kernel pinned in xtask/vm-kernels.toml (or the ones
+    /// named, e.g. `6.1`) under qemu on pure cgroup v2 and run the podstat scenario in it.
+    /// Downloads and caches the kernels (target/vm-cache). `cargo xtask test` runs it too.
+    Vm {
+        /// Kernel names from xtask/vm-kernels.toml; all when none is given.
+        kernels: Vec<String>,
     },
     /// Benchmarks, all in one run, each against a baseline measured in that run: scrape cost
     /// (300 pods x 3 containers of real cgroups) against plain loops reading the same files;
@@ -144,6 +152,21 @@ fn main() -> anyhow::Result<()> {
             eprintln!("\n==> done in {:.0}s", start.elapsed().as_secs_f64());
             // The closing line: every tier's results added up.
             tally.report();
+            return Ok(());
+        }
+        Task::Vm { kernels } => {
+            setup::toolchain(start)?;
+            let kernels = vm::kernels(&kernels)?;
+            let outcomes = vm::matrix(start, &kernels)?;
+            let failed: Vec<&str> = outcomes
+                .iter()
+                .filter(|o| !o.passed)
+                .map(|o| o.name.as_str())
+                .collect();
+            eprintln!("\n==> done in {:.0}s", start.elapsed().as_secs_f64());
+            if !failed.is_empty() {
+                bail!("kernel matrix: {} failed", failed.join(" "));
+            }
             return Ok(());
         }
         Task::Bench {
@@ -249,6 +272,21 @@ fn test(start: Instant, unprivileged: bool, filter: Option<&str>) -> anyhow::Res
         cmd.arg(f);
     }
     tally.run(&mut cmd)?;
+
+    step(start, "kernel matrix in qemu (xtask/vm-kernels.toml)");
+    let kernels = vm::kernels(&[])?;
+    let outcomes = vm::matrix(start, &kernels).inspect_err(|_| tally.report())?;
+    let failed: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| !o.passed)
+        .map(|o| o.name.as_str())
+        .collect();
+    tally.passed += outcomes.len() as u64 - failed.len() as u64;
+    tally.failed += failed.len() as u64;
+    if !failed.is_empty() {
+        tally.report();
+        bail!("kernel matrix: {} failed", failed.join(" "));
+    }
     Ok(tally)
 }
 

@@ -13,6 +13,13 @@ use crate::{run, step};
 /// (command that proves it is installed, Debian package).
 pub const TEST_PACKAGES: &[(&str, &str)] =
     &[("promtool", "prometheus"), ("stress-ng", "stress-ng")];
+/// What `cargo xtask vm` needs: qemu, a static busybox for the guest, sha256sum.
+pub const VM_PACKAGES: &[(&str, &str)] = &[
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("busybox", "busybox-static"),
+    ("sha256sum", "coreutils"),
+    ("dpkg-deb", "dpkg"),
+];
 pub const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("stress-ng", "stress-ng"),
     ("runqlat", "libbpf-tools"),
