@@ -338,10 +338,11 @@ fn main() {
             1e-6,
         ),
     ] {
-        let direct = cpu_stat(&tree, &throttled, field) * scale;
+        // Compared in the file's own unit (integers), so no float rounding gets in the way.
+        let direct = cpu_stat(&tree, &throttled, field);
         let got = value(&s, metric, &lt);
         check(
-            got == direct && got > 0.0,
+            (got / scale).round() == direct && got > 0.0,
             format!("{metric} = {got}, cpu.stat {field} = {direct}, both > 0"),
         );
     }
@@ -406,10 +407,15 @@ fn main() {
                 after.mean() * 1e3
             ),
         );
+        // An episode lasts until the last run queue unthrottles; under emulation one run queue
+        // often throttles again before the other is released, so an episode can span periods
+        // and count a run queue more than once. At most: 3 threads on each of the 2 run
+        // queues, per period the mean episode spans.
+        let most = 3.0 * 2.0 * (1.0 + pause.mean() / 0.1).ceil();
         check(
-            runnable.count > 0.0 && runnable.mean() >= 1.0 && runnable.mean() <= 3.0,
+            runnable.count > 0.0 && runnable.mean() >= 1.0 && runnable.mean() <= most,
             format!(
-                "runnable threads at throttle: {} episodes, mean {:.2} (3 busy threads)",
+                "runnable threads at throttle: {} episodes, mean {:.2} (3 busy threads; at least 1, at most {most})",
                 runnable.count,
                 runnable.mean()
             ),
