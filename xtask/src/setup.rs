@@ -96,7 +96,9 @@ pub fn toolchain(start: Instant) -> anyhow::Result<()> {
         .map(|e| e.path())
         .find(|p| {
             p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                n.starts_with("libLLVM.so.") || (n.starts_with("libLLVM") && n.ends_with(".so"))
+                n.starts_with("libLLVM.so.")
+                    || (n.starts_with("libLLVM")
+                        && Path::new(n).extension().is_some_and(|e| e == "so"))
             })
         })
         .with_context(|| {

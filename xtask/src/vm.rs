@@ -27,6 +27,10 @@ pub const MUSL: &str = "x86_64-unknown-linux-musl";
 const RESULT: &str = "PODSTAT-VM RESULT ";
 /// How long one guest may take from qemu's start to its result line. Under software
 /// emulation a kernel boots in 5-15 s and the scenario takes 20-40 s.
+#[expect(
+    clippy::duration_suboptimal_units,
+    reason = "seconds, as the messages print it; from_mins is newer than the MSRV"
+)]
 const GUEST_TIMEOUT: Duration = Duration::from_secs(240);
 
 #[derive(Debug, Deserialize)]
@@ -57,23 +61,17 @@ pub struct Outcome {
     pub secs: f64,
 }
 
+/// `xtask/vm-kernels.toml`, or `PODSTAT_VM_KERNELS` (to try a pin before writing it down).
 fn pins_path() -> PathBuf {
-    root().join("xtask/vm-kernels.toml")
+    std::env::var_os("PODSTAT_VM_KERNELS")
+        .map_or_else(|| root().join("xtask/vm-kernels.toml"), PathBuf::from)
 }
 
 /// The pinned kernels, all of them or the ones named (by `name`, e.g. `6.1`).
 pub fn kernels(names: &[String]) -> anyhow::Result<Vec<Kernel>> {
     let path = pins_path();
     let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let pins: Pins =
-        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    if pins.kernel.is_empty() {
-        bail!("{} pins no kernel", path.display());
-    }
-    for k in &pins.kernel {
-        k.validate()
-            .with_context(|| format!("kernel {} in {}", k.name, path.display()))?;
-    }
+    let pins = parse_pins(&text).with_context(|| format!("in {}", path.display()))?;
     if names.is_empty() {
         return Ok(pins.kernel);
     }
@@ -92,6 +90,20 @@ pub fn kernels(names: &[String]) -> anyhow::Result<Vec<Kernel>> {
         .into_iter()
         .filter(|k| names.contains(&k.name))
         .collect())
+}
+
+fn parse_pins(text: &str) -> anyhow::Result<Pins> {
+    let pins: Pins = toml::from_str(text).context("parsing the pinned kernels")?;
+    if pins.kernel.is_empty() {
+        bail!("no kernel is pinned");
+    }
+    for k in &pins.kernel {
+        k.validate().with_context(|| format!("kernel {}", k.name))?;
+        if pins.kernel.iter().filter(|o| o.name == k.name).count() > 1 {
+            bail!("kernel {} is pinned twice", k.name);
+        }
+    }
+    Ok(pins)
 }
 
 impl Kernel {
@@ -443,6 +455,30 @@ sync
 poweroff -f
 "#;
 
+/// An ELF64 executable with no program interpreter (PT_INTERP), i.e. it needs no libc.
+fn is_static_elf(b: &[u8]) -> bool {
+    let u16_at = |o: usize| b.get(o..o + 2).map(|x| u16::from_le_bytes([x[0], x[1]]));
+    let u64_at = |o: usize| {
+        b.get(o..o + 8)
+            .and_then(|x| x.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    if b.get(..5) != Some(b"\x7fELF\x02") {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return false;
+    };
+    let Ok(phoff) = usize::try_from(phoff) else {
+        return false;
+    };
+    (0..usize::from(phnum)).all(|i| {
+        let at = phoff + i * usize::from(phentsize);
+        b.get(at..at + 4) != Some(&3u32.to_le_bytes()[..])
+    })
+}
+
 /// A newc ("070701") cpio archive, as the kernel unpacks into its initramfs.
 struct Cpio {
     out: Vec<u8>,
@@ -481,7 +517,7 @@ impl Cpio {
     }
 
     fn pad(&mut self) {
-        while self.out.len() % 4 != 0 {
+        while !self.out.len().is_multiple_of(4) {
             self.out.push(0);
         }
     }
@@ -577,8 +613,8 @@ fn boot(k: &Kernel, vmlinuz: &Path, initrd: &Path, log: &Path) -> anyhow::Result
                     verdict = Some(rest.trim().to_owned());
                 }
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => break,
+            // qemu exited, or the guest is out of time.
+            Err(_) => break,
         }
     }
     // The guest powers off after its verdict; a guest that hangs is killed (our own child).
@@ -620,6 +656,14 @@ pub fn matrix(start: Instant, kernels: &[Kernel]) -> anyhow::Result<Vec<Outcome>
     let images = fetch(start, kernels)?;
     let bins = build_guest_binaries(start)?;
     let busybox = crate::setup::find("busybox")?;
+    if !is_static_elf(
+        &fs::read(&busybox).with_context(|| format!("reading {}", busybox.display()))?,
+    ) {
+        bail!(
+            "{} is dynamically linked and cannot run in the guest: install busybox-static instead of busybox",
+            busybox.display()
+        );
+    }
     let logs = cache().join("logs");
     fs::create_dir_all(&logs)?;
     let mut outcomes = Vec::new();
@@ -660,4 +704,87 @@ pub fn matrix(start: Instant, kernels: &[Kernel]) -> anyhow::Result<Vec<Outcome>
         );
     }
     Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pinned_kernels_parse_and_list_the_same_probes() {
+        let text = fs::read_to_string(root().join("xtask/vm-kernels.toml")).expect("pins");
+        let pins = parse_pins(&text).expect("valid pins");
+        let names: Vec<&str> = pins.kernel.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, ["5.10", "6.1", "6.12", "6.18", "7.3"]);
+        let first: Vec<&String> = pins.kernel[0].probes.keys().collect();
+        for k in &pins.kernel {
+            assert_eq!(
+                k.probes.keys().collect::<Vec<_>>(),
+                first,
+                "kernel {} lists other probes",
+                k.name
+            );
+            assert!(
+                k.expect_file()
+                    .starts_with(&format!("release {}\n", k.release))
+            );
+        }
+    }
+
+    #[test]
+    fn bad_pins_are_refused() {
+        let good = r#"
+[[kernel]]
+name = "x"
+archive = "debian"
+suite = "bookworm"
+package = "linux-image-x"
+version = "1"
+sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+release = "x"
+[kernel.probes]
+sched_switch = "ok tp_btf"
+"#;
+        assert!(parse_pins(good).is_ok());
+        for (from, to) in [
+            ("ok tp_btf", "maybe"),
+            ("ok tp_btf", "ok"),
+            ("\"debian\"", "\"ubuntu\""),
+            ("00000000000000000000", "zz"),
+            ("release = \"x\"\n", ""),
+        ] {
+            let bad = good.replacen(from, to, 1);
+            assert!(parse_pins(&bad).is_err(), "accepted {bad}");
+        }
+        assert!(
+            parse_pins(&format!("{good}{good}")).is_err(),
+            "accepted a kernel pinned twice"
+        );
+        assert!(parse_pins("").is_err());
+    }
+
+    #[test]
+    fn cpio_is_newc_and_padded() {
+        let mut c = Cpio::new();
+        c.file("init", 0o755, b"abc").expect("entry");
+        let out = c.finish().expect("archive");
+        assert!(out.starts_with(b"070701"));
+        assert_eq!(out.len() % 4, 0);
+        // Header (110) + "init\0" (5) padded to 116, then 3 data bytes padded to 4.
+        assert_eq!(&out[116..119], b"abc");
+        let trailer = 120;
+        assert_eq!(&out[trailer..trailer + 6], b"070701");
+        assert_eq!(&out[trailer + 110..trailer + 120], b"TRAILER!!!");
+    }
+
+    #[test]
+    fn static_elf_is_told_from_dynamic() {
+        assert!(!is_static_elf(b"not an elf"));
+        let dynamic = fs::read("/bin/sh").expect("/bin/sh");
+        assert!(!is_static_elf(&dynamic), "/bin/sh has an interpreter");
+        // An ELF64 header with no program headers at all: nothing asks for an interpreter.
+        let mut header = vec![0u8; 64];
+        header[..5].copy_from_slice(b"\x7fELF\x02");
+        assert!(is_static_elf(&header));
+    }
 }

@@ -288,7 +288,7 @@ fn main() {
         &throttled,
         Command::new(&load).args(["busy", "3", LOAD_SECS]),
     );
-    let mut wakes = tree.spawn(
+    let mut sleepy = tree.spawn(
         &waker,
         Command::new(&load).args(["spin-sleep", "20", "2", LOAD_SECS]),
     );
@@ -300,7 +300,7 @@ fn main() {
             Duration::from_secs(10),
         );
     }
-    for c in [&mut hogs, &mut busy, &mut wakes] {
+    for c in [&mut hogs, &mut busy, &mut sleepy] {
         let _ = c.wait();
     }
     tree.kill_all(&throttled);
