@@ -141,6 +141,18 @@ impl Kernel {
         out
     }
 
+    /// What the kernel supports, as pinned: probes grouped by outcome, for the summary table.
+    fn supports(&self) -> String {
+        let mut by: std::collections::BTreeMap<&str, Vec<&str>> = std::collections::BTreeMap::new();
+        for (probe, want) in &self.probes {
+            by.entry(want.as_str()).or_default().push(probe);
+        }
+        by.iter()
+            .map(|(want, probes)| format!("{} {want}", probes.join(",")))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     fn deb_name(&self) -> String {
         // apt-get download names files <package>_<version with ':' as %3a>_<arch>.deb.
         format!(
@@ -677,7 +689,8 @@ pub fn matrix(start: Instant, kernels: &[Kernel]) -> anyhow::Result<Vec<Outcome>
         fs::write(&initrd, initramfs(k, &bins, &busybox)?)
             .with_context(|| format!("writing {}", initrd.display()))?;
         let log = logs.join(format!("{}.log", k.name));
-        let (passed, detail) = boot(k, vmlinuz, &initrd, &log)?;
+        let (passed, verdict) = boot(k, vmlinuz, &initrd, &log)?;
+        let detail = if passed { k.supports() } else { verdict };
         let secs = t.elapsed().as_secs_f64();
         eprintln!(
             "kernel {}: {} in {secs:.0}s (console: {})",
@@ -693,7 +706,10 @@ pub fn matrix(start: Instant, kernels: &[Kernel]) -> anyhow::Result<Vec<Outcome>
         });
     }
     eprintln!("\nkernel matrix:");
-    eprintln!("  {:<8} {:<6} {:>6}  detail", "kernel", "result", "time");
+    eprintln!(
+        "  {:<8} {:<6} {:>6}  probes as asserted (or why it failed)",
+        "kernel", "result", "time"
+    );
     for o in &outcomes {
         eprintln!(
             "  {:<8} {:<6} {:>5.0}s  {}",
