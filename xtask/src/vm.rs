@@ -621,8 +621,9 @@ fn boot(k: &Kernel, vmlinuz: &Path, initrd: &Path, log: &Path) -> anyhow::Result
                 if line.starts_with("podstat-vm:") || line.contains("panicked") {
                     eprintln!("  [{}] {line}", k.name);
                 }
-                if let Some(rest) = line.strip_prefix(RESULT) {
-                    verdict = Some(rest.trim().to_owned());
+                // Kernel messages can land on the same console line; the verdict is what follows.
+                if let Some(at) = line.find(RESULT) {
+                    verdict = Some(line[at + RESULT.len()..].trim().to_owned());
                 }
             }
             // qemu exited, or the guest is out of time.
