@@ -195,7 +195,16 @@ pub fn report(args: &CheckArgs, enabled: &[&'static str]) -> Vec<Item> {
         push("probe", (*name).to_string(), outcome, detail);
     }
 
-    let built = crate::build_registry(enabled, &args.paths, &args.cgroup, &probes);
+    let (outcome, detail) = check_metadata(&args.metadata);
+    push("metadata", "provider".to_string(), outcome, detail);
+
+    let built = crate::build_registry(
+        enabled,
+        &args.paths,
+        &args.cgroup,
+        &probes,
+        &Arc::new(crate::metadata::Store::default()),
+    );
     let gatherer = built.gatherer;
     for spec in COLLECTORS {
         let slot = gatherer
@@ -217,6 +226,50 @@ pub fn report(args: &CheckArgs, enabled: &[&'static str]) -> Vec<Item> {
         push("collector", spec.name.to_string(), outcome, detail);
     }
     items
+}
+
+/// Which metadata provider the agent would use, and one real refresh from it.
+fn check_metadata(opts: &crate::metadata::Options) -> (Outcome, String) {
+    let provider = match crate::metadata::choose(opts) {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            return (
+                Outcome::Disabled,
+                "none (no CRI socket, no service-account token, or --metadata.provider none): series carry pod_uid and container_id only".into(),
+            );
+        }
+        Err(e) => return (Outcome::Unsupported, e),
+    };
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return (
+            Outcome::Inconclusive,
+            "could not start a runtime to ask it".into(),
+        );
+    };
+    let (name, source) = (provider.name(), provider.source());
+    let mut provider = provider;
+    let result = rt.block_on(async {
+        tokio::time::timeout(opts.timeout, provider.fetch())
+            .await
+            .unwrap_or(Err(crate::metadata::Error::Timeout(opts.timeout)))
+    });
+    match result {
+        Ok(snap) => (
+            Outcome::Ok,
+            format!(
+                "{name} ({source}): {} pods, {} containers named",
+                snap.pods.len(),
+                snap.containers.len()
+            ),
+        ),
+        Err(e) => (
+            Outcome::Unsupported,
+            format!("{name} ({source}): {}", crate::probe::chain(&e)),
+        ),
+    }
 }
 
 /// Renders the report as an aligned table.

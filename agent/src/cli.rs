@@ -34,6 +34,93 @@ pub enum Cmd {
     /// which collectors and probes would run, each with the reason. Exits 0 if everything
     /// enabled would run, 1 if something enabled would not.
     Check(CheckArgs),
+    /// Live view of this node's pods and containers, refreshed every second: CPU used against
+    /// the limit, throttled share of wall time, throttle pause p99, how far into the period
+    /// the quota ran out (p50), threads runnable at throttle, run-queue latency p99,
+    /// preemptions by other pods per second, and receive-steering locality.
+    ///
+    /// Keys (listed on screen): t throttled, c cpu, r run-queue p99, p preemptions, n name
+    /// (sort); / filter by namespace, pod, container, uid or id (`ns/` for one namespace);
+    /// Esc clears the filter; q quits. Reads this host's kernel (loads the probes itself when
+    /// root) or a running agent (--from). `--once` prints one snapshot for scripts.
+    Top(TopArgs),
+    /// Observe one pod (by name, namespace/name, uid or cgroup path) for --duration, then
+    /// explain in plain language, with a number for each claim, whether it is slow because of
+    /// CPU throttling, noisy neighbours or receive steering, and what to change. Says so when
+    /// nothing is wrong.
+    ///
+    /// Findings (below all of them: nothing wrong): throttling when the cgroup was throttled in
+    /// at least 5% of its periods or lost at least 1% of wall time to pauses; noisy neighbours
+    /// when its threads waited at least 0.05 s per second in all, with a run-queue p99 of at
+    /// least 5 ms, and at least 25% of its preemptions came from other pods (or the system, when
+    /// not throttled); steering when at least 25% of 1000+ packets were handled outside the
+    /// reader's LLC, or flows moved CPUs 50+ times a second.
+    ///
+    /// Recommendation, with N threads runnable when a quota of L cores ran out: N > L: size the
+    /// CPU-bound pool to max(1, floor(L)) threads, or raise the limit to ceil(N) cores, or drop
+    /// the limit for a latency-sensitive pod; N <= L: raise the limit (or allow a burst), or drop it.
+    Explain(ExplainArgs),
+}
+
+/// Where the operator views read from.
+#[derive(Debug, Args)]
+pub struct SourceArgs {
+    /// Read a running agent's metrics (e.g. http://127.0.0.1:9977/metrics) instead of loading
+    /// probes here: no second set of probes on a node that runs the DaemonSet.
+    #[arg(long = "from", value_name = "URL", env = "PODSTAT_FROM")]
+    pub from: Option<String>,
+    #[command(flatten)]
+    pub paths: Paths,
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+}
+
+/// Output of `top --once` and `explain`.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum ViewOutput {
+    /// Plain text (a table for top, sentences for explain).
+    Table,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Print one snapshot (measured over --interval) and exit, for scripts.
+    #[arg(long)]
+    pub once: bool,
+    /// Format of --once.
+    #[arg(long = "output", value_enum, default_value_t = ViewOutput::Table)]
+    pub output: ViewOutput,
+    /// Initial sort (keys t, c, r, p, n change it on screen).
+    #[arg(long, value_enum, default_value_t = crate::view::top::SortKey::Throttled)]
+    pub sort: crate::view::top::SortKey,
+    /// Only pods of this namespace.
+    #[arg(long, short = 'n', value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Initial filter: substring of namespace, pod, container, pod uid or container id.
+    #[arg(long, value_name = "TEXT")]
+    pub filter: Option<String>,
+    /// Refresh interval.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub interval: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The pod: its name (`pod` or `namespace/pod`, when a metadata provider names pods), its
+    /// uid (or a unique prefix), or a pod or container cgroup path.
+    #[arg(value_name = "POD|UID|CGROUP")]
+    pub target: String,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// How long to observe before diagnosing.
+    #[arg(long, short = 'd', value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub duration: std::time::Duration,
+    /// Text, or the same content as JSON.
+    #[arg(long = "output", value_enum, default_value_t = ViewOutput::Table)]
+    pub output: ViewOutput,
 }
 
 #[derive(Debug, Args)]
@@ -73,6 +160,8 @@ pub struct AgentArgs {
     pub cgroup: collector::cgroup::Options,
     #[command(flatten)]
     pub probe: ProbeArgs,
+    #[command(flatten)]
+    pub metadata: crate::metadata::Options,
 }
 
 /// Sizing and refresh of the eBPF probes.
@@ -87,6 +176,11 @@ pub struct ProbeArgs {
     /// they exit; 48 bytes each). Beyond it, podstat_bpf_map_full_total{map="wait_start"} counts.
     #[arg(long = "probe.max-waiting", value_name = "N", default_value_t = podstat_common::sched::DEFAULT_MAX_WAITING)]
     pub max_waiting: u32,
+    /// Pairs of (preempted cgroup, preempting cgroup) from different pods the scheduler probe
+    /// counts at once, to name the pods that take CPU from a pod (24 bytes each). Beyond it,
+    /// podstat_bpf_map_full_total{map="preempt_pairs"} counts the preemptions not attributed.
+    #[arg(long = "probe.max-preempt-pairs", value_name = "N", default_value_t = podstat_common::sched::DEFAULT_MAX_PREEMPT_PAIRS)]
+    pub max_preempt_pairs: u32,
     /// How often the probes' list of pod cgroups is refreshed (new pods are measured from the
     /// next refresh on; a removed pod's series go at the next one). E.g. `5s`, `500ms`.
     #[arg(long = "probe.refresh-interval", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
@@ -101,6 +195,7 @@ impl ProbeArgs {
             throttle: enabled.contains(&"throttle"),
             max_cgroups: self.max_cgroups,
             max_waiting: self.max_waiting,
+            max_preempt_pairs: self.max_preempt_pairs,
         }
     }
 }
@@ -134,6 +229,8 @@ pub struct CheckArgs {
     pub cgroup: collector::cgroup::Options,
     #[command(flatten)]
     pub probe: ProbeArgs,
+    #[command(flatten)]
+    pub metadata: crate::metadata::Options,
     /// Print the report as JSON.
     #[arg(long = "output", value_enum, default_value_t = CheckOutput::Text)]
     pub output: CheckOutput,
@@ -218,6 +315,7 @@ where
     let cli = Cli::from_arg_matches(&matches)?;
     let enabled = matches
         .subcommand()
+        .filter(|(name, _)| matches!(*name, "agent" | "check"))
         .map(|(_, sub)| enabled_from(sub))
         .unwrap_or_default();
     Ok(Parsed { cli, enabled })
@@ -284,6 +382,37 @@ mod tests {
                 "{flag} missing from agent --help:\n{help}"
             );
         }
+    }
+
+    #[test]
+    fn view_help_lists_keys_and_sources() {
+        let mut cmd = command();
+        cmd.build();
+        for (sub, needles) in [
+            (
+                "top",
+                &["--from", "--once", "q quits", "/ filter", "--namespace"][..],
+            ),
+            (
+                "explain",
+                &["--from", "--duration", "cgroup path", "--output"][..],
+            ),
+        ] {
+            let help = cmd
+                .find_subcommand_mut(sub)
+                .expect(sub)
+                .render_long_help()
+                .to_string();
+            for n in needles {
+                assert!(help.contains(n), "{n} missing from {sub} --help:\n{help}");
+            }
+        }
+        let p = parse_from(["podstat", "top", "--once", "--sort", "cpu"]).expect("parse");
+        assert!(p.enabled.is_empty(), "no collector switches on the views");
+        let Cmd::Top(t) = p.cli.command else {
+            panic!("not top")
+        };
+        assert!(t.once && t.sort == crate::view::top::SortKey::Cpu);
     }
 
     #[test]

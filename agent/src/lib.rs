@@ -8,8 +8,10 @@ pub mod check;
 pub mod cli;
 pub mod collector;
 pub mod exposition;
+pub mod metadata;
 pub mod probe;
 pub mod server;
+pub mod view;
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -70,10 +72,11 @@ pub fn build_registry(
     paths: &Paths,
     cgroup: &collector::cgroup::Options,
     probes: &Arc<probe::Probes>,
+    metadata: &Arc<metadata::Store>,
 ) -> Built {
     let identity = Arc::new(probe::tracker::Identity::default());
     let tracker = if probes.maps().is_some() {
-        match collector::cgroup::Targets::new(paths, cgroup) {
+        match collector::cgroup::Targets::new(paths, cgroup, metadata) {
             Ok(targets) => {
                 let t = Arc::new(probe::tracker::Tracker::new(
                     Arc::clone(probes),
@@ -97,10 +100,12 @@ pub fn build_registry(
         cgroup,
         probes,
         identity: &identity,
+        metadata,
     };
     let gatherer = Arc::new(collector::Gatherer::new(enabled, &ctx));
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Arc::clone(&gatherer)));
+    registry.register_collector(Box::new(metadata::Metrics(Arc::clone(metadata))));
     Built {
         registry,
         gatherer,

@@ -6,8 +6,9 @@ use anyhow::Context as _;
 use podstat::{
     check,
     cli::{self, AgentArgs, Cmd, LogArgs, LogFormat},
+    metadata,
     probe::Probes,
-    server,
+    server, view,
 };
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -16,13 +17,25 @@ fn main() -> ExitCode {
         Ok(p) => p,
         Err(e) => e.exit(),
     };
-    if let Err(e) = init_logging(&parsed.cli.log) {
+    // The views own the terminal: only problems go to stderr unless --log.level says otherwise.
+    let quiet = match parsed.cli.command {
+        Cmd::Top(_) => Some("error"),
+        Cmd::Explain(_) => Some("warn"),
+        _ => None,
+    };
+    if let Err(e) = init_logging(&parsed.cli.log, quiet) {
         eprintln!("podstat: {e:#}");
         return ExitCode::from(2);
     }
     let result = match parsed.cli.command {
         Cmd::Agent(args) => run_agent(&args, &parsed.enabled).map(|()| ExitCode::SUCCESS),
         Cmd::Check(args) => check::run(&args, &parsed.enabled),
+        Cmd::Top(args) => view::run_top(&args)
+            .map(|()| ExitCode::SUCCESS)
+            .context("podstat top"),
+        Cmd::Explain(args) => view::run_explain(&args)
+            .map(|()| ExitCode::SUCCESS)
+            .context("podstat explain"),
     };
     match result {
         Ok(code) => code,
@@ -34,8 +47,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(log: &LogArgs) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&log.level)
+fn init_logging(log: &LogArgs, quiet: Option<&str>) -> anyhow::Result<()> {
+    let level = match quiet {
+        Some(q) if log.level == "info" && std::env::var_os("PODSTAT_LOG").is_none() => q,
+        _ => log.level.as_str(),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
         .with_context(|| format!("invalid --log.level {:?}", log.level))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -61,7 +78,15 @@ fn release_startup_memory() {
 fn run_agent(args: &AgentArgs, enabled: &[&'static str]) -> anyhow::Result<()> {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), collectors = ?enabled, "starting podstat agent");
     let probes = Arc::new(Probes::load(args.probe.wanted(enabled), &args.paths.sysfs));
-    let built = podstat::build_registry(enabled, &args.paths, &args.cgroup, &probes);
+    let provider = metadata::choose(&args.metadata).map_err(anyhow::Error::msg)?;
+    if provider.is_none() {
+        tracing::info!(
+            "no metadata provider (no CRI socket, no service-account token, or --metadata.provider none): \
+             series carry pod_uid and container_id, with empty namespace, pod and container"
+        );
+    }
+    let store = Arc::new(metadata::Store::default());
+    let built = podstat::build_registry(enabled, &args.paths, &args.cgroup, &probes, &store);
     release_startup_memory();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let tracker = match &built.tracker {
@@ -80,6 +105,9 @@ fn run_agent(args: &AgentArgs, enabled: &[&'static str]) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
+        if let Some(p) = provider {
+            tokio::spawn(metadata::run(Arc::clone(&store), p, args.metadata.clone()));
+        }
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("binding --web.listen-address {}", args.listen))?;

@@ -18,6 +18,7 @@ fn every_exported_family_is_documented() {
     for name in podstat::collector::cgroup::family_names().chain(
         podstat::collector::SELF_METRICS
             .iter()
+            .chain(podstat::metadata::METRICS)
             .map(|s| (*s).to_owned()),
     ) {
         assert!(

@@ -38,14 +38,25 @@ fn render_fixture(name: &str, non_pod: bool) -> String {
         ..Options::default()
     };
     let probes = Arc::new(Probes::none());
-    let registry = podstat::build_registry(&["cgroup"], &paths, &opts, &probes).registry;
+    let registry = podstat::build_registry(
+        &["cgroup"],
+        &paths,
+        &opts,
+        &probes,
+        &Arc::new(podstat::metadata::Store::default()),
+    )
+    .registry;
     let (body, _) = render(&registry, Format::Text, false).expect("render");
-    String::from_utf8(body)
+    let mut out = String::new();
+    for l in String::from_utf8(body)
         .expect("utf-8")
         .lines()
         .filter(|l| deterministic(l))
-        .map(|l| format!("{l}\n"))
-        .collect()
+    {
+        out.push_str(l);
+        out.push('\n');
+    }
+    out
 }
 
 #[test]

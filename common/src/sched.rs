@@ -25,6 +25,9 @@ pub const WAIT_MAP: &str = "WAIT_START";
 pub const SCHED_STATS_MAP: &str = "SCHED_STATS";
 /// cgroup id → [`ThrottleStats`].
 pub const THROTTLE_STATS_MAP: &str = "THROTTLE_STATS";
+/// {victim cgroup id, preemptor cgroup id} ([`PreemptPair`]) → preemptions of the victim's
+/// tasks by tasks of the preemptor, counted only when the two are in different pods.
+pub const PREEMPT_PAIRS_MAP: &str = "PREEMPT_PAIRS";
 /// Per-CPU array of insert failures, indexed by `MAP_*` (names in [`MAP_NAMES`]).
 pub const MAP_FULL_MAP: &str = "MAP_FULL";
 /// Array with one `u32`: how throttle episodes are detected, one of `THROTTLE_MODE_*`. Written
@@ -44,6 +47,8 @@ pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 pub const DEFAULT_MAX_CGROUPS: u32 = 4096;
 /// Default sizing: tasks waiting on a run queue at once.
 pub const DEFAULT_MAX_WAITING: u32 = 32768;
+/// Default sizing: (victim, preemptor) cgroup pairs from different pods counted at once.
+pub const DEFAULT_MAX_PREEMPT_PAIRS: u32 = 16384;
 
 /// Histogram buckets in the kernel: `BUCKETS` finite upper bounds, then +Inf, then the sum.
 pub const BUCKETS: usize = 12;
@@ -101,8 +106,14 @@ pub const BY_SYSTEM: usize = 2;
 pub const MAP_WAIT: u32 = 0;
 pub const MAP_SCHED_STATS: u32 = 1;
 pub const MAP_THROTTLE_STATS: u32 = 2;
+pub const MAP_PREEMPT_PAIRS: u32 = 3;
 /// Slots of [`MAP_FULL_MAP`], named as in the metric.
-pub const MAP_NAMES: [&str; 3] = ["wait_start", "sched_stats", "throttle_stats"];
+pub const MAP_NAMES: [&str; 4] = [
+    "wait_start",
+    "sched_stats",
+    "throttle_stats",
+    "preempt_pairs",
+];
 
 /// Value of [`KNOWN_MAP`].
 #[repr(C)]
@@ -134,6 +145,15 @@ pub struct SchedStats {
     pub runq: Hist,
     /// Involuntary switch-outs while runnable, by who took the CPU.
     pub preempted_by: [u64; 3],
+}
+
+/// Key of [`PREEMPT_PAIRS_MAP`]: whose task was switched out involuntarily (`victim`) and whose
+/// task took the CPU (`preemptor`), both cgroup ids of pod or container cgroups.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PreemptPair {
+    pub victim: u64,
+    pub preemptor: u64,
 }
 
 /// Value of [`THROTTLE_STATS_MAP`]: the episode in progress and the histograms.
@@ -217,6 +237,7 @@ mod pod {
     unsafe impl aya::Pod for super::Known {}
     unsafe impl aya::Pod for super::Wait {}
     unsafe impl aya::Pod for super::SchedStats {}
+    unsafe impl aya::Pod for super::PreemptPair {}
     unsafe impl aya::Pod for super::ThrottleStats {}
     unsafe impl aya::Pod for super::Offsets {}
 }

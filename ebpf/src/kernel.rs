@@ -136,9 +136,9 @@ pub fn observe(hist: *mut Hist, slot: usize, value: u64) {
 /// Looks `key` up in `map`, inserting `zero` first if it is missing. `None` (and a
 /// count in MAP_FULL) when the map is full.
 #[inline(always)]
-pub fn get_or_insert<V>(
-    map: &HashMap<u64, V>,
-    key: u64,
+pub fn get_or_insert<K: Copy, V>(
+    map: &HashMap<K, V>,
+    key: K,
     zero: &V,
     full_slot: u32,
 ) -> Option<*mut V> {

@@ -17,8 +17,9 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use podstat_common::sched::{
-    BY_OTHER_POD, BY_SAME_POD, BY_SYSTEM, DEFAULT_MAX_CGROUPS, DEFAULT_MAX_WAITING, HIST_SLOTS,
-    MAP_SCHED_STATS, MAP_WAIT, RUNQ_BOUNDS_NS, SchedStats, THROTTLE_MODE_SWITCH, Wait, bucket_of,
+    BY_OTHER_POD, BY_SAME_POD, BY_SYSTEM, DEFAULT_MAX_CGROUPS, DEFAULT_MAX_PREEMPT_PAIRS,
+    DEFAULT_MAX_WAITING, HIST_SLOTS, MAP_PREEMPT_PAIRS, MAP_SCHED_STATS, MAP_WAIT, PreemptPair,
+    RUNQ_BOUNDS_NS, SchedStats, THROTTLE_MODE_SWITCH, Wait, bucket_of,
 };
 
 use crate::{
@@ -45,6 +46,17 @@ static WAIT_START: HashMap<u32, Wait> = HashMap::with_max_entries(DEFAULT_MAX_WA
 /// cgroup id → run-queue latency histogram and preemption counts.
 #[map]
 static SCHED_STATS: HashMap<u64, SchedStats> = HashMap::with_max_entries(DEFAULT_MAX_CGROUPS, 0);
+
+/// {victim cgroup, preemptor cgroup} → preemptions, for pairs of cgroups in different pods
+/// only: who, by name, took the CPU from a pod. Written only on that path (one lookup, and an
+/// insert the first time a pair meets), so preemptions within a pod or by the system cost
+/// nothing more.
+#[map]
+static PREEMPT_PAIRS: HashMap<PreemptPair, u64> =
+    HashMap::with_max_entries(DEFAULT_MAX_PREEMPT_PAIRS, 0);
+
+/// A pair's count starts from this (a static, like the other maps' zero values).
+static ZERO_COUNT: u64 = 0;
 
 #[btf_tracepoint(function = "sched_wakeup")]
 pub fn sched_wakeup(ctx: BtfTracePointContext) -> i32 {
@@ -150,10 +162,8 @@ fn on_switch(prev: *const u8, next: *const u8) -> Result<(), i32> {
                 0
             };
             start_wait(prev, prev_cg, throttled_group, o.task_pid)?;
-            let by = match task_cgroup_id(next, &o)
-                .ok()
-                .and_then(|cg| KNOWN.get_ptr(cg))
-            {
+            let next_cg = task_cgroup_id(next, &o).unwrap_or(0);
+            let by = match KNOWN.get_ptr(next_cg) {
                 // SAFETY: a pointer to a live map value.
                 Some(k) if unsafe { (*k).pod_id } == pod => BY_SAME_POD,
                 Some(_) => BY_OTHER_POD,
@@ -162,6 +172,16 @@ fn on_switch(prev: *const u8, next: *const u8) -> Result<(), i32> {
             if let Some(stats) = get_or_insert(&SCHED_STATS, prev_cg, &ZERO, MAP_SCHED_STATS) {
                 // SAFETY: `by` < 3; stats points into a map value.
                 unsafe { atomic_add(core::ptr::addr_of_mut!((*stats).preempted_by[by]), 1) };
+            }
+            if by == BY_OTHER_POD {
+                let pair = PreemptPair {
+                    victim: prev_cg,
+                    preemptor: next_cg,
+                };
+                if let Some(n) = get_or_insert(&PREEMPT_PAIRS, pair, &ZERO_COUNT, MAP_PREEMPT_PAIRS)
+                {
+                    atomic_add(n, 1);
+                }
             }
         }
     }

@@ -5,8 +5,13 @@
 //! tests/README.md) and never skip silently: a missing prerequisite is a failure that says
 //! what is missing.
 
+pub mod cri;
+pub mod dashboard;
+pub mod deploy;
+pub mod rules;
+
 use std::{
-    collections::BTreeMap,
+    fmt::Write as _,
     fs,
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
@@ -331,7 +336,7 @@ pub fn http_get(
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
+        let _ = write!(req, "{k}: {v}\r\n");
     }
     req.push_str("\r\n");
     s.write_all(req.as_bytes())?;
@@ -380,91 +385,9 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     out
 }
 
-/// One parsed sample of the text exposition.
-#[derive(Debug, Clone)]
-pub struct Sample {
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    pub value: f64,
-}
-
-/// Parses Prometheus/OpenMetrics text samples (comments skipped).
-pub fn parse_exposition(text: &str) -> Vec<Sample> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        if line.starts_with('#') || line.trim().is_empty() {
-            continue;
-        }
-        let (name, rest) = match line.find('{') {
-            Some(i) => (&line[..i], &line[i..]),
-            None => line.split_once(' ').map_or((line, ""), |(n, r)| (n, r)),
-        };
-        let mut labels = BTreeMap::new();
-        let value_part = if let Some(stripped) = rest.strip_prefix('{') {
-            let end = find_label_end(stripped);
-            parse_labels(&stripped[..end], &mut labels);
-            &stripped[end + 1..]
-        } else {
-            rest
-        };
-        let value = value_part
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(f64::NAN);
-        out.push(Sample {
-            name: name.to_owned(),
-            labels,
-            value,
-        });
-    }
-    out
-}
-
-fn find_label_end(s: &str) -> usize {
-    let mut in_str = false;
-    let mut esc = false;
-    for (i, c) in s.char_indices() {
-        match c {
-            _ if esc => esc = false,
-            '\\' => esc = true,
-            '"' => in_str = !in_str,
-            '}' if !in_str => return i,
-            _ => {}
-        }
-    }
-    s.len()
-}
-
-fn parse_labels(s: &str, out: &mut BTreeMap<String, String>) {
-    let mut rest = s;
-    while let Some(eq) = rest.find('=') {
-        let key = rest[..eq].trim_start_matches(',').trim().to_owned();
-        let after = &rest[eq + 1..];
-        let Some(body) = after.strip_prefix('"') else {
-            break;
-        };
-        let mut val = String::new();
-        let mut chars = body.char_indices();
-        let mut end = body.len();
-        while let Some((i, c)) = chars.next() {
-            match c {
-                '\\' => {
-                    if let Some((_, n)) = chars.next() {
-                        val.push(if n == 'n' { '\n' } else { n });
-                    }
-                }
-                '"' => {
-                    end = i;
-                    break;
-                }
-                _ => val.push(c),
-            }
-        }
-        out.insert(key, val);
-        rest = &body[(end + 1).min(body.len())..];
-    }
-}
+/// The exposition parser is the agent's own (`podstat top --from` and `podstat explain --from`
+/// read with it too).
+pub use podstat::view::expo::{Sample, parse as parse_exposition};
 
 /// The samples named `name` whose labels include all of `want`.
 pub fn find<'a>(samples: &'a [Sample], name: &str, want: &[(&str, &str)]) -> Vec<&'a Sample> {
@@ -485,7 +408,7 @@ pub fn test_ids(seed: u32) -> (String, String) {
     let t = Instant::now().elapsed().as_nanos();
     let uid = format!(
         "{pid:08x}-{seed:04x}-4000-8000-{:012x}",
-        (t as u64) & 0xffff_ffff_ffff
+        u64::try_from(t & 0xffff_ffff_ffff).unwrap_or(0)
     );
     let cid = format!("{pid:08x}{seed:08x}{}", "0".repeat(48));
     (uid, cid)
@@ -528,6 +451,7 @@ impl Hist {
     }
 
     /// `self - earlier`, bucket by bucket (same bounds).
+    #[must_use]
     pub fn minus(&self, earlier: &Self) -> Self {
         let buckets = self
             .buckets

@@ -147,6 +147,9 @@ fn quota_burn(threads: usize, secs: f64) -> (Hist, Hist, Hist) {
     let ctr = format!("{root}/kubepods/burstable/pod{uid}/{cid}");
     let mut tree = CgroupTree::new(&[&v1.cpu, &v1.cpuacct]);
     tree.mkdir(&ctr);
+    // On a shared machine other work can starve the group below its quota, and then it never
+    // throttles: the largest weight on our own test root keeps the scenario a quota burn.
+    tree.write(0, &root, "cpu.shares", "262144");
     tree.write(0, &ctr, "cpu.cfs_period_us", "100000");
     tree.write(0, &ctr, "cpu.cfs_quota_us", "50000");
     let (_agent, addr) = start_agent(&agent_flags());

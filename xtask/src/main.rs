@@ -158,11 +158,7 @@ fn main() -> anyhow::Result<()> {
             setup::toolchain(start)?;
             let kernels = vm::kernels(&kernels)?;
             let outcomes = vm::matrix(start, &kernels)?;
-            let failed: Vec<&str> = outcomes
-                .iter()
-                .filter(|o| !o.passed)
-                .map(|o| o.name.as_str())
-                .collect();
+            let failed = vm::failed(&outcomes);
             eprintln!("\n==> done in {:.0}s", start.elapsed().as_secs_f64());
             if !failed.is_empty() {
                 bail!("kernel matrix: {} failed", failed.join(" "));
@@ -247,6 +243,18 @@ fn test(start: Instant, unprivileged: bool, filter: Option<&str>) -> anyhow::Res
         );
     }
 
+    step(
+        start,
+        "promtool check rules and promtool test rules on deploy/prometheus",
+    );
+    promtool_rules(&mut tally)?;
+
+    step(
+        start,
+        "dashboard and rules helpers; every dashboard query through promtool (tests/src, no root)",
+    );
+    tally.run(cargo().args(["test", "-p", "podstat-tests", "--lib"]))?;
+
     if unprivileged {
         return Ok(tally);
     }
@@ -266,28 +274,93 @@ fn test(start: Instant, unprivileged: bool, filter: Option<&str>) -> anyhow::Res
     );
     let bin = root().join("target/debug/podstat");
     let mut cmd = cargo();
-    cmd.args(["test", "-p", "podstat-tests", "--", "--test-threads=1"])
-        .env("PODSTAT_BIN", &bin);
+    // Integration tests only: the library's unit tests ran in the unprivileged tier.
+    cmd.args([
+        "test",
+        "-p",
+        "podstat-tests",
+        "--test",
+        "*",
+        "--",
+        "--test-threads=1",
+    ])
+    .env("PODSTAT_BIN", &bin);
     if let Some(f) = filter {
         cmd.arg(f);
     }
     tally.run(&mut cmd)?;
+    matrix_tier(start, &mut tally)?;
+    Ok(tally)
+}
 
+/// The kernel matrix as a tier of `cargo xtask test`: one result per pinned kernel.
+fn matrix_tier(start: Instant, tally: &mut Tally) -> anyhow::Result<()> {
     step(start, "kernel matrix in qemu (xtask/vm-kernels.toml)");
     let kernels = vm::kernels(&[])?;
     let outcomes = vm::matrix(start, &kernels).inspect_err(|_| tally.report())?;
-    let failed: Vec<&str> = outcomes
-        .iter()
-        .filter(|o| !o.passed)
-        .map(|o| o.name.as_str())
-        .collect();
-    tally.passed += outcomes.len() as u64 - failed.len() as u64;
+    let failed = vm::failed(&outcomes);
+    tally.passed += (outcomes.len() - failed.len()) as u64;
     tally.failed += failed.len() as u64;
     if !failed.is_empty() {
         tally.report();
         bail!("kernel matrix: {} failed", failed.join(" "));
     }
-    Ok(tally)
+    Ok(())
+}
+
+/// `promtool check rules` on every rules file in deploy/prometheus and `promtool test rules` on
+/// every test file in deploy/prometheus/tests, each counted as one test in the tally. Any
+/// failure fails the run, after all of them have run.
+fn promtool_rules(tally: &mut Tally) -> anyhow::Result<()> {
+    let dir = root().join("deploy/prometheus");
+    let yaml_in = |d: &Path| -> anyhow::Result<Vec<PathBuf>> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(d)
+            .with_context(|| format!("listing {}", d.display()))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+            .collect();
+        v.sort();
+        if v.is_empty() {
+            bail!("no YAML files in {}", d.display());
+        }
+        Ok(v)
+    };
+    let mut failed = Vec::new();
+    let checks = yaml_in(&dir)?.into_iter().map(|f| ("check", f));
+    let tests = yaml_in(&dir.join("tests"))?
+        .into_iter()
+        .map(|f| ("test", f));
+    for (what, file) in checks.chain(tests) {
+        let out = Command::new("promtool")
+            .args([what, "rules"])
+            .arg(&file)
+            .current_dir(&dir)
+            .output()
+            .context("spawning promtool (Debian package prometheus)")?;
+        let name = file
+            .strip_prefix(&dir)
+            .unwrap_or(&file)
+            .display()
+            .to_string();
+        if out.status.success() {
+            eprintln!("promtool {what} rules {name}: ok");
+            tally.passed += 1;
+        } else {
+            eprintln!(
+                "promtool {what} rules {name}: FAILED\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            tally.failed += 1;
+            failed.push(format!("promtool {what} rules {name}"));
+        }
+    }
+    if !failed.is_empty() {
+        tally.report();
+        bail!("failed: {}", failed.join(", "));
+    }
+    Ok(())
 }
 
 /// Adds up cargo test's `test result:` lines across the tiers, for one closing line.

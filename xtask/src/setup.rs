@@ -11,11 +11,20 @@ use anyhow::{Context as _, bail};
 use crate::{run, step};
 
 /// (command that proves it is installed, Debian package).
-pub const TEST_PACKAGES: &[(&str, &str)] =
-    &[("promtool", "prometheus"), ("stress-ng", "stress-ng")];
-/// What `cargo xtask vm` needs: qemu, a static busybox for the guest, sha256sum.
+pub const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("promtool", "prometheus"),
+    ("stress-ng", "stress-ng"),
+    // The end-to-end test: pods through containerd's CRI, images from busybox-static.
+    ("containerd", "containerd"),
+    ("runc", "runc"),
+    ("busybox", "busybox-static"),
+    ("tmux", "tmux"),
+];
+/// What `cargo xtask vm` needs: qemu, a static busybox for the guest, sha256sum, and a musl C
+/// compiler for the C in the agent's dependencies (ring, for the kubelet's TLS).
 pub const VM_PACKAGES: &[(&str, &str)] = &[
     ("qemu-system-x86_64", "qemu-system-x86"),
+    ("x86_64-linux-musl-gcc", "musl-tools"),
     ("busybox", "busybox-static"),
     ("sha256sum", "coreutils"),
     ("dpkg-deb", "dpkg"),
@@ -98,7 +107,7 @@ pub fn toolchain(start: Instant) -> anyhow::Result<()> {
             p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
                 n.starts_with("libLLVM.so.")
                     || (n.starts_with("libLLVM")
-                        && Path::new(n).extension().is_some_and(|e| e == "so"))
+                        && Path::new(n).extension().is_some_and(|x| x == "so"))
             })
         })
         .with_context(|| {

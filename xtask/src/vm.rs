@@ -662,6 +662,15 @@ fn boot(k: &Kernel, vmlinuz: &Path, initrd: &Path, log: &Path) -> anyhow::Result
     })
 }
 
+/// The names of the kernels that failed.
+pub fn failed(outcomes: &[Outcome]) -> Vec<&str> {
+    outcomes
+        .iter()
+        .filter(|o| !o.passed)
+        .map(|o| o.name.as_str())
+        .collect()
+}
+
 /// Runs the matrix over `kernels`, one after another. Every kernel is attempted; the outcomes
 /// say which passed.
 pub fn matrix(start: Instant, kernels: &[Kernel]) -> anyhow::Result<Vec<Outcome>> {

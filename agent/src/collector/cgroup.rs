@@ -8,7 +8,7 @@ use std::{
     collections::{HashMap, HashSet},
     fmt,
     path::PathBuf,
-    sync::{Mutex, PoisonError},
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -92,7 +92,7 @@ impl EncodeLabelSet for Target {
 }
 
 impl Target {
-    /// Labels for a discovered cgroup; names stay empty until a metadata provider exists.
+    /// Labels for a discovered cgroup; the names are filled in by the metadata provider.
     pub fn from_kind(d: &Discovered) -> Self {
         match &d.kind {
             CgroupKind::Pod { pod_uid, qos, .. } => Self {
@@ -128,11 +128,17 @@ pub struct Targets {
     procfs: PathBuf,
     /// container id → is it a sandbox? Decided once per container (it costs two reads).
     sandbox: Mutex<HashMap<String, Verdict>>,
+    /// Names from the metadata provider (empty without one).
+    metadata: Arc<crate::metadata::Store>,
 }
 
 impl Targets {
     /// Detects the cgroup layout under `paths.cgroupfs`.
-    pub fn new(paths: &crate::Paths, opts: &Options) -> Result<Self, Unsupported> {
+    pub fn new(
+        paths: &crate::Paths,
+        opts: &Options,
+        metadata: &Arc<crate::metadata::Store>,
+    ) -> Result<Self, Unsupported> {
         let layout =
             Layout::detect(&paths.cgroupfs).map_err(|e| Unsupported(crate::probe::chain(&e)))?;
         Ok(Self {
@@ -140,6 +146,7 @@ impl Targets {
             opts: opts.clone(),
             procfs: paths.procfs.clone(),
             sandbox: Mutex::new(HashMap::new()),
+            metadata: Arc::clone(metadata),
         })
     }
 
@@ -200,6 +207,11 @@ impl Targets {
             let live: HashSet<&str> = live.iter().map(String::as_str).collect();
             cache.retain(|id, _| live.contains(id.as_str()));
         }
+        drop(cache);
+        // Names from the metadata provider; the sandboxes it names (CRI knows them for sure)
+        // go too, unless asked for.
+        self.metadata
+            .label_all(&mut out, self.opts.sandbox, |(_, t)| t);
         out
     }
 }
@@ -215,7 +227,7 @@ pub struct CgroupCollector {
 
 impl CgroupCollector {
     pub fn build(ctx: &Context<'_>) -> Result<Box<dyn Collect>, Unsupported> {
-        let targets = Targets::new(ctx.paths, ctx.cgroup)?;
+        let targets = Targets::new(ctx.paths, ctx.cgroup, ctx.metadata)?;
         let layout = targets.layout();
         tracing::info!(mode = ?layout.mode, cpu = %layout.cpu.display(), version = ?layout.cpu_version, "cgroup layout");
         Ok(Box::new(Self {

@@ -31,6 +31,7 @@ pub struct Context<'a> {
     pub cgroup: &'a cgroup::Options,
     pub probes: &'a Arc<Probes>,
     pub identity: &'a Arc<crate::probe::tracker::Identity>,
+    pub metadata: &'a Arc<crate::metadata::Store>,
 }
 
 /// Why a collector cannot run on this host. Logged once; not a scrape failure.
@@ -102,6 +103,7 @@ pub const SELF_METRICS: &[&str] = &[
     "podstat_node_context_switches_total",
     "podstat_runqueue_latency_seconds",
     "podstat_cpu_preemptions_total",
+    "podstat_cpu_preempted_by_pod_total",
     "podstat_cpu_throttle_pause_seconds",
     "podstat_cpu_quota_exhausted_after_seconds",
     "podstat_cpu_throttle_runnable_threads",

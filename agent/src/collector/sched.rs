@@ -1,11 +1,11 @@
 //! `sched` collector: what the scheduler probe (`ebpf/src/sched.rs`) aggregated in the kernel:
 //! run-queue latency and preemptions per pod and container, context switches per CPU.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use podstat_common::sched::{
-    BUCKETS, BY_OTHER_POD, BY_SAME_POD, BY_SYSTEM, Hist, INF_SLOT, MAP_NAMES, RUNQ_BOUNDS_NS,
-    SUM_SLOT,
+    BUCKETS, BY_OTHER_POD, BY_SAME_POD, BY_SYSTEM, Hist, INF_SLOT, MAP_NAMES, PreemptPair,
+    RUNQ_BOUNDS_NS, SUM_SLOT,
 };
 use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet},
@@ -32,6 +32,60 @@ struct CpuLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ByLabel {
     by: &'static str,
+}
+
+/// The pod that took the CPU, in `podstat_cpu_preempted_by_pod_total`.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PreemptorLabel {
+    pub preemptor_namespace: String,
+    pub preemptor_pod: String,
+    pub preemptor_pod_uid: String,
+}
+
+/// Preemptor pods exported per victim cgroup: the ones with the most preemptions. Bounds the
+/// family at this many series per pod or container, whatever the node runs.
+pub const TOP_PREEMPTORS: usize = 3;
+
+/// Adds up the kernel's (victim cgroup, preemptor cgroup) counts per victim and preemptor pod
+/// (a pod's containers and its pod cgroup are one preemptor), keeps the [`TOP_PREEMPTORS`]
+/// largest per victim, and labels them. Pairs with a cgroup the identity does not know are
+/// dropped. Rows come out sorted by victim, then by count, largest first.
+pub fn preemptor_rows(
+    identity: &Identity,
+    pairs: impl IntoIterator<Item = (PreemptPair, u64)>,
+) -> Vec<(Target, PreemptorLabel, u64)> {
+    let mut per_victim: HashMap<u64, HashMap<String, (PreemptorLabel, u64)>> = HashMap::new();
+    for (pair, n) in pairs {
+        let Some(by) = identity.get(pair.preemptor) else {
+            continue;
+        };
+        let entry = per_victim
+            .entry(pair.victim)
+            .or_default()
+            .entry(by.pod_uid.clone())
+            .or_insert_with(|| {
+                (
+                    PreemptorLabel {
+                        preemptor_namespace: by.namespace.clone(),
+                        preemptor_pod: by.pod.clone(),
+                        preemptor_pod_uid: by.pod_uid.clone(),
+                    },
+                    0,
+                )
+            });
+        entry.1 += n;
+    }
+    let mut rows = Vec::new();
+    for (victim, preemptors) in join(identity, per_victim) {
+        let mut top: Vec<(PreemptorLabel, u64)> = preemptors.into_values().collect();
+        top.sort_by(|a, b| {
+            b.1.cmp(&a.1)
+                .then_with(|| a.0.preemptor_pod_uid.cmp(&b.0.preemptor_pod_uid))
+        });
+        top.truncate(TOP_PREEMPTORS);
+        rows.extend(top.into_iter().map(|(l, n)| (victim.clone(), l, n)));
+    }
+    rows
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -130,6 +184,8 @@ impl Collect for SchedCollector {
             &self.identity,
             maps.sched_stats.iter().filter_map(Result::ok),
         );
+        let pairs: Vec<(PreemptPair, u64)> =
+            maps.preempt_pairs.iter().filter_map(Result::ok).collect();
         let full: Vec<u64> = (0u32..)
             .take(MAP_NAMES.len())
             .map(|i| maps.map_full.get(&i, 0).map_or(0, |v| v.iter().sum()))
@@ -175,6 +231,18 @@ impl Collect for SchedCollector {
                     ConstCounter::new(by[idx])
                         .encode(m.encode_family(&(target.clone(), ByLabel { by: label }))?)?;
                 }
+            }
+        }
+        let by_pod = preemptor_rows(&self.identity, pairs);
+        if !by_pod.is_empty() {
+            let mut m = enc.encode_descriptor(
+                "podstat_cpu_preempted_by_pod",
+                "Involuntary switch-outs of the container's tasks while still runnable because a task of another pod took the CPU, by that pod; the 3 pods with the most per container.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (victim, by, n) in &by_pod {
+                ConstCounter::new(*n).encode(m.encode_family(&(victim.clone(), by.clone()))?)?;
             }
         }
         let mut m = enc.encode_descriptor(
@@ -223,6 +291,52 @@ mod tests {
         assert_eq!(
             got,
             vec![("a", "c1", 'y'), ("b", "c1", 'x'), ("b", "c2", 'z')]
+        );
+    }
+
+    #[test]
+    fn preemptors_add_up_per_pod_and_keep_the_top_ones() {
+        let identity = Identity::default();
+        let target = |uid: &str, cid: &str, pod: &str| Target {
+            pod_uid: uid.into(),
+            container_id: cid.into(),
+            pod: pod.into(),
+            namespace: "ns".into(),
+            qos: "burstable",
+            ..Target::default()
+        };
+        identity.replace(HashMap::from([
+            (1, target("victim", "c", "v")),
+            (2, target("hog", "", "hog")),
+            (3, target("hog", "c1", "hog")),
+            (4, target("p4", "c", "p4")),
+            (5, target("p5", "c", "p5")),
+            (6, target("p6", "c", "p6")),
+        ]));
+        let pair = |victim, preemptor| PreemptPair { victim, preemptor };
+        let rows = preemptor_rows(
+            &identity,
+            [
+                (pair(1, 2), 5),
+                (pair(1, 3), 10),
+                (pair(1, 4), 1),
+                (pair(1, 5), 7),
+                (pair(1, 6), 2),
+                (pair(1, 99), 100), // preemptor gone
+                (pair(98, 2), 100), // victim gone
+            ],
+        );
+        let got: Vec<(&str, &str, u64)> = rows
+            .iter()
+            .map(|(v, by, n)| (v.pod_uid.as_str(), by.preemptor_pod.as_str(), *n))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("victim", "hog", 15),
+                ("victim", "p5", 7),
+                ("victim", "p6", 2)
+            ]
         );
     }
 

@@ -1618,14 +1618,15 @@ mod tests {
         );
     }
 
-    /// The agent parses vmlinux BTF at startup; even a debug build must be quick.
+    /// The agent parses vmlinux BTF at startup; even a debug build must be quick. About 0.5 s
+    /// here when the machine is quiet; the bound leaves room for a shared, loaded machine.
     #[test]
     fn real_kernel_parse_is_fast() {
         let Some(bytes) = vmlinux() else { return };
         let start = Instant::now();
         let btf = KernelBtf::parse(bytes).expect("kernel BTF parses");
         let elapsed = start.elapsed();
-        assert!(elapsed < Duration::from_secs(1), "parsing took {elapsed:?}");
+        assert!(elapsed < Duration::from_secs(3), "parsing took {elapsed:?}");
         assert!(btf.has_func("schedule"));
     }
 }

@@ -19,7 +19,9 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{BtfTracePoint, FEntry, FExit, KProbe},
 };
-use podstat_common::sched::{self as common, Known, Offsets, SchedStats, ThrottleStats};
+use podstat_common::sched::{
+    self as common, Known, Offsets, PreemptPair, SchedStats, ThrottleStats,
+};
 use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
     metrics::{MetricType, gauge::ConstGauge},
@@ -65,6 +67,8 @@ pub struct Wanted {
     pub max_cgroups: u32,
     /// Tasks waiting for a CPU at once (sizes WAIT_START).
     pub max_waiting: u32,
+    /// (victim, preemptor) cgroup pairs of different pods (sizes PREEMPT_PAIRS).
+    pub max_preempt_pairs: u32,
 }
 
 impl Default for Wanted {
@@ -74,6 +78,7 @@ impl Default for Wanted {
             throttle: true,
             max_cgroups: common::DEFAULT_MAX_CGROUPS,
             max_waiting: common::DEFAULT_MAX_WAITING,
+            max_preempt_pairs: common::DEFAULT_MAX_PREEMPT_PAIRS,
         }
     }
 }
@@ -84,6 +89,7 @@ pub struct Maps {
     pub known: HashMap<MapData, u64, Known>,
     pub sched_stats: HashMap<MapData, u64, SchedStats>,
     pub throttle_stats: HashMap<MapData, u64, ThrottleStats>,
+    pub preempt_pairs: HashMap<MapData, PreemptPair, u64>,
     pub map_full: PerCpuArray<MapData, u64>,
 }
 
@@ -276,7 +282,8 @@ impl Probes {
             .map_max_entries(common::KNOWN_MAP, wanted.max_cgroups)
             .map_max_entries(common::SCHED_STATS_MAP, wanted.max_cgroups)
             .map_max_entries(common::THROTTLE_STATS_MAP, wanted.max_cgroups)
-            .map_max_entries(common::WAIT_MAP, wanted.max_waiting);
+            .map_max_entries(common::WAIT_MAP, wanted.max_waiting)
+            .map_max_entries(common::PREEMPT_PAIRS_MAP, wanted.max_preempt_pairs);
         let mut ebpf = match loader.load(OBJECT) {
             Ok(ebpf) => ebpf,
             Err(e) => {
@@ -562,6 +569,7 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, String> {
         known: take(ebpf, common::KNOWN_MAP)?,
         sched_stats: take(ebpf, common::SCHED_STATS_MAP)?,
         throttle_stats: take(ebpf, common::THROTTLE_STATS_MAP)?,
+        preempt_pairs: take(ebpf, common::PREEMPT_PAIRS_MAP)?,
         map_full: take(ebpf, common::MAP_FULL_MAP)?,
     })
 }

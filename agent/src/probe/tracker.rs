@@ -128,6 +128,15 @@ impl Tracker {
         for id in &stale {
             let _ = maps.throttle_stats.remove(id);
         }
+        let stale: Vec<_> = maps
+            .preempt_pairs
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|p| !(next.contains_key(&p.victim) && next.contains_key(&p.preemptor)))
+            .collect();
+        for pair in &stale {
+            let _ = maps.preempt_pairs.remove(pair);
+        }
         let mut tracked = HashMap::with_capacity(next.len());
         for (id, target) in next {
             if !old.contains(&id) {

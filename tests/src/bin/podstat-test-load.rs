@@ -30,7 +30,12 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("busy") => {
-            let threads = arg(&args, 2, "THREADS") as usize;
+            #[expect(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                reason = "a small thread count from the command line"
+            )]
+            let threads = arg(&args, 2, "THREADS").max(0.0) as usize;
             let secs = Duration::from_secs_f64(arg(&args, 3, "SECS").min(120.0));
             let handles: Vec<_> = (0..threads)
                 .map(|_| thread::spawn(move || spin_for(secs)))

@@ -1,0 +1,408 @@
+//! The CRI provider: `ListPodSandbox` and `ListContainers` over the runtime's unix socket
+//! (containerd, CRI-O), as gRPC unary calls on HTTP/2.
+//!
+//! The messages are the subset of `runtime.v1` (cri-api `pkg/apis/runtime/v1/api.proto`,
+//! <https://github.com/kubernetes/cri-api/blob/v0.31.0/pkg/apis/runtime/v1/api.proto>) that
+//! podstat reads, with the proto's field numbers; protobuf skips the fields we leave out. This
+//! keeps `protoc` out of the build (plain `cargo build` must work on a fresh machine) and the
+//! dependency set to prost and the hyper that serves /metrics.
+
+use std::path::{Path, PathBuf};
+
+use http_body_util::{BodyExt as _, Full};
+use hyper::{Request, StatusCode, body::Bytes, client::conn::http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prost::Message;
+
+use super::{PodMeta, Snapshot};
+
+/// Largest response accepted (a node with thousands of containers answers in a few MiB).
+pub const MAX_MESSAGE: usize = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CriError {
+    #[error("connecting")]
+    Connect(#[source] std::io::Error),
+    #[error("HTTP/2 handshake")]
+    Handshake(#[source] hyper::Error),
+    #[error("{method}: request")]
+    Request {
+        method: &'static str,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("{method}: HTTP status {status}")]
+    Status {
+        method: &'static str,
+        status: StatusCode,
+    },
+    #[error("{method}: gRPC status {code}: {message}")]
+    Grpc {
+        method: &'static str,
+        code: u32,
+        message: String,
+    },
+    #[error("{method}: malformed response: {why}")]
+    Malformed { method: &'static str, why: String },
+}
+
+/// A CRI client on one socket; the HTTP/2 connection is reused until it fails.
+#[derive(Debug)]
+pub struct Client {
+    socket: PathBuf,
+    conn: Option<http2::SendRequest<Full<Bytes>>>,
+}
+
+impl Client {
+    pub fn new(socket: PathBuf) -> Self {
+        Self { socket, conn: None }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Drops the connection; the next call reconnects.
+    pub fn reset(&mut self) {
+        self.conn = None;
+    }
+
+    async fn connection(&mut self) -> Result<&mut http2::SendRequest<Full<Bytes>>, CriError> {
+        if self
+            .conn
+            .as_ref()
+            .is_some_and(http2::SendRequest::is_closed)
+        {
+            self.conn = None;
+        }
+        if self.conn.is_none() {
+            let stream = tokio::net::UnixStream::connect(&self.socket)
+                .await
+                .map_err(CriError::Connect)?;
+            let (send, conn) = http2::Builder::new(TokioExecutor::new())
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(CriError::Handshake)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "CRI connection ended");
+                }
+            });
+            self.conn = Some(send);
+        }
+        self.conn
+            .as_mut()
+            .ok_or_else(|| CriError::Connect(std::io::Error::other("no connection")))
+    }
+
+    /// One gRPC unary call: `method` is `/package.Service/Method`.
+    pub async fn unary<Req: Message, Resp: Message + Default>(
+        &mut self,
+        method: &'static str,
+        req: &Req,
+    ) -> Result<Resp, CriError> {
+        let body = frame(req);
+        let request = Request::post(format!("http://localhost{method}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| CriError::Malformed {
+                method,
+                why: e.to_string(),
+            })?;
+        let conn = self.connection().await?;
+        conn.ready()
+            .await
+            .map_err(|source| CriError::Request { method, source })?;
+        let resp = match conn.send_request(request).await {
+            Ok(r) => r,
+            Err(source) => {
+                self.conn = None;
+                return Err(CriError::Request { method, source });
+            }
+        };
+        let status = resp.status();
+        let (parts, body) = resp.into_parts();
+        if status != StatusCode::OK {
+            return Err(CriError::Status { method, status });
+        }
+        // A trailers-only response carries grpc-status in the headers.
+        grpc_status(method, &parts.headers)?;
+        let collected = http_body_util::Limited::new(body, MAX_MESSAGE + 5)
+            .collect()
+            .await
+            .map_err(|e| CriError::Malformed {
+                method,
+                why: format!("reading the body: {e}"),
+            })?;
+        if let Some(trailers) = collected.trailers() {
+            grpc_status(method, trailers)?;
+        }
+        let bytes = collected.to_bytes();
+        let msg = unframe(&bytes).map_err(|why| CriError::Malformed { method, why })?;
+        Resp::decode(msg).map_err(|e| CriError::Malformed {
+            method,
+            why: e.to_string(),
+        })
+    }
+
+    /// Pods and containers the runtime knows now.
+    pub async fn snapshot(&mut self) -> Result<Snapshot, CriError> {
+        let sandboxes: ListPodSandboxResponse = self
+            .unary(LIST_POD_SANDBOX, &ListPodSandboxRequest::default())
+            .await?;
+        let containers: ListContainersResponse = self
+            .unary(LIST_CONTAINERS, &ListContainersRequest::default())
+            .await?;
+        Ok(join(&sandboxes, &containers))
+    }
+}
+
+pub const LIST_POD_SANDBOX: &str = "/runtime.v1.RuntimeService/ListPodSandbox";
+pub const LIST_CONTAINERS: &str = "/runtime.v1.RuntimeService/ListContainers";
+
+/// Builds the snapshot: pod uid → names from the sandboxes; container id → name, for the
+/// containers whose sandbox is known.
+pub fn join(sandboxes: &ListPodSandboxResponse, containers: &ListContainersResponse) -> Snapshot {
+    let mut snap = Snapshot::default();
+    for s in &sandboxes.items {
+        snap.sandboxes.insert(s.id.clone());
+        let Some(m) = &s.metadata else { continue };
+        if m.uid.is_empty() {
+            continue;
+        }
+        snap.pods.insert(
+            m.uid.clone(),
+            PodMeta {
+                namespace: m.namespace.clone(),
+                name: m.name.clone(),
+            },
+        );
+    }
+    for c in &containers.containers {
+        if let Some(m) = &c.metadata {
+            snap.containers.insert(c.id.clone(), m.name.clone());
+        }
+    }
+    snap
+}
+
+/// gRPC message framing: 1 byte "compressed" flag, 4 bytes big-endian length, the message.
+pub fn frame(msg: &impl Message) -> Vec<u8> {
+    let len = msg.encoded_len();
+    let mut out = Vec::with_capacity(5 + len);
+    out.push(0);
+    out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+    msg.encode(&mut out)
+        .unwrap_or_else(|_| unreachable!("a Vec grows as needed"));
+    out
+}
+
+/// The single message of a unary response.
+pub fn unframe(body: &[u8]) -> Result<&[u8], String> {
+    let Some((head, rest)) = body.split_at_checked(5) else {
+        return Err(format!(
+            "{} bytes, shorter than a gRPC frame header",
+            body.len()
+        ));
+    };
+    if head[0] != 0 {
+        return Err("compressed message (podstat asks for none)".into());
+    }
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    if len > MAX_MESSAGE {
+        return Err(format!("message of {len} bytes exceeds {MAX_MESSAGE}"));
+    }
+    rest.get(..len)
+        .ok_or_else(|| format!("frame says {len} bytes, body has {}", rest.len()))
+}
+
+fn grpc_status(method: &'static str, headers: &hyper::HeaderMap) -> Result<(), CriError> {
+    let Some(code) = headers.get("grpc-status") else {
+        return Ok(());
+    };
+    let code: u32 = code
+        .to_str()
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| CriError::Malformed {
+            method,
+            why: format!("grpc-status {code:?}"),
+        })?;
+    if code == 0 {
+        return Ok(());
+    }
+    let message = headers
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    Err(CriError::Grpc {
+        method,
+        code,
+        message,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// runtime.v1 messages (the fields podstat reads)
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ListPodSandboxRequest {}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ListPodSandboxResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub items: Vec<PodSandbox>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct PodSandbox {
+    #[prost(string, tag = "1")]
+    pub id: String,
+    #[prost(message, optional, tag = "2")]
+    pub metadata: Option<PodSandboxMetadata>,
+    /// 0 ready, 1 not ready.
+    #[prost(int32, tag = "3")]
+    pub state: i32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct PodSandboxMetadata {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub uid: String,
+    #[prost(string, tag = "3")]
+    pub namespace: String,
+    #[prost(uint32, tag = "4")]
+    pub attempt: u32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ListContainersRequest {}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ListContainersResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub containers: Vec<Container>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Container {
+    #[prost(string, tag = "1")]
+    pub id: String,
+    #[prost(string, tag = "2")]
+    pub pod_sandbox_id: String,
+    #[prost(message, optional, tag = "3")]
+    pub metadata: Option<ContainerMetadata>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ContainerMetadata {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(uint32, tag = "2")]
+    pub attempt: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sandbox(id: &str, uid: &str, ns: &str, name: &str) -> PodSandbox {
+        PodSandbox {
+            id: id.into(),
+            metadata: Some(PodSandboxMetadata {
+                name: name.into(),
+                uid: uid.into(),
+                namespace: ns.into(),
+                attempt: 0,
+            }),
+            state: 0,
+        }
+    }
+
+    #[test]
+    fn frame_round_trip() {
+        let resp = ListPodSandboxResponse {
+            items: vec![sandbox("s1", "u1", "shop", "web-0")],
+        };
+        let framed = frame(&resp);
+        assert_eq!(framed[0], 0);
+        let back =
+            ListPodSandboxResponse::decode(unframe(&framed).expect("frame")).expect("decode");
+        assert_eq!(back, resp);
+    }
+
+    #[test]
+    fn unframe_rejects_bad_frames() {
+        for (body, why) in [
+            (&b""[..], "shorter"),
+            (&[1, 0, 0, 0, 0][..], "compressed"),
+            (&[0, 0, 0, 0, 9, 1][..], "says 9 bytes"),
+            (&[0, 0xff, 0xff, 0xff, 0xff][..], "exceeds"),
+        ] {
+            let e = unframe(body).expect_err("must fail");
+            assert!(e.contains(why), "{e:?} should say {why:?}");
+        }
+    }
+
+    /// Fields podstat does not model (labels, annotations, image, state…) are skipped: encode
+    /// a message with extra fields by hand and decode it.
+    #[test]
+    fn unknown_fields_are_skipped() {
+        // Container { id = 1: "c1", 4 (image, a message): {1: "busybox"}, 3 (metadata): {1: "app"}, 7: created_at varint }
+        let bytes = [
+            0x0a, 2, b'c', b'1', // id
+            0x22, 9, 0x0a, 7, b'b', b'u', b's', b'y', b'b', b'o', b'x', // image
+            0x1a, 5, 0x0a, 3, b'a', b'p', b'p', // metadata.name
+            0x38, 0x96, 0x01, // created_at = 150
+        ];
+        let c = Container::decode(&bytes[..]).expect("decode");
+        assert_eq!(c.id, "c1");
+        assert_eq!(c.metadata.map(|m| m.name).as_deref(), Some("app"));
+    }
+
+    #[test]
+    fn join_maps_uids_and_container_ids() {
+        let sandboxes = ListPodSandboxResponse {
+            items: vec![
+                sandbox("s1", "u1", "shop", "web-0"),
+                sandbox("s2", "", "x", "no-uid"),
+                PodSandbox {
+                    id: "s3".into(),
+                    metadata: None,
+                    state: 1,
+                },
+            ],
+        };
+        let containers = ListContainersResponse {
+            containers: vec![Container {
+                id: "c1".into(),
+                pod_sandbox_id: "s1".into(),
+                metadata: Some(ContainerMetadata {
+                    name: "app".into(),
+                    attempt: 1,
+                }),
+            }],
+        };
+        let snap = join(&sandboxes, &containers);
+        assert_eq!(snap.pods.len(), 1);
+        assert_eq!(snap.pods["u1"].name, "web-0");
+        assert_eq!(snap.containers["c1"], "app");
+        assert_eq!(snap.sandboxes.len(), 3);
+    }
+
+    /// A socket nobody listens on fails with a connect error, quickly.
+    #[test]
+    fn missing_socket_is_a_connect_error() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let mut c = Client::new("/nonexistent/podstat-test-cri.sock".into());
+        let e = rt.block_on(c.snapshot()).expect_err("no socket");
+        assert!(matches!(e, CriError::Connect(_)), "{e:?}");
+    }
+}

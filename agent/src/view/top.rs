@@ -1,0 +1,530 @@
+//! `podstat top`: a table of the node's pods and containers, refreshed every second, sorted
+//! and filtered with keys. Plain ANSI escapes on a raw-mode terminal (termios), so it works on
+//! any SSH terminal; the terminal is restored on exit, on error and on panic.
+
+use std::{
+    fmt::Write as _,
+    io::{Read as _, Write as _},
+    os::fd::AsFd as _,
+    sync::{Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use nix::{
+    poll::{PollFd, PollFlags, PollTimeout, poll},
+    sys::termios::{self, LocalFlags, SetArg, Termios},
+};
+use serde::Serialize;
+
+use super::model::Row;
+
+/// What the table is sorted by (descending, names ascending).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SortKey {
+    /// Throttled share of wall time.
+    Throttled,
+    /// CPU used.
+    Cpu,
+    /// Run-queue latency p99.
+    Runq,
+    /// Preemptions by other pods per second.
+    Preempt,
+    /// Pod and container name.
+    Name,
+}
+
+impl SortKey {
+    /// The key that selects it on screen.
+    pub fn key(self) -> char {
+        match self {
+            Self::Throttled => 't',
+            Self::Cpu => 'c',
+            Self::Runq => 'r',
+            Self::Preempt => 'p',
+            Self::Name => 'n',
+        }
+    }
+
+    fn from_key(c: char) -> Option<Self> {
+        [
+            Self::Throttled,
+            Self::Cpu,
+            Self::Runq,
+            Self::Preempt,
+            Self::Name,
+        ]
+        .into_iter()
+        .find(|k| k.key() == c)
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Throttled => "throttled",
+            Self::Cpu => "cpu",
+            Self::Runq => "runq p99",
+            Self::Preempt => "preemptions",
+            Self::Name => "name",
+        }
+    }
+
+    fn value(self, r: &Row) -> Option<f64> {
+        match self {
+            Self::Throttled => r
+                .throttled_wall_share()
+                .or_else(|| r.throttled_period_share()),
+            Self::Cpu => r.cpu_cores,
+            Self::Runq => r.runq_p99(),
+            Self::Preempt => r.preempted_by_others_rate(),
+            Self::Name => None,
+        }
+    }
+}
+
+/// The keys line shown under the header.
+pub const KEYS_HELP: &str = "keys: t throttled  c cpu  r runq p99  p preemptions  n name  / filter  Esc clear filter  q quit";
+
+/// Whether `r` matches `filter`: a substring of its namespace, pod, container, pod uid or
+/// container id; `namespace/` matches a namespace exactly. Empty matches everything.
+pub fn matches(r: &Row, filter: &str) -> bool {
+    let f = filter.trim();
+    if f.is_empty() {
+        return true;
+    }
+    if let Some(ns) = f.strip_suffix('/') {
+        return r.names.namespace == ns;
+    }
+    [
+        r.names.namespace.as_str(),
+        r.names.pod.as_str(),
+        r.names.container.as_str(),
+        r.key.pod_uid.as_str(),
+        r.key.container_id.as_str(),
+    ]
+    .iter()
+    .any(|s| s.contains(f))
+}
+
+/// The rows that match `filter`, sorted by `sort`.
+pub fn select<'a>(rows: &'a [Row], sort: SortKey, filter: &str) -> Vec<&'a Row> {
+    let mut out: Vec<&Row> = rows.iter().filter(|r| matches(r, filter)).collect();
+    let by_name = |a: &Row, b: &Row| {
+        a.pod_name()
+            .cmp(&b.pod_name())
+            .then_with(|| a.key.container_id.cmp(&b.key.container_id))
+    };
+    out.sort_by(|a, b| match (sort.value(a), sort.value(b)) {
+        (Some(x), Some(y)) => y.total_cmp(&x).then_with(|| by_name(a, b)),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => by_name(a, b),
+    });
+    out
+}
+
+const DASH: &str = "–";
+
+/// A duration in few characters: `850µs`, `12.5ms`, `1.20s`.
+pub fn short_dur(s: Option<f64>) -> String {
+    match s {
+        None => DASH.into(),
+        Some(s) if s >= 1.0 => format!("{s:.2}s"),
+        Some(s) if s >= 0.001 => format!("{:.1}ms", s * 1e3),
+        Some(s) => format!("{:.0}µs", s * 1e6),
+    }
+}
+
+fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    v.map_or_else(|| DASH.into(), f)
+}
+
+/// Column headers, and what each means (README).
+const COLUMNS: [(&str, usize); 8] = [
+    ("CPU/LIM", 10),
+    ("THR%", 4),
+    ("PAUSE99", 7),
+    ("EXH50", 7),
+    ("RUN@T", 5),
+    ("RUNQ99", 7),
+    ("PRE/s", 6),
+    ("LOCAL", 5),
+];
+
+fn cells(r: &Row) -> [String; 8] {
+    [
+        format!(
+            "{}/{}",
+            opt(r.cpu_cores, |c| format!("{c:.2}")),
+            opt(r.limit_cores, |c| format!("{c:.2}"))
+        ),
+        opt(
+            r.throttled_wall_share()
+                .or_else(|| r.throttled_period_share()),
+            |s| format!("{:.0}%", s * 100.0),
+        ),
+        short_dur(r.pause_p99()),
+        short_dur(r.exhausted_after_p50()),
+        opt(r.runnable_at_throttle(), |n| format!("{n:.1}")),
+        short_dur(r.runq_p99()),
+        opt(r.preempted_by_others_rate(), |n| format!("{n:.1}")),
+        opt(r.local_share(), |s| format!("{:.0}%", s * 100.0)),
+    ]
+}
+
+fn pad_left(s: &str, w: usize) -> String {
+    let n = s.chars().count();
+    format!("{}{s}", " ".repeat(w.saturating_sub(n)))
+}
+
+fn pad_right(s: &str, w: usize) -> String {
+    let n = s.chars().count();
+    if n > w {
+        let mut t: String = s.chars().take(w.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    } else {
+        format!("{s}{}", " ".repeat(w - n))
+    }
+}
+
+/// The table (header and one line per row), each line cut to `width` characters. The pod
+/// column gives way first (down to 8 characters, names cut with `…`), so the numbers fit
+/// an 80-column terminal.
+pub fn render_table(rows: &[&Row], width: usize) -> String {
+    let ctr_w = 12;
+    let numbers: usize = COLUMNS.iter().map(|(_, w)| w + 1).sum::<usize>() + ctr_w + 1;
+    let pod_w = rows
+        .iter()
+        .map(|r| r.pod_name().chars().count())
+        .max()
+        .unwrap_or(3)
+        .clamp(3, 40)
+        .min(width.saturating_sub(numbers).max(8));
+    let mut lines = Vec::with_capacity(rows.len() + 1);
+    let mut head = format!(
+        "{} {}",
+        pad_right("POD", pod_w),
+        pad_right("CONTAINER", ctr_w)
+    );
+    for (h, w) in COLUMNS {
+        let _ = write!(head, " {}", pad_left(h, w));
+    }
+    lines.push(head);
+    for r in rows {
+        let mut line = format!(
+            "{} {}",
+            pad_right(&r.pod_name(), pod_w),
+            pad_right(&r.container_name(), ctr_w)
+        );
+        for (cell, (_, w)) in cells(r).iter().zip(COLUMNS) {
+            let _ = write!(line, " {}", pad_left(cell, w));
+        }
+        lines.push(line);
+    }
+    let mut out = String::new();
+    for l in lines {
+        out.extend(l.trim_end().chars().take(width));
+        out.push('\n');
+    }
+    out
+}
+
+/// One row of `--once --output json`.
+#[derive(Debug, Serialize)]
+pub struct JsonRow<'a> {
+    pub namespace: &'a str,
+    pub pod: &'a str,
+    pub container: &'a str,
+    pub pod_uid: &'a str,
+    pub container_id: &'a str,
+    pub qos: &'a str,
+    pub cpu_cores: Option<f64>,
+    pub limit_cores: Option<f64>,
+    pub throttled_wall_share: Option<f64>,
+    pub throttled_period_share: Option<f64>,
+    pub throttle_pause_p99_seconds: Option<f64>,
+    pub quota_exhausted_after_p50_seconds: Option<f64>,
+    pub runnable_threads_at_throttle: Option<f64>,
+    pub runqueue_latency_p99_seconds: Option<f64>,
+    pub preemptions_by_other_pods_per_second: Option<f64>,
+    pub steering_local_share: Option<f64>,
+}
+
+/// The rows as a JSON array, in display order.
+pub fn render_json(rows: &[&Row]) -> String {
+    let out: Vec<JsonRow<'_>> = rows
+        .iter()
+        .map(|r| JsonRow {
+            namespace: &r.names.namespace,
+            pod: &r.names.pod,
+            container: &r.names.container,
+            pod_uid: &r.key.pod_uid,
+            container_id: &r.key.container_id,
+            qos: &r.names.qos,
+            cpu_cores: r.cpu_cores,
+            limit_cores: r.limit_cores,
+            throttled_wall_share: r.throttled_wall_share(),
+            throttled_period_share: r.throttled_period_share(),
+            throttle_pause_p99_seconds: r.pause_p99(),
+            quota_exhausted_after_p50_seconds: r.exhausted_after_p50(),
+            runnable_threads_at_throttle: r.runnable_at_throttle(),
+            runqueue_latency_p99_seconds: r.runq_p99(),
+            preemptions_by_other_pods_per_second: r.preempted_by_others_rate(),
+            steering_local_share: r.local_share(),
+        })
+        .collect();
+    serde_json::to_string_pretty(&out).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}
+
+/// The screen's state between refreshes.
+#[derive(Debug, Clone)]
+pub struct Screen {
+    pub sort: SortKey,
+    pub filter: String,
+    /// `Some` while the filter is being typed after `/`.
+    pub editing: Option<String>,
+    pub quit: bool,
+}
+
+impl Screen {
+    pub fn new(sort: SortKey, filter: String) -> Self {
+        Self {
+            sort,
+            filter,
+            editing: None,
+            quit: false,
+        }
+    }
+
+    /// Applies one input byte.
+    pub fn key(&mut self, b: u8) {
+        if let Some(buf) = &mut self.editing {
+            match b {
+                b'\r' | b'\n' => {
+                    self.filter = std::mem::take(buf);
+                    self.editing = None;
+                }
+                0x1b => self.editing = None,
+                0x7f | 0x08 => {
+                    buf.pop();
+                }
+                0x20..=0x7e => buf.push(char::from(b)),
+                _ => {}
+            }
+            return;
+        }
+        match b {
+            b'q' | 0x03 => self.quit = true,
+            b'/' => self.editing = Some(String::new()),
+            0x1b => self.filter.clear(),
+            _ => {
+                if let Some(k) = SortKey::from_key(char::from(b)) {
+                    self.sort = k;
+                }
+            }
+        }
+    }
+
+    /// The whole screen: header, keys, status and table, cut to `width` × `height`.
+    pub fn render(
+        &self,
+        source: &str,
+        rows: &[Row],
+        note: &str,
+        width: usize,
+        height: usize,
+    ) -> String {
+        let shown = select(rows, self.sort, &self.filter);
+        let mut head = vec![format!(
+            "podstat top - {source} - {} cgroups, {} shown - sort: {}",
+            rows.len(),
+            shown.len(),
+            self.sort.label()
+        )];
+        // The keys stay readable on a narrow terminal: wrapped between entries, not cut.
+        let mut line = String::new();
+        for entry in KEYS_HELP.split("  ") {
+            if !line.is_empty() && line.chars().count() + 2 + entry.chars().count() > width {
+                head.push(std::mem::take(&mut line));
+            }
+            if !line.is_empty() {
+                line.push_str("  ");
+            }
+            line.push_str(entry);
+        }
+        head.push(line);
+        head.push(match &self.editing {
+            Some(buf) => format!("filter: {buf}_  (Enter apply, Esc cancel)"),
+            None if self.filter.is_empty() => format!("filter: none  {note}"),
+            None => format!("filter: {}  {note}", self.filter),
+        });
+        let table = render_table(&shown, width);
+        head.extend(table.lines().map(str::to_owned));
+        let mut out = String::new();
+        for line in head.iter().take(height.max(4)) {
+            out.extend(line.chars().take(width));
+            out.push_str("\x1b[K\r\n");
+        }
+        out
+    }
+}
+
+/// The terminal's original settings, for the panic hook.
+static ORIGINAL: Mutex<Option<Termios>> = Mutex::new(None);
+
+/// Puts the terminal back: original termios, cursor shown, main screen.
+fn restore() {
+    if let Some(t) = ORIGINAL
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_ref()
+    {
+        let _ = termios::tcsetattr(std::io::stdin().as_fd(), SetArg::TCSANOW, t);
+    }
+    let mut out = std::io::stdout();
+    let _ = out.write_all(b"\x1b[?25h\x1b[?1049l");
+    let _ = out.flush();
+}
+
+/// Raw mode and the alternate screen for as long as it lives.
+struct RawTerminal;
+
+impl RawTerminal {
+    fn enter() -> std::io::Result<Self> {
+        let stdin = std::io::stdin();
+        let orig = termios::tcgetattr(stdin.as_fd()).map_err(std::io::Error::from)?;
+        *ORIGINAL.lock().unwrap_or_else(PoisonError::into_inner) = Some(orig.clone());
+        let mut raw = orig;
+        // No ISIG either: Ctrl-C arrives as a byte and quits like `q`, through the restore.
+        raw.local_flags
+            .remove(LocalFlags::ICANON | LocalFlags::ECHO | LocalFlags::ISIG);
+        raw.control_chars[termios::SpecialCharacterIndices::VMIN as usize] = 0;
+        raw.control_chars[termios::SpecialCharacterIndices::VTIME as usize] = 0;
+        termios::tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw).map_err(std::io::Error::from)?;
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            restore();
+            prev(info);
+        }));
+        let mut out = std::io::stdout();
+        out.write_all(b"\x1b[?1049h\x1b[?25l")?;
+        out.flush()?;
+        Ok(Self)
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        restore();
+    }
+}
+
+/// The terminal's size (columns, rows), 80×24 if unknown.
+fn size() -> (usize, usize) {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes a winsize into the struct we pass; stdout is a valid fd.
+    let rc = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &raw mut ws) };
+    if rc == 0 && ws.ws_col > 0 && ws.ws_row > 0 {
+        (usize::from(ws.ws_col), usize::from(ws.ws_row))
+    } else {
+        (80, 24)
+    }
+}
+
+/// Runs the live view until `q`. `snapshot` takes a fresh snapshot's rows against the
+/// previous one (`None` until there are two).
+pub fn run_live(
+    source: &str,
+    mut screen: Screen,
+    interval: Duration,
+    mut refresh: impl FnMut() -> Result<Option<Vec<Row>>, String>,
+) -> std::io::Result<()> {
+    let _term = RawTerminal::enter()?;
+    let mut rows: Vec<Row> = Vec::new();
+    let mut note = String::from("(measuring the first interval…)");
+    let mut next = Instant::now();
+    let stdin = std::io::stdin();
+    loop {
+        if Instant::now() >= next {
+            match refresh() {
+                Ok(Some(r)) => {
+                    rows = r;
+                    note.clear();
+                }
+                Ok(None) => {}
+                Err(e) => note = format!("error: {e}"),
+            }
+            next = Instant::now() + interval;
+        }
+        let (w, h) = size();
+        let mut out = std::io::stdout();
+        out.write_all(b"\x1b[H")?;
+        out.write_all(screen.render(source, &rows, &note, w, h).as_bytes())?;
+        out.write_all(b"\x1b[J")?;
+        out.flush()?;
+        let wait = next.saturating_duration_since(Instant::now());
+        let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
+        let ready = poll(&mut fds, PollTimeout::from(ms)).unwrap_or(0);
+        if ready > 0 {
+            let mut buf = [0u8; 64];
+            let n = stdin.lock().read(&mut buf)?;
+            if n == 0 {
+                return Ok(()); // stdin closed
+            }
+            for b in &buf[..n] {
+                screen.key(*b);
+            }
+            if screen.quit {
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_sort_filter_and_quit() {
+        let mut s = Screen::new(SortKey::Throttled, String::new());
+        s.key(b'c');
+        assert_eq!(s.sort, SortKey::Cpu);
+        s.key(b'x'); // unknown: ignored
+        assert_eq!(s.sort, SortKey::Cpu);
+        for b in b"/shopX" {
+            s.key(*b);
+        }
+        s.key(0x7f);
+        assert_eq!(s.editing.as_deref(), Some("shop"));
+        s.key(b'q'); // typed into the filter, not a quit
+        s.key(0x7f);
+        s.key(b'\r');
+        assert_eq!((s.filter.as_str(), s.editing.is_none()), ("shop", true));
+        s.key(0x1b);
+        assert!(s.filter.is_empty());
+        s.key(b'/');
+        s.key(b'z');
+        s.key(0x1b);
+        assert!(
+            s.filter.is_empty() && s.editing.is_none(),
+            "Esc cancels the edit"
+        );
+        assert!(!s.quit);
+        s.key(b'q');
+        assert!(s.quit);
+    }
+
+    #[test]
+    fn durations_are_short() {
+        assert_eq!(short_dur(None), "–");
+        assert_eq!(short_dur(Some(0.000_85)), "850µs");
+        assert_eq!(short_dur(Some(0.0125)), "12.5ms");
+        assert_eq!(short_dur(Some(1.2)), "1.20s");
+    }
+}

@@ -1,0 +1,315 @@
+//! End to end, as a cluster would run it: real pods from containerd's CRI (runc, cgroupfs
+//! driver, CPU quotas), the podstat agent naming them through the CRI provider, a real
+//! Prometheus scraping it every 2 s and evaluating the shipped rules, and every query of the
+//! shipped Grafana dashboard asked of that Prometheus.
+//!
+//! Everything is torn down by guards (pods, containerd and its shims, Prometheus, the agent,
+//! cgroups, directories), on success, failure and panic.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    net::SocketAddr,
+    path::Path,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use podstat_tests::{
+    Proc,
+    cri::{Containerd, PodSpec},
+    dashboard, free_port, http_get, require_root, rules, start_agent,
+};
+use serde_json::Value;
+
+const NAMESPACE: &str = "podstat-e2e";
+const ALERT: &str = "PodstatContainerCPUThrottled";
+
+/// A Prometheus we started, with its data directory.
+struct Prometheus {
+    addr: SocketAddr,
+    proc: Proc,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        self.proc.stop(libc::SIGTERM, Duration::from_secs(10));
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Prometheus {
+    fn start(target: SocketAddr) -> Self {
+        let bin = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
+            .into_iter()
+            .find(|p| Path::new(p).is_file())
+            .unwrap_or_else(|| {
+                panic!("prometheus is missing: install the Debian package `prometheus` (cargo xtask test does)")
+            });
+        let dir =
+            std::env::temp_dir().join(format!("podstat-test-prometheus-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("data")).expect("prometheus dir");
+        let rules_src = fs::read_to_string(rules::rules_path()).expect("reading the shipped rules");
+        // The shipped `for:` durations (15 m) are shortened so the alert can fire in a minute.
+        fs::write(
+            dir.join("rules.yaml"),
+            rules::rules_with_for(&rules_src, "10s"),
+        )
+        .expect("writing rules");
+        fs::write(
+            dir.join("prometheus.yml"),
+            format!(
+                "global:\n  scrape_interval: 2s\n  evaluation_interval: 2s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: podstat\n    static_configs:\n      - targets: ['{target}']\n",
+                dir.join("rules.yaml").display()
+            ),
+        )
+        .expect("writing prometheus.yml");
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let log = fs::File::create(dir.join("prometheus.log")).expect("log");
+        let child = Command::new(bin)
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawning prometheus");
+        let mut p = Self {
+            addr,
+            proc: Proc(Some(child)),
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !http_get(addr, "/-/ready", &[]).is_ok_and(|r| r.status == 200) {
+            if let Some(c) = p.proc.0.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!("prometheus exited with {status}:\n{}", p.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "prometheus not ready in 30 s:\n{}",
+                p.log()
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+        p
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
+    }
+
+    /// An instant query; the `result` array.
+    fn query(&self, expr: &str) -> Vec<Value> {
+        let path = format!("/api/v1/query?query={}", urlencode(expr));
+        // A loaded 2-CPU machine can make one query slow: retry twice before failing.
+        let mut tries = 0;
+        let r = loop {
+            match http_get(self.addr, &path, &[]) {
+                Ok(r) => break r,
+                Err(e) if tries < 2 => {
+                    eprintln!("retrying query {expr}: {e}");
+                    tries += 1;
+                }
+                Err(e) => panic!("querying {expr}: {e}"),
+            }
+        };
+        let v: Value = serde_json::from_slice(&r.body)
+            .unwrap_or_else(|e| panic!("query {expr}: {e}: {}", r.text()));
+        assert_eq!(v["status"], "success", "query {expr} failed: {}", r.text());
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+
+    fn firing(&self, alert: &str) -> Vec<Value> {
+        self.query(&format!(
+            "ALERTS{{alertname=\"{alert}\",alertstate=\"firing\"}}"
+        ))
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+fn label<'a>(v: &'a Value, name: &str) -> &'a str {
+    v["metric"][name].as_str().unwrap_or("")
+}
+
+/// A uid in Kubernetes' format, unique to this run.
+fn uid(n: u32) -> String {
+    let pid = std::process::id();
+    format!("{pid:08x}-e2e0-4000-8000-{n:012x}")
+}
+
+#[test]
+#[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
+fn cri_pods_prometheus_alert_and_dashboard() {
+    require_root();
+    let mut ctr = Containerd::start();
+    let busy_uid = uid(1);
+    let idle_uid = uid(2);
+    // 4 busy shells against 0.2 cores: throttled for most of every period.
+    let (_, burner_cid) = ctr.run_pod(&PodSpec {
+        namespace: NAMESPACE,
+        name: "burner",
+        uid: &busy_uid,
+        container: "burn",
+        quota_us: 20_000,
+        script: "for i in 1 2 3 4; do (while :; do :; done) & done; wait",
+    });
+    // Idle with a tiny limit (0.01 cores): wakes once a second for a moment.
+    let (_, idler_cid) = ctr.run_pod(&PodSpec {
+        namespace: NAMESPACE,
+        name: "idler",
+        uid: &idle_uid,
+        container: "idle",
+        quota_us: 1_000,
+        script: "while :; do sleep 1; done",
+    });
+    let socket = ctr.socket.display().to_string();
+    let (_agent, agent_addr) = start_agent(&[
+        "--metadata.provider",
+        "cri",
+        "--metadata.cri-socket",
+        &socket,
+        "--metadata.refresh-interval",
+        "5s",
+        "--probe.refresh-interval",
+        "1s",
+    ]);
+    let prom = Prometheus::start(agent_addr);
+
+    // The agent names the pods from CRI.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let named = prom.query(&format!(
+            "podstat_cpu_usage_seconds_total{{namespace=\"{NAMESPACE}\",container!=\"\"}}"
+        ));
+        let pods: Vec<(&str, &str, &str)> = named
+            .iter()
+            .map(|v| {
+                (
+                    label(v, "pod"),
+                    label(v, "container"),
+                    label(v, "container_id"),
+                )
+            })
+            .collect();
+        if pods.contains(&("burner", "burn", burner_cid.as_str()))
+            && pods.contains(&("idler", "idle", idler_cid.as_str()))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus has no CRI-named series for both pods after 30 s: {pods:?}\nagent scrape:\n{}",
+            http_get(agent_addr, "/metrics", &[])
+                .map(|r| r.text())
+                .unwrap_or_default()
+        );
+        thread::sleep(Duration::from_secs(1));
+    }
+    // No series for the sandboxes (CRI names them).
+    let sandboxes = prom.query(&format!(
+        "podstat_cpu_usage_seconds_total{{namespace=\"{NAMESPACE}\",container=\"\",container_id!=\"\"}}"
+    ));
+    assert!(
+        sandboxes.is_empty(),
+        "sandbox containers exported: {sandboxes:?}"
+    );
+
+    // The throttling alert fires for the busy container, named from CRI, and not for the idle one.
+    let deadline = Instant::now() + Duration::from_mins(2);
+    let firing = loop {
+        let firing = prom.firing(ALERT);
+        if firing
+            .iter()
+            .any(|v| label(v, "pod") == "burner" && label(v, "namespace") == NAMESPACE)
+        {
+            break firing;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{ALERT} did not fire for podstat-e2e/burner within 120 s; alerts: {:?}\nburner wall share (min over 2m): {:?}\nup (min over 2m): {:?}\nscrape duration (max over 2m): {:?}\nprometheus log:\n{}",
+            prom.query(&format!("ALERTS{{alertname=\"{ALERT}\",pod=\"burner\"}}")),
+            prom.query("min_over_time(podstat:cpu_throttled_wall_share:rate5m{pod=\"burner\",container!=\"\"}[2m])"),
+            prom.query("min_over_time(up[2m])"),
+            prom.query("max_over_time(scrape_duration_seconds[2m])"),
+            prom.log()
+        );
+        thread::sleep(Duration::from_secs(2));
+    };
+    let burner = firing
+        .iter()
+        .find(|v| label(v, "pod") == "burner")
+        .expect("burner alert");
+    assert_eq!(label(burner, "container"), "burn", "{burner}");
+    // Let the idle pod have the same time to (wrongly) trip it: the rules' windows and the
+    // shortened `for:` have run their course once the busy one fired.
+    thread::sleep(Duration::from_secs(10));
+    let idle_alerts: Vec<Value> = prom
+        .query("ALERTS")
+        .into_iter()
+        .filter(|v| label(v, "pod") == "idler")
+        .collect();
+    let idle_stats = prom.query(&"rate(podstat_cpu_throttled_periods_total{pod=\"idler\",container=\"idle\"}[1m]) / rate(podstat_cpu_periods_total{pod=\"idler\",container=\"idle\"}[1m])".to_string());
+    eprintln!("idle pod: throttled periods / periods = {idle_stats:?}");
+    assert!(
+        idle_alerts.is_empty(),
+        "alerts for the idle pod: {idle_alerts:?}"
+    );
+
+    // Every dashboard query returns data.
+    let json = fs::read_to_string(dashboard::dashboard_path()).expect("reading the dashboard");
+    let instance = agent_addr.to_string();
+    let queries = dashboard::dashboard_queries(
+        &json,
+        &[
+            ("datasource", "prometheus"),
+            ("node", &instance),
+            ("instance", &instance),
+            ("namespace", NAMESPACE),
+            ("pod", "burner"),
+            ("container", "burn"),
+        ],
+    );
+    assert!(!queries.is_empty(), "the dashboard has no queries");
+    let mut empty = Vec::new();
+    for (title, expr) in &queries {
+        if prom.query(expr).is_empty() {
+            empty.push(format!("{title}: {expr}"));
+        }
+    }
+    eprintln!(
+        "dashboard: {} of {} queries returned data",
+        queries.len() - empty.len(),
+        queries.len()
+    );
+    assert!(
+        empty.is_empty(),
+        "dashboard queries with no data:\n{}",
+        empty.join("\n")
+    );
+    drop(prom);
+    drop(ctr);
+}
