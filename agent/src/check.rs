@@ -22,6 +22,9 @@ pub enum Outcome {
     Unsupported,
     Inconclusive,
     Disabled,
+    /// Nothing to measure on this host (hardware the probe watches is absent); not a failure.
+    #[serde(rename = "n/a")]
+    NotApplicable,
 }
 
 #[derive(Debug, Serialize)]
@@ -190,6 +193,7 @@ pub fn report(args: &CheckArgs, enabled: &[&'static str]) -> Vec<Item> {
         let (outcome, detail) = match status {
             Status::Attached(how) => (Outcome::Ok, format!("loaded and attached ({how})")),
             Status::Failed(why) => (Outcome::Unsupported, why.clone()),
+            Status::Absent(why) => (Outcome::NotApplicable, why.clone()),
             Status::Disabled => (Outcome::Disabled, "its collector is off".to_string()),
         };
         push("probe", (*name).to_string(), outcome, detail);
@@ -267,7 +271,7 @@ fn check_metadata(opts: &crate::metadata::Options) -> (Outcome, String) {
         ),
         Err(e) => (
             Outcome::Unsupported,
-            format!("{name} ({source}): {}", crate::probe::chain(&e)),
+            format!("{name} ({source}): {}", probe::chain(&e)),
         ),
     }
 }
@@ -287,6 +291,7 @@ pub fn render_text(items: &[Item]) -> String {
             Outcome::Unsupported => "UNSUPPORTED",
             Outcome::Inconclusive => "inconclusive",
             Outcome::Disabled => "disabled",
+            Outcome::NotApplicable => "n/a",
         };
         let _ = writeln!(out, "{label:<w$}  {outcome:<12}  {}", i.detail);
     }

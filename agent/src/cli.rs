@@ -185,6 +185,10 @@ pub struct ProbeArgs {
     /// next refresh on; a removed pod's series go at the next one). E.g. `5s`, `500ms`.
     #[arg(long = "probe.refresh-interval", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub refresh_interval: std::time::Duration,
+    /// Attach the steering probes to the hooks older kernels have (tcp_rcv_space_adjust,
+    /// tcp_probe: TCP only) even where sock_recv_length and sk_data_ready (6.3+) exist.
+    #[arg(long = "probe.net.legacy-hooks")]
+    pub net_legacy_hooks: bool,
 }
 
 impl ProbeArgs {
@@ -193,6 +197,8 @@ impl ProbeArgs {
         crate::probe::Wanted {
             sched: enabled.contains(&"sched"),
             throttle: enabled.contains(&"throttle"),
+            net: enabled.contains(&"net"),
+            net_legacy_hooks: self.net_legacy_hooks,
             max_cgroups: self.max_cgroups,
             max_waiting: self.max_waiting,
             max_preempt_pairs: self.max_preempt_pairs,
@@ -348,7 +354,7 @@ mod tests {
             "127.0.0.1:1",
         ])
         .expect("parse");
-        assert_eq!(p.enabled, vec!["cgroup", "throttle"]);
+        assert_eq!(p.enabled, vec!["cgroup", "throttle", "net"]);
         let p = parse_from([
             "podstat",
             "agent",

@@ -15,12 +15,19 @@ fn every_collector_is_in_the_readme_table() {
 
 #[test]
 fn every_exported_family_is_documented() {
-    for name in podstat::collector::cgroup::family_names().chain(
-        podstat::collector::SELF_METRICS
-            .iter()
-            .chain(podstat::metadata::METRICS)
-            .map(|s| (*s).to_owned()),
-    ) {
+    for name in podstat::collector::cgroup::family_names()
+        .chain(
+            podstat::collector::SELF_METRICS
+                .iter()
+                .chain(podstat::metadata::METRICS)
+                .map(|s| (*s).to_owned()),
+        )
+        .chain(
+            podstat::collector::net::FAMILIES
+                .iter()
+                .map(|s| (*s).to_owned()),
+        )
+    {
         assert!(
             README.contains(&format!("`{name}`")),
             "README metric reference lacks `{name}`"

@@ -25,6 +25,10 @@ fn deterministic(line: &str) -> bool {
 }
 
 fn render_fixture(name: &str, non_pod: bool) -> String {
+    render_with(name, non_pod, &["cgroup"])
+}
+
+fn render_with(name: &str, non_pod: bool, collectors: &[&'static str]) -> String {
     let host = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/hosts")
         .join(name);
@@ -39,7 +43,7 @@ fn render_fixture(name: &str, non_pod: bool) -> String {
     };
     let probes = Arc::new(Probes::none());
     let registry = podstat::build_registry(
-        &["cgroup"],
+        collectors,
         &paths,
         &opts,
         &probes,
@@ -103,4 +107,34 @@ fn golden_exposition_matches() {
         combined.contains("podstat_cpu_throttled_periods_total"),
         "fixtures produced no throttling series"
     );
+}
+
+/// The `net` collector on a host with an mlx5 NIC (4 queues, IRQs pinned one per CPU), a veth
+/// with RPS and RFS configured, two NUMA nodes with one LLC each; 5.10 softnet_stat layout.
+/// The fixture's devices do not exist in this network namespace, so no ethtool answer.
+#[test]
+fn golden_net_exposition_matches() {
+    let file =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden/net-mlx5.prom");
+    let got = render_with("net-mlx5", false, &["net"]);
+    if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1") {
+        std::fs::write(&file, &got).expect("write golden");
+        return;
+    }
+    let want = std::fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 creates it)", file.display()));
+    assert_eq!(
+        got, want,
+        "net golden differs (if intended: UPDATE_GOLDEN=1 cargo test -p podstat --test golden)"
+    );
+    for needle in [
+        "podstat_node_softnet_processed_total{cpu=\"3\"} 73728",
+        "podstat_net_rx_queue_irq_cpu{device=\"enp59s0f0np0\",queue=\"2\",irq=\"100\",cpu=\"3\"} 1",
+        "podstat_net_rps_cpus{device=\"veth-fx0\",queue=\"0\"} 2",
+        "podstat_net_rps_sock_flow_entries 32768",
+        "podstat_node_cpu_topology_info{cpu=\"2\",llc=\"2\",numa_node=\"1\"} 1",
+    ] {
+        assert!(got.contains(needle), "{needle} missing from:\n{got}");
+    }
+    assert!(!got.contains("device=\"lo\""), "loopback exported:\n{got}");
 }

@@ -4,4 +4,5 @@
 //! kernel side and userspace agree on the layout. The `user` feature adds `aya::Pod`.
 #![no_std]
 
+pub mod net;
 pub mod sched;

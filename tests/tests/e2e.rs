@@ -168,14 +168,22 @@ fn cri_pods_prometheus_alert_and_dashboard() {
     let mut ctr = Containerd::start();
     let busy_uid = uid(1);
     let idle_uid = uid(2);
-    // 4 busy shells against 0.2 cores: throttled for most of every period.
+    // 4 busy shells against 0.2 cores: throttled for most of every period. It also reads a
+    // loopback TCP stream it sends itself (host network), for the steering panels.
+    let port = free_port();
+    let burn = format!(
+        "for i in 1 2 3 4; do (while :; do :; done) & done; \
+         (while :; do busybox nc -l -p {port} > /dev/null; done) & \
+         (sleep 1; while :; do busybox yes podstat-e2e | busybox nc 127.0.0.1 {port}; sleep 1; done) & \
+         wait"
+    );
     let (_, burner_cid) = ctr.run_pod(&PodSpec {
         namespace: NAMESPACE,
         name: "burner",
         uid: &busy_uid,
         container: "burn",
         quota_us: 20_000,
-        script: "for i in 1 2 3 4; do (while :; do :; done) & done; wait",
+        script: &burn,
     });
     // Idle with a tiny limit (0.01 cores): wakes once a second for a moment.
     let (_, idler_cid) = ctr.run_pod(&PodSpec {
@@ -272,7 +280,7 @@ fn cri_pods_prometheus_alert_and_dashboard() {
         .into_iter()
         .filter(|v| label(v, "pod") == "idler")
         .collect();
-    let idle_stats = prom.query(&"rate(podstat_cpu_throttled_periods_total{pod=\"idler\",container=\"idle\"}[1m]) / rate(podstat_cpu_periods_total{pod=\"idler\",container=\"idle\"}[1m])".to_string());
+    let idle_stats = prom.query("rate(podstat_cpu_throttled_periods_total{pod=\"idler\",container=\"idle\"}[1m]) / rate(podstat_cpu_periods_total{pod=\"idler\",container=\"idle\"}[1m])");
     eprintln!("idle pod: throttled periods / periods = {idle_stats:?}");
     assert!(
         idle_alerts.is_empty(),

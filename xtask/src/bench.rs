@@ -134,15 +134,15 @@ pub fn all(start: Instant, c: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct Env {
-    bin: PathBuf,
-    out_dir: PathBuf,
-    storm_secs: u64,
+pub(crate) struct Env {
+    pub(crate) bin: PathBuf,
+    pub(crate) out_dir: PathBuf,
+    pub(crate) storm_secs: u64,
 }
 
 /// The binary to bench and where it comes from: `PODSTAT_BIN`, else the release build in
 /// `CARGO_TARGET_DIR` (or `<root>/target`).
-fn podstat_bin() -> (PathBuf, String) {
+pub(crate) fn podstat_bin() -> (PathBuf, String) {
     if let Some(p) = std::env::var_os("PODSTAT_BIN") {
         return (PathBuf::from(p), "PODSTAT_BIN".to_owned());
     }
@@ -341,7 +341,7 @@ fn write_quota(dir: &Path, us: u64) -> anyhow::Result<()> {
 // Processes
 
 /// A process the bench started; dropped, it is stopped (SIGTERM, then SIGKILL) and reaped.
-struct Proc {
+pub(crate) struct Proc {
     name: &'static str,
     child: Child,
     log: PathBuf,
@@ -350,7 +350,11 @@ struct Proc {
 
 impl Proc {
     /// Spawns `cmd` with stdout and stderr to `<out_dir>/<name>.log`.
-    fn spawn(name: &'static str, cmd: &mut Command, out_dir: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn spawn(
+        name: &'static str,
+        cmd: &mut Command,
+        out_dir: &Path,
+    ) -> anyhow::Result<Self> {
         let log = out_dir.join(format!("{name}.log"));
         let f = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let f2 = f.try_clone().context("duplicating the log file")?;
@@ -368,11 +372,11 @@ impl Proc {
         })
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    fn exited(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+    pub(crate) fn exited(&mut self) -> anyhow::Result<Option<ExitStatus>> {
         if self.done.is_none() {
             self.done = self
                 .child
@@ -397,7 +401,7 @@ impl Proc {
     }
 
     /// Sends `sig` (by pid) and waits up to 5 s, then SIGKILL; returns the exit status.
-    fn stop(&mut self, sig: Signal) -> anyhow::Result<ExitStatus> {
+    pub(crate) fn stop(&mut self, sig: Signal) -> anyhow::Result<ExitStatus> {
         if let Some(s) = self.exited()? {
             return Ok(s);
         }
@@ -418,7 +422,7 @@ impl Proc {
         Ok(s)
     }
 
-    fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         let text = fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
@@ -445,7 +449,7 @@ fn free_addr() -> anyhow::Result<SocketAddr> {
 
 /// Starts `podstat agent` on a free loopback port with `extra` flags (and the bench's
 /// `--probe.refresh-interval`).
-fn start_agent(
+pub(crate) fn start_agent(
     env: &Env,
     name: &'static str,
     extra: &[&str],
@@ -466,7 +470,7 @@ fn start_agent(
 }
 
 /// Polls /metrics until it answers 200 with a body `ready` accepts (at most 20 s).
-fn wait_ready(
+pub(crate) fn wait_ready(
     agent: &mut Proc,
     addr: SocketAddr,
     ready: impl Fn(&str) -> bool,
@@ -771,14 +775,14 @@ fn vm_rss_hwm(pid: u32) -> anyhow::Result<(u64, u64)> {
 // 2. Per-event probe cost
 
 /// `kernel.bpf_stats_enabled` on while it lives; the old value is restored when dropped.
-struct BpfStats {
+pub(crate) struct BpfStats {
     old: String,
 }
 
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 impl BpfStats {
-    fn enable() -> anyhow::Result<Self> {
+    pub(crate) fn enable() -> anyhow::Result<Self> {
         let old = fs::read_to_string(BPF_STATS)
             .with_context(|| format!("reading {BPF_STATS}"))?
             .trim()
@@ -797,15 +801,15 @@ impl Drop for BpfStats {
 }
 
 #[derive(Clone)]
-struct Prog {
-    name: String,
-    run_time_ns: u64,
-    run_cnt: u64,
+pub(crate) struct Prog {
+    pub(crate) name: String,
+    pub(crate) run_time_ns: u64,
+    pub(crate) run_cnt: u64,
     pids: Vec<u32>,
 }
 
 /// Every loaded program, by id, from `bpftool -j prog show`.
-fn prog_snapshot() -> anyhow::Result<HashMap<u64, Prog>> {
+pub(crate) fn prog_snapshot() -> anyhow::Result<HashMap<u64, Prog>> {
     let bpftool = setup::find("bpftool")?;
     let out = Command::new(&bpftool)
         .args(["-j", "prog", "show"])
@@ -845,7 +849,7 @@ fn prog_snapshot() -> anyhow::Result<HashMap<u64, Prog>> {
 
 /// Program ids `pid` holds: from bpftool's `pids` field when this bpftool has it, and from
 /// the `prog_id:` lines of the process's fdinfo (program and link fds) in any case.
-fn owned_progs(pid: u32, snap: &HashMap<u64, Prog>) -> anyhow::Result<HashSet<u64>> {
+pub(crate) fn owned_progs(pid: u32, snap: &HashMap<u64, Prog>) -> anyhow::Result<HashSet<u64>> {
     let mut ids: HashSet<u64> = snap
         .iter()
         .filter(|(_, p)| p.pids.contains(&pid))

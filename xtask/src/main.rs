@@ -3,6 +3,7 @@
 //! Every command installs what it needs that is missing, and is quick when it is there.
 
 mod bench;
+mod bench_net;
 mod setup;
 mod vm;
 
@@ -74,6 +75,18 @@ enum Task {
         /// Seconds per context-switch storm.
         #[arg(long, default_value_t = 10)]
         storm_secs: u64,
+    },
+    /// Receive-path cost of the steering probes: iperf3 TCP over a veth pair between two
+    /// network namespaces (RPS/RFS on, server in a pod cgroup), without and with the agent's
+    /// net probes, interleaved; ns per event of each net program (bpf_stats). Needs root.
+    /// Writes target/bench/net.md.
+    BenchNet {
+        /// Seconds per iperf3 run.
+        #[arg(long, default_value_t = 5)]
+        secs: u64,
+        /// Rounds (each: one run without, one with the probes).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
     },
 }
 
@@ -182,6 +195,13 @@ fn main() -> anyhow::Result<()> {
                     storm_secs,
                 },
             )?;
+        }
+        Task::BenchNet { secs, rounds } => {
+            setup::toolchain(start)?;
+            setup::debian_packages(start, setup::BENCH_PACKAGES)?;
+            step(start, "building podstat (release)");
+            run(cargo().args(["build", "--release", "-p", "podstat"]))?;
+            bench_net::all(start, &bench_net::Config { secs, rounds })?;
         }
     }
     eprintln!("\n==> done in {:.0}s", start.elapsed().as_secs_f64());

@@ -33,6 +33,7 @@ pub const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("stress-ng", "stress-ng"),
     ("runqlat", "libbpf-tools"),
     ("bpftool", "bpftool"),
+    ("iperf3", "iperf3"),
 ];
 
 fn have(cmd: &str) -> bool {

@@ -7,6 +7,7 @@
 //! `podstat_collector_duration_seconds` and `podstat_collector_errors_total`.
 
 pub mod cgroup;
+pub mod net;
 pub mod sched;
 pub mod throttle;
 
@@ -96,6 +97,16 @@ pub const COLLECTORS: &[Spec] = &[
         requires: "BTF, CONFIG_CFS_BANDWIDTH; fentry/fexit 5.5+ (else kprobes), CAP_BPF + CAP_PERFMON",
         build: throttle::ThrottleCollector::build,
     },
+    Spec {
+        name: "net",
+        default_enabled: true,
+        reads: "/proc/net/softnet_stat, /proc/interrupts, /proc/irq/*/smp_affinity_list, sysfs rps_cpus, rps_flow_cnt, \
+                net.core.rps_sock_flow_entries, CPU topology; ethtool netlink (ntuple); with the net probes, \
+                receive steering locality and flow migrations per pod, packets per receive queue, aRFS rule churn",
+        requires: "any kernel (softnet_stat 11 to 15 columns, 2.6 to 6.18); ethtool netlink 5.6+ for ntuple; \
+                   probes: BTF, tp_btf sk_data_ready (6.3+) or tcp_probe, sock_recv_length (6.3+) or tcp_rcv_space_adjust",
+        build: net::NetCollector::build,
+    },
 ];
 
 /// The self-metrics every agent exports, by their exposed names (README reference test).
@@ -121,7 +132,7 @@ pub fn require_probes(ctx: &Context<'_>, probes: &[&str]) -> Result<(), Unsuppor
     for probe in probes {
         match ctx.probes.status().iter().find(|(p, _)| p == probe) {
             Some((_, crate::probe::Status::Attached(_))) => {}
-            Some((_, crate::probe::Status::Failed(why))) => {
+            Some((_, crate::probe::Status::Failed(why) | crate::probe::Status::Absent(why))) => {
                 return Err(Unsupported(format!("{probe} probe: {why}")));
             }
             _ => return Err(Unsupported(format!("{probe} probe not loaded"))),

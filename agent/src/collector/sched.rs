@@ -259,6 +259,9 @@ impl Collect for SchedCollector {
             .known_full
             .load(std::sync::atomic::Ordering::Relaxed);
         ConstCounter::new(known).encode(m.encode_family(&MapLabel { map: "known" })?)?;
+        for (map, n) in super::net::steering::map_full(&self.probes) {
+            ConstCounter::new(n).encode(m.encode_family(&MapLabel { map })?)?;
+        }
         Ok(())
     }
 }

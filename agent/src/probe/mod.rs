@@ -6,6 +6,7 @@
 //! ([`btf`]) and reach the programs as the read-only global `OFFSETS`.
 
 pub mod btf;
+pub mod net;
 pub mod tracker;
 
 use std::{
@@ -46,6 +47,10 @@ pub const PROBES: &[(&str, &str)] = &[
     ("sched_process_exit", "sched"),
     ("cfs_throttle", "throttle"),
     ("cfs_unthrottle", "throttle"),
+    ("net_reader", "net"),
+    ("net_softirq", "net"),
+    ("net_rx_queue", "net"),
+    ("arfs", "net"),
 ];
 
 /// Outcome of loading one probe.
@@ -54,15 +59,27 @@ pub enum Status {
     /// Attached, with the mechanism (`tp_btf`, `fentry`, `fexit`, `kprobe`).
     Attached(&'static str),
     Failed(String),
+    /// Nothing on this host for the probe to watch (no NIC driver with aRFS): not attached,
+    /// not a failure of the host's kernel.
+    Absent(String),
     /// Not requested (its collector is off).
     Disabled,
 }
 
 /// Which probes to load, and how big the maps are.
 #[derive(Debug, Clone, Copy)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent switches, one per probe group"
+)]
 pub struct Wanted {
     pub sched: bool,
     pub throttle: bool,
+    /// The receive-steering probes (`net` collector).
+    pub net: bool,
+    /// Use the pre-6.3 steering hooks (`tcp_rcv_space_adjust`, `tcp_probe`) even where
+    /// `sock_recv_length` and `sk_data_ready` exist.
+    pub net_legacy_hooks: bool,
     /// Pod and container cgroups tracked at once (sizes KNOWN and the per-cgroup stats maps).
     pub max_cgroups: u32,
     /// Tasks waiting for a CPU at once (sizes WAIT_START).
@@ -76,6 +93,8 @@ impl Default for Wanted {
         Self {
             sched: true,
             throttle: true,
+            net: true,
+            net_legacy_hooks: false,
             max_cgroups: common::DEFAULT_MAX_CGROUPS,
             max_waiting: common::DEFAULT_MAX_WAITING,
             max_preempt_pairs: common::DEFAULT_MAX_PREEMPT_PAIRS,
@@ -91,6 +110,7 @@ pub struct Maps {
     pub throttle_stats: HashMap<MapData, u64, ThrottleStats>,
     pub preempt_pairs: HashMap<MapData, PreemptPair, u64>,
     pub map_full: PerCpuArray<MapData, u64>,
+    pub net: net::NetMaps,
 }
 
 /// The loaded object and the map handles the collectors read.
@@ -206,6 +226,7 @@ impl Probes {
         let wants = |collector: &str| match collector {
             "sched" => wanted.sched,
             "throttle" => wanted.throttle,
+            "net" => wanted.net,
             _ => false,
         };
         let requested: Vec<&'static str> = PROBES
@@ -257,6 +278,8 @@ impl Probes {
         };
 
         tracing::debug!(?offsets, "kernel struct offsets from BTF");
+        let net_offsets = net::resolve_offsets(&kbtf, &offsets, net::own_netns_inum())
+            .map_err(|e| format!("resolving network struct offsets from BTF: {}", chain(&e)));
         // Keep what the attach step needs from our BTF view, and free it before aya parses the
         // same file: the two would otherwise be in memory at once (peak RSS).
         let has_func = |f: &str| kbtf.has_func(f);
@@ -283,7 +306,11 @@ impl Probes {
             .map_max_entries(common::SCHED_STATS_MAP, wanted.max_cgroups)
             .map_max_entries(common::THROTTLE_STATS_MAP, wanted.max_cgroups)
             .map_max_entries(common::WAIT_MAP, wanted.max_waiting)
-            .map_max_entries(common::PREEMPT_PAIRS_MAP, wanted.max_preempt_pairs);
+            .map_max_entries(common::PREEMPT_PAIRS_MAP, wanted.max_preempt_pairs)
+            .map_max_entries(podstat_common::net::NET_STATS_MAP, wanted.max_cgroups);
+        if let Ok(o) = &net_offsets {
+            loader.override_global(podstat_common::net::NET_OFFSETS_GLOBAL, o, true);
+        }
         let mut ebpf = match loader.load(OBJECT) {
             Ok(ebpf) => ebpf,
             Err(e) => {
@@ -384,6 +411,24 @@ impl Probes {
                 }
             }
         }
+        if wanted.net {
+            match &net_offsets {
+                Ok(_) => {
+                    for (probe, status) in
+                        net::attach(&mut ebpf, &btf, sysfs, wanted.net_legacy_hooks)
+                    {
+                        probes.record(probe, status);
+                    }
+                }
+                Err(why) => {
+                    for (probe, c) in PROBES {
+                        if *c == "net" {
+                            probes.record(probe, Status::Failed(why.clone()));
+                        }
+                    }
+                }
+            }
+        }
         if let Err(why) = set_throttle_mode(&mut ebpf, throttle_mode) {
             probes.record("cfs_throttle", Status::Failed(why.clone()));
             probes.record("cfs_unthrottle", Status::Failed(why));
@@ -406,6 +451,7 @@ impl Probes {
         match &status {
             Status::Attached(how) => tracing::info!(probe, via = how, "probe attached"),
             Status::Failed(why) => tracing::warn!(probe, reason = %why, "probe not attached"),
+            Status::Absent(why) => tracing::info!(probe, reason = %why, "probe not attached"),
             Status::Disabled => {}
         }
         self.set(probe, status);
@@ -457,7 +503,7 @@ impl Probes {
         for (probe, status) in &self.status {
             let v = match status {
                 Status::Attached(_) => 1,
-                Status::Failed(_) => 0,
+                Status::Failed(_) | Status::Absent(_) => 0,
                 Status::Disabled => continue,
             };
             ConstGauge::new(v).encode(m.encode_family(&ProbeLabel { probe })?)?;
@@ -554,16 +600,17 @@ fn set_throttle_mode(ebpf: &mut Ebpf, mode: u32) -> Result<(), String> {
         .map_err(|e| format!("writing {}: {}", common::THROTTLE_MODE_MAP, chain(&e)))
 }
 
+fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &str,
+) -> Result<T, String> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| format!("map {name} missing from the object"))?;
+    T::try_from(map).map_err(|e| format!("map {name}: {}", chain(&e)))
+}
+
 fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, String> {
-    fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
-        ebpf: &mut Ebpf,
-        name: &str,
-    ) -> Result<T, String> {
-        let map = ebpf
-            .take_map(name)
-            .ok_or_else(|| format!("map {name} missing from the object"))?;
-        T::try_from(map).map_err(|e| format!("map {name}: {}", chain(&e)))
-    }
     Ok(Maps {
         switches: take(ebpf, common::SWITCH_COUNT_MAP)?,
         known: take(ebpf, common::KNOWN_MAP)?,
@@ -571,6 +618,7 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, String> {
         throttle_stats: take(ebpf, common::THROTTLE_STATS_MAP)?,
         preempt_pairs: take(ebpf, common::PREEMPT_PAIRS_MAP)?,
         map_full: take(ebpf, common::MAP_FULL_MAP)?,
+        net: net::take_maps(ebpf)?,
     })
 }
 

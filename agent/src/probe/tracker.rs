@@ -137,6 +137,16 @@ impl Tracker {
         for pair in &stale {
             let _ = maps.preempt_pairs.remove(pair);
         }
+        let stale: Vec<u64> = maps
+            .net
+            .stats
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|id| !next.contains_key(id))
+            .collect();
+        for id in &stale {
+            let _ = maps.net.stats.remove(id);
+        }
         let mut tracked = HashMap::with_capacity(next.len());
         for (id, target) in next {
             if !old.contains(&id) {

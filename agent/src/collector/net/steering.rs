@@ -1,0 +1,192 @@
+//! The per-pod and per-queue part of the `net` collector: what the net probes
+//! (`ebpf/src/net.rs`) aggregated in the kernel.
+
+use std::collections::BTreeMap;
+
+use podstat_common::net::{LOCALITY_NAMES, NET_MAP_NAMES, NO_QUEUE};
+use prometheus_client::{
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{MetricType, counter::ConstCounter},
+};
+
+use super::Device;
+use crate::{
+    collector::sched::join,
+    probe::{Probes, tracker::Identity},
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LocalityLabel {
+    locality: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueCpuLabels {
+    device: String,
+    queue: String,
+    cpu: u32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeviceLabel {
+    device: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MapLabel {
+    map: &'static str,
+}
+
+/// Insert failures of the net maps, by map name (for `podstat_bpf_map_full_total`).
+pub fn map_full(probes: &Probes) -> Vec<(&'static str, u64)> {
+    let Some(maps) = probes.maps() else {
+        return Vec::new();
+    };
+    NET_MAP_NAMES
+        .iter()
+        .zip(0u32..)
+        .map(|(name, i)| {
+            (
+                *name,
+                maps.net.full.get(&i, 0).map_or(0, |v| v.iter().sum()),
+            )
+        })
+        .collect()
+}
+
+/// The name of device `ifindex` in podstat's network namespace (`lo` is always ifindex 1),
+/// else `ifindex<n>` (a device that went away since the packet was counted).
+fn device_name(devices: &[Device], ifindex: u32) -> String {
+    if ifindex == 1 {
+        return "lo".to_owned();
+    }
+    devices
+        .iter()
+        .find(|d| d.ifindex == Some(ifindex))
+        .map_or_else(|| format!("ifindex{ifindex}"), |d| d.ids.name.clone())
+}
+
+/// Encodes the steering families, if the probes are loaded.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one family after the other, in exposition order"
+)]
+pub fn encode(
+    enc: &mut DescriptorEncoder,
+    probes: &Probes,
+    identity: &Identity,
+    devices: &[Device],
+) -> Result<(), std::fmt::Error> {
+    let Some(maps) = probes.maps() else {
+        return Ok(());
+    };
+    let stats = join(identity, maps.net.stats.iter().filter_map(Result::ok));
+    let mut rxq: BTreeMap<(String, String, u32), u64> = BTreeMap::new();
+    for (key, per_cpu) in maps.net.rx_queue.iter().filter_map(Result::ok) {
+        let device = device_name(devices, key.ifindex);
+        let queue = if key.queue == NO_QUEUE {
+            "none".to_owned()
+        } else {
+            key.queue.to_string()
+        };
+        for (cpu, n) in (0u32..).zip(per_cpu.iter()) {
+            if *n > 0 {
+                *rxq.entry((device.clone(), queue.clone(), cpu)).or_default() += n;
+            }
+        }
+    }
+    let arfs: Vec<(u32, podstat_common::net::ArfsStats)> =
+        maps.net.arfs.iter().filter_map(Result::ok).collect();
+    drop(maps);
+
+    let reader = probes.attached("net_reader");
+    if reader && probes.attached("net_softirq") {
+        let mut m = enc.encode_descriptor(
+            "podstat_net_rx_steering_packets",
+            "Packets queued to the container's sockets, by where the softirq that queued them ran relative to the CPU the socket's reader last consumed data on: same_cpu, same_llc (another CPU sharing the last-level cache), same_node, remote_node (eBPF sk_data_ready or tcp_probe vs sock_recv_length or tcp_rcv_space_adjust).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (target, s) in &stats {
+            for (locality, n) in LOCALITY_NAMES.iter().zip(s.locality) {
+                ConstCounter::new(n)
+                    .encode(m.encode_family(&(target.clone(), LocalityLabel { locality }))?)?;
+            }
+        }
+    }
+    if reader {
+        let mut m = enc.encode_descriptor(
+            "podstat_net_flow_migrations",
+            "Reads by the container on a socket that happened on another CPU than the socket's previous read: the thread movement that makes RFS and aRFS re-steer the flow.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (target, s) in &stats {
+            ConstCounter::new(s.migrations).encode(m.encode_family(target)?)?;
+        }
+    }
+    if probes.attached("net_rx_queue") {
+        let mut m = enc.encode_descriptor(
+            "podstat_net_rx_queue_packets",
+            "Packets the CPU processed from the device's receive queue (eBPF netif_receive_skb; queue \"none\" when the driver records none), devices of podstat's network namespace.",
+            None,
+            MetricType::Counter,
+        )?;
+        for ((device, queue, cpu), n) in rxq {
+            ConstCounter::new(n).encode(m.encode_family(&QueueCpuLabels {
+                device,
+                queue,
+                cpu,
+            })?)?;
+        }
+    }
+    if probes.attached("arfs") {
+        let name = |ifindex: u32| {
+            if ifindex == 0 {
+                "all".to_owned()
+            } else {
+                device_name(devices, ifindex)
+            }
+        };
+        let mut m = enc.encode_descriptor(
+            "podstat_net_arfs_steer_requests",
+            "Calls of the driver's ndo_rx_flow_steer: the kernel asked the NIC to steer a flow to the queue of the reader's CPU (aRFS rule installed or moved).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (ifindex, s) in &arfs {
+            ConstCounter::new(s.steer).encode(m.encode_family(&DeviceLabel {
+                device: name(*ifindex),
+            })?)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "podstat_net_arfs_expiries",
+            "rps_may_expire_flow calls that allowed the driver to remove an aRFS rule (device \"all\" when only a kretprobe could attach).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (ifindex, s) in &arfs {
+            ConstCounter::new(s.expire).encode(m.encode_family(&DeviceLabel {
+                device: name(*ifindex),
+            })?)?;
+        }
+    }
+    if !probes.attached("sched_switch")
+        && probes
+            .status()
+            .iter()
+            .any(|(p, s)| p.starts_with("net_") && matches!(s, crate::probe::Status::Attached(_)))
+    {
+        // The sched collector owns podstat_bpf_map_full_total when it runs; else it is ours.
+        let mut m = enc.encode_descriptor(
+            "podstat_bpf_map_full",
+            "Inserts into an eBPF map that failed because it was full: those events were not measured.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (map, n) in map_full(probes) {
+            ConstCounter::new(n).encode(m.encode_family(&MapLabel { map })?)?;
+        }
+    }
+    Ok(())
+}

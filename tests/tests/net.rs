@@ -1,0 +1,501 @@
+//! The receive-steering probes on the real kernel: two hosts in network namespaces
+//! (`podstat-test-<pid>-tx`, `podstat-test-<pid>-rx`) joined by a 4-queue veth pair, RPS and RFS
+//! on the receiving side, the receiver in a `podstat-test` pod cgroup, TCP traffic from
+//! `podstat-test-net`. The agent runs in the receiver's network namespace (so the veth is its
+//! device) with a sysfs mounted from there, and is scraped from a thread inside it.
+
+use std::{
+    fs,
+    net::SocketAddr,
+    os::fd::AsRawFd as _,
+    path::PathBuf,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use podstat_tests::{
+    CgroupTree, Proc, Sample, cpus, find, free_port, http_get, parse_exposition, podstat_bin,
+    require_root, test_ids, v1_hierarchies,
+};
+
+const NET: &str = env!("CARGO_BIN_EXE_podstat-test-net");
+const SOCK_FLOW: &str = "/proc/sys/net/core/rps_sock_flow_entries";
+
+fn run(cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e} (iproute2 and util-linux needed)"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn ip(args: &[&str]) {
+    run(Command::new("ip").args(args));
+}
+
+/// Two namespaces, the veth pair, RPS/RFS on the receiver, and the global
+/// `net.core.rps_sock_flow_entries` restored on drop.
+struct TestNet {
+    tx: String,
+    rx: String,
+    saved_sock_flow: String,
+    sysfs: PathBuf,
+    sysfs_mounted: bool,
+}
+
+impl TestNet {
+    /// `rfs`: configure RFS (rps_flow_cnt and rps_sock_flow_entries) besides RPS.
+    fn new(rfs: bool) -> Self {
+        let pid = std::process::id();
+        let saved_sock_flow =
+            fs::read_to_string(SOCK_FLOW).unwrap_or_else(|e| panic!("reading {SOCK_FLOW}: {e}"));
+        let mut net = Self {
+            tx: format!("podstat-test-{pid}-tx"),
+            rx: format!("podstat-test-{pid}-rx"),
+            saved_sock_flow,
+            sysfs: PathBuf::from(format!("/tmp/podstat-test-{pid}-sys")),
+            sysfs_mounted: false,
+        };
+        ip(&["netns", "add", &net.tx]);
+        ip(&["netns", "add", &net.rx]);
+        ip(&[
+            "-n",
+            &net.tx,
+            "link",
+            "add",
+            "podstat-test-a",
+            "numtxqueues",
+            "4",
+            "numrxqueues",
+            "4",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "podstat-test-b",
+            "netns",
+            &net.rx,
+            "numtxqueues",
+            "4",
+            "numrxqueues",
+            "4",
+        ]);
+        for (ns, dev, addr) in [
+            (&net.tx, "podstat-test-a", "10.211.7.1/24"),
+            (&net.rx, "podstat-test-b", "10.211.7.2/24"),
+        ] {
+            ip(&["-n", ns, "addr", "add", addr, "dev", dev]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        // RPS over every CPU and RFS on each receive queue of the receiving end; the global
+        // socket flow table (restored in Drop).
+        let mask = format!("{:x}", (1u64 << cpus().min(63)) - 1);
+        let flows = if rfs { 4096 } else { 0 };
+        let script = format!(
+            "for q in /sys/class/net/podstat-test-b/queues/rx-*; do echo {mask} > $q/rps_cpus; echo {flows} > $q/rps_flow_cnt; done"
+        );
+        run(Command::new("ip").args(["netns", "exec", &net.rx, "sh", "-c", &script]));
+        let entries = if rfs { "32768" } else { "0" };
+        fs::write(SOCK_FLOW, entries).unwrap_or_else(|e| panic!("writing {SOCK_FLOW}: {e}"));
+        // A sysfs of the receiver's namespace for the agent's --path.sysfs.
+        fs::create_dir_all(&net.sysfs).expect("mkdir sysfs mount point");
+        run(Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", net.rx))
+            .args(["mount", "-t", "sysfs", "podstat-test-sysfs"])
+            .arg(&net.sysfs));
+        net.sysfs_mounted = true;
+        net
+    }
+
+    fn enter(ns: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{ns}"));
+        c
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        let _ = fs::write(SOCK_FLOW, self.saved_sock_flow.trim());
+        if self.sysfs_mounted {
+            let _ = Command::new("umount").arg("-l").arg(&self.sysfs).status();
+        }
+        let _ = fs::remove_dir(&self.sysfs);
+        for ns in [&self.tx, &self.rx] {
+            // Deleting the namespace destroys the veth end in it.
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Scrapes `addr` from a thread inside network namespace `ns`.
+fn scrape_in(ns: &str, addr: SocketAddr) -> std::io::Result<Vec<Sample>> {
+    let path = format!("/run/netns/{ns}");
+    thread::scope(|s| {
+        s.spawn(|| {
+            let f = fs::File::open(&path)?;
+            // SAFETY: setns on this (scoped, short-lived) thread only, with a valid fd.
+            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let r = http_get(addr, "/metrics", &[])?;
+            Ok(parse_exposition(&r.text()))
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("scrape thread panicked")))
+    })
+}
+
+fn start_agent_in(net: &TestNet, extra: &[&str]) -> (Proc, SocketAddr) {
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let child = TestNet::enter(&net.rx)
+        .arg(podstat_bin())
+        .args(["agent", "--web.listen-address", &addr.to_string()])
+        .arg("--path.sysfs")
+        .arg(&net.sysfs)
+        .args([
+            "--no-collector.cgroup",
+            "--probe.refresh-interval",
+            "200ms",
+            "--log.level",
+            "warn",
+        ])
+        .args(extra)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawning podstat agent");
+    let proc = Proc(Some(child));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while scrape_in(&net.rx, addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "agent in {} did not answer within 30 s",
+            net.rx
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    (proc, addr)
+}
+
+fn value(s: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
+    find(s, name, want).iter().map(|x| x.value).sum()
+}
+
+#[derive(Debug)]
+struct Outcome {
+    packets: f64,
+    not_same_cpu: f64,
+    migrations: f64,
+}
+
+impl Outcome {
+    fn share_not_same_cpu(&self) -> f64 {
+        self.not_same_cpu / self.packets.max(1.0)
+    }
+}
+
+/// One traffic run: the receiver in `cgroup` reads `flows` flows with `threads` threads in
+/// `mode`; the sender, pinned to CPU 0, sends 2 s or 400 MiB. Returns the pod's deltas.
+fn scenario(
+    net: &TestNet,
+    tree: &CgroupTree,
+    cgroup: &str,
+    agent: SocketAddr,
+    labels: &[(&str, &str)],
+    (flows, threads, mode): (usize, usize, &str),
+) -> Outcome {
+    let port = free_port().to_string();
+    let before = scrape_in(&net.rx, agent).expect("scrape before");
+    let mut rx_cmd = TestNet::enter(&net.rx);
+    rx_cmd.args([
+        NET,
+        "recv",
+        &port,
+        &flows.to_string(),
+        &threads.to_string(),
+        "8",
+        mode,
+    ]);
+    let mut receiver = Proc(Some(tree.spawn(cgroup, &mut rx_cmd)));
+    let sent = TestNet::enter(&net.tx)
+        .args([
+            NET,
+            "send",
+            &format!("10.211.7.2:{port}"),
+            &flows.to_string(),
+            "400",
+            "2",
+            "0",
+        ])
+        .output()
+        .expect("running the sender");
+    assert!(
+        sent.status.success(),
+        "sender failed: {}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    let status = receiver.stop(0, Duration::from_secs(15));
+    assert!(
+        status.is_some(),
+        "receiver did not end within 15 s after the sender"
+    );
+    // One more refresh interval is not needed: the counters are read from the kernel maps.
+    let after = scrape_in(&net.rx, agent).expect("scrape after");
+    let d = |name: &str, extra: &[(&str, &str)]| {
+        let mut want = labels.to_vec();
+        want.extend_from_slice(extra);
+        value(&after, name, &want) - value(&before, name, &want)
+    };
+    let same = d(
+        "podstat_net_rx_steering_packets_total",
+        &[("locality", "same_cpu")],
+    );
+    let packets = d("podstat_net_rx_steering_packets_total", &[]);
+    let out = Outcome {
+        packets,
+        not_same_cpu: packets - same,
+        migrations: d("podstat_net_flow_migrations_total", &[]),
+    };
+    eprintln!(
+        "{mode} ({flows} flows, {threads} threads): {} {} ({:.1}% not same_cpu)",
+        String::from_utf8_lossy(&sent.stdout).trim(),
+        String::from_utf8_lossy(&sent.stderr).trim(),
+        100.0 * out.share_not_same_cpu()
+    );
+    eprintln!("  {out:?}");
+    out
+}
+
+/// UDP datagrams to one reader pinned to CPU 1 in `cgroup`; the pod's deltas.
+fn udp_scenario(
+    net: &TestNet,
+    tree: &CgroupTree,
+    cgroup: &str,
+    agent: SocketAddr,
+    labels: &[(&str, &str)],
+) -> Outcome {
+    let port = free_port().to_string();
+    let before = scrape_in(&net.rx, agent).expect("scrape before");
+    let mut rx_cmd = TestNet::enter(&net.rx);
+    rx_cmd.args([NET, "urecv", &port, "8", "1"]);
+    let mut receiver = Proc(Some(tree.spawn(cgroup, &mut rx_cmd)));
+    thread::sleep(Duration::from_millis(300));
+    let sent = TestNet::enter(&net.tx)
+        .args([NET, "usend", &format!("10.211.7.2:{port}"), "100", "2", "0"])
+        .output()
+        .expect("running the UDP sender");
+    assert!(
+        sent.status.success(),
+        "UDP sender failed: {}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    assert!(
+        receiver.stop(0, Duration::from_secs(15)).is_some(),
+        "UDP receiver did not end"
+    );
+    let after = scrape_in(&net.rx, agent).expect("scrape after");
+    let d = |name: &str, extra: &[(&str, &str)]| {
+        let mut want = labels.to_vec();
+        want.extend_from_slice(extra);
+        value(&after, name, &want) - value(&before, name, &want)
+    };
+    let packets = d("podstat_net_rx_steering_packets_total", &[]);
+    let out = Outcome {
+        packets,
+        not_same_cpu: packets
+            - d(
+                "podstat_net_rx_steering_packets_total",
+                &[("locality", "same_cpu")],
+            ),
+        migrations: d("podstat_net_flow_migrations_total", &[]),
+    };
+    eprintln!(
+        "udp (1 flow, reader pinned): {} ({:.1}% not same_cpu)\n  {out:?}",
+        String::from_utf8_lossy(&sent.stdout).trim(),
+        100.0 * out.share_not_same_cpu()
+    );
+    out
+}
+
+#[test]
+#[expect(
+    clippy::float_cmp,
+    reason = "the gauges compared are small integers, exact in f64"
+)]
+fn steering_locality_and_flow_migrations_per_pod() {
+    require_root();
+    assert!(
+        cpus() >= 2,
+        "this test needs at least 2 CPUs to tell CPUs apart"
+    );
+    let net = TestNet::new(true);
+    let v1 = v1_hierarchies();
+    let root = format!("podstat-test-{}-net", std::process::id());
+    let (uid, cid) = test_ids(41);
+    let cg = format!("{root}/kubepods/burstable/pod{uid}/{cid}");
+    let mut tree = CgroupTree::new(&[&v1.cpu, &v1.cpuacct]);
+    tree.mkdir(&cg);
+    let (_agent, addr) = start_agent_in(&net, &[]);
+    thread::sleep(Duration::from_millis(500)); // one tracker refresh
+    let labels = [("pod_uid", uid.as_str()), ("container_id", cid.as_str())];
+
+    // Scenario 1: one reader pinned to CPU 1, one flow, RFS on.
+    let pinned = scenario(&net, &tree, &cg, addr, &labels, (1, 1, "pin1"));
+    // Scenario 2: eight threads share four flows and each moves to the other CPU every two
+    // reads (RFS chases them; the flow's packets keep landing where the reader just was).
+    let hopping = scenario(&net, &tree, &cg, addr, &labels, (4, 8, "hop2"));
+
+    let udp = udp_scenario(&net, &tree, &cg, addr, &labels);
+
+    let s = scrape_in(&net.rx, addr).expect("final scrape");
+    let text: Vec<String> = s
+        .iter()
+        .filter(|x| x.name.starts_with("podstat_net_") || x.name == "podstat_probe_attached")
+        .map(|x| format!("{} {:?} {}", x.name, x.labels, x.value))
+        .collect();
+    let text = text.join("\n");
+    assert!(
+        pinned.packets > 100.0,
+        "scenario 1 counted only {} packets for the pod:\n{text}",
+        pinned.packets
+    );
+    assert!(
+        hopping.packets > 100.0,
+        "scenario 2 counted only {} packets for the pod:\n{text}",
+        hopping.packets
+    );
+    // UDP: an unconnected socket has no flow hash of its own, so sk_data_ready counts it.
+    assert!(
+        udp.packets > 100.0,
+        "UDP: only {} datagrams counted for the pod:\n{text}",
+        udp.packets
+    );
+    assert_eq!(udp.migrations, 0.0, "UDP: one pinned reader migrated");
+    assert!(
+        pinned.share_not_same_cpu() < 0.2,
+        "scenario 1 (pinned reader, RFS): {:.1}% of packets not on the reader's CPU, expected most on it",
+        100.0 * pinned.share_not_same_cpu()
+    );
+    assert!(
+        pinned.migrations <= 5.0,
+        "scenario 1: {} flow migrations for one pinned reader",
+        pinned.migrations
+    );
+    assert!(
+        hopping.share_not_same_cpu() > pinned.share_not_same_cpu() + 0.1,
+        "scenario 2's not-same_cpu share {:.3} is not clearly above scenario 1's {:.3}",
+        hopping.share_not_same_cpu(),
+        pinned.share_not_same_cpu()
+    );
+    assert!(
+        hopping.migrations > 50.0 && hopping.migrations > 10.0 * pinned.migrations.max(1.0),
+        "scenario 2 migrations {} not clearly above scenario 1's {}",
+        hopping.migrations,
+        pinned.migrations
+    );
+
+    assert_node_side(&s, &text);
+    eprintln!("{text}");
+}
+
+/// The hooks older kernels have (tcp_rcv_space_adjust, tcp_probe), forced on this kernel, with
+/// RFS off: no flow hash is recorded for the socket, so the per-socket path counts.
+#[test]
+#[expect(
+    clippy::float_cmp,
+    reason = "the gauges compared are small integers, exact in f64"
+)]
+fn legacy_hooks_count_tcp_steering_without_rfs() {
+    require_root();
+    let net = TestNet::new(false);
+    let v1 = v1_hierarchies();
+    let root = format!("podstat-test-{}-netlegacy", std::process::id());
+    let (uid, cid) = test_ids(42);
+    let cg = format!("{root}/kubepods/burstable/pod{uid}/{cid}");
+    let mut tree = CgroupTree::new(&[&v1.cpu, &v1.cpuacct]);
+    tree.mkdir(&cg);
+    let (_agent, addr) = start_agent_in(&net, &["--probe.net.legacy-hooks"]);
+    thread::sleep(Duration::from_millis(500));
+    let labels = [("pod_uid", uid.as_str()), ("container_id", cid.as_str())];
+    let pinned = scenario(&net, &tree, &cg, addr, &labels, (1, 1, "pin1"));
+    let hopping = scenario(&net, &tree, &cg, addr, &labels, (2, 4, "hop2"));
+    assert!(
+        pinned.packets > 100.0 && hopping.packets > 100.0,
+        "tcp_probe/tcp_rcv_space_adjust counted too little: {pinned:?} {hopping:?}"
+    );
+    assert_eq!(pinned.migrations, 0.0, "one pinned reader migrated");
+    assert!(
+        hopping.migrations > 50.0,
+        "hopping readers: only {} migrations",
+        hopping.migrations
+    );
+    let s = scrape_in(&net.rx, addr).expect("scrape");
+    for probe in ["net_reader", "net_softirq"] {
+        assert_eq!(
+            value(&s, "podstat_probe_attached", &[("probe", probe)]),
+            1.0,
+            "{probe} with legacy hooks"
+        );
+    }
+}
+
+/// The node side, seen from the receiver's namespace: the veth's queues, RPS/RFS settings,
+/// ntuple, the packets per queue, and which probes attached.
+#[expect(
+    clippy::float_cmp,
+    reason = "the gauges compared are small integers, exact in f64"
+)]
+fn assert_node_side(s: &[Sample], text: &str) {
+    // Node side: the veth's queues, RPS/RFS settings, ntuple, and the packets per queue.
+    let dev = [("device", "podstat-test-b")];
+    let ncpu = f64::from(u32::try_from(cpus()).unwrap_or(u32::MAX));
+    for q in ["0", "1", "2", "3"] {
+        let want = [("device", "podstat-test-b"), ("queue", q)];
+        assert_eq!(
+            value(s, "podstat_net_rps_cpus", &want),
+            ncpu,
+            "rps_cpus of queue {q}:\n{text}"
+        );
+        assert_eq!(
+            value(s, "podstat_net_rps_flow_entries", &want),
+            4096.0,
+            "rps_flow_cnt of queue {q}:\n{text}"
+        );
+    }
+    // net.core.rps_sock_flow_entries exists only in the host's network namespace (init_net),
+    // so an agent in the receiver's namespace has none to report (the golden test covers it).
+    assert!(
+        find(s, "podstat_net_rps_sock_flow_entries", &[]).is_empty(),
+        "rps_sock_flow_entries reported from a namespace without the sysctl:\n{text}"
+    );
+    assert_eq!(
+        find(s, "podstat_net_arfs_enabled", &dev).len(),
+        1,
+        "ntuple state of the veth (ethtool netlink):\n{text}"
+    );
+    assert!(
+        value(s, "podstat_net_rx_queue_packets_total", &dev) > 100.0,
+        "no packets counted on podstat-test-b's receive queues:\n{text}"
+    );
+    for (probe, want) in [
+        ("net_reader", 1.0),
+        ("net_softirq", 1.0),
+        ("net_rx_queue", 1.0),
+        ("arfs", 0.0),
+    ] {
+        assert_eq!(
+            value(s, "podstat_probe_attached", &[("probe", probe)]),
+            want,
+            "probe {probe}:\n{text}"
+        );
+    }
+}
