@@ -182,7 +182,10 @@ mod tests {
 
     /// The components patch by index; this applies them and checks the result.
     #[test]
-    #[expect(clippy::too_many_lines, reason = "each component's patch, checked in turn")]
+    #[expect(
+        clippy::too_many_lines,
+        reason = "each component's patch, checked in turn"
+    )]
     fn component_patches_hit_what_they_mean() {
         let patch_of = |component: &str, kind: &str| -> Vec<Value> {
             let k = yaml_docs(

@@ -123,9 +123,9 @@ impl Kernel {
         for (probe, want) in &self.probes {
             let f: Vec<&str> = want.split_whitespace().collect();
             match f.as_slice() {
-                ["ok", _] | ["unsupported"] => {}
+                ["ok", _] | ["unsupported" | "n/a"] => {}
                 _ => bail!(
-                    "probe {probe} = {want:?}: expected \"ok <how>\" (e.g. \"ok fexit\") or \"unsupported\""
+                    "probe {probe} = {want:?}: expected \"ok <how>\" (e.g. \"ok fexit\"), \"unsupported\" or \"n/a\""
                 ),
             }
         }
