@@ -195,7 +195,7 @@ pub fn report(args: &CheckArgs, enabled: &[&'static str]) -> Vec<Item> {
             Status::Failed(why) => (Outcome::Unsupported, why.clone()),
             Status::Absent(why) => (Outcome::NotApplicable, why.clone()),
             Status::Disabled => (Outcome::Disabled, "its collector is off".to_string()),
-            Status::NotNeeded(why) => (Outcome::Disabled, (*why).to_string()),
+            Status::NotNeeded(why) => (Outcome::NotApplicable, (*why).to_string()),
         };
         push("probe", (*name).to_string(), outcome, detail);
     }

@@ -22,6 +22,8 @@
 //! (an int, or a one-bit bitfield in 6.18: the loader passes the byte and the mask) after the
 //! call, so a call that found fresh runtime is not counted; the kprobe fallback counts every call.
 
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use aya_ebpf::{
     helpers::bpf_get_smp_processor_id,
     macros::{fentry, fexit, kprobe, map},
@@ -192,17 +194,29 @@ fn on_throttle_hook(cfs_rq: *const u8, check_throttled: bool) -> Result<(), i32>
     let Some(st) = get_or_insert(&THROTTLE_STATS, id, &ZERO, MAP_THROTTLE_STATS) else {
         return Ok(());
     };
-    // SAFETY: st points into a live map value. Two CPUs throttling the same group in the same
-    // instant can race on these plain updates; the loss is one run queue's count in a rare
-    // episode, and unthrottle saturates at zero, so an episode always ends.
+    // SAFETY: st points into a live map value. The run-queue count is changed with atomic adds
+    // only: since 6.2 the period timer unthrottles the run queues of all CPUs at once (each on
+    // its own CPU), and a lost decrement would leave the count above zero and the episode open
+    // for good (seen on 7.3 in the kernel matrix). XADD returns nothing before 5.12, so the
+    // count is read back: the run queue that made it 1 opens the episode. If two throttles
+    // race past that read, the episode is not measured (start_ns stays 0); it never sticks.
     unsafe {
-        if (*st).throttled_rqs == 0 {
+        let rqs = core::ptr::addr_of_mut!((*st).throttled_rqs);
+        atomic_add_u32(rqs, 1);
+        if core::ptr::read_volatile(rqs) == 1 {
             let _ = open_episode(st, tg, now, &o);
         }
-        (*st).throttled_rqs += 1;
         (*st).runnable += queued;
     }
     Ok(())
+}
+
+/// Adds `v` to the u32 at `p` atomically (`u32::MAX` subtracts one). BPF XADD: no result.
+#[inline(always)]
+fn atomic_add_u32(p: *mut u32, v: u32) {
+    // SAFETY: p points into a live map value (callers' contract); XADD is the only RMW
+    // operation on the BPF target (core::sync::atomic has none).
+    unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(p, v) };
 }
 
 #[inline(always)]
@@ -219,12 +233,20 @@ fn on_unthrottle_hook(cfs_rq: *const u8) -> Result<(), i32> {
     };
     // SAFETY: st points into a live map value (see on_throttle_hook for the race note).
     unsafe {
-        if (*st).throttled_rqs == 0 {
+        let rqs = core::ptr::addr_of_mut!((*st).throttled_rqs);
+        // A run queue that throttled before the group was tracked: nothing to release.
+        if core::ptr::read_volatile(rqs) == 0 {
             return Ok(());
         }
-        (*st).throttled_rqs -= 1;
-        if (*st).throttled_rqs == 0 {
+        atomic_add_u32(rqs, u32::MAX);
+        let left = core::ptr::read_volatile(rqs);
+        // Wrapped below zero: two releases raced past the check above. Back to zero.
+        if left > i32::MAX as u32 {
+            *rqs = 0;
+        }
+        if (left == 0 || left > i32::MAX as u32) && (*st).start_ns != 0 {
             close_episode(st, now_ns());
+            (*st).start_ns = 0;
         }
     }
     Ok(())

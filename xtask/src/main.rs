@@ -5,6 +5,7 @@
 mod bench;
 mod bench_net;
 mod setup;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -51,6 +52,13 @@ enum Task {
         /// Filter passed to the integration test harness.
         #[arg(long)]
         filter: Option<String>,
+    },
+    /// The kernel matrix: boot every kernel pinned in xtask/vm-kernels.toml (or the ones
+    /// named, e.g. `6.1`) under qemu on pure cgroup v2 and run the podstat scenario in it.
+    /// Downloads and caches the kernels (target/vm-cache). `cargo xtask test` runs it too.
+    Vm {
+        /// Kernel names from xtask/vm-kernels.toml; all when none is given.
+        kernels: Vec<String>,
     },
     /// Benchmarks, all in one run, each against a baseline measured in that run: scrape cost
     /// (300 pods x 3 containers of real cgroups) against plain loops reading the same files;
@@ -160,6 +168,17 @@ fn main() -> anyhow::Result<()> {
             eprintln!("\n==> done in {:.0}s", start.elapsed().as_secs_f64());
             // The closing line: every tier's results added up.
             tally.report();
+            return Ok(());
+        }
+        Task::Vm { kernels } => {
+            setup::toolchain(start)?;
+            let kernels = vm::kernels(&kernels)?;
+            let outcomes = vm::matrix(start, &kernels)?;
+            let failed = vm::failed(&outcomes);
+            eprintln!("\n==> done in {:.0}s", start.elapsed().as_secs_f64());
+            if !failed.is_empty() {
+                bail!("kernel matrix: {} failed", failed.join(" "));
+            }
             return Ok(());
         }
         Task::Bench {
@@ -295,7 +314,23 @@ fn test(start: Instant, unprivileged: bool, filter: Option<&str>) -> anyhow::Res
         cmd.arg(f);
     }
     tally.run(&mut cmd)?;
+    matrix_tier(start, &mut tally)?;
     Ok(tally)
+}
+
+/// The kernel matrix as a tier of `cargo xtask test`: one result per pinned kernel.
+fn matrix_tier(start: Instant, tally: &mut Tally) -> anyhow::Result<()> {
+    step(start, "kernel matrix in qemu (xtask/vm-kernels.toml)");
+    let kernels = vm::kernels(&[])?;
+    let outcomes = vm::matrix(start, &kernels).inspect_err(|_| tally.report())?;
+    let failed = vm::failed(&outcomes);
+    tally.passed += (outcomes.len() - failed.len()) as u64;
+    tally.failed += failed.len() as u64;
+    if !failed.is_empty() {
+        tally.report();
+        bail!("kernel matrix: {} failed", failed.join(" "));
+    }
+    Ok(())
 }
 
 /// `promtool check rules` on every rules file in deploy/prometheus and `promtool test rules` on

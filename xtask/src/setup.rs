@@ -20,6 +20,15 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
     ("busybox", "busybox-static"),
     ("tmux", "tmux"),
 ];
+/// What `cargo xtask vm` needs: qemu, a static busybox for the guest, sha256sum, and a musl C
+/// compiler for the C in the agent's dependencies (ring, for the kubelet's TLS).
+pub const VM_PACKAGES: &[(&str, &str)] = &[
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("x86_64-linux-musl-gcc", "musl-tools"),
+    ("busybox", "busybox-static"),
+    ("sha256sum", "coreutils"),
+    ("dpkg-deb", "dpkg"),
+];
 pub const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("stress-ng", "stress-ng"),
     ("runqlat", "libbpf-tools"),

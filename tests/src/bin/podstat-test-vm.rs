@@ -1,0 +1,472 @@
+//! The scenario that `cargo xtask vm` runs inside each kernel of the matrix, as the guest's
+//! only program after `/init` (a static musl binary; the guest has no other userland than
+//! busybox).
+//!
+//! `podstat-test-vm EXPECT_FILE`. The file, written by xtask from `xtask/vm-kernels.toml`:
+//!
+//! ```text
+//! release 6.1.0-50-cloud-amd64
+//! probe sched_switch ok tp_btf
+//! probe cfs_throttle ok fexit
+//! probe some_probe unsupported
+//! ```
+//!
+//! On pure cgroup v2 it checks `podstat check` against the expectations (every probe the agent
+//! reports must be listed, with its outcome and attach mode), creates kubelet-style pod cgroups
+//! in both the systemd and the cgroupfs naming, throttles one container, lets another wake and
+//! sleep against a CPU hog in a third, and asserts the cgroup counters and the data of every
+//! probe the kernel supports from the real agent's scrape. A failed assertion panics (exit
+//! 101); `/init` prints the verdict.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::Path,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use podstat_tests::{CgroupTree, Hist, Sample, find, podstat_bin, scrape, start_agent, test_ids};
+
+const CGROUP: &str = "/sys/fs/cgroup";
+/// Seconds of load. Everything runs under software emulation, so keep it short.
+const LOAD_SECS: &str = "5";
+
+/// What `podstat check` must say about one probe on this kernel.
+#[derive(Debug)]
+struct Expect {
+    /// `ok`, `unsupported` or `n/a` (as check prints them).
+    outcome: String,
+    /// For `ok`: how it attached, as in check's `loaded and attached (HOW)`.
+    how: Option<String>,
+}
+
+fn read_expectations(path: &Path) -> (String, BTreeMap<String, Expect>) {
+    let text = fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("reading expectations {}: {e}", path.display()));
+    let mut release = String::new();
+    let mut probes = BTreeMap::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.as_slice() {
+            ["release", r] => (*r).clone_into(&mut release),
+            ["probe", name, outcome, how @ ..] => {
+                probes.insert(
+                    (*name).to_owned(),
+                    Expect {
+                        outcome: (*outcome).to_owned(),
+                        how: how.first().map(|h| (*h).to_owned()),
+                    },
+                );
+            }
+            _ => panic!("bad expectation line {line:?} in {}", path.display()),
+        }
+    }
+    assert!(
+        !release.is_empty(),
+        "no `release` line in {}",
+        path.display()
+    );
+    assert!(!probes.is_empty(), "no `probe` lines in {}", path.display());
+    (release, probes)
+}
+
+fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .expect("reading /proc/sys/kernel/osrelease")
+        .trim()
+        .to_owned()
+}
+
+/// Pure cgroup v2: cgroup2 at /sys/fs/cgroup, no v1 hierarchy, the cpu controller available.
+fn assert_pure_v2() {
+    let mounts = fs::read_to_string("/proc/self/mounts").expect("reading /proc/self/mounts");
+    let v1: Vec<&str> = mounts
+        .lines()
+        .filter(|l| l.split_whitespace().nth(2) == Some("cgroup"))
+        .collect();
+    assert!(v1.is_empty(), "v1 cgroup hierarchies mounted: {v1:?}");
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some(CGROUP)
+                && l.split_whitespace().nth(2) == Some("cgroup2")),
+        "no cgroup2 at {CGROUP}:\n{mounts}"
+    );
+    let controllers = fs::read_to_string(format!("{CGROUP}/cgroup.subtree_control"))
+        .expect("reading the root's cgroup.subtree_control");
+    assert!(
+        controllers.split_whitespace().any(|c| c == "cpu"),
+        "the cpu controller is not enabled for the root's children: {controllers:?}"
+    );
+}
+
+/// How a probe attached: the first word in check's `loaded and attached (HOW …)`.
+fn attach_mode(detail: &str) -> Option<&str> {
+    let rest = detail.strip_prefix("loaded and attached (")?;
+    rest.split([' ', ')']).next()
+}
+
+/// Runs `podstat check --output json` and compares every probe with the expectations.
+/// Returns the probes that attached.
+fn check_probes(expect: &BTreeMap<String, Expect>) -> Vec<String> {
+    let out = Command::new(podstat_bin())
+        .args(["check", "--output", "json", "--log.level", "error"])
+        .output()
+        .expect("running podstat check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let items: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "podstat check printed no JSON ({e}):\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let items = items.as_array().expect("check's JSON is an array");
+    let field = |i: &serde_json::Value, k: &str| i[k].as_str().unwrap_or_default().to_owned();
+    let mut failures = Vec::new();
+    let mut attached = Vec::new();
+    let mut seen = Vec::new();
+    println!("podstat-vm: probe               expected            podstat check");
+    for item in items.iter().filter(|i| i["area"] == "probe") {
+        let (name, outcome, detail) = (
+            field(item, "name"),
+            field(item, "outcome"),
+            field(item, "detail"),
+        );
+        seen.push(name.clone());
+        let Some(want) = expect.get(&name) else {
+            failures.push(format!(
+                "probe {name} ({outcome}: {detail}) has no expectation for this kernel in xtask/vm-kernels.toml"
+            ));
+            continue;
+        };
+        let want_text = format!("{} {}", want.outcome, want.how.as_deref().unwrap_or(""));
+        println!("podstat-vm: {name:<19} {want_text:<19} {outcome}: {detail}");
+        if outcome != want.outcome {
+            failures.push(format!(
+                "probe {name}: expected {}, podstat check says {outcome}: {detail}",
+                want.outcome
+            ));
+        } else if let Some(how) = &want.how
+            && attach_mode(&detail) != Some(how.as_str())
+        {
+            failures.push(format!(
+                "probe {name}: expected to attach by {how}, podstat check says: {detail}"
+            ));
+        }
+        if outcome == "ok" {
+            attached.push(name);
+        }
+    }
+    for name in expect.keys().filter(|n| !seen.contains(n)) {
+        failures.push(format!(
+            "probe {name} is expected on this kernel but podstat check does not report it"
+        ));
+    }
+    // check fails only for what is unsupported; `n/a` (no hardware to watch) is not a failure.
+    let should_pass = expect.values().all(|e| e.outcome != "unsupported");
+    if out.status.success() != should_pass {
+        failures.push(format!(
+            "podstat check exited with {}, expected success = {should_pass}",
+            out.status
+        ));
+    }
+    assert!(
+        failures.is_empty(),
+        "podstat check disagrees with the expectations:\n  {}\n{text}",
+        failures.join("\n  ")
+    );
+    attached
+}
+
+/// Enables the cpu controller for the children of every ancestor of `rel` (v2 only lets a
+/// controller into a cgroup whose parent delegates it).
+fn delegate_cpu(tree: &CgroupTree, rel: &str) {
+    let parts: Vec<&str> = rel.split('/').collect();
+    for n in 1..parts.len() {
+        tree.write(0, &parts[..n].join("/"), "cgroup.subtree_control", "+cpu");
+    }
+}
+
+fn cpu_stat(tree: &CgroupTree, rel: &str, field: &str) -> f64 {
+    let text = tree.read(0, rel, "cpu.stat");
+    text.lines()
+        .find_map(|l| l.strip_prefix(field).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} missing from {rel}/cpu.stat:\n{text}"))
+}
+
+fn value(s: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    find(s, name, labels).first().map_or_else(
+        || panic!("no {name} with {labels:?} in the scrape"),
+        |x| x.value,
+    )
+}
+
+fn hist(s: &[Sample], name: &str, labels: &[(&str, &str)]) -> Hist {
+    Hist::find(s, name, labels).unwrap_or_else(|| panic!("no {name} with {labels:?} in the scrape"))
+}
+
+/// Scrapes until a series `name` with `labels` appears (the probes' tracker found the cgroup).
+fn wait_for(
+    addr: std::net::SocketAddr,
+    name: &str,
+    labels: &[(&str, &str)],
+    within: Duration,
+) -> Vec<Sample> {
+    let deadline = Instant::now() + within;
+    loop {
+        let s = scrape(addr);
+        if !find(&s, name, labels).is_empty() {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {name} series for {labels:?} within {within:?}"
+        );
+        thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario, set up and asserted in order"
+)]
+#[expect(
+    clippy::float_cmp,
+    reason = "counters are integers in f64: the agent and cpu.stat must agree exactly"
+)]
+fn main() {
+    let started = Instant::now();
+    let expect_path = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "/podstat-vm/expect".into());
+    let load =
+        std::env::var("PODSTAT_TEST_LOAD").unwrap_or_else(|_| "/bin/podstat-test-load".into());
+    let (release, expect) = read_expectations(Path::new(&expect_path));
+    let running = kernel_release();
+    assert_eq!(running, release, "booted the wrong kernel");
+    println!("podstat-vm: kernel {running}, pure cgroup v2");
+    assert_pure_v2();
+
+    let attached = check_probes(&expect);
+    let has = |p: &str| attached.iter().any(|a| a == p);
+    println!(
+        "podstat-vm: [{:>4.1}s] podstat check matches the expectations",
+        started.elapsed().as_secs_f64()
+    );
+
+    // Three pods: a throttled container in the systemd driver's naming, a waker and a hog in
+    // the cgroupfs driver's naming (different pods, so the hog preempts the waker as other_pod).
+    let (uid_t, cid_t) = test_ids(1);
+    let (uid_w, cid_w) = test_ids(2);
+    let (uid_h, cid_h) = test_ids(3);
+    let throttled = format!(
+        "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{cid_t}.scope",
+        uid_t.replace('-', "_")
+    );
+    let waker = format!("kubepods/burstable/pod{uid_w}/{cid_w}");
+    let hog = format!("kubepods/besteffort/pod{uid_h}/{cid_h}");
+    let mut tree = CgroupTree::new(&[Path::new(CGROUP)]);
+    for rel in [&throttled, &waker, &hog] {
+        tree.mkdir(rel);
+        delegate_cpu(&tree, rel);
+    }
+    // 20 ms every 100 ms for three busy threads.
+    tree.write(0, &throttled, "cpu.max", "20000 100000");
+
+    let (mut agent, addr) = start_agent(&["--probe.refresh-interval", "1s"]);
+    let attached_at = Instant::now();
+    println!(
+        "podstat-vm: [{:>4.1}s] agent up on {addr}",
+        started.elapsed().as_secs_f64()
+    );
+    let lt = [
+        ("pod_uid", uid_t.as_str()),
+        ("container_id", cid_t.as_str()),
+    ];
+    let lw = [
+        ("pod_uid", uid_w.as_str()),
+        ("container_id", cid_w.as_str()),
+    ];
+
+    let mut hogs = tree.spawn(&hog, Command::new(&load).args(["busy", "2", LOAD_SECS]));
+    let mut busy = tree.spawn(
+        &throttled,
+        Command::new(&load).args(["busy", "3", LOAD_SECS]),
+    );
+    let mut sleepy = tree.spawn(
+        &waker,
+        Command::new(&load).args(["spin-sleep", "20", "2", LOAD_SECS]),
+    );
+    if has("sched_switch") {
+        wait_for(
+            addr,
+            "podstat_runqueue_latency_seconds_count",
+            &lw,
+            Duration::from_secs(10),
+        );
+    }
+    for c in [&mut hogs, &mut busy, &mut sleepy] {
+        let _ = c.wait();
+    }
+    tree.kill_all(&throttled);
+    // Counters are static from here on: the agent and cpu.stat must agree exactly.
+    thread::sleep(Duration::from_millis(300));
+    let s = scrape(addr);
+    let window = attached_at.elapsed().as_secs_f64();
+    println!(
+        "podstat-vm: [{:>4.1}s] load done, scraped",
+        started.elapsed().as_secs_f64()
+    );
+    let mut failures: Vec<String> = Vec::new();
+    let mut check = |ok: bool, what: String| {
+        println!("podstat-vm: {} {what}", if ok { "ok  " } else { "FAIL" });
+        if !ok {
+            failures.push(what);
+        }
+    };
+
+    for (probe, want) in &expect {
+        // An attached probe exports 1. One that is not attached exports 0, or no series at all
+        // when the run-queue mode does not need it (the wakeup programs in sched_info mode).
+        let got = find(&s, "podstat_probe_attached", &[("probe", probe)])
+            .first()
+            .map(|x| x.value);
+        let (ok, should) = if want.outcome == "ok" {
+            (got == Some(1.0), "1")
+        } else {
+            (got.is_none_or(|v| v == 0.0), "0 or no series")
+        };
+        check(
+            ok,
+            format!("podstat_probe_attached{{probe=\"{probe}\"}} = {got:?} (expected {should})"),
+        );
+    }
+
+    // cgroup counters of the throttled container against its cpu.stat.
+    for (metric, field, scale) in [
+        ("podstat_cpu_periods_total", "nr_periods", 1.0),
+        ("podstat_cpu_throttled_periods_total", "nr_throttled", 1.0),
+        (
+            "podstat_cpu_throttled_seconds_total",
+            "throttled_usec",
+            1e-6,
+        ),
+    ] {
+        // Compared in the file's own unit (integers), so no float rounding gets in the way.
+        let direct = cpu_stat(&tree, &throttled, field);
+        let got = value(&s, metric, &lt);
+        check(
+            (got / scale).round() == direct && got > 0.0,
+            format!("{metric} = {got}, cpu.stat {field} = {direct}, both > 0"),
+        );
+    }
+
+    // Run-queue latency needs sched_switch only: the wakeup programs attach in wakeup mode and
+    // are n/a in sched_info mode.
+    if has("sched_switch") {
+        let w = hist(&s, "podstat_runqueue_latency_seconds", &lw);
+        let p50 = w.quantile(0.5);
+        check(
+            w.count >= 20.0 && w.sum > 0.0 && p50 > 0.0 && p50 < 0.5,
+            format!(
+                "waker's run-queue latency: {} waits, p50 {:.1} µs, mean {:.1} µs",
+                w.count,
+                p50 * 1e6,
+                w.mean() * 1e6
+            ),
+        );
+        let t = hist(&s, "podstat_runqueue_latency_seconds", &lt);
+        check(
+            t.count > 0.0,
+            format!("throttled container's run-queue waits: {}", t.count),
+        );
+        let by_other = value(
+            &s,
+            "podstat_cpu_preemptions_total",
+            &[lw[0], lw[1], ("by", "other_pod")],
+        );
+        check(
+            by_other > 0.0,
+            format!("waker preempted by other pods {by_other} times"),
+        );
+        let switches: f64 = find(&s, "podstat_node_context_switches_total", &[])
+            .iter()
+            .map(|x| x.value)
+            .sum();
+        check(
+            switches > 0.0,
+            format!("node context switches since attach: {switches}"),
+        );
+    }
+
+    if has("cfs_throttle") && has("cfs_unthrottle") {
+        let pause = hist(&s, "podstat_cpu_throttle_pause_seconds", &lt);
+        let after = hist(&s, "podstat_cpu_quota_exhausted_after_seconds", &lt);
+        let runnable = hist(&s, "podstat_cpu_throttle_runnable_threads", &lt);
+        let throttled_periods = value(&s, "podstat_cpu_throttled_periods_total", &lt);
+        check(
+            pause.count >= 3.0 && pause.count <= throttled_periods * 2.0 + 5.0,
+            format!(
+                "throttle pauses: {} (throttled periods {throttled_periods})",
+                pause.count
+            ),
+        );
+        // Pauses are wall-clock time, so a host that starves the emulated CPUs stretches them
+        // (single pauses of over a second were seen then); what holds regardless: a cgroup's
+        // episodes do not overlap, so they fit in the time since the probes attached, and an
+        // episode is the union of its run queues' throttled intervals, so it cannot exceed
+        // their sum, which cpu.stat's throttled_usec is (10% for the two clocks and the
+        // episode still open at the scrape).
+        let throttled_secs = value(&s, "podstat_cpu_throttled_seconds_total", &lt);
+        check(
+            pause.mean() > 0.001 && pause.sum <= window && pause.sum <= throttled_secs * 1.1 + 0.1,
+            format!(
+                "throttle pauses: mean {:.1} ms, sum {:.2} s <= {window:.2} s since attach and <= throttled_usec {throttled_secs:.2} s",
+                pause.mean() * 1e3,
+                pause.sum
+            ),
+        );
+        let p50 = after.quantile(0.5);
+        check(
+            after.count > 0.0 && p50 > 0.0 && p50 <= 0.1,
+            format!(
+                "quota exhausted after: {} episodes, p50 {:.1} ms into the 100 ms period",
+                after.count,
+                p50 * 1e3
+            ),
+        );
+        // An episode lasts until the last run queue unthrottles; under emulation one run queue
+        // often throttles again before the other is released, so an episode can span periods
+        // and count a run queue more than once. At most: 3 threads on each of the 2 run
+        // queues, per period the mean episode spans.
+        let most = 3.0 * 2.0 * (1.0 + pause.mean() / 0.1).ceil();
+        check(
+            runnable.count > 0.0 && runnable.mean() >= 1.0 && runnable.mean() <= most,
+            format!(
+                "runnable threads at throttle: {} episodes, mean {:.2} (3 busy threads; at least 1, at most {most})",
+                runnable.count,
+                runnable.mean()
+            ),
+        );
+    }
+
+    let status = agent.stop(15, Duration::from_secs(10));
+    check(
+        status.is_some_and(|s| s.success()),
+        format!("agent stopped on SIGTERM with {status:?}"),
+    );
+    drop(tree);
+    assert!(
+        failures.is_empty(),
+        "{} assertion(s) failed:\n  {}",
+        failures.len(),
+        failures.join("\n  ")
+    );
+    println!(
+        "podstat-vm: [{:>4.1}s] scenario passed",
+        started.elapsed().as_secs_f64()
+    );
+}
