@@ -256,11 +256,7 @@ fn check_metadata(opts: &crate::metadata::Options) -> (Outcome, String) {
     };
     let (name, source) = (provider.name(), provider.source());
     let mut provider = provider;
-    let result = rt.block_on(async {
-        tokio::time::timeout(opts.timeout, provider.fetch())
-            .await
-            .unwrap_or(Err(crate::metadata::Error::Timeout(opts.timeout)))
-    });
+    let result = rt.block_on(provider.fetch_within(opts.timeout));
     match result {
         Ok(snap) => (
             Outcome::Ok,

@@ -345,6 +345,20 @@ impl Provider {
         }
     }
 
+    /// One refresh, bounded by `timeout`. A connection that failed or timed out is dropped, so
+    /// the next refresh connects afresh.
+    pub async fn fetch_within(&mut self, timeout: Duration) -> Result<Snapshot, Error> {
+        let result = tokio::time::timeout(timeout, self.fetch())
+            .await
+            .unwrap_or(Err(Error::Timeout(timeout)));
+        if result.is_err()
+            && let Self::Cri(c) = self
+        {
+            c.reset();
+        }
+        result
+    }
+
     pub async fn fetch(&mut self) -> Result<Snapshot, Error> {
         match self {
             Self::Cri(c) => c.snapshot().await.map_err(|source| Error::Cri {
@@ -455,34 +469,31 @@ impl Store {
 }
 
 /// Refreshes `store` from `provider` until the runtime stops.
-pub async fn run(store: Arc<Store>, mut provider: Provider, opts: Options) {
+pub async fn run(store: Arc<Store>, provider: Provider, opts: Options) {
     store.set_provider(provider.name());
+    tracing::info!(provider = provider.name(), source = %provider.source(), interval = ?opts.refresh, "metadata provider");
+    refresh_loop(store, provider, opts, false).await;
+}
+
+/// The refresh loop of [`run`]. `fresh`: a refresh has just succeeded, so the loop begins by
+/// waiting for the next one instead of asking again at once.
+async fn refresh_loop(store: Arc<Store>, mut provider: Provider, opts: Options, mut fresh: bool) {
     let source = provider.source();
-    tracing::info!(provider = provider.name(), %source, interval = ?opts.refresh, "metadata provider");
     let mut wait = Duration::ZERO;
     loop {
         let started = tokio::time::Instant::now();
-        let result = match tokio::time::timeout(opts.timeout, provider.fetch()).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::Timeout(opts.timeout)),
-        };
-        let failed = result.is_err();
-        if failed {
-            // A timed-out or broken connection is not reused.
-            if let Provider::Cri(c) = &mut provider {
-                c.reset();
+        if !fresh {
+            let result = provider.fetch_within(opts.timeout).await;
+            let failed = result.is_err();
+            store.record(&source, result);
+            if failed {
+                wait = backoff(wait, opts.refresh);
+                tokio::time::sleep(wait).await;
+                continue;
             }
+            wait = Duration::ZERO;
         }
-        store.record(&source, result);
-        wait = if failed {
-            backoff(wait, opts.refresh)
-        } else {
-            Duration::ZERO
-        };
-        if failed {
-            tokio::time::sleep(wait).await;
-            continue;
-        }
+        fresh = false;
         tokio::select! {
             () = tokio::time::sleep(opts.refresh) => {}
             () = store.unknown.notified() => {
@@ -514,16 +525,13 @@ pub fn start_in_background() -> Arc<Store> {
     };
     store.set_provider(provider.name());
     let source = provider.source();
-    let first = rt.block_on(async {
-        tokio::time::timeout(opts.timeout, provider.fetch())
-            .await
-            .unwrap_or(Err(Error::Timeout(opts.timeout)))
-    });
+    let first = rt.block_on(provider.fetch_within(opts.timeout));
+    let fresh = first.is_ok();
     store.record(&source, first);
     let s = Arc::clone(&store);
     let _ = std::thread::Builder::new()
         .name("podstat-metadata".into())
-        .spawn(move || rt.block_on(run(s, provider, opts)));
+        .spawn(move || rt.block_on(refresh_loop(s, provider, opts, fresh)));
     store
 }
 
