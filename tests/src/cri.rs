@@ -291,15 +291,13 @@ state = "{d}/state"
         path: &str,
         req: &Req,
     ) -> Result<Resp, String> {
-        let method = path.to_owned();
-        let path: &'static str = Box::leak(path.to_owned().into_boxed_str());
         let client = &mut self.client;
         self.rt
             .block_on(async {
                 tokio::time::timeout(Duration::from_secs(30), client.unary(path, req)).await
             })
-            .map_err(|_| format!("{method}: timed out"))?
-            .map_err(|e| format!("{method}: {e}"))
+            .map_err(|_| format!("{path}: timed out"))?
+            .map_err(|e| e.to_string())
     }
 
     /// Builds two single-layer OCI images from the host's busybox-static and imports them.

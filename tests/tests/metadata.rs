@@ -35,16 +35,15 @@ impl Drop for Scratch {
 }
 
 fn python() -> &'static str {
-    for p in ["python3"] {
-        if Command::new(p)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
-            return p;
-        }
-    }
-    panic!("python3 is missing: the fake kubelet and CRI servers of this test are python3 scripts")
+    let ok = Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "python3 is missing: the fake kubelet and CRI servers of this test are python3 scripts"
+    );
+    "python3"
 }
 
 /// A pod cgroup with one container, in the v1 cpu and cpuacct hierarchies.

@@ -27,23 +27,20 @@ pub enum CriError {
     Handshake(#[source] hyper::Error),
     #[error("{method}: request")]
     Request {
-        method: &'static str,
+        method: String,
         #[source]
         source: hyper::Error,
     },
     #[error("{method}: HTTP status {status}")]
-    Status {
-        method: &'static str,
-        status: StatusCode,
-    },
+    Status { method: String, status: StatusCode },
     #[error("{method}: gRPC status {code}: {message}")]
     Grpc {
-        method: &'static str,
+        method: String,
         code: u32,
         message: String,
     },
     #[error("{method}: malformed response: {why}")]
-    Malformed { method: &'static str, why: String },
+    Malformed { method: String, why: String },
 }
 
 /// A CRI client on one socket; the HTTP/2 connection is reused until it fails.
@@ -98,33 +95,41 @@ impl Client {
     /// One gRPC unary call: `method` is `/package.Service/Method`.
     pub async fn unary<Req: Message, Resp: Message + Default>(
         &mut self,
-        method: &'static str,
+        method: &str,
         req: &Req,
     ) -> Result<Resp, CriError> {
+        let m = || method.to_owned();
         let body = frame(req);
         let request = Request::post(format!("http://localhost{method}"))
             .header("content-type", "application/grpc")
             .header("te", "trailers")
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| CriError::Malformed {
-                method,
+                method: m(),
                 why: e.to_string(),
             })?;
         let conn = self.connection().await?;
-        conn.ready()
-            .await
-            .map_err(|source| CriError::Request { method, source })?;
+        conn.ready().await.map_err(|source| CriError::Request {
+            method: m(),
+            source,
+        })?;
         let resp = match conn.send_request(request).await {
             Ok(r) => r,
             Err(source) => {
                 self.conn = None;
-                return Err(CriError::Request { method, source });
+                return Err(CriError::Request {
+                    method: m(),
+                    source,
+                });
             }
         };
         let status = resp.status();
         let (parts, body) = resp.into_parts();
         if status != StatusCode::OK {
-            return Err(CriError::Status { method, status });
+            return Err(CriError::Status {
+                method: m(),
+                status,
+            });
         }
         // A trailers-only response carries grpc-status in the headers.
         grpc_status(method, &parts.headers)?;
@@ -132,16 +137,16 @@ impl Client {
             .collect()
             .await
             .map_err(|e| CriError::Malformed {
-                method,
+                method: m(),
                 why: format!("reading the body: {e}"),
             })?;
         if let Some(trailers) = collected.trailers() {
             grpc_status(method, trailers)?;
         }
         let bytes = collected.to_bytes();
-        let msg = unframe(&bytes).map_err(|why| CriError::Malformed { method, why })?;
+        let msg = unframe(&bytes).map_err(|why| CriError::Malformed { method: m(), why })?;
         Resp::decode(msg).map_err(|e| CriError::Malformed {
-            method,
+            method: m(),
             why: e.to_string(),
         })
     }
@@ -217,7 +222,7 @@ pub fn unframe(body: &[u8]) -> Result<&[u8], String> {
         .ok_or_else(|| format!("frame says {len} bytes, body has {}", rest.len()))
 }
 
-fn grpc_status(method: &'static str, headers: &hyper::HeaderMap) -> Result<(), CriError> {
+fn grpc_status(method: &str, headers: &hyper::HeaderMap) -> Result<(), CriError> {
     let Some(code) = headers.get("grpc-status") else {
         return Ok(());
     };
@@ -226,7 +231,7 @@ fn grpc_status(method: &'static str, headers: &hyper::HeaderMap) -> Result<(), C
         .ok()
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| CriError::Malformed {
-            method,
+            method: method.to_owned(),
             why: format!("grpc-status {code:?}"),
         })?;
     if code == 0 {
@@ -238,7 +243,7 @@ fn grpc_status(method: &'static str, headers: &hyper::HeaderMap) -> Result<(), C
         .unwrap_or("")
         .to_owned();
     Err(CriError::Grpc {
-        method,
+        method: method.to_owned(),
         code,
         message,
     })
