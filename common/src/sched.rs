@@ -25,8 +25,6 @@ pub const WAIT_MAP: &str = "WAIT_START";
 /// written only in sched_info mode with throttle switch mode, for tasks switched out while
 /// their group is throttled (see [`Known::throttled_at_ns`]).
 pub const THROTTLED_TASKS_MAP: &str = "THROTTLED_TASKS";
-/// cgroup id → [`SchedStats`].
-pub const SCHED_STATS_MAP: &str = "SCHED_STATS";
 /// cgroup id → [`ThrottleStats`].
 pub const THROTTLE_STATS_MAP: &str = "THROTTLE_STATS";
 /// {victim cgroup id, preemptor cgroup id} ([`PreemptPair`]) → preemptions of the victim's
@@ -118,16 +116,10 @@ pub const BY_SYSTEM: usize = 2;
 
 /// Maps whose inserts can fail, for `podstat_bpf_map_full_total{map}`.
 pub const MAP_WAIT: u32 = 0;
-pub const MAP_SCHED_STATS: u32 = 1;
-pub const MAP_THROTTLE_STATS: u32 = 2;
-pub const MAP_PREEMPT_PAIRS: u32 = 3;
+pub const MAP_THROTTLE_STATS: u32 = 1;
+pub const MAP_PREEMPT_PAIRS: u32 = 2;
 /// Slots of [`MAP_FULL_MAP`], named as in the metric.
-pub const MAP_NAMES: [&str; 4] = [
-    "wait_start",
-    "sched_stats",
-    "throttle_stats",
-    "preempt_pairs",
-];
+pub const MAP_NAMES: [&str; 3] = ["wait_start", "throttle_stats", "preempt_pairs"];
 
 /// Value of [`KNOWN_MAP`].
 #[repr(C)]
@@ -142,6 +134,10 @@ pub struct Known {
     /// CPU while its group was throttled (`bpf_ktime_get_ns`), in sched_info mode with throttle
     /// switch mode. Only while it is recent does a switch-in look for a throttle record.
     pub throttled_at_ns: u64,
+    /// Written by the kernel (userspace inserts zeros): the cgroup's run-queue latency and
+    /// preemptions. Kept in the entry the probe looks up anyway, so a tracked task's
+    /// switch-in costs one hash lookup, not two, and the stats go when the cgroup leaves.
+    pub sched: SchedStats,
 }
 
 /// Value of [`WAIT_MAP`].
@@ -155,9 +151,9 @@ pub struct Wait {
     pub throttled_group: u64,
 }
 
-/// Value of [`SCHED_STATS_MAP`].
+/// A cgroup's scheduler statistics, part of its [`Known`] entry.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SchedStats {
     /// Run-queue latency, ns.
     pub runq: Hist,

@@ -24,10 +24,9 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use podstat_common::sched::{
-    BY_OTHER_POD, BY_SAME_POD, BY_SYSTEM, DEFAULT_MAX_CGROUPS, DEFAULT_MAX_PREEMPT_PAIRS,
-    DEFAULT_MAX_WAITING, HIST_SLOTS, Known, MAP_PREEMPT_PAIRS, MAP_SCHED_STATS, MAP_WAIT, Offsets,
-    PreemptPair, RUNQ_BOUNDS_NS, RUNQ_MODE_SCHED_INFO, SchedStats, THROTTLE_GATE_NS,
-    THROTTLE_MODE_SWITCH, Wait, bucket_of,
+    BY_OTHER_POD, BY_SAME_POD, BY_SYSTEM, DEFAULT_MAX_PREEMPT_PAIRS, DEFAULT_MAX_WAITING, Known,
+    MAP_PREEMPT_PAIRS, MAP_WAIT, Offsets, PreemptPair, RUNQ_BOUNDS_NS, RUNQ_MODE_SCHED_INFO,
+    THROTTLE_GATE_NS, THROTTLE_MODE_SWITCH, Wait, bucket_of,
 };
 
 use crate::{
@@ -35,12 +34,6 @@ use crate::{
         KNOWN, atomic_add, get_or_insert, load, map_full, now_ns, observe, offsets, task_cgroup_id,
     },
     throttle,
-};
-
-/// The value a cgroup's entry starts from.
-static ZERO: SchedStats = SchedStats {
-    runq: [0; HIST_SLOTS],
-    preempted_by: [0; 3],
 };
 
 /// Context switches seen on this CPU. One slot.
@@ -58,10 +51,6 @@ static WAIT_START: HashMap<u32, Wait> = HashMap::with_max_entries(DEFAULT_MAX_WA
 /// records age out instead.
 #[map]
 static THROTTLED_TASKS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(DEFAULT_MAX_WAITING, 0);
-
-/// cgroup id → run-queue latency histogram and preemption counts.
-#[map]
-static SCHED_STATS: HashMap<u64, SchedStats> = HashMap::with_max_entries(DEFAULT_MAX_CGROUPS, 0);
 
 /// {victim cgroup, preemptor cgroup} → preemptions, for pairs of cgroups in different pods
 /// only: who, by name, took the CPU from a pod. Written only on that path (one lookup, and an
@@ -158,11 +147,10 @@ fn on_wakeup(task: *const u8) -> Result<(), i32> {
     start_wait(task, cgroup_id, 0, o.task_pid)
 }
 
-/// What the switch-out path already learnt about `next` (its cgroup and KNOWN entry), so the
+/// What the switch-out path already learnt about `next` (its cgroup's KNOWN entry), so the
 /// switch-in path does not walk to the cgroup and look it up a second time.
 #[derive(Clone, Copy)]
 struct NextCgroup {
-    id: u64,
     /// Null when the cgroup is not tracked.
     known: *mut Known,
 }
@@ -233,10 +221,8 @@ fn on_preempted(
         Some(_) => BY_OTHER_POD,
         None => BY_SYSTEM,
     };
-    if let Some(stats) = get_or_insert(&SCHED_STATS, prev_cg, &ZERO, MAP_SCHED_STATS) {
-        // SAFETY: `by` < 3; stats points into a map value.
-        unsafe { atomic_add(core::ptr::addr_of_mut!((*stats).preempted_by[by]), 1) };
-    }
+    // SAFETY: `by` < 3; known points into a map value.
+    unsafe { atomic_add(core::ptr::addr_of_mut!((*known).sched.preempted_by[by]), 1) };
     if by == BY_OTHER_POD {
         let pair = PreemptPair {
             victim: prev_cg,
@@ -247,7 +233,6 @@ fn on_preempted(
         }
     }
     Ok(Some(NextCgroup {
-        id: next_cg,
         known: next_known.unwrap_or(core::ptr::null_mut()),
     }))
 }
@@ -277,11 +262,11 @@ fn switch_in_sched_info(
         // Not queued since it last ran (the idle task, or sched_info off): nothing waited.
         return Ok(());
     }
-    let (id, known) = match seen {
-        Some(n) => (n.id, n.known),
+    let known = match seen {
+        Some(n) => n.known,
         None => {
             let id = task_cgroup_id(next, o)?;
-            (id, KNOWN.get_ptr_mut(id).unwrap_or(core::ptr::null_mut()))
+            KNOWN.get_ptr_mut(id).unwrap_or(core::ptr::null_mut())
         }
     };
     if known.is_null() {
@@ -300,14 +285,12 @@ fn switch_in_sched_info(
     let clock: u64 = load(rq, o.rq_clock)?;
     if clock >= queued {
         let delta = clock - queued;
-        if let Some(stats) = get_or_insert(&SCHED_STATS, id, &ZERO, MAP_SCHED_STATS) {
-            // SAFETY: stats points into a map value.
-            observe(
-                unsafe { core::ptr::addr_of_mut!((*stats).runq) },
-                bucket_of(delta, &RUNQ_BOUNDS_NS),
-                delta,
-            );
-        }
+        // SAFETY: known points into a map value.
+        observe(
+            unsafe { core::ptr::addr_of_mut!((*known).sched.runq) },
+            bucket_of(delta, &RUNQ_BOUNDS_NS),
+            delta,
+        );
     }
     Ok(())
 }
@@ -353,11 +336,11 @@ fn switch_in_wakeup(next: *const u8, o: &Offsets, switch_mode: bool) -> Result<(
         }
         if now > wait.since_ns {
             let delta = now - wait.since_ns;
-            if let Some(stats) = get_or_insert(&SCHED_STATS, wait.cgroup_id, &ZERO, MAP_SCHED_STATS)
-            {
-                // SAFETY: stats points into a map value.
+            // A cgroup that left KNOWN while its task waited is no longer measured.
+            if let Some(known) = KNOWN.get_ptr_mut(wait.cgroup_id) {
+                // SAFETY: known points into a map value.
                 observe(
-                    unsafe { core::ptr::addr_of_mut!((*stats).runq) },
+                    unsafe { core::ptr::addr_of_mut!((*known).sched.runq) },
                     bucket_of(delta, &RUNQ_BOUNDS_NS),
                     delta,
                 );

@@ -6,9 +6,11 @@
 //! 2. Per-event probe cost: `run_time_ns / run_cnt` of each of podstat's programs against
 //!    libbpf-tools `runqlat`'s, during the same context-switch storm, run inside a kubelet-style
 //!    container cgroup (podstat's full path; checked on the agent's run-queue series), then a
-//!    shorter one outside pods (its early exit). Also all programs per context switch.
+//!    shorter one outside pods (its early exit). Also all programs per context switch, and the
+//!    floor: an empty `sched_switch` program (`podstat-test-floor`) attached alongside.
 //! 3. End-to-end cost: stress-ng `--switch` throughput in that container cgroup with no probe,
-//!    with the podstat agent, and with runqlat alone, interleaved.
+//!    with the empty program alone (the floor: what attaching anything to `sched_switch`
+//!    costs), with the podstat agent, and with runqlat alone, interleaved.
 //!
 //! Everything it creates (cgroups, processes, the `bpf_stats_enabled` sysctl) is undone by
 //! guards, also on error and on panic.
@@ -155,14 +157,20 @@ pub(crate) fn podstat_bin() -> (PathBuf, String) {
     if let Some(p) = std::env::var_os("PODSTAT_BIN") {
         return (PathBuf::from(p), "PODSTAT_BIN".to_owned());
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || crate::root().join("target"),
-        |t| crate::root().join(PathBuf::from(t)),
-    );
     (
-        target.join("release/podstat"),
+        release_dir().join("podstat"),
         "built from this worktree".to_owned(),
     )
+}
+
+/// `release/` in `CARGO_TARGET_DIR` (or `<root>/target`).
+fn release_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(
+            || crate::root().join("target"),
+            |t| crate::root().join(PathBuf::from(t)),
+        )
+        .join("release")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -637,6 +645,16 @@ fn per(num: u64, den: u64) -> f64 {
     }
 }
 
+/// CPUs online, from `/proc/stat` (its `cpuN` lines); 1 if unreadable.
+fn online_cpus() -> f64 {
+    let n = fs::read_to_string("/proc/stat").map_or(0, |s| {
+        s.lines()
+            .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+            .count()
+    });
+    f64::from(u32::try_from(n.max(1)).unwrap_or(u32::MAX))
+}
+
 fn verdict(ok: bool) -> &'static str {
     if ok { "meets" } else { "**misses**" }
 }
@@ -787,6 +805,23 @@ fn vm_rss_hwm(pid: u32) -> anyhow::Result<(u64, u64)> {
     Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// CPU time (user + system, all threads) the process `pid` has used so far.
+fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let p = format!("/proc/{pid}/stat");
+    let stat = fs::read_to_string(&p).with_context(|| format!("reading {p}"))?;
+    cpu_time_of(&stat).with_context(|| format!("no utime/stime in {p}"))
+}
+
+/// utime + stime from a `/proc/<pid>/stat` line (fields 14 and 15, after the `(comm)`, which
+/// may hold spaces), in clock ticks of 1/100 s (USER_HZ on every Linux architecture we run).
+fn cpu_time_of(stat: &str) -> Option<Duration> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut f = rest.split_whitespace().skip(11);
+    let utime: u64 = f.next()?.parse().ok()?;
+    let stime: u64 = f.next()?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. Per-event probe cost
 
@@ -927,10 +962,11 @@ impl StormRows {
     }
 }
 
-/// The `sched_switch` program: podstat's and runqlat's `tp_btf` one, or runqlat's raw
-/// tracepoint fallback (`handle_sched_switch`, cut to 15 characters by the kernel).
+/// The `sched_switch` program: podstat's and runqlat's `tp_btf` one, runqlat's raw
+/// tracepoint fallback (`handle_sched_switch`, cut to 15 characters by the kernel), or the
+/// floor's empty one.
 fn is_switch_prog(name: &str) -> bool {
-    name == "sched_switch" || name.starts_with("handle_sched_sw")
+    name == "sched_switch" || name.starts_with("handle_sched_sw") || name == "bench_floor"
 }
 
 struct ProbeResult {
@@ -951,6 +987,7 @@ fn probe_bench(start: Instant, env: &Env, pod: &StormPod) -> anyhow::Result<Prob
         .unwrap_or("?")
         .to_owned();
     let mut runqlat = start_runqlat(env, "runqlat")?;
+    let mut floor = start_floor(env, "floor")?;
     // Let the tracker's refresh find the storm pod's cgroup.
     std::thread::sleep(TRACKER_WAIT);
 
@@ -973,6 +1010,7 @@ fn probe_bench(start: Instant, env: &Env, pod: &StormPod) -> anyhow::Result<Prob
     let owners = [
         ("podstat", owned_progs(agent.pid(), &after)?),
         ("runqlat", owned_progs(runqlat.pid(), &after)?),
+        ("floor", owned_progs(floor.pid(), &after)?),
     ];
     let pod_rows = StormRows {
         secs: env.storm_secs,
@@ -994,10 +1032,11 @@ fn probe_bench(start: Instant, env: &Env, pod: &StormPod) -> anyhow::Result<Prob
         storm_ops: ops.ok(),
     };
     runqlat.stop(Signal::SIGINT)?;
+    floor.stop(Signal::SIGTERM)?;
     agent.stop(Signal::SIGTERM)?;
 
     for (what, s) in [("in the pod", &pod_rows), ("outside pods", &host_rows)] {
-        for owner in ["podstat", "runqlat"] {
+        for owner in ["podstat", "runqlat", "floor"] {
             ensure!(
                 s.switch(owner).is_some(),
                 "no sched_switch program of {owner} ran during the storm {what} (rows: {})",
@@ -1047,19 +1086,38 @@ fn prog_deltas(
 /// Starts libbpf-tools `runqlat` and waits (at most 15 s) until it holds its programs.
 fn start_runqlat(env: &Env, name: &'static str) -> anyhow::Result<Proc> {
     let runqlat_bin = setup::find("runqlat")?;
-    let mut runqlat = Proc::spawn(name, &mut Command::new(&runqlat_bin), &env.out_dir)?;
+    let runqlat = Proc::spawn(name, &mut Command::new(&runqlat_bin), &env.out_dir)?;
+    wait_for_progs(runqlat, 3)
+}
+
+/// Starts `podstat-test-floor` (the empty `sched_switch` program alone), bounded to outlive no
+/// bench, and waits until it holds its program.
+fn start_floor(env: &Env, name: &'static str) -> anyhow::Result<Proc> {
+    let bin = release_dir().join("podstat-test-floor");
+    ensure!(
+        bin.is_file(),
+        "{} not found (`cargo xtask bench` builds it)",
+        bin.display()
+    );
+    let floor = Proc::spawn(name, Command::new(&bin).arg("900"), &env.out_dir)?;
+    wait_for_progs(floor, 1)
+}
+
+/// Waits (at most 15 s) until `p` holds at least `n` BPF programs.
+fn wait_for_progs(mut p: Proc, n: usize) -> anyhow::Result<Proc> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        if let Some(s) = runqlat.exited()? {
-            bail!("runqlat exited with {s}:\n{}", runqlat.log_tail());
+        if let Some(s) = p.exited()? {
+            bail!("{} exited with {s}:\n{}", p.name, p.log_tail());
         }
-        if owned_progs(runqlat.pid(), &HashMap::new())?.len() >= 3 {
-            return Ok(runqlat);
+        if owned_progs(p.pid(), &HashMap::new())?.len() >= n {
+            return Ok(p);
         }
         ensure!(
             Instant::now() < deadline,
-            "runqlat loaded fewer than 3 programs in 15 s:\n{}",
-            runqlat.log_tail()
+            "{} loaded fewer than {n} programs in 15 s:\n{}",
+            p.name,
+            p.log_tail()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -1142,16 +1200,18 @@ fn parse_switch_ops(out: &str) -> Option<f64> {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Arm {
     NoProbe,
+    Floor,
     Podstat,
     Runqlat,
 }
 
 impl Arm {
-    const ALL: [Self; 3] = [Self::NoProbe, Self::Podstat, Self::Runqlat];
+    const ALL: [Self; 4] = [Self::NoProbe, Self::Floor, Self::Podstat, Self::Runqlat];
 
     fn describe(self) -> &'static str {
         match self {
             Self::NoProbe => "no probe",
+            Self::Floor => "empty sched_switch program",
             Self::Podstat => "podstat agent",
             Self::Runqlat => "runqlat alone",
         }
@@ -1160,14 +1220,19 @@ impl Arm {
 
 struct E2eResult {
     off: Vec<f64>,
+    floor: Vec<f64>,
     podstat: Vec<f64>,
+    /// The agent's own CPU time during each podstat storm.
+    agent_cpu: Vec<Duration>,
     runqlat: Vec<f64>,
 }
 
 fn e2e_bench(start: Instant, env: &Env, pod: &StormPod) -> anyhow::Result<E2eResult> {
     let mut r = E2eResult {
         off: Vec::new(),
+        floor: Vec::new(),
         podstat: Vec::new(),
+        agent_cpu: Vec::new(),
         runqlat: Vec::new(),
     };
     let ops_of =
@@ -1186,12 +1251,21 @@ fn e2e_bench(start: Instant, env: &Env, pod: &StormPod) -> anyhow::Result<E2eRes
                     let ops = stress_switch(env, "stress-e2e", E2E_SECS, Some(&pod.rel))?;
                     r.off.push(ops_of(ops)?);
                 }
+                Arm::Floor => {
+                    let mut floor = start_floor(env, "floor-e2e")?;
+                    let ops = stress_switch(env, "stress-e2e", E2E_SECS, Some(&pod.rel))?;
+                    floor.stop(Signal::SIGTERM)?;
+                    r.floor.push(ops_of(ops)?);
+                }
                 Arm::Podstat => {
                     let (mut agent, addr) =
                         start_agent(env, "agent-e2e", &["--no-collector.cgroup"])?;
                     wait_ready(&mut agent, addr, probe_attached)?;
                     std::thread::sleep(TRACKER_WAIT);
+                    let cpu_before = cpu_time(agent.pid())?;
                     let ops = stress_switch(env, "stress-e2e", E2E_SECS, Some(&pod.rel))?;
+                    r.agent_cpu
+                        .push(cpu_time(agent.pid())?.saturating_sub(cpu_before));
                     let count = runq_count(addr, &pod.container_id)?;
                     agent.stop(Signal::SIGTERM)?;
                     ensure!(
@@ -1381,7 +1455,7 @@ fn render_storm(r: &mut String, s: &StormRows) {
         let _ = writeln!(r, "\nLoaded but not run (0 events): {}.", idle.join(", "));
     }
     let sw = |owner: &str| s.switch(owner).map_or(f64::NAN, |(ns, n)| per(ns, n));
-    let (ps, rq) = (sw("podstat"), sw("runqlat"));
+    let (ps, rq, fl) = (sw("podstat"), sw("runqlat"), sw("floor"));
     let (ps_all, rq_all) = (s.ns_per_switch("podstat"), s.ns_per_switch("runqlat"));
     let switches = |owner: &str| s.switch(owner).map_or(0, |(_, n)| n);
     let names = |owner: &str| {
@@ -1399,6 +1473,15 @@ fn render_storm(r: &mut String, s: &StormRows) {
     );
     let _ = writeln!(
         r,
+        "- the floor, an empty `sched_switch` program attached alongside: {fl:.1} ns/event (the \
+         stats accounting and an empty run); above it: podstat {:.1} ns, runqlat {:.1} ns: \
+         **{:.2}x**",
+        ps - fl,
+        rq - fl,
+        (ps - fl) / (rq - fl)
+    );
+    let _ = writeln!(
+        r,
         "- ns per context switch, all programs (run time of all the tool's programs over its \
          `sched_switch` events): podstat {ps_all:.1} ns ({}; {} switches), runqlat {rq_all:.1} ns \
          ({}; {} switches): **{:.2}x**",
@@ -1411,7 +1494,7 @@ fn render_storm(r: &mut String, s: &StormRows) {
     if let Some(ops) = s.storm_ops {
         let _ = writeln!(
             r,
-            "- stress-ng with both attached and stats on: {ops:.0} bogo-ops/s"
+            "- stress-ng with all three attached and stats on: {ops:.0} bogo-ops/s"
         );
     }
 }
@@ -1421,25 +1504,71 @@ fn render_e2e(r: &mut String, e: &E2eResult) {
     let _ = writeln!(
         r,
         "`stress-ng --switch 2 --timeout {E2E_SECS}s --metrics-brief` inside the same pod \
-         container cgroup, bogo-ops/s (real time). {E2E_ROUNDS} rounds of three arms, interleaved \
-         (order rotating each round): no probe; the podstat agent (default collectors but \
+         container cgroup, bogo-ops/s (real time). {E2E_ROUNDS} rounds of four arms, interleaved \
+         (order rotating each round): no probe; the floor, an empty `sched_switch` program alone \
+         (`podstat-test-floor`: what attaching any program to that tracepoint costs); the podstat \
+         agent (default collectors but \
          `--no-collector.cgroup`, `--probe.refresh-interval {PROBE_REFRESH}`, started {:.1} s \
          before the storm; its run-queue series for the container checked after each round); \
          libbpf-tools `runqlat` alone.\n",
         TRACKER_WAIT.as_secs_f64()
     );
-    let _ = writeln!(r, "| round | no probe | podstat | runqlat |");
-    let _ = writeln!(r, "|---|---:|---:|---:|");
-    for (i, ((off, ps), rq)) in e.off.iter().zip(&e.podstat).zip(&e.runqlat).enumerate() {
-        let _ = writeln!(r, "| {} | {off:.0} | {ps:.0} | {rq:.0} |", i + 1);
-    }
-    let (moff, mps, mrq) = (median(&e.off), median(&e.podstat), median(&e.runqlat));
-    let (ps, rq) = (mps / moff, mrq / moff);
     let _ = writeln!(
         r,
-        "| median | {moff:.0} | {mps:.0} | {mrq:.0} |\n| median / no probe | 100% | {:.1}% | {:.1}% |\n",
+        "| round | no probe | empty program | podstat | runqlat |"
+    );
+    let _ = writeln!(r, "|---|---:|---:|---:|---:|");
+    for (i, (((off, fl), ps), rq)) in e
+        .off
+        .iter()
+        .zip(&e.floor)
+        .zip(&e.podstat)
+        .zip(&e.runqlat)
+        .enumerate()
+    {
+        let _ = writeln!(r, "| {} | {off:.0} | {fl:.0} | {ps:.0} | {rq:.0} |", i + 1);
+    }
+    let (moff, mfl, mps, mrq) = (
+        median(&e.off),
+        median(&e.floor),
+        median(&e.podstat),
+        median(&e.runqlat),
+    );
+    let (fl, ps, rq) = (mfl / moff, mps / moff, mrq / moff);
+    let _ = writeln!(
+        r,
+        "| median | {moff:.0} | {mfl:.0} | {mps:.0} | {mrq:.0} |\n| median / no probe | 100% | \
+         {:.1}% | {:.1}% | {:.1}% |\n",
+        fl * 100.0,
         ps * 100.0,
         rq * 100.0
+    );
+    let cpu: Vec<f64> = e
+        .agent_cpu
+        .iter()
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .collect();
+    let storm_secs = Duration::from_secs(E2E_SECS).as_secs_f64();
+    let _ = writeln!(
+        r,
+        "The agent's own CPU time (user + system, from `/proc/<pid>/stat`) during each {E2E_SECS} s \
+         podstat storm: {} ms (median {:.0} ms, {:.2}% of the {} CPU-seconds the storm had).\n",
+        cpu.iter()
+            .map(|c| format!("{c:.0}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        median(&cpu),
+        median(&cpu) / 1000.0 / (storm_secs * online_cpus()) * 100.0,
+        storm_secs * online_cpus()
+    );
+    let _ = writeln!(
+        r,
+        "The floor: an empty program on `sched_switch` keeps {:.1}% of the no-probe throughput, so \
+         no probe there can keep more on this host. Against the floor: podstat {:.1}%, runqlat \
+         {:.1}%.\n",
+        fl * 100.0,
+        ps / fl * 100.0,
+        rq / fl * 100.0
     );
     let _ = writeln!(
         r,
@@ -1466,6 +1595,13 @@ stress-ng: metrc: [15449] switch           637576      2.00      0.10      1.67 
 stress-ng: metrc: [15449] switch              6401.73 nanosecs per context switch (pipe method)\n";
         assert_eq!(parse_switch_ops(out), Some(318_732.22));
         assert_eq!(parse_switch_ops("nothing"), None);
+    }
+
+    #[test]
+    fn parses_cpu_time() {
+        let stat = "4242 (podstat (x) y) S 1 4242 4242 0 -1 4194560 1200 0 0 0 37 12 0 0 20 0 9 0";
+        assert_eq!(cpu_time_of(stat), Some(Duration::from_millis(490)));
+        assert_eq!(cpu_time_of("4242 (podstat) S 1"), None);
     }
 
     #[test]

@@ -64,7 +64,8 @@ enum Task {
     /// (300 pods x 3 containers of real cgroups) against plain loops reading the same files;
     /// per-event cost of every probe program against libbpf-tools runqlat during a
     /// context-switch storm, inside a pod and outside; end-to-end storm throughput with no
-    /// probe, with podstat and with runqlat. Needs root. Writes target/bench/report.md.
+    /// probe, with an empty sched_switch program (the floor), with podstat and with runqlat.
+    /// Needs root. Writes target/bench/report.md.
     Bench {
         /// Pods in the scrape benchmark (3 containers each).
         #[arg(long, default_value_t = 300)]
@@ -189,8 +190,19 @@ fn main() -> anyhow::Result<()> {
         } => {
             setup::toolchain(start)?;
             setup::debian_packages(start, setup::BENCH_PACKAGES)?;
-            step(start, "building podstat (release)");
+            step(
+                start,
+                "building podstat and the floor program's loader (release)",
+            );
             run(cargo().args(["build", "--release", "-p", "podstat"]))?;
+            run(cargo().args([
+                "build",
+                "--release",
+                "-p",
+                "podstat-tests",
+                "--bin",
+                "podstat-test-floor",
+            ]))?;
             bench::all(
                 start,
                 &bench::Config {

@@ -5,7 +5,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use podstat_common::sched::{
     BUCKETS, BY_OTHER_POD, BY_SAME_POD, BY_SYSTEM, Hist, INF_SLOT, MAP_NAMES, PreemptPair,
-    RUNQ_BOUNDS_NS, SUM_SLOT,
+    RUNQ_BOUNDS_NS, SUM_SLOT, SchedStats,
 };
 use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet},
@@ -182,7 +182,13 @@ impl Collect for SchedCollector {
             .map_err(|e| CollectError::Source(format!("reading SCHED_SWITCHES: {e}")))?;
         let stats = join(
             &self.identity,
-            maps.sched_stats.iter().filter_map(Result::ok),
+            // A cgroup's stats live in its KNOWN entry; one without a wait or a preemption
+            // yet (a pod-level cgroup with no tasks of its own) has no series.
+            maps.known
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(id, k)| (id, k.sched))
+                .filter(|(_, s)| *s != SchedStats::default()),
         );
         let pairs: Vec<(PreemptPair, u64)> =
             maps.preempt_pairs.iter().filter_map(Result::ok).collect();

@@ -20,9 +20,7 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{BtfTracePoint, FEntry, FExit, KProbe},
 };
-use podstat_common::sched::{
-    self as common, Known, Offsets, PreemptPair, SchedStats, ThrottleStats,
-};
+use podstat_common::sched::{self as common, Known, Offsets, PreemptPair, ThrottleStats};
 use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
     metrics::{MetricType, gauge::ConstGauge},
@@ -33,6 +31,12 @@ use self::btf::KernelBtf;
 /// The eBPF object built from `ebpf/` by `build.rs`. Empty when the agent was built without
 /// the eBPF toolchain (plain `cargo build`): then every probe reports "not built".
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/podstat"));
+
+/// The embedded eBPF object (empty when built without the eBPF toolchain). For tools that load
+/// one program of it on their own, such as the benchmark's floor (`podstat-test-floor`).
+pub fn object() -> &'static [u8] {
+    OBJECT
+}
 
 /// Whether this binary carries an eBPF object at all.
 pub fn object_embedded() -> bool {
@@ -130,7 +134,6 @@ impl Default for Wanted {
 pub struct Maps {
     pub switches: PerCpuArray<MapData, u64>,
     pub known: HashMap<MapData, u64, Known>,
-    pub sched_stats: HashMap<MapData, u64, SchedStats>,
     pub throttle_stats: HashMap<MapData, u64, ThrottleStats>,
     pub preempt_pairs: HashMap<MapData, PreemptPair, u64>,
     pub map_full: PerCpuArray<MapData, u64>,
@@ -420,7 +423,6 @@ impl Probes {
             .btf(Some(&btf))
             .override_global(common::OFFSETS_GLOBAL, &offsets, true)
             .map_max_entries(common::KNOWN_MAP, wanted.max_cgroups)
-            .map_max_entries(common::SCHED_STATS_MAP, wanted.max_cgroups)
             .map_max_entries(common::THROTTLE_STATS_MAP, wanted.max_cgroups)
             // sched_info mode keeps no wait records; only throttled tasks get a record.
             .map_max_entries(
@@ -783,7 +785,6 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, String> {
     Ok(Maps {
         switches: take(ebpf, common::SWITCH_COUNT_MAP)?,
         known: take(ebpf, common::KNOWN_MAP)?,
-        sched_stats: take(ebpf, common::SCHED_STATS_MAP)?,
         throttle_stats: take(ebpf, common::THROTTLE_STATS_MAP)?,
         preempt_pairs: take(ebpf, common::PREEMPT_PAIRS_MAP)?,
         map_full: take(ebpf, common::MAP_FULL_MAP)?,

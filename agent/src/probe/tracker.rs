@@ -108,17 +108,9 @@ impl Tracker {
                 let _ = maps.known.remove(id);
             }
         }
-        // Stats of cgroups that are gone, including entries a task's last wait re-created
-        // after its cgroup left KNOWN: swept so the maps never fill with churn.
-        let stale: Vec<u64> = maps
-            .sched_stats
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|id| !next.contains_key(id))
-            .collect();
-        for id in &stale {
-            let _ = maps.sched_stats.remove(id);
-        }
+        // Stats of cgroups that are gone (a cgroup's run-queue stats live in its KNOWN entry
+        // and went with it), including entries a probe re-created after the cgroup left
+        // KNOWN: swept so the maps never fill with churn.
         let stale: Vec<u64> = maps
             .throttle_stats
             .keys()
@@ -158,7 +150,7 @@ impl Tracker {
                 let known = Known {
                     pod_id: pod_id(&target.pod_uid),
                     parent_id,
-                    throttled_at_ns: 0,
+                    ..Known::default()
                 };
                 if let Err(e) = maps.known.insert(id, known, 0) {
                     self.identity.known_full.fetch_add(1, Ordering::Relaxed);

@@ -1,18 +1,25 @@
 //! `podstat top`: a table of the node's pods and containers, refreshed every second, sorted
 //! and filtered with keys. Plain ANSI escapes on a raw-mode terminal (termios), so it works on
-//! any SSH terminal; the terminal is restored on exit, on error and on panic.
+//! any SSH terminal; the terminal is restored on exit, on error, on panic, and on SIGTERM,
+//! SIGHUP or SIGQUIT (a closed SSH session, `kill`), which end the view like `q`.
 
 use std::{
     fmt::Write as _,
     io::{Read as _, Write as _},
     os::fd::AsFd as _,
-    sync::{Mutex, PoisonError},
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use nix::{
     poll::{PollFd, PollFlags, PollTimeout, poll},
-    sys::termios::{self, LocalFlags, SetArg, Termios},
+    sys::{
+        signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction},
+        termios::{self, LocalFlags, SetArg, Termios},
+    },
 };
 use serde::Serialize;
 
@@ -418,6 +425,31 @@ impl Drop for RawTerminal {
     }
 }
 
+/// Set by [`on_signal`]: the live view ends at its next wake-up, through the restore.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// The signals that end the live view (Ctrl-C arrives as a key in raw mode).
+const STOP_SIGNALS: [Signal; 3] = [Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT];
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+/// Makes [`STOP_SIGNALS`] set [`STOP`] instead of killing the process, so that the terminal is
+/// restored. Without `SA_RESTART`: the `poll` they interrupt returns at once.
+fn catch_stop_signals() -> std::io::Result<()> {
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for sig in STOP_SIGNALS {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { sigaction(sig, &action) }.map_err(std::io::Error::from)?;
+    }
+    Ok(())
+}
+
 /// The terminal's size (columns, rows), 80×24 if unknown.
 fn size() -> (usize, usize) {
     let mut ws = libc::winsize {
@@ -443,12 +475,16 @@ pub fn run_live(
     interval: Duration,
     mut refresh: impl FnMut() -> Result<Option<Vec<Row>>, String>,
 ) -> std::io::Result<()> {
+    catch_stop_signals()?;
     let _term = RawTerminal::enter()?;
     let mut rows: Vec<Row> = Vec::new();
     let mut note = String::from("(measuring the first interval…)");
     let mut next = Instant::now();
     let stdin = std::io::stdin();
     loop {
+        if STOP.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         if Instant::now() >= next {
             match refresh() {
                 Ok(Some(r)) => {
@@ -470,6 +506,9 @@ pub fn run_live(
         let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
         let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
         let ready = poll(&mut fds, PollTimeout::from(ms)).unwrap_or(0);
+        if STOP.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         if ready > 0 {
             let mut buf = [0u8; 64];
             let n = stdin.lock().read(&mut buf)?;
@@ -489,6 +528,16 @@ pub fn run_live(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stop_signals_end_the_view_instead_of_the_process() {
+        catch_stop_signals().expect("sigaction");
+        assert!(!STOP.load(Ordering::Relaxed));
+        // The process survives its own SIGHUP, and the flag the loop checks is set.
+        nix::sys::signal::raise(Signal::SIGHUP).expect("raise");
+        assert!(STOP.load(Ordering::Relaxed));
+        STOP.store(false, Ordering::Relaxed);
+    }
 
     #[test]
     fn keys_sort_filter_and_quit() {

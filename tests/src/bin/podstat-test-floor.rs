@@ -1,0 +1,68 @@
+//! The benchmark's floor: attaches podstat's empty `sched_switch` program (`ebpf/src/floor.rs`)
+//! and nothing else, so `cargo xtask bench` can measure what any program on that tracepoint
+//! costs, against which podstat's and runqlat's costs are read.
+//!
+//! `podstat-test-floor [MAX_SECS]`: attaches, prints `attached`, and detaches on SIGTERM or
+//! SIGINT, or after MAX_SECS (default 600) so that it never outlives a bench that died.
+use std::{process::ExitCode, time::Duration};
+
+use aya::{Btf, EbpfLoader, programs::BtfTracePoint};
+
+fn run(max: Duration) -> Result<(), String> {
+    let object = podstat::probe::object();
+    if object.is_empty() {
+        return Err("this build has no eBPF object (run it through `cargo xtask`)".into());
+    }
+    let btf = Btf::from_sys_fs().map_err(|e| format!("reading /sys/kernel/btf/vmlinux: {e}"))?;
+    let mut ebpf = EbpfLoader::new()
+        .load(object)
+        .map_err(|e| format!("loading the eBPF object: {e}"))?;
+    let prog: &mut BtfTracePoint = ebpf
+        .program_mut("bench_floor")
+        .ok_or("the object has no bench_floor program")?
+        .try_into()
+        .map_err(|e| format!("bench_floor: {e}"))?;
+    prog.load("sched_switch", &btf)
+        .map_err(|e| format!("loading bench_floor: {e}"))?;
+    prog.attach()
+        .map_err(|e| format!("attaching bench_floor to sched_switch: {e}"))?;
+    println!("attached");
+    wait_for_signal(max);
+    Ok(())
+}
+
+/// Blocks until SIGTERM or SIGINT arrives, or `max` passes.
+fn wait_for_signal(max: Duration) {
+    // SAFETY: plain libc signal-set calls on a local set; the signals are blocked before
+    // waiting, so one that arrives in between is not lost.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&raw mut set);
+        libc::sigaddset(&raw mut set, libc::SIGTERM);
+        libc::sigaddset(&raw mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut());
+        let timeout = libc::timespec {
+            tv_sec: libc::time_t::try_from(max.as_secs()).unwrap_or(libc::time_t::MAX),
+            tv_nsec: 0,
+        };
+        libc::sigtimedwait(&raw const set, std::ptr::null_mut(), &raw const timeout);
+    }
+}
+
+fn main() -> ExitCode {
+    let max = match std::env::args().nth(1).map(|a| a.parse::<u64>()) {
+        None => Duration::from_mins(10),
+        Some(Ok(s)) => Duration::from_secs(s),
+        Some(Err(_)) => {
+            eprintln!("usage: podstat-test-floor [MAX_SECS]");
+            return ExitCode::from(2);
+        }
+    };
+    match run(max) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("podstat-test-floor: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
