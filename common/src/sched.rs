@@ -134,6 +134,12 @@ pub struct Known {
     /// CPU while its group was throttled (`bpf_ktime_get_ns`), in sched_info mode with throttle
     /// switch mode. Only while it is recent does a switch-in look for a throttle record.
     pub throttled_at_ns: u64,
+    /// Keeps the fields above, read on every switch-in of the cgroup's tasks, off the cache
+    /// lines of the counters below, which every CPU running the cgroup's tasks adds to: 64
+    /// bytes put a whole line between them wherever the kernel places the value. Measured with
+    /// `cargo xtask bench --skip-e2e` (docs/architecture.md has the table): in the slower runs
+    /// the pod path cost 237–283 ns per event with it and 302–332 ns without.
+    pub pad: [u64; 8],
     /// Written by the kernel (userspace inserts zeros): the cgroup's run-queue latency and
     /// preemptions. Kept in the entry the probe looks up anyway, so a tracked task's
     /// switch-in costs one hash lookup, not two, and the stats go when the cgroup leaves.
@@ -284,6 +290,15 @@ pub fn bucket_of(value: u64, bounds: &[u64; BUCKETS]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn known_keeps_a_cache_line_between_read_fields_and_counters() {
+        let read_end = core::mem::offset_of!(Known, throttled_at_ns) + 8;
+        let counters = core::mem::offset_of!(Known, sched);
+        // A 64-byte line can hold the last read byte and the first counter byte only if they
+        // are less than 64 bytes apart, wherever the kernel places the value.
+        assert!(counters - (read_end - 1) > 64, "{read_end} {counters}");
+    }
 
     #[test]
     fn buckets_are_upper_inclusive() {

@@ -40,6 +40,8 @@ pub struct Config {
     pub storm_secs: u64,
     /// Skip part 1 (scrape cost): for probe work, where only parts 2 and 3 change.
     pub skip_scrape: bool,
+    /// Skip part 3 (end-to-end cost): for quick A/B runs of the per-event cost.
+    pub skip_e2e: bool,
 }
 
 /// The v1 hierarchies the bench creates its cgroups in (same relative paths in both).
@@ -115,17 +117,21 @@ pub fn all(start: Instant, c: &Config) -> anyhow::Result<()> {
     let pod = create_storm_pod()?;
     let probe = probe_bench(start, &env, &pod)?;
 
-    step(
-        start,
-        &format!(
-            "end-to-end cost: stress-ng --switch in the pod, {E2E_ROUNDS} rounds x {E2E_SECS}s: \
-             no probe, podstat, runqlat"
-        ),
-    );
-    let e2e = e2e_bench(start, &env, &pod)?;
+    let e2e = if c.skip_e2e {
+        None
+    } else {
+        step(
+            start,
+            &format!(
+                "end-to-end cost: stress-ng --switch in the pod, {E2E_ROUNDS} rounds x {E2E_SECS}s: \
+                 no probe, an empty sched_switch program, podstat, runqlat"
+            ),
+        );
+        Some(e2e_bench(start, &env, &pod)?)
+    };
     drop(pod);
 
-    let report = render(c, &bin_source, &env, scrape.as_ref(), &probe, &e2e);
+    let report = render(c, &bin_source, &env, scrape.as_ref(), &probe, e2e.as_ref());
     println!("{report}");
     let path = env.out_dir.join("report.md");
     fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
@@ -1298,7 +1304,7 @@ fn render(
     env: &Env,
     scrape: Option<&ScrapeResult>,
     probe: &ProbeResult,
-    e2e: &E2eResult,
+    e2e: Option<&E2eResult>,
 ) -> String {
     let mut r = String::new();
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -1322,7 +1328,9 @@ fn render(
         }
     }
     render_probe(&mut r, probe);
-    render_e2e(&mut r, e2e);
+    if let Some(e2e) = e2e {
+        render_e2e(&mut r, e2e);
+    }
     r
 }
 

@@ -79,6 +79,10 @@ enum Task {
         /// Skip the scrape benchmark: only the probe's per-event and end-to-end costs.
         #[arg(long)]
         skip_scrape: bool,
+        /// Skip the end-to-end benchmark (five rounds of four storms): for quick A/B runs of
+        /// the per-event cost.
+        #[arg(long)]
+        skip_e2e: bool,
     },
     /// Receive-path cost of the steering probes: iperf3 TCP over a veth pair between two
     /// network namespaces (RPS/RFS on, server in a pod cgroup), without and with the agent's
@@ -187,6 +191,7 @@ fn main() -> anyhow::Result<()> {
             scrapes,
             storm_secs,
             skip_scrape,
+            skip_e2e,
         } => {
             setup::toolchain(start)?;
             setup::debian_packages(start, setup::BENCH_PACKAGES)?;
@@ -210,6 +215,7 @@ fn main() -> anyhow::Result<()> {
                     scrapes,
                     storm_secs,
                     skip_scrape,
+                    skip_e2e,
                 },
             )?;
         }
