@@ -402,6 +402,17 @@ pub fn find<'a>(samples: &'a [Sample], name: &str, want: &[(&str, &str)]) -> Vec
         .collect()
 }
 
+/// The one `podstat_probe_attached{probe}` sample; panics unless there is exactly one.
+pub fn probe_attached<'a>(samples: &'a [Sample], probe: &str) -> &'a Sample {
+    let found = find(samples, "podstat_probe_attached", &[("probe", probe)]);
+    assert_eq!(
+        found.len(),
+        1,
+        "no podstat_probe_attached{{probe=\"{probe}\"}}"
+    );
+    found[0]
+}
+
 /// A random-enough pod uid and container id for this test run.
 pub fn test_ids(seed: u32) -> (String, String) {
     let pid = std::process::id();

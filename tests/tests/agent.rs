@@ -2,25 +2,18 @@
 
 use std::{io::Read as _, process::Command, time::Duration};
 
-use podstat_tests::{find, http_get, parse_exposition, podstat_bin, require_root, start_agent};
+use podstat_tests::{
+    find, http_get, parse_exposition, podstat_bin, probe_attached, require_root, start_agent,
+};
 
 #[test]
 fn sched_switch_probe_attaches_and_counts() {
     require_root();
     let (_agent, addr) = start_agent(&["--no-collector.cgroup"]);
     let first = parse_exposition(&http_get(addr, "/metrics", &[]).expect("scrape").text());
-    let attached = find(
-        &first,
-        "podstat_probe_attached",
-        &[("probe", "sched_switch")],
-    );
-    assert_eq!(
-        attached.len(),
-        1,
-        "no podstat_probe_attached{{probe=\"sched_switch\"}}"
-    );
+    let attached = probe_attached(&first, "sched_switch");
     assert!(
-        (attached[0].value - 1.0).abs() < f64::EPSILON,
+        (attached.value - 1.0).abs() < f64::EPSILON,
         "sched_switch probe not attached: see the agent's log above"
     );
     let total = |s: &[podstat_tests::Sample]| -> f64 {

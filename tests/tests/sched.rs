@@ -9,7 +9,8 @@ use std::{
 };
 
 use podstat_tests::{
-    CgroupTree, Hist, cpus, find, require_root, scrape, start_agent, test_ids, v1_hierarchies,
+    CgroupTree, Hist, cpus, find, probe_attached, require_root, scrape, start_agent, test_ids,
+    v1_hierarchies,
 };
 
 const LOAD: &str = env!("CARGO_BIN_EXE_podstat-test-load");
@@ -36,20 +37,10 @@ fn kernel_keeps_sched_info() -> bool {
 /// the wakeup programs exported (wakeup mode) or not (sched_info mode, where they are not
 /// needed). Prints the mode, so the test log says which one ran.
 fn assert_runqueue_mode(samples: &[podstat_tests::Sample], via: &str) {
-    let switch = find(
-        samples,
-        "podstat_probe_attached",
-        &[("probe", "sched_switch")],
-    );
-    assert_eq!(
-        switch.len(),
-        1,
-        "no podstat_probe_attached{{probe=\"sched_switch\"}}"
-    );
+    let switch = probe_attached(samples, "sched_switch");
     assert!(
-        (switch[0].value - 1.0).abs() < f64::EPSILON && switch[0].label("via") == via,
-        "sched_switch should be attached via {via:?}: {:?}",
-        switch[0]
+        (switch.value - 1.0).abs() < f64::EPSILON && switch.label("via") == via,
+        "sched_switch should be attached via {via:?}: {switch:?}"
     );
     let wakeup = find(
         samples,

@@ -651,16 +651,6 @@ fn per(num: u64, den: u64) -> f64 {
     }
 }
 
-/// CPUs online, from `/proc/stat` (its `cpuN` lines); 1 if unreadable.
-fn online_cpus() -> f64 {
-    let n = fs::read_to_string("/proc/stat").map_or(0, |s| {
-        s.lines()
-            .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
-            .count()
-    });
-    f64::from(u32::try_from(n.max(1)).unwrap_or(u32::MAX))
-}
-
 fn verdict(ok: bool) -> &'static str {
     if ok { "meets" } else { "**misses**" }
 }
@@ -1329,7 +1319,7 @@ fn render(
     }
     render_probe(&mut r, probe);
     if let Some(e2e) = e2e {
-        render_e2e(&mut r, e2e);
+        render_e2e(&mut r, e2e, cpus);
     }
     r
 }
@@ -1507,7 +1497,8 @@ fn render_storm(r: &mut String, s: &StormRows) {
     }
 }
 
-fn render_e2e(r: &mut String, e: &E2eResult) {
+/// `cpus`: the CPUs the report's header names, which the storm ran on.
+fn render_e2e(r: &mut String, e: &E2eResult, cpus: usize) {
     let _ = writeln!(r, "\n## 3. End-to-end cost\n");
     let _ = writeln!(
         r,
@@ -1556,7 +1547,8 @@ fn render_e2e(r: &mut String, e: &E2eResult) {
         .iter()
         .map(|d| d.as_secs_f64() * 1000.0)
         .collect();
-    let storm_secs = Duration::from_secs(E2E_SECS).as_secs_f64();
+    let cpu_secs = Duration::from_secs(E2E_SECS).as_secs_f64()
+        * f64::from(u32::try_from(cpus.max(1)).unwrap_or(u32::MAX));
     let _ = writeln!(
         r,
         "The agent's own CPU time (user + system, from `/proc/<pid>/stat`) during each {E2E_SECS} s \
@@ -1566,8 +1558,8 @@ fn render_e2e(r: &mut String, e: &E2eResult) {
             .collect::<Vec<_>>()
             .join(", "),
         median(&cpu),
-        median(&cpu) / 1000.0 / (storm_secs * online_cpus()) * 100.0,
-        storm_secs * online_cpus()
+        median(&cpu) / 1000.0 / cpu_secs * 100.0,
+        cpu_secs
     );
     let _ = writeln!(
         r,

@@ -683,7 +683,13 @@ fn choose_runqueue_mode(wanted: RunqueueMode, offsets: Result<(), String>) -> Re
     }
 }
 
-fn attach_tp_btf(ebpf: &mut Ebpf, prog: &str, tracepoint: &str, btf: &Btf) -> Result<(), String> {
+/// Loads program `prog` of the object and attaches it to the BTF tracepoint `tracepoint`.
+pub fn attach_tp_btf(
+    ebpf: &mut Ebpf,
+    prog: &str,
+    tracepoint: &str,
+    btf: &Btf,
+) -> Result<(), String> {
     let p: &mut BtfTracePoint = ebpf
         .program_mut(prog)
         .ok_or_else(|| format!("program {prog} missing from the object"))?

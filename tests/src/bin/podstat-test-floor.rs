@@ -6,7 +6,7 @@
 //! SIGINT, or after MAX_SECS (default 600) so that it never outlives a bench that died.
 use std::{process::ExitCode, time::Duration};
 
-use aya::{Btf, EbpfLoader, programs::BtfTracePoint};
+use aya::{Btf, EbpfLoader};
 
 fn run(max: Duration) -> Result<(), String> {
     let object = podstat::probe::object();
@@ -16,16 +16,9 @@ fn run(max: Duration) -> Result<(), String> {
     let btf = Btf::from_sys_fs().map_err(|e| format!("reading /sys/kernel/btf/vmlinux: {e}"))?;
     let mut ebpf = EbpfLoader::new()
         .load(object)
-        .map_err(|e| format!("loading the eBPF object: {e}"))?;
-    let prog: &mut BtfTracePoint = ebpf
-        .program_mut("bench_floor")
-        .ok_or("the object has no bench_floor program")?
-        .try_into()
+        .map_err(|e| format!("loading the eBPF object: {}", podstat::probe::chain(&e)))?;
+    podstat::probe::attach_tp_btf(&mut ebpf, "bench_floor", "sched_switch", &btf)
         .map_err(|e| format!("bench_floor: {e}"))?;
-    prog.load("sched_switch", &btf)
-        .map_err(|e| format!("loading bench_floor: {e}"))?;
-    prog.attach()
-        .map_err(|e| format!("attaching bench_floor to sched_switch: {e}"))?;
     println!("attached");
     wait_for_signal(max);
     Ok(())
