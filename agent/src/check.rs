@@ -12,7 +12,7 @@ use crate::{
     cgroup::Layout,
     cli::{CheckArgs, CheckOutput},
     collector::{COLLECTORS, Slot},
-    probe::{self, Probes, Status},
+    probe::{Probes, Status},
 };
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -120,7 +120,7 @@ pub fn report(args: &CheckArgs, enabled: &[&'static str]) -> Vec<Item> {
             "cgroup",
             "layout".into(),
             Outcome::Unsupported,
-            probe::chain(&e),
+            crate::util::chain(&e),
         ),
     }
 
@@ -147,7 +147,7 @@ pub fn report(args: &CheckArgs, enabled: &[&'static str]) -> Vec<Item> {
         "kernel",
         "release".into(),
         Outcome::Ok,
-        crate::collector::kernel_release(),
+        crate::util::kernel_release(),
     );
 
     match effective_caps(&args.paths.procfs) {
@@ -268,7 +268,7 @@ fn check_metadata(opts: &crate::metadata::Options) -> (Outcome, String) {
         ),
         Err(e) => (
             Outcome::Unsupported,
-            format!("{name} ({source}): {}", probe::chain(&e)),
+            format!("{name} ({source}): {}", crate::util::chain(&e)),
         ),
     }
 }

@@ -103,7 +103,7 @@ pub struct TopArgs {
     #[arg(long, value_name = "TEXT")]
     pub filter: Option<String>,
     /// Refresh interval.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = crate::util::parse_duration)]
     pub interval: std::time::Duration,
 }
 
@@ -116,7 +116,7 @@ pub struct ExplainArgs {
     #[command(flatten)]
     pub source: SourceArgs,
     /// How long to observe before diagnosing.
-    #[arg(long, short = 'd', value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, short = 'd', value_name = "DURATION", default_value = "10s", value_parser = crate::util::parse_duration)]
     pub duration: std::time::Duration,
     /// Text, or the same content as JSON.
     #[arg(long = "output", value_enum, default_value_t = ViewOutput::Table)]
@@ -196,7 +196,7 @@ pub struct ProbeArgs {
     pub runqueue_mode: crate::probe::RunqueueMode,
     /// How often the probes' list of pod cgroups is refreshed (new pods are measured from the
     /// next refresh on; a removed pod's series go at the next one). E.g. `5s`, `500ms`.
-    #[arg(long = "probe.refresh-interval", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long = "probe.refresh-interval", value_name = "DURATION", default_value = "5s", value_parser = crate::util::parse_duration)]
     pub refresh_interval: std::time::Duration,
     /// Attach the steering probes to the hooks older kernels have (tcp_rcv_space_adjust,
     /// tcp_probe: TCP only) even where sock_recv_length and sk_data_ready (6.3+) exist.
@@ -218,27 +218,6 @@ impl ProbeArgs {
             runqueue: self.runqueue_mode,
         }
     }
-}
-
-/// Parses `250ms`, `5s`, `1m` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .map_or((s, "s"), |i| s.split_at(i));
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 5s or 250ms"))?;
-    let secs = match unit {
-        "ms" => v / 1000.0,
-        "s" => v,
-        "m" => v * 60.0,
-        _ => return Err(format!("unknown unit {unit:?} in {s:?}; use ms, s or m")),
-    };
-    if !(secs.is_finite() && secs > 0.0 && secs <= 3600.0) {
-        return Err(format!("{s:?} must be between 1ms and 1h"));
-    }
-    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 #[derive(Debug, Args)]
@@ -433,19 +412,6 @@ mod tests {
             panic!("not top")
         };
         assert!(t.once && t.sort == crate::view::top::SortKey::Cpu);
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("5s"), Ok(std::time::Duration::from_secs(5)));
-        assert_eq!(
-            parse_duration("250ms"),
-            Ok(std::time::Duration::from_millis(250))
-        );
-        assert_eq!(parse_duration("2"), Ok(std::time::Duration::from_secs(2)));
-        for bad in ["", "0s", "-1s", "5h", "abc", "nanms"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
-        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod exposition;
 pub mod metadata;
 pub mod probe;
 pub mod server;
+pub mod util;
 pub mod view;
 
 use std::{path::PathBuf, sync::Arc};

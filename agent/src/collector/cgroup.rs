@@ -37,15 +37,8 @@ pub struct Options {
     /// How long the limits read from cpu.max, cpu.max.burst and cpu.weight (v1: cfs_quota_us,
     /// cfs_period_us, cfs_burst_us, shares) are reused before they are read again. Counters are
     /// read on every scrape; limits change only when a pod is resized. `0s` reads them every scrape.
-    #[arg(long = "collector.cgroup.limits-refresh", value_name = "DURATION", default_value = "10s", value_parser = parse_refresh)]
+    #[arg(long = "collector.cgroup.limits-refresh", value_name = "DURATION", default_value = "10s", value_parser = crate::util::parse_duration_or_zero)]
     pub limits_refresh: Duration,
-}
-
-fn parse_refresh(s: &str) -> Result<Duration, String> {
-    if s.trim().trim_end_matches(['m', 's']).trim() == "0" {
-        return Ok(Duration::ZERO);
-    }
-    crate::cli::parse_duration(s)
 }
 
 /// How long a container with no process yet stays "not a sandbox" before it is checked again.
@@ -140,7 +133,7 @@ impl Targets {
         metadata: &Arc<crate::metadata::Store>,
     ) -> Result<Self, Unsupported> {
         let layout =
-            Layout::detect(&paths.cgroupfs).map_err(|e| Unsupported(crate::probe::chain(&e)))?;
+            Layout::detect(&paths.cgroupfs).map_err(|e| Unsupported(crate::util::chain(&e)))?;
         Ok(Self {
             layout,
             opts: opts.clone(),

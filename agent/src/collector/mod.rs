@@ -196,7 +196,7 @@ impl Gatherer {
         }
         Self {
             slots,
-            kernel: kernel_release(),
+            kernel: crate::util::kernel_release(),
             probes: Arc::clone(ctx.probes),
             errors: Mutex::new(BTreeMap::new()),
         }
@@ -295,12 +295,4 @@ impl Collector for Gatherer {
         })?;
         Ok(())
     }
-}
-
-/// The running kernel's release, as `uname -r` prints it.
-pub fn kernel_release() -> String {
-    nix::sys::utsname::uname().map_or_else(
-        |_| "unknown".into(),
-        |u| u.release().to_string_lossy().into_owned(),
-    )
 }

@@ -540,7 +540,7 @@ impl NetCollector {
         let mut guard = self.ethtool.lock().unwrap_or_else(PoisonError::into_inner);
         let slot = guard.get_or_insert_with(|| {
             ethtool::Ethtool::open().map_err(|e| {
-                let why = crate::probe::chain(&e);
+                let why = crate::util::chain(&e);
                 tracing::info!(reason = %why, "ethtool netlink unavailable: podstat_net_arfs_enabled not exported");
                 why
             })
@@ -552,7 +552,7 @@ impl NetCollector {
             Ok(f) if Some(f.ifindex) == dev.ifindex => Some(f.ntuple),
             Ok(_) => None,
             Err(err) => {
-                tracing::debug!(device = %dev.ids.name, error = %crate::probe::chain(&err), "ethtool FEATURES_GET");
+                tracing::debug!(device = %dev.ids.name, error = %crate::util::chain(&err), "ethtool FEATURES_GET");
                 None
             }
         }

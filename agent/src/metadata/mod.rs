@@ -93,10 +93,10 @@ pub struct Options {
     pub kubelet_insecure_skip_verify: bool,
     /// How often names are refreshed. An id a scrape does not know triggers an earlier refresh
     /// (at most once a second); failures back off exponentially up to this interval × 4.
-    #[arg(long = "metadata.refresh-interval", value_name = "DURATION", default_value = "30s", value_parser = crate::cli::parse_duration)]
+    #[arg(long = "metadata.refresh-interval", value_name = "DURATION", default_value = "30s", value_parser = crate::util::parse_duration)]
     pub refresh: Duration,
     /// Time limit of one refresh (connect, request and response).
-    #[arg(long = "metadata.timeout", value_name = "DURATION", default_value = "5s", value_parser = crate::cli::parse_duration)]
+    #[arg(long = "metadata.timeout", value_name = "DURATION", default_value = "5s", value_parser = crate::util::parse_duration)]
     pub timeout: Duration,
 }
 
@@ -453,7 +453,7 @@ impl Store {
                 self.replace(snap);
             }
             Err(e) => {
-                let msg = crate::probe::chain(&e);
+                let msg = crate::util::chain(&e);
                 h.failures += 1;
                 let changed = h.up || h.last_error.as_deref() != Some(msg.as_str());
                 let due = h.last_logged.is_none_or(|t| t.elapsed() >= LOG_EVERY);

@@ -27,6 +27,7 @@ use prometheus_client::{
 };
 
 use self::btf::KernelBtf;
+use crate::util::chain;
 
 /// The eBPF object built from `ebpf/` by `build.rs`. Empty when the agent was built without
 /// the eBPF toolchain (plain `cargo build`): then every probe reports "not built".
@@ -808,18 +809,6 @@ fn raise_memlock_limit() {
     ) {
         tracing::debug!(error = %e, "could not raise RLIMIT_MEMLOCK (fine on 5.11+, where BPF memory is memcg-accounted)");
     }
-}
-
-/// An error with its sources, joined by ": ".
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(cause) = src {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        src = cause.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -13,8 +13,9 @@ use podstat_common::{
     sched::Offsets,
 };
 
-use super::{Status, btf, btf::KernelBtf, chain};
+use super::{Status, btf, btf::KernelBtf};
 use crate::collector::net::Topology;
+use crate::util::chain;
 
 /// Drivers' `ndo_rx_flow_steer` implementations (aRFS), looked up in /proc/kallsyms.
 pub const ARFS_DRIVER_FUNCS: &[&str] = &[

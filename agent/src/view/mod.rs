@@ -77,7 +77,7 @@ pub fn run_top(args: &TopArgs) -> Result<(), ViewError> {
     let mut prev: Option<(Snapshot, Instant)> = None;
     let screen = top::Screen::new(args.sort, args.filter.clone().unwrap_or_default());
     top::run_live(&source.describe(), screen, args.interval, || {
-        let snap = source.snapshot().map_err(|e| crate::probe::chain(&e))?;
+        let snap = source.snapshot().map_err(|e| crate::util::chain(&e))?;
         let now = Instant::now();
         let out = prev
             .as_ref()

@@ -16,7 +16,7 @@ fn run(max: Duration) -> Result<(), String> {
     let btf = Btf::from_sys_fs().map_err(|e| format!("reading /sys/kernel/btf/vmlinux: {e}"))?;
     let mut ebpf = EbpfLoader::new()
         .load(object)
-        .map_err(|e| format!("loading the eBPF object: {}", podstat::probe::chain(&e)))?;
+        .map_err(|e| format!("loading the eBPF object: {}", podstat::util::chain(&e)))?;
     podstat::probe::attach_tp_btf(&mut ebpf, "bench_floor", "sched_switch", &btf)
         .map_err(|e| format!("bench_floor: {e}"))?;
     println!("attached");

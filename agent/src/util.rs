@@ -1,0 +1,97 @@
+//! The leaf of the agent's layers: error chains, duration parsing and the kernel release.
+//! Everything may import this module; it imports nothing of the agent's.
+
+use std::{fmt::Write as _, time::Duration};
+
+/// An error with its sources, joined by ": ".
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(cause) = src {
+        let _ = write!(s, ": {cause}");
+        src = cause.source();
+    }
+    s
+}
+
+/// Why a duration flag was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("{0:?} is not a duration like 5s or 250ms")]
+    NotANumber(String),
+    #[error("unknown unit {unit:?} in {input:?}; use ms, s or m")]
+    UnknownUnit { unit: String, input: String },
+    #[error("{0:?} must be between 1ms and 1h")]
+    OutOfRange(String),
+}
+
+/// Parses `250ms`, `5s`, `1m` or a bare number of seconds, between 1 ms and 1 h.
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map_or((s, "s"), |i| s.split_at(i));
+    let v: f64 = num
+        .parse()
+        .map_err(|_| DurationError::NotANumber(s.to_owned()))?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" => v,
+        "m" => v * 60.0,
+        _ => {
+            return Err(DurationError::UnknownUnit {
+                unit: unit.to_owned(),
+                input: s.to_owned(),
+            });
+        }
+    };
+    if !(secs.is_finite() && secs > 0.0 && secs <= 3600.0) {
+        return Err(DurationError::OutOfRange(s.to_owned()));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// As [`parse_duration`], and `0`, `0s` or `0ms` for "every time".
+pub fn parse_duration_or_zero(s: &str) -> Result<Duration, DurationError> {
+    if s.trim().trim_end_matches(['m', 's']).trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(s)
+}
+
+/// The running kernel's release, as `uname -r` prints it.
+pub fn kernel_release() -> String {
+    nix::sys::utsname::uname().map_or_else(
+        |_| "unknown".into(),
+        |u| u.release().to_string_lossy().into_owned(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        for bad in ["", "x", "abc", "nanms", "5h", "0s", "2m0", "-1s", "61m"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+        for zero in ["0", "0s", "0ms", " 0 "] {
+            assert_eq!(parse_duration_or_zero(zero), Ok(Duration::ZERO), "{zero:?}");
+        }
+        assert_eq!(parse_duration_or_zero("10s"), Ok(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn chains_join_sources() {
+        let inner = std::io::Error::other("inner");
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] std::io::Error);
+        assert_eq!(chain(&Outer(inner)), "outer: inner");
+    }
+}
