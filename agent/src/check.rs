@@ -12,7 +12,7 @@ use crate::{
     cgroup::Layout,
     cli::{CheckArgs, CheckOutput},
     collector::{COLLECTORS, Slot},
-    probe::{Probes, Status},
+    probe::Status,
 };
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -65,7 +65,7 @@ pub fn report(args: &CheckArgs, enabled: &[&'static str]) -> Vec<Item> {
         });
     };
 
-    match Layout::detect(&args.paths.cgroupfs) {
+    match Layout::detect(&args.host.paths.cgroupfs) {
         Ok(layout) => {
             push(
                 "cgroup",
@@ -124,7 +124,7 @@ pub fn report(args: &CheckArgs, enabled: &[&'static str]) -> Vec<Item> {
         ),
     }
 
-    let btf = args.paths.sysfs.join("kernel/btf/vmlinux");
+    let btf = args.host.paths.sysfs.join("kernel/btf/vmlinux");
     if btf.exists() {
         push(
             "kernel",
@@ -150,7 +150,7 @@ pub fn report(args: &CheckArgs, enabled: &[&'static str]) -> Vec<Item> {
         crate::util::kernel_release(),
     );
 
-    match effective_caps(&args.paths.procfs) {
+    match effective_caps(&args.host.paths.procfs) {
         Some(caps) => {
             let have: Vec<&str> = CAPS
                 .iter()
@@ -188,29 +188,43 @@ pub fn report(args: &CheckArgs, enabled: &[&'static str]) -> Vec<Item> {
         ),
     }
 
-    let probes = Arc::new(Probes::load(args.probe.wanted(enabled), &args.paths.sysfs));
-    for (name, status) in probes.status() {
+    // The agent as `podstat agent` would start it, names left empty: the provider is asked
+    // once below, on its own.
+    let running = crate::agent::Agent::start(args.host.config(
+        enabled,
+        true,
+        Arc::new(crate::metadata::Store::default()),
+    ));
+    let running = match running {
+        Ok(r) => r,
+        Err(e) => {
+            push(
+                "agent",
+                "start".into(),
+                Outcome::Inconclusive,
+                crate::util::chain(&e),
+            );
+            return items;
+        }
+    };
+    for (probe, status) in running.probes.status() {
         let (outcome, detail) = match status {
             Status::Attached(how) => (Outcome::Ok, format!("loaded and attached ({how})")),
-            Status::Failed(why) => (Outcome::Unsupported, why.clone()),
-            Status::Absent(why) => (Outcome::NotApplicable, why.clone()),
+            Status::Failed(why) if why.conclusive() => {
+                (Outcome::Unsupported, crate::util::chain(why.as_ref()))
+            }
+            Status::Failed(why) => (Outcome::Inconclusive, crate::util::chain(why.as_ref())),
+            Status::Absent(why) => (Outcome::NotApplicable, why.to_string()),
             Status::Disabled => (Outcome::Disabled, "its collector is off".to_string()),
             Status::NotNeeded(why) => (Outcome::NotApplicable, (*why).to_string()),
         };
-        push("probe", (*name).to_string(), outcome, detail);
+        push("probe", probe.name().to_string(), outcome, detail);
     }
 
-    let (outcome, detail) = check_metadata(&args.metadata);
+    let (outcome, detail) = check_metadata(&args.host.metadata);
     push("metadata", "provider".to_string(), outcome, detail);
 
-    let built = crate::build_registry(
-        enabled,
-        &args.paths,
-        &args.cgroup,
-        &probes,
-        &Arc::new(crate::metadata::Store::default()),
-    );
-    let gatherer = built.gatherer;
+    let gatherer = &running.gatherer;
     for spec in COLLECTORS {
         let slot = gatherer
             .slots()
@@ -225,7 +239,7 @@ pub fn report(args: &CheckArgs, enabled: &[&'static str]) -> Vec<Item> {
             Some(Slot::Ready(_)) => (Outcome::Ok, format!("would run: {}", spec.reads)),
             Some(Slot::Unsupported(why)) => (
                 Outcome::Unsupported,
-                format!("{} (needs {})", why.0, spec.requires),
+                format!("{} (needs {})", crate::util::chain(why), spec.requires),
             ),
         };
         push("collector", spec.name.to_string(), outcome, detail);

@@ -70,9 +70,41 @@ pub struct SourceArgs {
     #[arg(long = "from", value_name = "URL", env = "PODSTAT_FROM")]
     pub from: Option<String>,
     #[command(flatten)]
+    pub host: HostArgs,
+}
+
+/// The host's paths, the cgroup scan, the probes and the metadata provider: the one argument
+/// group `agent`, `check`, `top` and `explain` share.
+#[derive(Debug, Clone, Args)]
+pub struct HostArgs {
+    #[command(flatten)]
     pub paths: Paths,
     #[command(flatten)]
+    pub cgroup: collector::cgroup::Options,
+    #[command(flatten)]
     pub probe: ProbeArgs,
+    #[command(flatten)]
+    pub metadata: crate::metadata::Options,
+}
+
+impl HostArgs {
+    /// The agent's configuration for `enabled`, with the probes those collectors want when
+    /// `load_probes`, and names from `metadata`.
+    pub fn config(
+        &self,
+        enabled: &[&'static str],
+        load_probes: bool,
+        metadata: std::sync::Arc<crate::metadata::Store>,
+    ) -> crate::agent::Config {
+        crate::agent::Config {
+            enabled: enabled.to_vec(),
+            paths: self.paths.clone(),
+            cgroup: self.cgroup.clone(),
+            probes: load_probes.then(|| self.probe.wanted(enabled)),
+            refresh_interval: self.probe.refresh_interval,
+            metadata,
+        }
+    }
 }
 
 /// Output of `top --once` and `explain`.
@@ -155,13 +187,7 @@ pub struct AgentArgs {
     )]
     pub listen: SocketAddr,
     #[command(flatten)]
-    pub paths: Paths,
-    #[command(flatten)]
-    pub cgroup: collector::cgroup::Options,
-    #[command(flatten)]
-    pub probe: ProbeArgs,
-    #[command(flatten)]
-    pub metadata: crate::metadata::Options,
+    pub host: HostArgs,
 }
 
 /// Sizing and refresh of the eBPF probes.
@@ -223,13 +249,7 @@ impl ProbeArgs {
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     #[command(flatten)]
-    pub paths: Paths,
-    #[command(flatten)]
-    pub cgroup: collector::cgroup::Options,
-    #[command(flatten)]
-    pub probe: ProbeArgs,
-    #[command(flatten)]
-    pub metadata: crate::metadata::Options,
+    pub host: HostArgs,
     /// Print the report as JSON.
     #[arg(long = "output", value_enum, default_value_t = CheckOutput::Text)]
     pub output: CheckOutput,
@@ -336,7 +356,7 @@ mod tests {
             panic!("not agent")
         };
         assert_eq!(a.listen.to_string(), "0.0.0.0:9977");
-        assert_eq!(a.paths.cgroupfs.to_str(), Some("/sys/fs/cgroup"));
+        assert_eq!(a.host.paths.cgroupfs.to_str(), Some("/sys/fs/cgroup"));
         assert!(p.enabled.contains(&"cgroup") && p.enabled.contains(&"sched"));
 
         let p = parse_from([

@@ -3,20 +3,20 @@
 //! The binary (`src/main.rs`) is thin: it parses the CLI and calls into this library, so the
 //! golden-output tests can drive the same code against fixture host trees.
 
+pub mod agent;
 pub mod cgroup;
 pub mod check;
 pub mod cli;
 pub mod collector;
 pub mod exposition;
+pub mod identity;
 pub mod metadata;
 pub mod probe;
 pub mod server;
 pub mod util;
 pub mod view;
 
-use std::{path::PathBuf, sync::Arc};
-
-use prometheus_client::registry::Registry;
+use std::path::PathBuf;
 
 /// Host paths, each behind a flag so a fixture tree can stand in for the host.
 #[derive(Debug, Clone, clap::Args)]
@@ -55,61 +55,5 @@ impl Default for Paths {
             procfs: "/proc".into(),
             sysfs: "/sys".into(),
         }
-    }
-}
-
-/// The agent's pieces, wired together.
-pub struct Built {
-    pub registry: Registry,
-    pub gatherer: Arc<collector::Gatherer>,
-    /// Keeps the probes' KNOWN map and the identity join current; `None` without probes.
-    pub tracker: Option<Arc<probe::tracker::Tracker>>,
-}
-
-/// Builds the registry with the enabled collectors. With probes loaded, also the tracker,
-/// which has already done its first pass when this returns.
-pub fn build_registry(
-    enabled: &[&'static str],
-    paths: &Paths,
-    cgroup: &collector::cgroup::Options,
-    probes: &Arc<probe::Probes>,
-    metadata: &Arc<metadata::Store>,
-) -> Built {
-    let identity = Arc::new(probe::tracker::Identity::default());
-    let tracker = if probes.maps().is_some() {
-        match collector::cgroup::Targets::new(paths, cgroup, metadata) {
-            Ok(targets) => {
-                let t = Arc::new(probe::tracker::Tracker::new(
-                    Arc::clone(probes),
-                    targets,
-                    Arc::clone(&identity),
-                ));
-                let n = t.refresh();
-                tracing::info!(cgroups = n, "probes track the pod and container cgroups");
-                Some(t)
-            }
-            Err(why) => {
-                tracing::warn!(reason = %why.0, "no cgroup layout: the probes cannot attribute anything to pods");
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let ctx = collector::Context {
-        paths,
-        cgroup,
-        probes,
-        identity: &identity,
-        metadata,
-    };
-    let gatherer = Arc::new(collector::Gatherer::new(enabled, &ctx));
-    let mut registry = Registry::default();
-    registry.register_collector(Box::new(Arc::clone(&gatherer)));
-    registry.register_collector(Box::new(metadata::Metrics(Arc::clone(metadata))));
-    Built {
-        registry,
-        gatherer,
-        tracker,
     }
 }

@@ -4,11 +4,10 @@ use std::{process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
 use podstat::{
+    agent::Agent,
     check,
     cli::{self, AgentArgs, Cmd, LogArgs, LogFormat},
-    metadata,
-    probe::Probes,
-    server, view,
+    metadata, server, view,
 };
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -64,21 +63,9 @@ fn init_logging(log: &LogArgs, quiet: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Loading the probes parses the kernel's BTF (several MiB, twice: ours and aya's); that memory
-/// is free again, but glibc keeps it in its heap. Give it back so the agent's RSS reflects what
-/// it uses while running.
-fn release_startup_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only releases free heap memory; no pointer is invalidated.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 fn run_agent(args: &AgentArgs, enabled: &[&'static str]) -> anyhow::Result<()> {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), collectors = ?enabled, "starting podstat agent");
-    let probes = Arc::new(Probes::load(args.probe.wanted(enabled), &args.paths.sysfs));
-    let provider = metadata::choose(&args.metadata).map_err(anyhow::Error::msg)?;
+    let provider = metadata::choose(&args.host.metadata).map_err(anyhow::Error::msg)?;
     if provider.is_none() {
         tracing::info!(
             "no metadata provider (no CRI socket, no service-account token, or --metadata.provider none): \
@@ -86,18 +73,8 @@ fn run_agent(args: &AgentArgs, enabled: &[&'static str]) -> anyhow::Result<()> {
         );
     }
     let store = Arc::new(metadata::Store::default());
-    let built = podstat::build_registry(enabled, &args.paths, &args.cgroup, &probes, &store);
-    release_startup_memory();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let tracker = match &built.tracker {
-        Some(t) => Some(
-            Arc::clone(t)
-                .spawn(args.probe.refresh_interval, Arc::clone(&stop))
-                .context("starting the tracker thread")?,
-        ),
-        None => None,
-    };
-    let registry = Arc::new(built.registry);
+    let running = Agent::start(args.host.config(enabled, true, Arc::clone(&store)))
+        .context("starting the agent")?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -106,7 +83,11 @@ fn run_agent(args: &AgentArgs, enabled: &[&'static str]) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async {
         if let Some(p) = provider {
-            tokio::spawn(metadata::run(Arc::clone(&store), p, args.metadata.clone()));
+            tokio::spawn(metadata::run(
+                Arc::clone(&store),
+                p,
+                args.host.metadata.clone(),
+            ));
         }
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
@@ -120,15 +101,11 @@ fn run_agent(args: &AgentArgs, enabled: &[&'static str]) -> anyhow::Result<()> {
                 _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
             }
         };
-        server::serve(listener, registry, shutdown)
+        server::serve(listener, Arc::clone(&running.registry), shutdown)
             .await
             .context("serving HTTP")
     })?;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    if let Some(t) = tracker {
-        let _ = t.join();
-    }
-    drop(probes);
+    drop(running);
     tracing::info!("stopped");
     Ok(())
 }

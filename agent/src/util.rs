@@ -76,7 +76,7 @@ mod tests {
         assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_mins(1)));
         for bad in ["", "x", "abc", "nanms", "5h", "0s", "2m0", "-1s", "61m"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
         }
@@ -88,10 +88,10 @@ mod tests {
 
     #[test]
     fn chains_join_sources() {
-        let inner = std::io::Error::other("inner");
         #[derive(Debug, thiserror::Error)]
         #[error("outer")]
         struct Outer(#[source] std::io::Error);
+        let inner = std::io::Error::other("inner");
         assert_eq!(chain(&Outer(inner)), "outer: inner");
     }
 }

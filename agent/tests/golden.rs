@@ -4,10 +4,14 @@
 //! Update after an intended change with `UPDATE_GOLDEN=1 cargo test -p podstat --test golden`
 //! and review the diff. `cargo xtask test` runs `promtool check metrics` on every golden file.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use podstat::{
-    Paths, collector::cgroup::Options, exposition::Format, probe::Probes, server::render,
+    Paths,
+    agent::{Agent, Config},
+    collector::cgroup::Options,
+    exposition::Format,
+    server::render,
 };
 
 const FIXTURES: &[&str] = &[
@@ -41,16 +45,16 @@ fn render_with(name: &str, non_pod: bool, collectors: &[&'static str]) -> String
         non_pod,
         ..Options::default()
     };
-    let probes = Arc::new(Probes::none());
-    let registry = podstat::build_registry(
-        collectors,
-        &paths,
-        &opts,
-        &probes,
-        &Arc::new(podstat::metadata::Store::default()),
-    )
-    .registry;
-    let (body, _) = render(&registry, Format::Text, false).expect("render");
+    let running = Agent::start(Config {
+        enabled: collectors.to_vec(),
+        paths,
+        cgroup: opts,
+        probes: None,
+        refresh_interval: Duration::from_secs(5),
+        metadata: Arc::new(podstat::metadata::Store::default()),
+    })
+    .expect("agent starts");
+    let (body, _) = render(&running.registry, Format::Text, false).expect("render");
     let mut out = String::new();
     for l in String::from_utf8(body)
         .expect("utf-8")

@@ -3,8 +3,8 @@
 use std::{fs, io, os::unix::fs::DirEntryExt as _, path::PathBuf};
 
 use super::{
+    classify::{CgroupKind, classify},
     error::{ErrorCounts, ErrorReason},
-    identity::{CgroupKind, classify},
     layout::Layout,
 };
 
@@ -152,7 +152,7 @@ mod tests {
 
     use super::*;
     use crate::cgroup::{
-        identity::{Driver, Qos, Runtime},
+        classify::{Driver, Qos, Runtime},
         test_util::{TempTree, fixture},
     };
 

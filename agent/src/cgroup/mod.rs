@@ -1,4 +1,4 @@
-//! cgroup discovery, identity and parsing: the kernel facts behind the per-pod CPU metrics.
+//! cgroup discovery, classification and parsing: the kernel facts behind the per-pod CPU metrics.
 //!
 //! - [`Layout::detect`] finds the hierarchy that holds the cpu controller (v2, v1, hybrid) from
 //!   the directory tree under `--path.cgroupfs`.
@@ -10,16 +10,16 @@
 //! Per-scrape steps never fail as a whole: problems are counted by [`ErrorReason`] in
 //! [`ErrorCounts`].
 
+mod classify;
 mod discover;
 mod error;
-mod identity;
 mod layout;
 pub mod parse;
 mod read;
 
+pub use classify::{CgroupKind, Driver, Qos, Runtime, classify};
 pub use discover::{DiscoverOptions, Discovered, discover};
 pub use error::{CgroupError, ErrorCounts, ErrorReason};
-pub use identity::{CgroupKind, Driver, Qos, Runtime, classify};
 pub use layout::{CgroupVersion, Layout, Mode};
 pub use parse::{CpuMax, CpuStat, Pressure};
 pub use read::{CgroupSample, Limits, Presence, read_counters, read_limits, read_sample};

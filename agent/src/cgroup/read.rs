@@ -237,8 +237,8 @@ mod tests {
 
     use super::*;
     use crate::cgroup::{
+        classify::CgroupKind,
         discover::{DiscoverOptions, discover},
-        identity::CgroupKind,
         test_util::{TempTree, fixture, ids::*},
     };
 

@@ -7,20 +7,16 @@
 use std::{
     collections::{HashMap, HashSet},
     fmt,
-    path::PathBuf,
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
-use prometheus_client::{
-    encoding::{DescriptorEncoder, EncodeLabel as _, EncodeLabelSet, LabelSetEncoder},
-    metrics::MetricType,
-};
+use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
 
 use super::{Collect, CollectError, Context, Unsupported};
-use crate::cgroup::{
-    self, CgroupKind, CgroupSample, DiscoverOptions, Discovered, ErrorCounts, Layout, Limits,
-    Presence,
+use crate::{
+    cgroup::{self, CgroupSample, Discovered, ErrorCounts, Limits, Presence},
+    identity::{ScanOptions, Scanner, Target},
 };
 
 /// Options of the cgroup collector.
@@ -41,177 +37,20 @@ pub struct Options {
     pub limits_refresh: Duration,
 }
 
-/// How long a container with no process yet stays "not a sandbox" before it is checked again.
-const SANDBOX_RECHECK: Duration = Duration::from_secs(10);
-
-#[derive(Debug, Clone, Copy)]
-enum Verdict {
-    Sandbox,
-    Workload,
-    /// No process to look at when checked.
-    Unknown(Instant),
-}
-
-/// The pod-scoped label set shared by every per-pod metric.
-#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
-pub struct Target {
-    pub namespace: String,
-    pub pod: String,
-    pub container: String,
-    pub pod_uid: String,
-    pub container_id: String,
-    pub qos: &'static str,
-    /// Only for non-pod cgroups (`--collector.cgroup.non-pod`): the path below the root.
-    pub cgroup: Option<String>,
-}
-
-impl EncodeLabelSet for Target {
-    fn encode(&self, enc: &mut LabelSetEncoder) -> Result<(), fmt::Error> {
-        for (k, v) in [
-            ("namespace", self.namespace.as_str()),
-            ("pod", self.pod.as_str()),
-            ("container", self.container.as_str()),
-            ("pod_uid", self.pod_uid.as_str()),
-            ("container_id", self.container_id.as_str()),
-            ("qos", self.qos),
-        ] {
-            (k, v).encode(enc.encode_label())?;
+impl Options {
+    /// What the identity scan returns with these options.
+    pub fn scan(&self) -> ScanOptions {
+        ScanOptions {
+            non_pod: self.non_pod,
+            sandbox: self.sandbox,
         }
-        if let Some(path) = &self.cgroup {
-            ("cgroup", path.as_str()).encode(enc.encode_label())?;
-        }
-        Ok(())
-    }
-}
-
-impl Target {
-    /// Labels for a discovered cgroup; the names are filled in by the metadata provider.
-    pub fn from_kind(d: &Discovered) -> Self {
-        match &d.kind {
-            CgroupKind::Pod { pod_uid, qos, .. } => Self {
-                pod_uid: pod_uid.clone(),
-                qos: qos.as_str(),
-                ..Self::default()
-            },
-            CgroupKind::Container {
-                pod_uid,
-                container_id,
-                qos,
-                ..
-            } => Self {
-                pod_uid: pod_uid.clone(),
-                container_id: container_id.clone(),
-                qos: qos.as_str(),
-                ..Self::default()
-            },
-            CgroupKind::Other => Self {
-                cgroup: Some(format!("/{}", d.rel_path)),
-                ..Self::default()
-            },
-        }
-    }
-}
-
-/// Finds the pod and container cgroups of this host and labels them: the identity join that
-/// the cgroup collector and the eBPF probes share.
-#[derive(Debug)]
-pub struct Targets {
-    layout: Layout,
-    opts: Options,
-    procfs: PathBuf,
-    /// container id → is it a sandbox? Decided once per container (it costs two reads).
-    sandbox: Mutex<HashMap<String, Verdict>>,
-    /// Names from the metadata provider (empty without one).
-    metadata: Arc<crate::metadata::Store>,
-}
-
-impl Targets {
-    /// Detects the cgroup layout under `paths.cgroupfs`.
-    pub fn new(
-        paths: &crate::Paths,
-        opts: &Options,
-        metadata: &Arc<crate::metadata::Store>,
-    ) -> Result<Self, Unsupported> {
-        let layout =
-            Layout::detect(&paths.cgroupfs).map_err(|e| Unsupported(crate::util::chain(&e)))?;
-        Ok(Self {
-            layout,
-            opts: opts.clone(),
-            procfs: paths.procfs.clone(),
-            sandbox: Mutex::new(HashMap::new()),
-            metadata: Arc::clone(metadata),
-        })
-    }
-
-    pub fn layout(&self) -> &Layout {
-        &self.layout
-    }
-
-    /// A sandbox ("pause") container runs a single process named `pause`.
-    fn is_sandbox(&self, d: &Discovered, id: &str, cache: &mut HashMap<String, Verdict>) -> bool {
-        match cache.get(id) {
-            Some(Verdict::Sandbox) => return true,
-            Some(Verdict::Workload) => return false,
-            Some(Verdict::Unknown(at)) if at.elapsed() < SANDBOX_RECHECK => return false,
-            _ => {}
-        }
-        let procs = std::fs::read_to_string(self.layout.cpu.join(&d.rel_path).join("cgroup.procs"))
-            .unwrap_or_default();
-        let verdict = match procs.lines().next() {
-            // No process (yet): decide later, when it has one.
-            None => Verdict::Unknown(Instant::now()),
-            Some(pid) => {
-                let comm = std::fs::read_to_string(self.procfs.join(pid.trim()).join("comm"))
-                    .unwrap_or_default();
-                if comm.trim_end() == "pause" {
-                    Verdict::Sandbox
-                } else {
-                    Verdict::Workload
-                }
-            }
-        };
-        cache.insert(id.to_owned(), verdict);
-        matches!(verdict, Verdict::Sandbox)
-    }
-
-    /// Walks the cpu hierarchy: every pod and container cgroup (and, with `--collector.cgroup.non-pod`,
-    /// every other one) with its labels, sandboxes left out unless asked for.
-    pub fn scan(&self, errors: &mut ErrorCounts) -> Vec<(Discovered, Target)> {
-        let opts = DiscoverOptions {
-            include_non_pod: self.opts.non_pod,
-            ..DiscoverOptions::default()
-        };
-        let found = cgroup::discover(&self.layout, &opts, errors);
-        let mut cache = self.sandbox.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut out = Vec::with_capacity(found.len());
-        let mut live = Vec::new();
-        for d in found {
-            if let CgroupKind::Container { container_id, .. } = &d.kind {
-                live.push(container_id.clone());
-                if !self.opts.sandbox && self.is_sandbox(&d, container_id, &mut cache) {
-                    continue;
-                }
-            }
-            let target = Target::from_kind(&d);
-            out.push((d, target));
-        }
-        // Forget containers that are gone, so the cache does not grow with churn.
-        if cache.len() > live.len() {
-            let live: HashSet<&str> = live.iter().map(String::as_str).collect();
-            cache.retain(|id, _| live.contains(id.as_str()));
-        }
-        drop(cache);
-        // Names from the metadata provider; the sandboxes it names (CRI knows them for sure)
-        // go too, unless asked for.
-        self.metadata
-            .label_all(&mut out, self.opts.sandbox, |(_, t)| t);
-        out
     }
 }
 
 #[derive(Debug)]
 pub struct CgroupCollector {
-    targets: Targets,
+    targets: Scanner,
+    limits_refresh: Duration,
     /// cgroup id → limits and when they were read; pruned to live cgroups every scrape.
     limits: Mutex<HashMap<u64, (Instant, Limits)>>,
     /// Which optional files this host has, learnt once.
@@ -220,11 +59,18 @@ pub struct CgroupCollector {
 
 impl CgroupCollector {
     pub fn build(ctx: &Context<'_>) -> Result<Box<dyn Collect>, Unsupported> {
-        let targets = Targets::new(ctx.paths, ctx.cgroup, ctx.metadata)?;
+        let targets = Scanner::new(
+            &ctx.paths.cgroupfs,
+            &ctx.paths.procfs,
+            ctx.cgroup.scan(),
+            ctx.metadata,
+        )
+        .map_err(|e| Unsupported::Cgroup(Arc::new(e)))?;
         let layout = targets.layout();
         tracing::info!(mode = ?layout.mode, cpu = %layout.cpu.display(), version = ?layout.cpu_version, "cgroup layout");
         Ok(Box::new(Self {
             targets,
+            limits_refresh: ctx.cgroup.limits_refresh,
             limits: Mutex::new(HashMap::new()),
             presence: Mutex::new(Presence::default()),
         }))
@@ -253,12 +99,12 @@ impl CgroupCollector {
         errors: &mut ErrorCounts,
         presence: &mut Presence,
     ) -> Vec<(Target, CgroupSample)> {
-        let refresh = self.targets.opts.limits_refresh;
+        let refresh = self.limits_refresh;
         let mut rows = Vec::with_capacity(found.len());
         let mut buf = String::with_capacity(1024);
         for (d, target) in found {
             let Some(mut sample) =
-                cgroup::read_counters(&self.targets.layout, d, &mut buf, errors, presence)
+                cgroup::read_counters(self.targets.layout(), d, &mut buf, errors, presence)
             else {
                 continue;
             };
@@ -271,7 +117,7 @@ impl CgroupCollector {
             let limits = match cached {
                 Some((at, limits)) if at.elapsed() < refresh => limits,
                 _ => {
-                    let limits = cgroup::read_limits(&self.targets.layout, d, &mut buf, errors);
+                    let limits = cgroup::read_limits(self.targets.layout(), d, &mut buf, errors);
                     self.limits
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
@@ -459,11 +305,9 @@ impl Collect for CgroupCollector {
         enc: &mut DescriptorEncoder,
         errors: &mut ErrorCounts,
     ) -> Result<(), CollectError> {
-        if !self.targets.layout.cpu.exists() {
-            return Err(CollectError::Source(format!(
-                "cpu hierarchy {} is gone",
-                self.targets.layout.cpu.display()
-            )));
+        let cpu = &self.targets.layout().cpu;
+        if !cpu.exists() {
+            return Err(CollectError::HierarchyGone(cpu.clone()));
         }
         let t0 = Instant::now();
         let rows = self.gather(errors);

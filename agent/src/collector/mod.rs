@@ -24,20 +24,44 @@ use prometheus_client::{
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
 };
 
-use crate::{cgroup::ErrorCounts, probe::Probes};
+use crate::{
+    cgroup::{CgroupError, ErrorCounts},
+    identity::IdMap,
+    probe::{Absence, ProbeError, ProbeId, Probes, Status},
+};
 
 /// Everything a collector constructor may need.
 pub struct Context<'a> {
     pub paths: &'a crate::Paths,
     pub cgroup: &'a cgroup::Options,
     pub probes: &'a Arc<Probes>,
-    pub identity: &'a Arc<crate::probe::tracker::Identity>,
+    pub identity: &'a Arc<IdMap>,
     pub metadata: &'a Arc<crate::metadata::Store>,
 }
 
-/// Why a collector cannot run on this host. Logged once; not a scrape failure.
-#[derive(Debug, Clone)]
-pub struct Unsupported(pub String);
+/// Why a collector cannot run on this host: what the host lacks. Logged once; not a scrape
+/// failure.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Unsupported {
+    #[error("{probe} probe")]
+    Probe {
+        probe: ProbeId,
+        #[source]
+        source: Arc<ProbeError>,
+    },
+    #[error("{probe} probe: {why}")]
+    ProbeAbsent { probe: ProbeId, why: Absence },
+    #[error("{0} probe not loaded")]
+    ProbeNotLoaded(ProbeId),
+    #[error(transparent)]
+    Cgroup(Arc<CgroupError>),
+    /// A host file the collector reads is missing (`what` says what that means).
+    #[error("{} missing ({what})", path.display())]
+    Missing {
+        path: std::path::PathBuf,
+        what: &'static str,
+    },
+}
 
 /// A collector, read at scrape time.
 pub trait Collect: Send + Sync + fmt::Debug {
@@ -56,8 +80,22 @@ pub trait Collect: Send + Sync + fmt::Debug {
 pub enum CollectError {
     #[error("encoding metrics")]
     Encode(#[from] fmt::Error),
-    #[error("{0}")]
-    Source(String),
+    #[error("probe maps unavailable")]
+    NoMaps,
+    #[error("reading eBPF map {map}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("reading {}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cpu hierarchy {} is gone", .0.display())]
+    HierarchyGone(std::path::PathBuf),
 }
 
 pub type Constructor = fn(&Context<'_>) -> Result<Box<dyn Collect>, Unsupported>;
@@ -128,14 +166,23 @@ pub const SELF_METRICS: &[&str] = &[
 ];
 
 /// `Ok` if every probe in `probes` is attached, else why the collector cannot run.
-pub fn require_probes(ctx: &Context<'_>, probes: &[&str]) -> Result<(), Unsupported> {
+pub fn require_probes(ctx: &Context<'_>, probes: &[ProbeId]) -> Result<(), Unsupported> {
     for probe in probes {
         match ctx.probes.status().iter().find(|(p, _)| p == probe) {
-            Some((_, crate::probe::Status::Attached(_))) => {}
-            Some((_, crate::probe::Status::Failed(why) | crate::probe::Status::Absent(why))) => {
-                return Err(Unsupported(format!("{probe} probe: {why}")));
+            Some((_, Status::Attached(_))) => {}
+            Some((_, Status::Failed(why))) => {
+                return Err(Unsupported::Probe {
+                    probe: *probe,
+                    source: Arc::clone(why),
+                });
             }
-            _ => return Err(Unsupported(format!("{probe} probe not loaded"))),
+            Some((_, Status::Absent(why))) => {
+                return Err(Unsupported::ProbeAbsent {
+                    probe: *probe,
+                    why: *why,
+                });
+            }
+            _ => return Err(Unsupported::ProbeNotLoaded(*probe)),
         }
     }
     Ok(())
@@ -175,7 +222,6 @@ pub enum Slot {
 pub struct Gatherer {
     slots: Vec<(&'static str, Slot)>,
     kernel: String,
-    probes: Arc<Probes>,
     /// Cumulative skipped-item counts, `(collector, reason)` → count.
     errors: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
 }
@@ -188,7 +234,7 @@ impl Gatherer {
             let slot = match (spec.build)(ctx) {
                 Ok(c) => Slot::Ready(c),
                 Err(why) => {
-                    tracing::warn!(collector = spec.name, reason = %why.0, "collector unsupported on this host; it stays off");
+                    tracing::warn!(collector = spec.name, reason = %crate::util::chain(&why), "collector unsupported on this host; it stays off");
                     Slot::Unsupported(why)
                 }
             };
@@ -197,7 +243,6 @@ impl Gatherer {
         Self {
             slots,
             kernel: crate::util::kernel_release(),
-            probes: Arc::clone(ctx.probes),
             errors: Mutex::new(BTreeMap::new()),
         }
     }
@@ -223,8 +268,8 @@ impl Collector for Gatherer {
                 Ok(()) => true,
                 // A broken writer means the response is lost anyway: stop.
                 Err(CollectError::Encode(e)) => return Err(e),
-                Err(CollectError::Source(why)) => {
-                    tracing::warn!(collector = name, error = %why, "collector failed this scrape");
+                Err(why) => {
+                    tracing::warn!(collector = name, error = %crate::util::chain(&why), "collector failed this scrape");
                     false
                 }
             };
@@ -234,8 +279,6 @@ impl Collector for Gatherer {
                 *totals.entry((name, reason.as_str())).or_default() += n;
             }
         }
-
-        self.probes.encode(&mut encoder)?;
 
         let mut m = encoder.encode_descriptor(
             "podstat_collector_success",

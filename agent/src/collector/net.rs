@@ -30,7 +30,8 @@ use prometheus_client::{
 use super::{Collect, CollectError, Context, Unsupported};
 use crate::{
     cgroup::{ErrorCounts, ErrorReason},
-    probe::{Probes, tracker::Identity},
+    identity::IdMap,
+    probe::Probes,
 };
 
 /// One row of `/proc/net/softnet_stat`.
@@ -513,17 +514,17 @@ pub struct NetCollector {
     /// The ethtool netlink socket, opened on first use; `Err` once it is known not to work.
     ethtool: Mutex<Option<Result<ethtool::Ethtool, String>>>,
     probes: Arc<Probes>,
-    identity: Arc<Identity>,
+    identity: Arc<IdMap>,
 }
 
 impl NetCollector {
     pub fn build(ctx: &Context<'_>) -> Result<Box<dyn Collect>, Unsupported> {
         let softnet = ctx.paths.procfs.join("net/softnet_stat");
         if !softnet.exists() {
-            return Err(Unsupported(format!(
-                "{} missing (kernel without CONFIG_NET or procfs not mounted there)",
-                softnet.display()
-            )));
+            return Err(Unsupported::Missing {
+                path: softnet,
+                what: "kernel without CONFIG_NET or procfs not mounted there",
+            });
         }
         Ok(Box::new(Self {
             procfs: ctx.paths.procfs.clone(),
@@ -572,8 +573,9 @@ impl Collect for NetCollector {
         type Field = fn(&Softnet) -> u64;
         let online = online_cpus(&self.sysfs);
         let softnet_path = self.procfs.join("net/softnet_stat");
-        let text = fs::read_to_string(&softnet_path).map_err(|e| {
-            CollectError::Source(format!("reading {}: {e}", softnet_path.display()))
+        let text = fs::read_to_string(&softnet_path).map_err(|source| CollectError::Read {
+            path: softnet_path.clone(),
+            source,
         })?;
         let softnet = parse_softnet(&text, &online, errors);
         let fields: [(&str, &str, Field); 5] = [

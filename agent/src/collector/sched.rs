@@ -4,24 +4,25 @@
 use std::{collections::HashMap, sync::Arc};
 
 use podstat_common::sched::{
-    BUCKETS, BY_OTHER_POD, BY_SAME_POD, BY_SYSTEM, Hist, INF_SLOT, MAP_NAMES, PreemptPair,
-    RUNQ_BOUNDS_NS, SUM_SLOT, SchedStats,
+    BUCKETS, BY_OTHER_POD, BY_SAME_POD, BY_SYSTEM, Hist, INF_SLOT, PreemptPair, RUNQ_BOUNDS_NS,
+    SUM_SLOT, SWITCH_COUNT_MAP, SchedStats,
 };
 use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet},
     metrics::{MetricType, counter::ConstCounter},
 };
 
-use super::{Collect, CollectError, Context, Unsupported, cgroup::Target};
+use super::{Collect, CollectError, Context, Unsupported};
 use crate::{
     cgroup::ErrorCounts,
-    probe::{Probes, tracker::Identity},
+    identity::{IdMap, Target},
+    probe::{ProbeId, Probes, sched::SchedProbe},
 };
 
 #[derive(Debug)]
 pub struct SchedCollector {
     probes: Arc<Probes>,
-    identity: Arc<Identity>,
+    identity: Arc<IdMap>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -51,7 +52,7 @@ pub const TOP_PREEMPTORS: usize = 3;
 /// largest per victim, and labels them. Pairs with a cgroup the identity does not know are
 /// dropped. Rows come out sorted by victim, then by count, largest first.
 pub fn preemptor_rows(
-    identity: &Identity,
+    identity: &IdMap,
     pairs: impl IntoIterator<Item = (PreemptPair, u64)>,
 ) -> Vec<(Target, PreemptorLabel, u64)> {
     let mut per_victim: HashMap<u64, HashMap<String, (PreemptorLabel, u64)>> = HashMap::new();
@@ -86,11 +87,6 @@ pub fn preemptor_rows(
         rows.extend(top.into_iter().map(|(l, n)| (victim.clone(), l, n)));
     }
     rows
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct MapLabel {
-    map: &'static str,
 }
 
 /// A kernel histogram in Prometheus terms: (sum, count, per-bucket counts with upper bounds).
@@ -141,10 +137,7 @@ pub fn encode_hists(
 
 /// Joins kernel aggregates keyed by cgroup id to their labels: entries of cgroups the identity
 /// does not know (gone, or not a pod) are dropped; rows come out sorted by pod and container.
-pub fn join<V>(
-    identity: &Identity,
-    entries: impl IntoIterator<Item = (u64, V)>,
-) -> Vec<(Target, V)> {
+pub fn join<V>(identity: &IdMap, entries: impl IntoIterator<Item = (u64, V)>) -> Vec<(Target, V)> {
     let mut rows: Vec<(Target, V)> = entries
         .into_iter()
         .filter_map(|(id, v)| identity.get(id).map(|t| (t, v)))
@@ -159,7 +152,7 @@ pub fn join<V>(
 
 impl SchedCollector {
     pub fn build(ctx: &Context<'_>) -> Result<Box<dyn Collect>, Unsupported> {
-        super::require_probes(ctx, &["sched_switch"])?;
+        super::require_probes(ctx, &[ProbeId::SchedSwitch])?;
         Ok(Box::new(Self {
             probes: Arc::clone(ctx.probes),
             identity: Arc::clone(ctx.identity),
@@ -173,30 +166,35 @@ impl Collect for SchedCollector {
         enc: &mut DescriptorEncoder,
         _errors: &mut ErrorCounts,
     ) -> Result<(), CollectError> {
-        let Some(maps) = self.probes.maps() else {
-            return Err(CollectError::Source("probe maps unavailable".into()));
+        let (Some(sched), Some(shared)) = (self.probes.unit::<SchedProbe>(), self.probes.shared())
+        else {
+            return Err(CollectError::NoMaps);
         };
-        let per_cpu = maps
-            .switches
-            .get(&0, 0)
-            .map_err(|e| CollectError::Source(format!("reading SCHED_SWITCHES: {e}")))?;
+        let (per_cpu, pairs) = {
+            let Some(maps) = sched.maps() else {
+                return Err(CollectError::NoMaps);
+            };
+            let per_cpu = maps
+                .switches
+                .get(&0, 0)
+                .map_err(|source| CollectError::Map {
+                    map: SWITCH_COUNT_MAP,
+                    source,
+                })?;
+            let pairs: Vec<(PreemptPair, u64)> =
+                maps.preempt_pairs.iter().filter_map(Result::ok).collect();
+            (per_cpu, pairs)
+        };
         let stats = join(
             &self.identity,
             // A cgroup's stats live in its KNOWN entry; one without a wait or a preemption
             // yet (a pod-level cgroup with no tasks of its own) has no series.
-            maps.known
-                .iter()
-                .filter_map(Result::ok)
+            shared
+                .known()
+                .into_iter()
                 .map(|(id, k)| (id, k.sched))
                 .filter(|(_, s)| *s != SchedStats::default()),
         );
-        let pairs: Vec<(PreemptPair, u64)> =
-            maps.preempt_pairs.iter().filter_map(Result::ok).collect();
-        let full: Vec<u64> = (0u32..)
-            .take(MAP_NAMES.len())
-            .map(|i| maps.map_full.get(&i, 0).map_or(0, |v| v.iter().sum()))
-            .collect();
-        drop(maps);
         let runq: Vec<(Target, PromHist)> = stats
             .iter()
             .map(|(t, s)| (t.clone(), to_prom(&s.runq, &RUNQ_BOUNDS_NS, 1e9)))
@@ -251,23 +249,6 @@ impl Collect for SchedCollector {
                 ConstCounter::new(*n).encode(m.encode_family(&(victim.clone(), by.clone()))?)?;
             }
         }
-        let mut m = enc.encode_descriptor(
-            "podstat_bpf_map_full",
-            "Inserts into an eBPF map that failed because it was full: those events were not measured. Raise --probe.max-cgroups or --probe.max-waiting.",
-            None,
-            MetricType::Counter,
-        )?;
-        for (map, n) in MAP_NAMES.iter().zip(&full) {
-            ConstCounter::new(*n).encode(m.encode_family(&MapLabel { map })?)?;
-        }
-        let known = self
-            .identity
-            .known_full
-            .load(std::sync::atomic::Ordering::Relaxed);
-        ConstCounter::new(known).encode(m.encode_family(&MapLabel { map: "known" })?)?;
-        for (map, n) in super::net::steering::map_full(&self.probes) {
-            ConstCounter::new(n).encode(m.encode_family(&MapLabel { map })?)?;
-        }
         Ok(())
     }
 }
@@ -280,7 +261,7 @@ mod tests {
 
     #[test]
     fn join_labels_known_ids_and_drops_the_rest() {
-        let identity = Identity::default();
+        let identity = IdMap::default();
         let target = |uid: &str, cid: &str| Target {
             pod_uid: uid.into(),
             container_id: cid.into(),
@@ -305,7 +286,7 @@ mod tests {
 
     #[test]
     fn preemptors_add_up_per_pod_and_keep_the_top_ones() {
-        let identity = Identity::default();
+        let identity = IdMap::default();
         let target = |uid: &str, cid: &str, pod: &str| Target {
             pod_uid: uid.into(),
             container_id: cid.into(),

@@ -13,18 +13,19 @@ use super::{
 };
 use crate::{
     cgroup::ErrorCounts,
-    probe::{Probes, tracker::Identity},
+    identity::IdMap,
+    probe::{ProbeId, Probes, throttle::ThrottleProbe},
 };
 
 #[derive(Debug)]
 pub struct ThrottleCollector {
     probes: Arc<Probes>,
-    identity: Arc<Identity>,
+    identity: Arc<IdMap>,
 }
 
 impl ThrottleCollector {
     pub fn build(ctx: &Context<'_>) -> Result<Box<dyn Collect>, Unsupported> {
-        super::require_probes(ctx, &["cfs_throttle", "cfs_unthrottle"])?;
+        super::require_probes(ctx, &[ProbeId::CfsThrottle, ProbeId::CfsUnthrottle])?;
         Ok(Box::new(Self {
             probes: Arc::clone(ctx.probes),
             identity: Arc::clone(ctx.identity),
@@ -38,14 +39,15 @@ impl Collect for ThrottleCollector {
         enc: &mut DescriptorEncoder,
         _errors: &mut ErrorCounts,
     ) -> Result<(), CollectError> {
-        let Some(maps) = self.probes.maps() else {
-            return Err(CollectError::Source("probe maps unavailable".into()));
+        let Some(map) = self
+            .probes
+            .unit::<ThrottleProbe>()
+            .and_then(ThrottleProbe::stats)
+        else {
+            return Err(CollectError::NoMaps);
         };
-        let stats = join(
-            &self.identity,
-            maps.throttle_stats.iter().filter_map(Result::ok),
-        );
-        drop(maps);
+        let stats = join(&self.identity, map.iter().filter_map(Result::ok));
+        drop(map);
         let pause: Vec<_> = stats
             .iter()
             .map(|(t, st)| (t.clone(), to_prom(&st.pause, &PERIOD_BOUNDS_NS, 1e9)))

@@ -28,8 +28,6 @@ use prometheus_client::{
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
 };
 
-use crate::collector::cgroup::Target;
-
 /// Which provider names the pods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ProviderKind {
@@ -133,44 +131,6 @@ pub struct Snapshot {
     pub sandboxes: HashSet<String>,
 }
 
-/// What [`Store::label`] found out about a cgroup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lookup {
-    /// Everything the target needs was known (or it needs nothing).
-    Known,
-    /// The pod or container id is not (yet) in the snapshot.
-    Unknown,
-    /// The provider says this container is a pod sandbox.
-    Sandbox,
-}
-
-impl Snapshot {
-    /// Fills the names of `t` from this snapshot.
-    pub fn label(&self, t: &mut Target) -> Lookup {
-        if t.pod_uid.is_empty() {
-            return Lookup::Known;
-        }
-        if !t.container_id.is_empty() && self.sandboxes.contains(&t.container_id) {
-            return Lookup::Sandbox;
-        }
-        let mut found = Lookup::Known;
-        match self.pods.get(&t.pod_uid) {
-            Some(p) => {
-                t.namespace.clone_from(&p.namespace);
-                t.pod.clone_from(&p.name);
-            }
-            None => found = Lookup::Unknown,
-        }
-        if !t.container_id.is_empty() {
-            match self.containers.get(&t.container_id) {
-                Some(name) => t.container.clone_from(name),
-                None => found = Lookup::Unknown,
-            }
-        }
-        found
-    }
-}
-
 /// Health of the provider, for the self-metrics and the log.
 #[derive(Debug, Default)]
 struct Health {
@@ -210,7 +170,8 @@ impl Store {
         }
     }
 
-    fn replace(&self, snap: Snapshot) {
+    /// Replaces the snapshot (the refresh loop, and tests).
+    pub fn replace(&self, snap: Snapshot) {
         *self
             .snapshot
             .write()
@@ -219,28 +180,6 @@ impl Store {
 
     fn health(&self) -> std::sync::MutexGuard<'_, Health> {
         self.health.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Labels every target and drops the sandboxes the provider names (unless `keep_sandboxes`).
-    pub fn label_all<T>(
-        &self,
-        rows: &mut Vec<T>,
-        keep_sandboxes: bool,
-        target: fn(&mut T) -> &mut Target,
-    ) {
-        let snap = self.snapshot();
-        let mut unknown = false;
-        rows.retain_mut(|row| match snap.label(target(row)) {
-            Lookup::Known => true,
-            Lookup::Unknown => {
-                unknown = true;
-                true
-            }
-            Lookup::Sandbox => keep_sandboxes,
-        });
-        if unknown {
-            self.saw_unknown();
-        }
     }
 }
 
@@ -504,15 +443,15 @@ async fn refresh_loop(store: Arc<Store>, mut provider: Provider, opts: Options, 
 }
 
 /// For the operator views (`top`, `explain`), which have no async runtime: chooses a provider
-/// as `auto` does, refreshes once (bounded by the timeout) so that names are there from the
+/// as `opts` say, refreshes once (bounded by the timeout) so that names are there from the
 /// first snapshot, then keeps refreshing on a thread of its own. Without a provider, or if the
 /// thread cannot start, the store simply stays empty (uid labels only).
-pub fn start_in_background() -> Arc<Store> {
+pub fn start_in_background(opts: &Options) -> Arc<Store> {
     let store = Arc::new(Store::default());
+    // The views live for seconds to minutes: refresh at least every 10 s.
     let opts = Options {
-        provider: ProviderKind::Auto,
-        refresh: Duration::from_secs(10),
-        ..Options::default()
+        refresh: opts.refresh.min(Duration::from_secs(10)),
+        ..opts.clone()
     };
     let Ok(Some(mut provider)) = choose(&opts) else {
         return store;
@@ -539,15 +478,6 @@ pub fn start_in_background() -> Arc<Store> {
 mod tests {
     use super::*;
 
-    fn target(uid: &str, cid: &str) -> Target {
-        Target {
-            pod_uid: uid.into(),
-            container_id: cid.into(),
-            qos: "burstable",
-            ..Target::default()
-        }
-    }
-
     fn snapshot() -> Snapshot {
         let mut s = Snapshot::default();
         s.pods.insert(
@@ -557,49 +487,7 @@ mod tests {
                 name: "checkout-7d9".into(),
             },
         );
-        s.containers.insert("c1".into(), "app".into());
-        s.sandboxes.insert("s1".into());
         s
-    }
-
-    #[test]
-    fn label_fills_names_and_reports_what_it_lacks() {
-        let s = snapshot();
-        let cases = [
-            // (uid, cid, lookup, namespace, pod, container)
-            ("u1", "c1", Lookup::Known, "shop", "checkout-7d9", "app"),
-            ("u1", "", Lookup::Known, "shop", "checkout-7d9", ""),
-            ("u1", "c9", Lookup::Unknown, "shop", "checkout-7d9", ""),
-            ("u9", "c1", Lookup::Unknown, "", "", "app"),
-            ("u9", "", Lookup::Unknown, "", "", ""),
-            ("u1", "s1", Lookup::Sandbox, "", "", ""),
-            ("", "", Lookup::Known, "", "", ""),
-        ];
-        for (uid, cid, lookup, ns, pod, ctr) in cases {
-            let mut t = target(uid, cid);
-            assert_eq!(s.label(&mut t), lookup, "{uid}/{cid}");
-            assert_eq!(
-                (t.namespace.as_str(), t.pod.as_str(), t.container.as_str()),
-                (ns, pod, ctr),
-                "{uid}/{cid}"
-            );
-            // uid labels are never lost
-            assert_eq!((t.pod_uid.as_str(), t.container_id.as_str()), (uid, cid));
-        }
-    }
-
-    #[test]
-    fn label_all_drops_sandboxes_unless_kept() {
-        let store = Store::default();
-        store.replace(snapshot());
-        let rows = vec![target("u1", "c1"), target("u1", "s1"), target("u1", "")];
-        let mut a = rows.clone();
-        store.label_all(&mut a, false, |t| t);
-        assert_eq!(a.len(), 2);
-        assert_eq!(a[0].container, "app");
-        let mut b = rows;
-        store.label_all(&mut b, true, |t| t);
-        assert_eq!(b.len(), 3);
     }
 
     #[test]

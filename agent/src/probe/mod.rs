@@ -1,33 +1,35 @@
 //! eBPF probes: the embedded object, loaded and attached at startup.
 //!
+//! A probe is a unit ([`Probe`]): one file here, the same stem as its programs in `ebpf/`, its
+//! shared types in `common/` and its collector in `collector/`. Each unit resolves the kernel
+//! offsets it needs, sizes its maps, attaches with its own fallback chain, owns its map
+//! handles, forgets the cgroups the identity refresh says are gone, and reports its map
+//! overflows. [`Probes::load`] is a loop over the units in [`UNITS`].
+//!
 //! Each probe loads or fails on its own. A probe that fails is reported as
-//! `podstat_probe_attached{probe} 0` with the reason in the log (and in `podstat check`);
-//! the rest keep working. Kernel struct offsets come from the running kernel's BTF
-//! ([`btf`]) and reach the programs as the read-only global `OFFSETS`.
+//! `podstat_probe_attached{probe} 0` with the reason in the log (and in `podstat check`); the
+//! rest keep working. Kernel struct offsets come from the running kernel's BTF ([`btf`]) and
+//! reach the programs as read-only globals.
 
 pub mod btf;
+mod error;
+pub mod kernel;
+pub mod metrics;
 pub mod net;
-pub mod tracker;
+pub mod sched;
+pub mod throttle;
 
-use std::{
-    fmt,
-    path::Path,
-    sync::{Mutex, MutexGuard, PoisonError},
-};
+use std::{any::Any, collections::HashSet, fmt, path::Path, sync::Arc};
 
-use aya::{
-    Btf, Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::{BtfTracePoint, FEntry, FExit, KProbe},
-};
-use podstat_common::sched::{self as common, Known, Offsets, PreemptPair, ThrottleStats};
-use prometheus_client::{
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
-    metrics::{MetricType, gauge::ConstGauge},
-};
+use aya::{Btf, Ebpf, EbpfLoader};
+use podstat_common::sched::{self as common, Offsets};
 
-use self::btf::KernelBtf;
-use crate::util::chain;
+use self::{btf::KernelBtf, kernel::Shared};
+pub use self::{
+    error::{Absence, Attempts, ProbeError},
+    kernel::attach_tp_btf,
+};
+use crate::identity::{Diff, Subscriber};
 
 /// The eBPF object built from `ebpf/` by `build.rs`. Empty when the agent was built without
 /// the eBPF toolchain (plain `cargo build`): then every probe reports "not built".
@@ -44,19 +46,44 @@ pub fn object_embedded() -> bool {
     !OBJECT.is_empty()
 }
 
-/// The probes podstat knows, in report order: (name, collector that wants it).
-pub const PROBES: &[(&str, &str)] = &[
-    ("sched_switch", "sched"),
-    ("sched_wakeup", "sched"),
-    ("sched_wakeup_new", "sched"),
-    ("sched_process_exit", "sched"),
-    ("cfs_throttle", "throttle"),
-    ("cfs_unthrottle", "throttle"),
-    ("net_reader", "net"),
-    ("net_softirq", "net"),
-    ("net_rx_queue", "net"),
-    ("arfs", "net"),
-];
+/// Every attach point podstat reports on, in report order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ProbeId {
+    SchedSwitch,
+    SchedWakeup,
+    SchedWakeupNew,
+    SchedProcessExit,
+    CfsThrottle,
+    CfsUnthrottle,
+    NetReader,
+    NetSoftirq,
+    NetRxQueue,
+    Arfs,
+}
+
+impl ProbeId {
+    /// The `probe` label value, and the name `podstat check` prints.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::SchedSwitch => "sched_switch",
+            Self::SchedWakeup => "sched_wakeup",
+            Self::SchedWakeupNew => "sched_wakeup_new",
+            Self::SchedProcessExit => "sched_process_exit",
+            Self::CfsThrottle => "cfs_throttle",
+            Self::CfsUnthrottle => "cfs_unthrottle",
+            Self::NetReader => "net_reader",
+            Self::NetSoftirq => "net_softirq",
+            Self::NetRxQueue => "net_rx_queue",
+            Self::Arfs => "arfs",
+        }
+    }
+}
+
+impl fmt::Display for ProbeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// Outcome of loading one probe.
 #[derive(Debug, Clone)]
@@ -64,10 +91,10 @@ pub enum Status {
     /// Attached, with the mechanism (`tp_btf`, `tp_btf (sched_info)`, `fentry`, `fexit`,
     /// `kprobe`, `tp_btf/sched_switch`).
     Attached(&'static str),
-    Failed(String),
+    Failed(Arc<ProbeError>),
     /// Nothing on this host for the probe to watch (no NIC driver with aRFS): not attached,
     /// not a failure of the host's kernel.
-    Absent(String),
+    Absent(Absence),
     /// Not requested (its collector is off).
     Disabled,
     /// Requested, but another probe does its work on this kernel (why): not attached, and not
@@ -86,11 +113,6 @@ pub enum RunqueueMode {
     /// From `sched_wakeup`/`sched_wakeup_new` and a per-task map (the fallback).
     Wakeup,
 }
-
-/// How `sched_switch` is described when it measures run-queue latency from `sched_info`.
-pub const SCHED_INFO_ATTACH: &str = "tp_btf (sched_info)";
-/// Why the wakeup and exit programs are not attached in sched_info mode.
-const NOT_NEEDED_SCHED_INFO: &str = "not needed: sched_switch reads run-queue latency from the kernel's sched_info (sched_info mode)";
 
 /// Which probes to load, and how big the maps are.
 #[derive(Debug, Clone, Copy)]
@@ -131,20 +153,105 @@ impl Default for Wanted {
     }
 }
 
-/// Map handles the collectors and the tracker use.
-pub struct Maps {
-    pub switches: PerCpuArray<MapData, u64>,
-    pub known: HashMap<MapData, u64, Known>,
-    pub throttle_stats: HashMap<MapData, u64, ThrottleStats>,
-    pub preempt_pairs: HashMap<MapData, PreemptPair, u64>,
-    pub map_full: PerCpuArray<MapData, u64>,
-    pub net: net::NetMaps,
+/// The outcome of every probe, filled in as the units load.
+#[derive(Debug, Clone)]
+pub struct Report(Vec<(ProbeId, Status)>);
+
+impl Report {
+    fn new(ids: impl IntoIterator<Item = ProbeId>) -> Self {
+        Self(ids.into_iter().map(|p| (p, Status::Disabled)).collect())
+    }
+
+    /// Records (and logs) the outcome of `probe`.
+    pub fn record(&mut self, probe: ProbeId, status: Status) {
+        let name = probe.name();
+        match &status {
+            Status::Attached(how) => tracing::info!(probe = name, via = how, "probe attached"),
+            Status::Failed(why) => {
+                tracing::warn!(probe = name, reason = %crate::util::chain(why.as_ref()), "probe not attached");
+            }
+            Status::NotNeeded(why) => {
+                tracing::info!(probe = name, reason = why, "probe not attached");
+            }
+            Status::Absent(why) => {
+                tracing::info!(probe = name, reason = %why, "probe not attached");
+            }
+            Status::Disabled => {}
+        }
+        self.set(probe, status);
+    }
+
+    /// Records the same failure for every probe of `ids`.
+    pub fn fail(&mut self, ids: &[ProbeId], why: &Arc<ProbeError>) {
+        for p in ids {
+            self.record(*p, Status::Failed(Arc::clone(why)));
+        }
+    }
+
+    fn set(&mut self, probe: ProbeId, status: Status) {
+        if let Some(slot) = self.0.iter_mut().find(|(p, _)| *p == probe) {
+            slot.1 = status;
+        }
+    }
+
+    pub fn get(&self, probe: ProbeId) -> Option<&Status> {
+        self.0.iter().find(|(p, _)| *p == probe).map(|(_, s)| s)
+    }
+
+    /// Whether `probe` is attached.
+    pub fn attached(&self, probe: ProbeId) -> bool {
+        matches!(self.get(probe), Some(Status::Attached(_)))
+    }
+
+    /// Whether `probe` was recorded as failed.
+    pub fn failed(&self, probe: ProbeId) -> bool {
+        matches!(self.get(probe), Some(Status::Failed(_)))
+    }
 }
 
-/// The loaded object and the map handles the collectors read.
+/// What the units' attach steps may read.
+pub struct AttachEnv<'a> {
+    pub btf: &'a Btf,
+    pub sysfs: &'a Path,
+    pub wanted: &'a Wanted,
+}
+
+/// A probe: one unit of programs and the maps they fill.
+pub trait Probe: Send + Sync + fmt::Debug {
+    /// The attach points this unit reports on, in report order.
+    fn ids(&self) -> &'static [ProbeId];
+    /// Whether its collector asked for it.
+    fn requested(&self, wanted: &Wanted) -> bool;
+    /// Reads what it needs from the kernel's BTF: fields of the shared `offsets`, and its own
+    /// globals. A failure is kept and reported when it would attach.
+    fn resolve(&mut self, k: &KernelBtf, offsets: &mut Offsets, wanted: &Wanted);
+    /// Sizes its maps and sets its globals.
+    fn configure<'a>(&'a self, loader: &mut EbpfLoader<'a>, wanted: &Wanted);
+    /// Attaches with its fallback chain (only called when requested), recording each id.
+    fn attach(&mut self, ebpf: &mut Ebpf, env: &AttachEnv<'_>, report: &mut Report);
+    /// Takes its maps out of the loaded object (whether or not it was requested, so its
+    /// overflow counters are always exported).
+    fn take_maps(&mut self, ebpf: &mut Ebpf) -> Result<(), ProbeError>;
+    /// Deletes the keys of cgroups that are gone (every key for which `diff.is_live` is false).
+    fn forget(&self, diff: &Diff<'_>);
+    /// Its maps' insert failures, by the `map` label value.
+    fn overflows(&self, shared: &Shared) -> Vec<(&'static str, u64)>;
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// The probe table: every unit, in load order (sched before throttle: throttle falls back to
+/// the sched_switch program).
+pub const UNITS: &[fn() -> Box<dyn Probe>] = &[
+    || Box::new(sched::SchedProbe::default()),
+    || Box::new(throttle::ThrottleProbe::default()),
+    || Box::new(net::NetProbe::default()),
+];
+
+/// The loaded object, the units and the maps they share.
 pub struct Probes {
-    status: Vec<(&'static str, Status)>,
-    maps: Option<Mutex<Maps>>,
+    report: Report,
+    units: Vec<Box<dyn Probe>>,
+    shared: Option<Shared>,
     offsets: Option<Offsets>,
     /// Keeps programs and links alive; dropping it detaches everything.
     keep_alive: Option<Ebpf>,
@@ -153,162 +260,20 @@ pub struct Probes {
 impl fmt::Debug for Probes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Probes")
-            .field("status", &self.status)
+            .field("report", &self.report)
             .field("offsets", &self.offsets)
             .finish_non_exhaustive()
-    }
-}
-
-/// What [`resolve_offsets`] found in the kernel's BTF.
-#[derive(Debug)]
-pub struct Resolved {
-    /// Every offset found (`sched_info` is left at [`common::RUNQ_MODE_WAKEUP`]: the loader
-    /// chooses the mode).
-    pub offsets: Offsets,
-    /// The CFS bandwidth fields of the throttle probe (CONFIG_CFS_BANDWIDTH), or why not.
-    pub throttle: Result<(), String>,
-    /// The fields sched_info mode reads (CONFIG_SCHED_INFO, CONFIG_FAIR_GROUP_SCHED), or why not.
-    pub sched_info: Result<(), String>,
-}
-
-/// Resolves every offset the programs need. The scheduler part is required; the throttle
-/// part (CONFIG_CFS_BANDWIDTH) and the sched_info part are optional, each with its own result.
-pub fn resolve_offsets(k: &KernelBtf) -> Result<Resolved, btf::BtfError> {
-    let cpu_id = k.enum_value("cgroup_subsys_id", "cpu_cgrp_id")?;
-    let (elem, len) = k.array_of("css_set", "subsys")?;
-    let cpu_id = u32::try_from(cpu_id)
-        .ok()
-        .filter(|id| *id < len)
-        .ok_or_else(|| {
-            btf::BtfError::Malformed(format!(
-                "cpu_cgrp_id {cpu_id} outside css_set.subsys[{len}]"
-            ))
-        })?;
-    let css_cgroup = k.offset_of("cgroup_subsys_state", "cgroup")?;
-    let mut o = Offsets {
-        task_cgroups: k.offset_of("task_struct", "cgroups")?,
-        css_set_cpu_subsys: k.offset_of("css_set", "subsys")? + cpu_id * elem,
-        css_cgroup,
-        cgroup_kn: k.offset_of("cgroup", "kn")?,
-        kn_id: k.offset_of("kernfs_node", "id")?,
-        task_pid: k.offset_of("task_struct", "pid")?,
-        task_state: k.offset_of_any("task_struct", &["__state", "state"])?.1,
-        valid: 1,
-        ..Offsets::default()
-    };
-    let throttle = (|| -> Result<(), btf::BtfError> {
-        o.cfs_rq_tg = k.offset_of("cfs_rq", "tg")?;
-        // `int throttled` on older kernels, `bool throttled:1` in 6.18: pass byte and mask.
-        let bit = k.bit_offset_of("cfs_rq", "throttled")?;
-        o.cfs_rq_throttled = u32::try_from(bit / 8)
-            .map_err(|_| btf::BtfError::Malformed("cfs_rq.throttled offset".into()))?;
-        o.cfs_rq_throttled_mask = if k.offset_of("cfs_rq", "throttled").is_ok() {
-            0xff
-        } else {
-            1 << (bit % 8)
-        };
-        // 6.14 renamed h_nr_running to h_nr_queued and added h_nr_runnable (queued minus
-        // delayed-dequeue tasks): prefer the one that counts runnable threads.
-        o.cfs_rq_h_nr = k
-            .offset_of_any("cfs_rq", &["h_nr_runnable", "h_nr_running", "h_nr_queued"])?
-            .1;
-        o.tg_css_cgroup = k.offset_of("task_group", "css")? + css_cgroup;
-        o.tg_period = k.offset_of("task_group", "cfs_bandwidth.period")?;
-        o.tg_period_expires =
-            k.offset_of("task_group", "cfs_bandwidth.period_timer.node.expires")?;
-        // For the sched_switch fallback: task → its group's cfs_rq, and up the group entities.
-        let se = k.offset_of("task_struct", "se")?;
-        o.se_cfs_rq = k.offset_of("sched_entity", "cfs_rq")?;
-        o.se_parent = k.offset_of("sched_entity", "parent")?;
-        o.task_se_cfs_rq = se + o.se_cfs_rq;
-        o.task_se_parent = se + o.se_parent;
-        if k.has_member("task_struct", "throttled") {
-            o.task_based_throttle = 1;
-            let bit = k.bit_offset_of("task_struct", "throttled")?;
-            o.task_throttled = u32::try_from(bit / 8)
-                .map_err(|_| btf::BtfError::Malformed("task_struct.throttled offset".into()))?;
-            o.task_throttled_mask = if k.offset_of("task_struct", "throttled").is_ok() {
-                0xff
-            } else {
-                1 << (bit % 8)
-            };
-        }
-        Ok(())
-    })()
-    .map_err(|e| {
-        format!(
-            "kernel BTF lacks what CFS bandwidth tracking needs (CONFIG_CFS_BANDWIDTH?): {}",
-            chain(&e)
-        )
-    });
-    let sched_info = resolve_sched_info(k, &mut o).map_err(|e| {
-        format!(
-            "kernel BTF lacks what sched_info mode reads (CONFIG_SCHED_INFO, CONFIG_FAIR_GROUP_SCHED?): {}",
-            chain(&e)
-        )
-    });
-    Ok(Resolved {
-        offsets: o,
-        throttle,
-        sched_info,
-    })
-}
-
-/// The fields of sched_info mode: `task->sched_info.last_queued`, and the run queue's clock
-/// through `task->se.cfs_rq->rq->clock`. Layouts:
-/// <https://github.com/torvalds/linux/blob/v6.18/include/linux/sched.h> (`struct sched_info`,
-/// `task_struct.sched_info`, `sched_entity.cfs_rq` under CONFIG_FAIR_GROUP_SCHED),
-/// <https://github.com/torvalds/linux/blob/v6.18/kernel/sched/sched.h> (`cfs_rq.rq` under
-/// CONFIG_FAIR_GROUP_SCHED, `rq.clock`); the same fields in
-/// <https://github.com/torvalds/linux/blob/v5.10/include/linux/sched.h> and
-/// <https://github.com/torvalds/linux/blob/v5.10/kernel/sched/sched.h>.
-fn resolve_sched_info(k: &KernelBtf, o: &mut Offsets) -> Result<(), btf::BtfError> {
-    let last_queued = k.offset_of("task_struct", "sched_info.last_queued")?;
-    let task_se_cfs_rq =
-        k.offset_of("task_struct", "se")? + k.offset_of("sched_entity", "cfs_rq")?;
-    let cfs_rq_rq = k.offset_of("cfs_rq", "rq")?;
-    let rq_clock = k.offset_of("rq", "clock")?;
-    o.task_last_queued = last_queued;
-    o.task_se_cfs_rq = task_se_cfs_rq;
-    o.cfs_rq_rq = cfs_rq_rq;
-    o.rq_clock = rq_clock;
-    Ok(())
-}
-
-/// Whether the kernel keeps `sched_info` for tasks right now. CONFIG_SCHED_INFO puts the
-/// fields in BTF, but before 5.14 a kernel without CONFIG_SCHEDSTATS fills them only while
-/// delay accounting is on (`sched_info_on()`); `/proc/<pid>/schedstat` then reads `0 0 0`. So
-/// this asks the kernel about ourselves: a process that has run has a non-zero run count
-/// (`pcount`, the third field) exactly when `sched_info` is live.
-pub fn sched_info_live(schedstat: &Path) -> Result<(), String> {
-    let text = std::fs::read_to_string(schedstat)
-        .map_err(|e| format!("reading {}: {e}", schedstat.display()))?;
-    parse_schedstat_live(&text).map_err(|why| format!("{}: {why}", schedstat.display()))
-}
-
-/// `Ok` if a `/proc/<pid>/schedstat` line (`<run ns> <wait ns> <run count>`) shows a live
-/// `sched_info`.
-fn parse_schedstat_live(text: &str) -> Result<(), String> {
-    let fields: Vec<u64> = text
-        .split_whitespace()
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .map_err(|_| format!("unexpected content {:?}", text.trim()))?;
-    match fields.as_slice() {
-        [_, _, pcount] if *pcount > 0 => Ok(()),
-        [_, _, _] => {
-            Err("reads 0 runs: the kernel does not keep sched_info (delay accounting off?)".into())
-        }
-        _ => Err(format!("unexpected content {:?}", text.trim())),
     }
 }
 
 impl Probes {
     /// No probes at all (for tests and when every probe collector is off).
     pub fn none() -> Self {
+        let units: Vec<Box<dyn Probe>> = UNITS.iter().map(|u| u()).collect();
         Self {
-            status: PROBES.iter().map(|(p, _)| (*p, Status::Disabled)).collect(),
-            maps: None,
+            report: Report::new(units.iter().flat_map(|u| u.ids().iter().copied())),
+            units,
+            shared: None,
             offsets: None,
             keep_alive: None,
         }
@@ -316,300 +281,93 @@ impl Probes {
 
     /// Loads the embedded object and attaches the wanted probes. Never fails as a whole:
     /// every failure is recorded per probe.
-    #[expect(
-        clippy::too_many_lines,
-        reason = "one linear sequence of load steps, each failing on its own"
-    )]
     pub fn load(wanted: Wanted, sysfs: &Path) -> Self {
         let mut probes = Self::none();
-        let wants = |collector: &str| match collector {
-            "sched" => wanted.sched,
-            "throttle" => wanted.throttle,
-            "net" => wanted.net,
-            _ => false,
-        };
-        let requested: Vec<&'static str> = PROBES
+        let requested: Vec<ProbeId> = probes
+            .units
             .iter()
-            .filter(|(_, c)| wants(c))
-            .map(|(p, _)| *p)
+            .filter(|u| u.requested(&wanted))
+            .flat_map(|u| u.ids().iter().copied())
             .collect();
         if requested.is_empty() {
             return probes;
         }
-        let fail_all = |probes: &mut Self, why: &str| {
-            tracing::warn!(probes = ?requested, reason = %why, "probes not attached");
-            for p in &requested {
-                probes.set(p, Status::Failed(why.to_owned()));
-            }
-        };
-        if !object_embedded() {
-            fail_all(
-                &mut probes,
-                "this binary was built without the eBPF object (build it with `cargo xtask build`)",
-            );
-            return probes;
+        if let Err(why) = probes.load_requested(&wanted, sysfs) {
+            let why = Arc::new(why);
+            tracing::warn!(probes = ?requested, reason = %crate::util::chain(why.as_ref()), "probes not attached");
+            probes.report.fail(&requested, &why);
+            probes.shared = None;
+            probes.keep_alive = None;
         }
-        raise_memlock_limit();
-        let vmlinux = sysfs.join("kernel/btf/vmlinux");
-        let kbtf = match KernelBtf::load(&vmlinux) {
-            Ok(k) => k,
-            Err(e) => {
-                fail_all(
-                    &mut probes,
-                    &format!(
-                        "kernel BTF unavailable at {}: {}",
-                        vmlinux.display(),
-                        chain(&e)
-                    ),
-                );
-                return probes;
-            }
-        };
-        let Resolved {
-            mut offsets,
-            throttle: throttle_offsets,
-            sched_info: sched_info_offsets,
-        } = match resolve_offsets(&kbtf) {
-            Ok(o) => o,
-            Err(e) => {
-                fail_all(
-                    &mut probes,
-                    &format!("resolving kernel struct offsets from BTF: {}", chain(&e)),
-                );
-                return probes;
-            }
-        };
+        probes
+    }
 
-        let sched_info = wanted.sched
-            && match choose_runqueue_mode(wanted.runqueue, sched_info_offsets) {
-                Ok(on) => on,
-                Err(why) => {
-                    for p in [
-                        "sched_switch",
-                        "sched_wakeup",
-                        "sched_wakeup_new",
-                        "sched_process_exit",
-                    ] {
-                        probes.record(p, Status::Failed(why.clone()));
-                    }
-                    false
-                }
-            };
-        if sched_info {
-            offsets.sched_info = common::RUNQ_MODE_SCHED_INFO;
+    /// The steps every unit shares; an `Err` fails every requested probe.
+    fn load_requested(&mut self, wanted: &Wanted, sysfs: &Path) -> Result<(), ProbeError> {
+        if !object_embedded() {
+            return Err(ProbeError::NotBuilt);
+        }
+        kernel::raise_memlock_limit();
+        let vmlinux = sysfs.join("kernel/btf/vmlinux");
+        let kbtf = KernelBtf::load(&vmlinux).map_err(|source| ProbeError::NoBtf {
+            path: vmlinux.clone(),
+            source,
+        })?;
+        let mut offsets = kernel::resolve_offsets(&kbtf).map_err(ProbeError::Offsets)?;
+        for unit in &mut self.units {
+            unit.resolve(&kbtf, &mut offsets, wanted);
         }
         tracing::debug!(?offsets, "kernel struct offsets from BTF");
-        let net_offsets = net::resolve_offsets(&kbtf, &offsets, net::own_netns_inum())
-            .map_err(|e| format!("resolving network struct offsets from BTF: {}", chain(&e)));
-        // Keep what the attach step needs from our BTF view, and free it before aya parses the
-        // same file: the two would otherwise be in memory at once (peak RSS).
-        let has_func = |f: &str| kbtf.has_func(f);
-        let fentry_ok = (has_func("throttle_cfs_rq"), has_func("unthrottle_cfs_rq"));
+        // Free our BTF view before aya parses the same file: the two would otherwise be in
+        // memory at once (peak RSS).
         drop(kbtf);
-        let btf = match Btf::parse_file(&vmlinux, aya::Endianness::default()) {
-            Ok(b) => b,
-            Err(e) => {
-                fail_all(
-                    &mut probes,
-                    &format!("parsing {}: {}", vmlinux.display(), chain(&e)),
-                );
-                return probes;
+        let btf = Btf::parse_file(&vmlinux, aya::Endianness::default()).map_err(|source| {
+            ProbeError::ParseBtf {
+                path: vmlinux.clone(),
+                source,
             }
-        };
-
-        probes.offsets = Some(offsets);
+        })?;
+        self.offsets = Some(offsets);
 
         let mut loader = EbpfLoader::new();
         loader
             .btf(Some(&btf))
             .override_global(common::OFFSETS_GLOBAL, &offsets, true)
-            .map_max_entries(common::KNOWN_MAP, wanted.max_cgroups)
-            .map_max_entries(common::THROTTLE_STATS_MAP, wanted.max_cgroups)
-            // sched_info mode keeps no wait records; only throttled tasks get a record.
-            .map_max_entries(
-                common::WAIT_MAP,
-                if sched_info { 1 } else { wanted.max_waiting },
-            )
-            .map_max_entries(
-                common::THROTTLED_TASKS_MAP,
-                if sched_info { wanted.max_waiting } else { 1 },
-            )
-            .map_max_entries(common::PREEMPT_PAIRS_MAP, wanted.max_preempt_pairs)
-            .map_max_entries(podstat_common::net::NET_STATS_MAP, wanted.max_cgroups);
-        if let Ok(o) = &net_offsets {
-            loader.override_global(podstat_common::net::NET_OFFSETS_GLOBAL, o, true);
+            .map_max_entries(common::KNOWN_MAP, wanted.max_cgroups);
+        for unit in &self.units {
+            unit.configure(&mut loader, wanted);
         }
-        let mut ebpf = match loader.load(OBJECT) {
-            Ok(ebpf) => ebpf,
-            Err(e) => {
-                fail_all(
-                    &mut probes,
-                    &format!("loading the eBPF object: {}", chain(&e)),
-                );
-                return probes;
-            }
+        let mut ebpf = loader.load(OBJECT).map_err(ProbeError::Load)?;
+        let env = AttachEnv {
+            btf: &btf,
+            sysfs,
+            wanted,
         };
-
-        if wanted.sched && sched_info {
-            let status = attach_tp_btf(&mut ebpf, common::SCHED_SWITCH_PROG, "sched_switch", &btf)
-                .map_or_else(Status::Failed, |()| Status::Attached(SCHED_INFO_ATTACH));
-            probes.record("sched_switch", status);
-            for probe in ["sched_wakeup", "sched_wakeup_new", "sched_process_exit"] {
-                probes.record(probe, Status::NotNeeded(NOT_NEEDED_SCHED_INFO));
-            }
-        } else if wanted.sched && !probes.failed("sched_switch") {
-            for (probe, prog, tp) in [
-                ("sched_switch", common::SCHED_SWITCH_PROG, "sched_switch"),
-                ("sched_wakeup", common::SCHED_WAKEUP_PROG, "sched_wakeup"),
-                (
-                    "sched_wakeup_new",
-                    common::SCHED_WAKEUP_NEW_PROG,
-                    "sched_wakeup_new",
-                ),
-                (
-                    "sched_process_exit",
-                    common::SCHED_EXIT_PROG,
-                    "sched_process_exit",
-                ),
-            ] {
-                let status = attach_tp_btf(&mut ebpf, prog, tp, &btf)
-                    .map_or_else(Status::Failed, |()| Status::Attached("tp_btf"));
-                probes.record(probe, status);
+        for unit in &mut self.units {
+            if unit.requested(wanted) {
+                unit.attach(&mut ebpf, &env, &mut self.report);
             }
         }
-        let mut throttle_mode = common::THROTTLE_MODE_OFF;
-        if wanted.throttle {
-            match throttle_offsets {
-                Ok(()) => {
-                    let t = attach_fn(
-                        &mut ebpf,
-                        &btf,
-                        fentry_ok.0,
-                        "throttle_cfs_rq",
-                        common::THROTTLE_FEXIT_PROG,
-                        Hook::FExit,
-                        common::THROTTLE_KPROBE_PROG,
-                    );
-                    let u = attach_fn(
-                        &mut ebpf,
-                        &btf,
-                        fentry_ok.1,
-                        "unthrottle_cfs_rq",
-                        common::UNTHROTTLE_FENTRY_PROG,
-                        Hook::FEntry,
-                        common::UNTHROTTLE_KPROBE_PROG,
-                    );
-                    match (t, u) {
-                        (Ok(t), Ok(u)) => {
-                            throttle_mode = common::THROTTLE_MODE_HOOKS;
-                            probes.record("cfs_throttle", Status::Attached(t));
-                            probes.record("cfs_unthrottle", Status::Attached(u));
-                        }
-                        (t, u) => {
-                            // The kernel refuses fentry/fexit and has no kprobes (or the
-                            // functions are gone): watch throttling from sched_switch instead.
-                            let why: Vec<String> =
-                                [t.err(), u.err()].into_iter().flatten().collect();
-                            tracing::info!(reasons = ?why, "throttle hooks unavailable; detecting throttling from sched_switch");
-                            let switch_ok = probes.attached("sched_switch")
-                                || attach_tp_btf(
-                                    &mut ebpf,
-                                    common::SCHED_SWITCH_PROG,
-                                    "sched_switch",
-                                    &btf,
-                                )
-                                .is_ok();
-                            if switch_ok {
-                                throttle_mode = common::THROTTLE_MODE_SWITCH;
-                                probes.record(
-                                    "cfs_throttle",
-                                    Status::Attached("tp_btf/sched_switch"),
-                                );
-                                probes.record(
-                                    "cfs_unthrottle",
-                                    Status::Attached("tp_btf/sched_switch"),
-                                );
-                            } else {
-                                let why = format!(
-                                    "{}; and sched_switch could not attach either",
-                                    why.join("; ")
-                                );
-                                probes.record("cfs_throttle", Status::Failed(why.clone()));
-                                probes.record("cfs_unthrottle", Status::Failed(why));
-                            }
-                        }
-                    }
-                }
-                Err(why) => {
-                    probes.record("cfs_throttle", Status::Failed(why.clone()));
-                    probes.record("cfs_unthrottle", Status::Failed(why));
-                }
+        self.shared = Some(Shared::take(&mut ebpf)?);
+        for unit in &mut self.units {
+            if let Err(why) = unit.take_maps(&mut ebpf)
+                && unit.requested(wanted)
+            {
+                self.report.fail(unit.ids(), &Arc::new(why));
             }
         }
-        if wanted.net {
-            match &net_offsets {
-                Ok(_) => {
-                    for (probe, status) in
-                        net::attach(&mut ebpf, &btf, sysfs, wanted.net_legacy_hooks)
-                    {
-                        probes.record(probe, status);
-                    }
-                }
-                Err(why) => {
-                    for (probe, c) in PROBES {
-                        if *c == "net" {
-                            probes.record(probe, Status::Failed(why.clone()));
-                        }
-                    }
-                }
-            }
-        }
-        if let Err(why) = set_throttle_mode(&mut ebpf, throttle_mode) {
-            probes.record("cfs_throttle", Status::Failed(why.clone()));
-            probes.record("cfs_unthrottle", Status::Failed(why));
-        }
-        match take_maps(&mut ebpf) {
-            Ok(maps) => probes.maps = Some(Mutex::new(maps)),
-            Err(why) => fail_all(&mut probes, &why),
-        }
-        probes.keep_alive = Some(ebpf);
-        probes
-    }
-
-    fn set(&mut self, probe: &str, status: Status) {
-        if let Some(slot) = self.status.iter_mut().find(|(p, _)| *p == probe) {
-            slot.1 = status;
-        }
-    }
-
-    fn record(&mut self, probe: &'static str, status: Status) {
-        match &status {
-            Status::Attached(how) => tracing::info!(probe, via = how, "probe attached"),
-            Status::Failed(why) => tracing::warn!(probe, reason = %why, "probe not attached"),
-            Status::NotNeeded(why) => tracing::info!(probe, reason = why, "probe not attached"),
-            Status::Absent(why) => tracing::info!(probe, reason = %why, "probe not attached"),
-            Status::Disabled => {}
-        }
-        self.set(probe, status);
-    }
-
-    /// Whether `probe` was recorded as failed.
-    fn failed(&self, probe: &str) -> bool {
-        self.status
-            .iter()
-            .any(|(p, s)| *p == probe && matches!(s, Status::Failed(_)))
+        self.keep_alive = Some(ebpf);
+        Ok(())
     }
 
     /// Per-probe outcome, for `podstat check` and the collectors.
-    pub fn status(&self) -> &[(&'static str, Status)] {
-        &self.status
+    pub fn status(&self) -> &[(ProbeId, Status)] {
+        &self.report.0
     }
 
     /// Whether `probe` is attached.
-    pub fn attached(&self, probe: &str) -> bool {
-        self.status
-            .iter()
-            .any(|(p, s)| *p == probe && matches!(s, Status::Attached(_)))
+    pub fn attached(&self, probe: ProbeId) -> bool {
+        self.report.attached(probe)
     }
 
     /// The offsets resolved from this kernel's BTF, if any.
@@ -617,197 +375,50 @@ impl Probes {
         self.offsets.as_ref()
     }
 
-    /// The map handles (locked), if the object loaded.
-    pub fn maps(&self) -> Option<MutexGuard<'_, Maps>> {
-        self.maps
-            .as_ref()
-            .map(|m| m.lock().unwrap_or_else(PoisonError::into_inner))
+    /// Whether the object loaded (the maps are there to read).
+    pub fn loaded(&self) -> bool {
+        self.shared.is_some()
     }
 
-    /// `podstat_probe_attached{probe, via}` for every requested probe that has to attach.
-    pub fn encode(&self, enc: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
-        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-        struct ProbeLabel {
-            probe: &'static str,
-            via: &'static str,
-        }
-        if self
-            .status
+    /// The maps every probe shares, if the object loaded.
+    pub fn shared(&self) -> Option<&Shared> {
+        self.shared.as_ref()
+    }
+
+    /// The unit of type `P`, if the object loaded.
+    pub fn unit<P: Probe + 'static>(&self) -> Option<&P> {
+        self.shared.as_ref()?;
+        self.units
             .iter()
-            .all(|(_, s)| matches!(s, Status::Disabled | Status::NotNeeded(_)))
-        {
-            return Ok(());
-        }
-        let mut m = enc.encode_descriptor(
-            "podstat_probe_attached",
-            "1 if the eBPF probe is loaded and attached, 0 if it failed (the log and `podstat check` say why); `via` is how it attached (for sched_switch, `tp_btf (sched_info)` when run-queue latency comes from the kernel's sched_info).",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (probe, status) in &self.status {
-            let (v, via) = match status {
-                Status::Attached(how) => (1, *how),
-                Status::Failed(_) | Status::Absent(_) => (0, ""),
-                Status::Disabled | Status::NotNeeded(_) => continue,
-            };
-            ConstGauge::new(v).encode(m.encode_family(&ProbeLabel { probe, via })?)?;
-        }
-        Ok(())
+            .find_map(|u| u.as_any().downcast_ref::<P>())
     }
-}
 
-/// sched_info mode (`Ok(true)`) or wakeup mode (`Ok(false)`), as `wanted` asks and the kernel
-/// allows; `Err` when sched_info mode was asked for and the kernel cannot do it.
-fn choose_runqueue_mode(wanted: RunqueueMode, offsets: Result<(), String>) -> Result<bool, String> {
-    let available = || -> Result<(), String> {
-        offsets?;
-        sched_info_live(Path::new("/proc/self/schedstat"))
-    };
-    match wanted {
-        RunqueueMode::Wakeup => {
-            tracing::info!("run-queue latency from sched_wakeup (wakeup mode, as asked)");
-            Ok(false)
-        }
-        RunqueueMode::SchedInfo => available()
-            .map(|()| true)
-            .map_err(|why| format!("--probe.runqueue-mode sched-info: {why}")),
-        RunqueueMode::Auto => match available() {
-            Ok(()) => {
-                tracing::info!("run-queue latency from the kernel's sched_info (sched_info mode)");
-                Ok(true)
-            }
-            Err(why) => {
-                tracing::info!(reason = %why, "run-queue latency from sched_wakeup (wakeup mode)");
-                Ok(false)
-            }
-        },
-    }
-}
-
-/// Loads program `prog` of the object and attaches it to the BTF tracepoint `tracepoint`.
-pub fn attach_tp_btf(
-    ebpf: &mut Ebpf,
-    prog: &str,
-    tracepoint: &str,
-    btf: &Btf,
-) -> Result<(), String> {
-    let p: &mut BtfTracePoint = ebpf
-        .program_mut(prog)
-        .ok_or_else(|| format!("program {prog} missing from the object"))?
-        .try_into()
-        .map_err(|e| format!("program type: {}", chain(&e)))?;
-    p.load(tracepoint, btf)
-        .map_err(|e| format!("verifier/load tp_btf/{tracepoint}: {}", chain(&e)))?;
-    p.attach()
-        .map_err(|e| format!("attach tp_btf/{tracepoint}: {}", chain(&e)))?;
-    Ok(())
-}
-
-#[derive(Clone, Copy)]
-enum Hook {
-    FEntry,
-    FExit,
-}
-
-/// Attaches to kernel function `func` with fentry/fexit when BTF has it, else with a kprobe.
-fn attach_fn(
-    ebpf: &mut Ebpf,
-    btf: &Btf,
-    has_btf_func: bool,
-    func: &str,
-    prog: &str,
-    hook: Hook,
-    kprobe_prog: &str,
-) -> Result<&'static str, String> {
-    let mut why = Vec::new();
-    if has_btf_func {
-        let r = match hook {
-            Hook::FEntry => ebpf
-                .program_mut(prog)
-                .ok_or_else(|| format!("program {prog} missing"))
-                .and_then(|p| <&mut FEntry>::try_from(p).map_err(|e| chain(&e)))
-                .and_then(|p| {
-                    p.load(func, btf).map_err(|e| chain(&e))?;
-                    p.attach().map(|_| "fentry").map_err(|e| chain(&e))
-                }),
-            Hook::FExit => ebpf
-                .program_mut(prog)
-                .ok_or_else(|| format!("program {prog} missing"))
-                .and_then(|p| <&mut FExit>::try_from(p).map_err(|e| chain(&e)))
-                .and_then(|p| {
-                    p.load(func, btf).map_err(|e| chain(&e))?;
-                    p.attach().map(|_| "fexit").map_err(|e| chain(&e))
-                }),
+    /// Every map's insert failures, by the `map` label: each unit's, then `known`.
+    pub fn overflows(&self) -> Vec<(&'static str, u64)> {
+        let Some(shared) = &self.shared else {
+            return Vec::new();
         };
-        match r {
-            Ok(how) => return Ok(how),
-            Err(e) => why.push(format!("fentry/fexit on {func}: {e}")),
-        }
-    } else {
-        why.push(format!(
-            "{func} has no BTF FUNC (inlined or renamed?), no fentry/fexit"
-        ));
-    }
-    let r = ebpf
-        .program_mut(kprobe_prog)
-        .ok_or_else(|| format!("program {kprobe_prog} missing"))
-        .and_then(|p| <&mut KProbe>::try_from(p).map_err(|e| chain(&e)))
-        .and_then(|p| {
-            p.load().map_err(|e| chain(&e))?;
-            p.attach(func, 0).map(|_| "kprobe").map_err(|e| chain(&e))
-        });
-    match r {
-        Ok(how) => {
-            tracing::info!(function = func, reasons = ?why, "fell back to a kprobe");
-            Ok(how)
-        }
-        Err(e) => {
-            why.push(format!("kprobe on {func}: {e}"));
-            Err(why.join("; "))
-        }
+        let mut out: Vec<(&'static str, u64)> = self
+            .units
+            .iter()
+            .flat_map(|u| u.overflows(shared))
+            .collect();
+        out.push(("known", shared.known_full()));
+        out
     }
 }
 
-fn set_throttle_mode(ebpf: &mut Ebpf, mode: u32) -> Result<(), String> {
-    let map = ebpf
-        .map_mut(common::THROTTLE_MODE_MAP)
-        .ok_or_else(|| format!("map {} missing", common::THROTTLE_MODE_MAP))?;
-    let mut array: Array<&mut MapData, u32> = Array::try_from(map).map_err(|e| chain(&e))?;
-    array
-        .set(0, mode, 0)
-        .map_err(|e| format!("writing {}: {}", common::THROTTLE_MODE_MAP, chain(&e)))
-}
-
-fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
-    ebpf: &mut Ebpf,
-    name: &str,
-) -> Result<T, String> {
-    let map = ebpf
-        .take_map(name)
-        .ok_or_else(|| format!("map {name} missing from the object"))?;
-    T::try_from(map).map_err(|e| format!("map {name}: {}", chain(&e)))
-}
-
-fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, String> {
-    Ok(Maps {
-        switches: take(ebpf, common::SWITCH_COUNT_MAP)?,
-        known: take(ebpf, common::KNOWN_MAP)?,
-        throttle_stats: take(ebpf, common::THROTTLE_STATS_MAP)?,
-        preempt_pairs: take(ebpf, common::PREEMPT_PAIRS_MAP)?,
-        map_full: take(ebpf, common::MAP_FULL_MAP)?,
-        net: net::take_maps(ebpf)?,
-    })
-}
-
-/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK (needs CAP_SYS_RESOURCE to raise).
-fn raise_memlock_limit() {
-    use nix::sys::resource::{Resource, setrlimit};
-    if let Err(e) = setrlimit(
-        Resource::RLIMIT_MEMLOCK,
-        libc::RLIM_INFINITY,
-        libc::RLIM_INFINITY,
-    ) {
-        tracing::debug!(error = %e, "could not raise RLIMIT_MEMLOCK (fine on 5.11+, where BPF memory is memcg-accounted)");
+impl Subscriber for Probes {
+    /// `KNOWN` follows the cgroups; then each unit forgets its own keys of cgroups that left.
+    fn apply(&self, diff: &Diff<'_>) -> HashSet<u64> {
+        let Some(shared) = &self.shared else {
+            return HashSet::new();
+        };
+        let rejected = shared.apply(diff);
+        for unit in &self.units {
+            unit.forget(diff);
+        }
+        rejected
     }
 }
 
@@ -815,9 +426,14 @@ fn raise_memlock_limit() {
 mod tests {
     use super::*;
 
-    /// This kernel's BTF and what the resolver finds in it. Needs no root (vmlinux BTF is
-    /// world-readable).
-    fn running_kernel() -> (KernelBtf, Resolved) {
+    /// This kernel's BTF and the offsets every unit resolves from it, with the throttle and
+    /// sched_info results. Needs no root (vmlinux BTF is world-readable).
+    fn running_kernel() -> (
+        KernelBtf,
+        Offsets,
+        Result<(), btf::BtfError>,
+        Result<(), ProbeError>,
+    ) {
         let path = Path::new("/sys/kernel/btf/vmlinux");
         assert!(
             path.exists(),
@@ -825,23 +441,24 @@ mod tests {
             path.display()
         );
         let k = KernelBtf::load(path).expect("loading vmlinux BTF");
-        let r = resolve_offsets(&k).expect("resolving the scheduler offsets");
-        (k, r)
+        let mut o = kernel::resolve_offsets(&k).expect("resolving the scheduler offsets");
+        let throttle = throttle::resolve_fields(&k, &mut o);
+        let sched_info = sched::resolve_sched_info(&k, &mut o);
+        (k, o, throttle, sched_info)
     }
 
     /// The offsets this kernel's BTF yields: all there, distinct where they must be, inside
-    /// their structs. Runs without root (vmlinux BTF is world-readable).
+    /// their structs.
     #[test]
     fn offsets_resolve_against_the_running_kernels_btf() {
-        let (k, r) = running_kernel();
-        let o = r.offsets;
+        let (k, o, throttle, _) = running_kernel();
         assert_eq!(o.valid, 1);
         assert_eq!(
             o.sched_info,
             common::RUNQ_MODE_WAKEUP,
             "the loader, not the resolver, picks the mode"
         );
-        r.throttle.expect("CFS bandwidth offsets");
+        throttle.expect("CFS bandwidth offsets");
         let task = k.size_of("task_struct").expect("task_struct size");
         for (name, off) in [
             ("cgroups", o.task_cgroups),
@@ -884,11 +501,10 @@ mod tests {
     /// (the last of `struct sched_info`'s u64 timestamps), `cfs_rq.rq`, `rq.clock`.
     #[test]
     fn sched_info_fields_resolve_against_the_running_kernels_btf() {
-        let (k, r) = running_kernel();
-        r.sched_info.expect(
+        let (k, o, _, sched_info) = running_kernel();
+        sched_info.expect(
             "this kernel (CONFIG_SCHED_INFO, CONFIG_FAIR_GROUP_SCHED) has the sched_info fields",
         );
-        let o = r.offsets;
         let field = |ty, name| {
             k.offset_of(ty, name)
                 .unwrap_or_else(|e| panic!("{ty}.{name}: {e}"))
@@ -924,46 +540,28 @@ mod tests {
     #[test]
     fn sched_info_missing_from_btf_falls_back() {
         let k = btf::tests::minimal_btf_without_sched_info();
-        let r = resolve_offsets(&k).expect("the scheduler part resolves");
-        assert_eq!(r.offsets.valid, 1);
-        let why = r.sched_info.expect_err("no sched_info in this BTF");
+        let mut o = kernel::resolve_offsets(&k).expect("the scheduler part resolves");
+        assert_eq!(o.valid, 1);
+        let why = sched::resolve_sched_info(&k, &mut o).expect_err("no sched_info in this BTF");
+        assert!(matches!(why, ProbeError::KernelLacks { .. }), "{why:?}");
+        let why = crate::util::chain(&why);
         assert!(why.contains("sched_info"), "{why}");
-        assert_eq!(r.offsets.task_last_queued, 0);
+        assert_eq!(o.task_last_queued, 0);
     }
 
+    /// The probe table covers every id exactly once, and a probe that is not loaded exports
+    /// no self-metric.
     #[test]
-    fn schedstat_tells_whether_sched_info_is_live() {
-        for (text, live) in [
-            ("276217 525967 3\n", true),
-            ("1 0 1", true),
-            ("0 0 0\n", false),
-            ("", false),
-            ("12 34\n", false),
-            ("a b c", false),
-        ] {
-            assert_eq!(parse_schedstat_live(text).is_ok(), live, "{text:?}");
-        }
-        // This process, on this kernel (CONFIG_SCHED_INFO=y).
-        sched_info_live(Path::new("/proc/self/schedstat")).expect("sched_info live here");
-    }
-
-    #[test]
-    fn mode_follows_the_flag_and_the_kernel() {
-        let missing = || Err::<(), String>("no fields".to_owned());
-        assert_eq!(
-            choose_runqueue_mode(RunqueueMode::Wakeup, Ok(())),
-            Ok(false)
-        );
-        assert_eq!(
-            choose_runqueue_mode(RunqueueMode::Auto, missing()),
-            Ok(false)
-        );
-        assert!(choose_runqueue_mode(RunqueueMode::SchedInfo, missing()).is_err());
-        // This kernel has sched_info live (see above).
-        assert_eq!(choose_runqueue_mode(RunqueueMode::Auto, Ok(())), Ok(true));
-        assert_eq!(
-            choose_runqueue_mode(RunqueueMode::SchedInfo, Ok(())),
-            Ok(true)
-        );
+    fn every_probe_id_belongs_to_one_unit() {
+        let probes = Probes::none();
+        let ids: Vec<ProbeId> = probes.status().iter().map(|(p, _)| *p).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), ids.len(), "{ids:?}");
+        assert_eq!(ids.len(), 10);
+        assert!(probes.overflows().is_empty());
+        assert!(!probes.loaded());
+        assert!(probes.unit::<sched::SchedProbe>().is_none());
     }
 }

@@ -1,21 +1,30 @@
-//! Loading the receive-steering probes (`ebpf/src/net.rs`): offsets, topology map, attach
-//! points chosen by what the kernel offers, and the aRFS driver lookup.
+//! The receive-steering probes (`ebpf/src/net.rs`): reader CPU against the CPU that
+//! processed each socket's packets, per pod; packets per receive queue; aRFS rule churn.
+//! Attach points are chosen by what the kernel offers; the aRFS driver is looked up in
+//! /proc/kallsyms.
 
-use std::{os::unix::fs::MetadataExt as _, path::Path};
+use std::{
+    any::Any,
+    os::unix::fs::MetadataExt as _,
+    path::Path,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+};
 
 use aya::{
-    Btf, Ebpf,
+    Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap},
-    programs::{FExit, KProbe},
 };
 use podstat_common::{
     net::{self as common, ArfsStats, NetOffsets, NetStats, Place, RxQueueKey},
     sched::Offsets,
 };
 
-use super::{Status, btf, btf::KernelBtf};
-use crate::collector::net::Topology;
-use crate::util::chain;
+use super::{
+    Absence, AttachEnv, Attempts, Probe, ProbeError, ProbeId, Report, Status, Wanted,
+    btf::{BtfError, KernelBtf},
+    kernel::{self, Shared, attach_tp_btf, per_cpu_sum},
+};
+use crate::{collector::net::Topology, identity::Diff};
 
 /// Drivers' `ndo_rx_flow_steer` implementations (aRFS), looked up in /proc/kallsyms.
 pub const ARFS_DRIVER_FUNCS: &[&str] = &[
@@ -29,6 +38,13 @@ pub const ARFS_DRIVER_FUNCS: &[&str] = &[
     "sxgbe_rx_flow_steer",
 ];
 
+const IDS: &[ProbeId] = &[
+    ProbeId::NetReader,
+    ProbeId::NetSoftirq,
+    ProbeId::NetRxQueue,
+    ProbeId::Arfs,
+];
+
 /// Map handles of the net probes.
 pub struct NetMaps {
     pub stats: HashMap<MapData, u64, NetStats>,
@@ -37,12 +53,35 @@ pub struct NetMaps {
     pub full: PerCpuArray<MapData, u64>,
 }
 
+#[derive(Default)]
+pub struct NetProbe {
+    offsets: Option<Result<NetOffsets, Arc<ProbeError>>>,
+    maps: Option<Mutex<NetMaps>>,
+}
+
+impl std::fmt::Debug for NetProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetProbe")
+            .field("offsets", &self.offsets)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NetProbe {
+    /// The maps, locked, if they were taken.
+    pub fn maps(&self) -> Option<MutexGuard<'_, NetMaps>> {
+        self.maps
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
 /// The offsets the net programs need. `sched` supplies the task → cgroup chain.
 pub fn resolve_offsets(
     k: &KernelBtf,
     sched: &Offsets,
     netns_inum: u32,
-) -> Result<NetOffsets, btf::BtfError> {
+) -> Result<NetOffsets, BtfError> {
     Ok(NetOffsets {
         skb_dev: k.offset_of("sk_buff", "dev")?,
         skb_queue_mapping: k.offset_of("sk_buff", "queue_mapping")?,
@@ -74,85 +113,52 @@ pub fn own_netns_inum() -> u32 {
         .unwrap_or(0)
 }
 
-fn tp_btf(ebpf: &mut Ebpf, prog: &str, tp: &str, btf: &Btf) -> Result<(), String> {
-    super::attach_tp_btf(ebpf, prog, tp, btf)
-}
-
-/// Attaches the net programs; returns each probe's outcome.
-pub fn attach(
+/// The first hook of `chain` that attaches: (program, tracepoint, how it is described).
+fn first_of(
     ebpf: &mut Ebpf,
-    btf: &Btf,
-    sysfs: &Path,
-    legacy: bool,
-) -> Vec<(&'static str, Status)> {
-    let mut out = Vec::new();
-    if let Err(why) = fill_topology(ebpf, sysfs) {
-        for p in ["net_reader", "net_softirq"] {
-            out.push((p, Status::Failed(format!("CPU topology map: {why}"))));
+    env: &AttachEnv<'_>,
+    chain: &[(&'static str, &'static str, &'static str)],
+) -> Status {
+    let mut why = Attempts::default();
+    for (i, (prog, tp, how)) in chain.iter().enumerate() {
+        // The first hook of each chain is the 6.3+ one that --probe.net.legacy-hooks skips.
+        let r = if i == 0 && env.wanted.net_legacy_hooks {
+            Err(ProbeError::NotUsed { point: tp })
+        } else {
+            attach_tp_btf(ebpf, prog, tp, env.btf)
+        };
+        match r {
+            Ok(()) => return Status::Attached(how),
+            Err(e) => why.0.push(e),
         }
-    } else {
-        // Reader side: sock_recv_length (6.3+, any protocol), else tcp_rcv_space_adjust.
-        let newer = |ebpf: &mut Ebpf, prog: &str, tp: &str| {
-            if legacy {
-                Err(format!("{tp}: not used (--probe.net.legacy-hooks)"))
-            } else {
-                tp_btf(ebpf, prog, tp, btf)
-            }
-        };
-        let reader = match newer(ebpf, common::NET_RECV_PROG, "sock_recv_length") {
-            Ok(()) => Status::Attached("tp_btf/sock_recv_length"),
-            Err(e1) => match tp_btf(ebpf, common::NET_RECV_TCP_PROG, "tcp_rcv_space_adjust", btf) {
-                Ok(()) => Status::Attached("tp_btf/tcp_rcv_space_adjust (TCP only)"),
-                Err(e2) => Status::Failed(format!("{e1}; {e2}")),
-            },
-        };
-        out.push(("net_reader", reader));
-        // Softirq side: sk_data_ready (6.3+, TCP and UDP), else tcp_probe.
-        let softirq = match newer(ebpf, common::NET_READY_PROG, "sk_data_ready") {
-            Ok(()) => Status::Attached("tp_btf/sk_data_ready"),
-            Err(e1) => match tp_btf(ebpf, common::NET_READY_TCP_PROG, "tcp_probe", btf) {
-                Ok(()) => Status::Attached("tp_btf/tcp_probe (TCP only)"),
-                Err(e2) => Status::Failed(format!("{e1}; {e2}")),
-            },
-        };
-        out.push(("net_softirq", softirq));
     }
-    let rxq = tp_btf(ebpf, common::NET_RXQ_PROG, "netif_receive_skb", btf)
-        .map_or_else(Status::Failed, |()| {
-            Status::Attached("tp_btf/netif_receive_skb")
-        });
-    out.push(("net_rx_queue", rxq));
-    out.push(("arfs", attach_arfs(ebpf, btf)));
-    out
+    Status::Failed(Arc::new(ProbeError::AllFailed(why)))
 }
 
-fn fill_topology(ebpf: &mut Ebpf, sysfs: &Path) -> Result<(), String> {
+fn fill_topology(ebpf: &mut Ebpf, sysfs: &Path) -> Result<(), ProbeError> {
+    let name = common::CPU_PLACE_MAP;
     let topo = Topology::read(sysfs);
-    let map = ebpf
-        .map_mut(common::CPU_PLACE_MAP)
-        .ok_or_else(|| format!("map {} missing", common::CPU_PLACE_MAP))?;
-    let mut array: Array<&mut MapData, Place> = Array::try_from(map).map_err(|e| chain(&e))?;
+    let map = ebpf.map_mut(name).ok_or(ProbeError::MissingMap(name))?;
+    let mut array: Array<&mut MapData, Place> =
+        Array::try_from(map).map_err(|source| ProbeError::Map { name, source })?;
     for p in &topo.cpus {
         if p.cpu >= common::MAX_CPUS {
             continue;
         }
+        let place = Place {
+            llc: p.llc,
+            node: p.node,
+        };
         array
-            .set(
-                p.cpu,
-                Place {
-                    llc: p.llc,
-                    node: p.node,
-                },
-                0,
-            )
-            .map_err(|e| chain(&e))?;
+            .set(p.cpu, place, 0)
+            .map_err(|source| ProbeError::Map { name, source })?;
     }
     Ok(())
 }
 
 /// The aRFS probe: a kprobe on every loaded driver's `ndo_rx_flow_steer`, and fexit (else a
-/// kretprobe) on `rps_may_expire_flow`. Unsupported when no such driver is loaded.
-fn attach_arfs(ebpf: &mut Ebpf, btf: &Btf) -> Status {
+/// kretprobe) on `rps_may_expire_flow`. Absent when no such driver is loaded.
+fn attach_arfs(ebpf: &mut Ebpf, env: &AttachEnv<'_>) -> Status {
     let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
     let found: Vec<&str> = ARFS_DRIVER_FUNCS
         .iter()
@@ -165,63 +171,140 @@ fn attach_arfs(ebpf: &mut Ebpf, btf: &Btf) -> Status {
         })
         .collect();
     if found.is_empty() {
-        return Status::Absent(format!(
-            "unsupported on this host: no loaded NIC driver implements ndo_rx_flow_steer (looked for {} in /proc/kallsyms); aRFS rule churn cannot be seen on this host",
-            ARFS_DRIVER_FUNCS.join(", ")
-        ));
+        return Status::Absent(Absence::NoArfsDriver);
     }
-    let steer = ebpf
-        .program_mut(common::ARFS_STEER_PROG)
-        .ok_or_else(|| "program arfs_steer missing".to_owned())
-        .and_then(|p| <&mut KProbe>::try_from(p).map_err(|e| chain(&e)))
-        .and_then(|p| {
-            p.load().map_err(|e| chain(&e))?;
-            for f in &found {
-                p.attach(*f, 0)
-                    .map_err(|e| format!("kprobe on {f}: {}", chain(&e)))?;
-            }
-            Ok(())
-        });
-    if let Err(why) = steer {
-        return Status::Failed(why);
+    if let Err(why) = kernel::kprobe(ebpf, common::ARFS_STEER_PROG, &found) {
+        return Status::Failed(Arc::new(why));
     }
-    let fexit = ebpf
-        .program_mut(common::ARFS_EXPIRE_FEXIT_PROG)
-        .ok_or_else(|| "program arfs_expire_fexit missing".to_owned())
-        .and_then(|p| <&mut FExit>::try_from(p).map_err(|e| chain(&e)))
-        .and_then(|p| {
-            p.load("rps_may_expire_flow", btf).map_err(|e| chain(&e))?;
-            p.attach().map(|_| ()).map_err(|e| chain(&e))
-        });
-    if fexit.is_ok() {
+    let expire = "rps_may_expire_flow";
+    let fexit = kernel::fexit(ebpf, env.btf, common::ARFS_EXPIRE_FEXIT_PROG, expire);
+    let Err(fexit) = fexit else {
         return Status::Attached("kprobe ndo_rx_flow_steer + fexit/rps_may_expire_flow");
-    }
-    let kret = ebpf
-        .program_mut(common::ARFS_EXPIRE_KRETPROBE_PROG)
-        .ok_or_else(|| "program arfs_expire_kretprobe missing".to_owned())
-        .and_then(|p| <&mut KProbe>::try_from(p).map_err(|e| chain(&e)))
-        .and_then(|p| {
-            p.load().map_err(|e| chain(&e))?;
-            p.attach("rps_may_expire_flow", 0)
-                .map(|_| ())
-                .map_err(|e| chain(&e))
-        });
-    match kret {
+    };
+    match kernel::kprobe(ebpf, common::ARFS_EXPIRE_KRETPROBE_PROG, &[expire]) {
         Ok(()) => Status::Attached("kprobe ndo_rx_flow_steer + kretprobe/rps_may_expire_flow"),
-        Err(e) => Status::Failed(format!(
-            "rps_may_expire_flow: fexit: {}; kretprobe: {e}",
-            fexit.err().unwrap_or_default()
-        )),
+        Err(kret) => Status::Failed(Arc::new(ProbeError::AllFailed(Attempts(vec![fexit, kret])))),
     }
 }
 
-pub fn take_maps(ebpf: &mut Ebpf) -> Result<NetMaps, String> {
-    Ok(NetMaps {
-        stats: super::take(ebpf, common::NET_STATS_MAP)?,
-        rx_queue: super::take(ebpf, common::RX_QUEUE_MAP)?,
-        arfs: super::take(ebpf, common::ARFS_STATS_MAP)?,
-        full: super::take(ebpf, common::NET_MAP_FULL_MAP)?,
-    })
+impl Probe for NetProbe {
+    fn ids(&self) -> &'static [ProbeId] {
+        IDS
+    }
+
+    fn requested(&self, wanted: &Wanted) -> bool {
+        wanted.net
+    }
+
+    fn resolve(&mut self, k: &KernelBtf, offsets: &mut Offsets, _wanted: &Wanted) {
+        self.offsets = Some(
+            resolve_offsets(k, offsets, own_netns_inum())
+                .map_err(|e| Arc::new(ProbeError::NetOffsets(e))),
+        );
+    }
+
+    fn configure<'a>(&'a self, loader: &mut EbpfLoader<'a>, wanted: &Wanted) {
+        loader.map_max_entries(common::NET_STATS_MAP, wanted.max_cgroups);
+        if let Some(Ok(o)) = &self.offsets {
+            loader.override_global(common::NET_OFFSETS_GLOBAL, o, true);
+        }
+    }
+
+    fn attach(&mut self, ebpf: &mut Ebpf, env: &AttachEnv<'_>, report: &mut Report) {
+        match &self.offsets {
+            Some(Ok(_)) => {}
+            Some(Err(why)) => return report.fail(IDS, why),
+            None => return,
+        }
+        if let Err(why) = fill_topology(ebpf, env.sysfs) {
+            let why = Arc::new(ProbeError::Topology(Box::new(why)));
+            report.fail(&[ProbeId::NetReader, ProbeId::NetSoftirq], &why);
+        } else {
+            // Reader side: sock_recv_length (6.3+, any protocol), else tcp_rcv_space_adjust.
+            let reader = first_of(
+                ebpf,
+                env,
+                &[
+                    (
+                        common::NET_RECV_PROG,
+                        "sock_recv_length",
+                        "tp_btf/sock_recv_length",
+                    ),
+                    (
+                        common::NET_RECV_TCP_PROG,
+                        "tcp_rcv_space_adjust",
+                        "tp_btf/tcp_rcv_space_adjust (TCP only)",
+                    ),
+                ],
+            );
+            report.record(ProbeId::NetReader, reader);
+            // Softirq side: sk_data_ready (6.3+, TCP and UDP), else tcp_probe.
+            let softirq = first_of(
+                ebpf,
+                env,
+                &[
+                    (
+                        common::NET_READY_PROG,
+                        "sk_data_ready",
+                        "tp_btf/sk_data_ready",
+                    ),
+                    (
+                        common::NET_READY_TCP_PROG,
+                        "tcp_probe",
+                        "tp_btf/tcp_probe (TCP only)",
+                    ),
+                ],
+            );
+            report.record(ProbeId::NetSoftirq, softirq);
+        }
+        let rxq = attach_tp_btf(ebpf, common::NET_RXQ_PROG, "netif_receive_skb", env.btf)
+            .map_or_else(
+                |e| Status::Failed(Arc::new(e)),
+                |()| Status::Attached("tp_btf/netif_receive_skb"),
+            );
+        report.record(ProbeId::NetRxQueue, rxq);
+        report.record(ProbeId::Arfs, attach_arfs(ebpf, env));
+    }
+
+    fn take_maps(&mut self, ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+        self.maps = Some(Mutex::new(NetMaps {
+            stats: kernel::take(ebpf, common::NET_STATS_MAP)?,
+            rx_queue: kernel::take(ebpf, common::RX_QUEUE_MAP)?,
+            arfs: kernel::take(ebpf, common::ARFS_STATS_MAP)?,
+            full: kernel::take(ebpf, common::NET_MAP_FULL_MAP)?,
+        }));
+        Ok(())
+    }
+
+    fn forget(&self, diff: &Diff<'_>) {
+        let Some(mut maps) = self.maps() else {
+            return;
+        };
+        let stale: Vec<u64> = maps
+            .stats
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|id| !diff.is_live(*id))
+            .collect();
+        for id in &stale {
+            let _ = maps.stats.remove(id);
+        }
+    }
+
+    fn overflows(&self, _shared: &Shared) -> Vec<(&'static str, u64)> {
+        let Some(maps) = self.maps() else {
+            return Vec::new();
+        };
+        common::NET_MAP_NAMES
+            .iter()
+            .zip(0u32..)
+            .map(|(name, i)| (*name, per_cpu_sum(&maps.full, i)))
+            .collect()
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
 }
 
 #[cfg(test)]
@@ -233,9 +316,7 @@ mod tests {
     #[test]
     fn offsets_resolve_against_the_running_kernels_btf() {
         let k = KernelBtf::load(Path::new("/sys/kernel/btf/vmlinux")).expect("vmlinux BTF");
-        let sched = super::super::resolve_offsets(&k)
-            .expect("sched offsets")
-            .offsets;
+        let sched = kernel::resolve_offsets(&k).expect("sched offsets");
         let o = resolve_offsets(&k, &sched, own_netns_inum()).expect("net offsets");
         assert_eq!(o.valid, 1);
         assert_ne!(o.netns_inum, 0, "own network namespace inode");

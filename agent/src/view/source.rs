@@ -7,18 +7,11 @@
 use std::{
     io::{Read as _, Write as _},
     net::{TcpStream, ToSocketAddrs as _},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::JoinHandle,
     time::Duration,
 };
 
-use prometheus_client::registry::Registry;
-
 use super::{expo, model::Snapshot};
-use crate::{Paths, collector, probe::Probes};
+use crate::{agent::Agent, collector, probe::Status};
 
 /// Why a snapshot could not be taken.
 #[derive(Debug, thiserror::Error)]
@@ -35,8 +28,8 @@ pub enum SourceError {
     Status { url: String, status: String },
     #[error("encoding the local collectors' metrics failed")]
     Encode,
-    #[error("starting the probes' tracker thread")]
-    Tracker(#[source] std::io::Error),
+    #[error("starting the in-process agent")]
+    Start(#[source] crate::agent::StartError),
 }
 
 /// A running source of snapshots.
@@ -47,29 +40,16 @@ pub enum Source {
     Remote { url: String },
 }
 
-/// The in-process agent pieces; dropping it stops the tracker and detaches the probes.
+/// The in-process agent; dropping it stops the identity refresh and detaches the probes.
 pub struct Local {
-    registry: Registry,
-    stop: Arc<AtomicBool>,
-    tracker: Option<JoinHandle<()>>,
-    _probes: Arc<Probes>,
-}
-
-impl Drop for Local {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.tracker.take() {
-            let _ = t.join();
-        }
-    }
+    running: crate::agent::Running,
 }
 
 impl Source {
     /// The local kernel: the default collectors, with the eBPF probes when we are root
     /// (otherwise only the cgroup files; `warn` is told why).
     pub fn local(
-        paths: &Paths,
-        probe: &crate::cli::ProbeArgs,
+        host: &crate::cli::HostArgs,
         warn: &mut dyn FnMut(&str),
     ) -> Result<Self, SourceError> {
         let enabled: Vec<&'static str> = collector::COLLECTORS
@@ -78,40 +58,23 @@ impl Source {
             .map(|s| s.name)
             .collect();
         let root = nix::unistd::geteuid().is_root();
-        let probes = Arc::new(if root {
-            Probes::load(probe.wanted(&enabled), &paths.sysfs)
-        } else {
+        if !root {
             warn(
                 "not root: no eBPF probes, so only the cgroup columns have data; run as root, or read a running agent with --from http://HOST:9977/metrics",
             );
-            Probes::none()
-        });
-        for (name, status) in probes.status() {
-            if let crate::probe::Status::Failed(why) = status {
-                warn(&format!("probe {name} not attached: {why}"));
+        }
+        let metadata = crate::metadata::start_in_background(&host.metadata);
+        let running =
+            Agent::start(host.config(&enabled, root, metadata)).map_err(SourceError::Start)?;
+        for (probe, status) in running.probes.status() {
+            if let Status::Failed(why) = status {
+                warn(&format!(
+                    "probe {probe} not attached: {}",
+                    crate::util::chain(why.as_ref())
+                ));
             }
         }
-        let built = crate::build_registry(
-            &enabled,
-            paths,
-            &collector::cgroup::Options::default(),
-            &probes,
-            &crate::metadata::start_in_background(),
-        );
-        let stop = Arc::new(AtomicBool::new(false));
-        let tracker = match built.tracker {
-            Some(t) => Some(
-                t.spawn(probe.refresh_interval, Arc::clone(&stop))
-                    .map_err(SourceError::Tracker)?,
-            ),
-            None => None,
-        };
-        Ok(Self::Local(Box::new(Local {
-            registry: built.registry,
-            stop,
-            tracker,
-            _probes: probes,
-        })))
+        Ok(Self::Local(Box::new(Local { running })))
     }
 
     /// A running agent at `url` (`http://HOST:PORT/metrics`).
@@ -135,7 +98,7 @@ impl Source {
         let text = match self {
             Self::Local(local) => {
                 let mut om = String::with_capacity(64 * 1024);
-                prometheus_client::encoding::text::encode(&mut om, &local.registry)
+                prometheus_client::encoding::text::encode(&mut om, &local.running.registry)
                     .map_err(|_| SourceError::Encode)?;
                 om
             }

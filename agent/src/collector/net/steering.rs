@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use podstat_common::net::{LOCALITY_NAMES, NET_MAP_NAMES, NO_QUEUE};
+use podstat_common::net::{LOCALITY_NAMES, NO_QUEUE};
 use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
     metrics::{MetricType, counter::ConstCounter},
@@ -12,7 +12,8 @@ use prometheus_client::{
 use super::Device;
 use crate::{
     collector::sched::join,
-    probe::{Probes, tracker::Identity},
+    identity::IdMap,
+    probe::{ProbeId, Probes, net::NetProbe},
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -32,28 +33,6 @@ struct DeviceLabel {
     device: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct MapLabel {
-    map: &'static str,
-}
-
-/// Insert failures of the net maps, by map name (for `podstat_bpf_map_full_total`).
-pub fn map_full(probes: &Probes) -> Vec<(&'static str, u64)> {
-    let Some(maps) = probes.maps() else {
-        return Vec::new();
-    };
-    NET_MAP_NAMES
-        .iter()
-        .zip(0u32..)
-        .map(|(name, i)| {
-            (
-                *name,
-                maps.net.full.get(&i, 0).map_or(0, |v| v.iter().sum()),
-            )
-        })
-        .collect()
-}
-
 /// The name of device `ifindex` in podstat's network namespace (`lo` is always ifindex 1),
 /// else `ifindex<n>` (a device that went away since the packet was counted).
 fn device_name(devices: &[Device], ifindex: u32) -> String {
@@ -67,22 +46,18 @@ fn device_name(devices: &[Device], ifindex: u32) -> String {
 }
 
 /// Encodes the steering families, if the probes are loaded.
-#[expect(
-    clippy::too_many_lines,
-    reason = "one family after the other, in exposition order"
-)]
 pub fn encode(
     enc: &mut DescriptorEncoder,
     probes: &Probes,
-    identity: &Identity,
+    identity: &IdMap,
     devices: &[Device],
 ) -> Result<(), std::fmt::Error> {
-    let Some(maps) = probes.maps() else {
+    let Some(maps) = probes.unit::<NetProbe>().and_then(NetProbe::maps) else {
         return Ok(());
     };
-    let stats = join(identity, maps.net.stats.iter().filter_map(Result::ok));
+    let stats = join(identity, maps.stats.iter().filter_map(Result::ok));
     let mut rxq: BTreeMap<(String, String, u32), u64> = BTreeMap::new();
-    for (key, per_cpu) in maps.net.rx_queue.iter().filter_map(Result::ok) {
+    for (key, per_cpu) in maps.rx_queue.iter().filter_map(Result::ok) {
         let device = device_name(devices, key.ifindex);
         let queue = if key.queue == NO_QUEUE {
             "none".to_owned()
@@ -96,11 +71,11 @@ pub fn encode(
         }
     }
     let arfs: Vec<(u32, podstat_common::net::ArfsStats)> =
-        maps.net.arfs.iter().filter_map(Result::ok).collect();
+        maps.arfs.iter().filter_map(Result::ok).collect();
     drop(maps);
 
-    let reader = probes.attached("net_reader");
-    if reader && probes.attached("net_softirq") {
+    let reader = probes.attached(ProbeId::NetReader);
+    if reader && probes.attached(ProbeId::NetSoftirq) {
         let mut m = enc.encode_descriptor(
             "podstat_net_rx_steering_packets",
             "Packets queued to the container's sockets, by where the softirq that queued them ran relative to the CPU the socket's reader last consumed data on: same_cpu, same_llc (another CPU sharing the last-level cache), same_node, remote_node (eBPF sk_data_ready or tcp_probe vs sock_recv_length or tcp_rcv_space_adjust).",
@@ -125,7 +100,7 @@ pub fn encode(
             ConstCounter::new(s.migrations).encode(m.encode_family(target)?)?;
         }
     }
-    if probes.attached("net_rx_queue") {
+    if probes.attached(ProbeId::NetRxQueue) {
         let mut m = enc.encode_descriptor(
             "podstat_net_rx_queue_packets",
             "Packets the CPU processed from the device's receive queue (eBPF netif_receive_skb; queue \"none\" when the driver records none), devices of podstat's network namespace.",
@@ -140,7 +115,7 @@ pub fn encode(
             })?)?;
         }
     }
-    if probes.attached("arfs") {
+    if probes.attached(ProbeId::Arfs) {
         let name = |ifindex: u32| {
             if ifindex == 0 {
                 "all".to_owned()
@@ -169,23 +144,6 @@ pub fn encode(
             ConstCounter::new(s.expire).encode(m.encode_family(&DeviceLabel {
                 device: name(*ifindex),
             })?)?;
-        }
-    }
-    if !probes.attached("sched_switch")
-        && probes
-            .status()
-            .iter()
-            .any(|(p, s)| p.starts_with("net_") && matches!(s, crate::probe::Status::Attached(_)))
-    {
-        // The sched collector owns podstat_bpf_map_full_total when it runs; else it is ours.
-        let mut m = enc.encode_descriptor(
-            "podstat_bpf_map_full",
-            "Inserts into an eBPF map that failed because it was full: those events were not measured.",
-            None,
-            MetricType::Counter,
-        )?;
-        for (map, n) in map_full(probes) {
-            ConstCounter::new(n).encode(m.encode_family(&MapLabel { map })?)?;
         }
     }
     Ok(())

@@ -1,5 +1,5 @@
-//! cgroup path → pod identity, for both kubelet cgroup drivers and the containerd, CRI-O and
-//! Docker naming schemes.
+//! cgroup path → pod or container (classification), for both kubelet cgroup drivers and the
+//! containerd, CRI-O and Docker naming schemes.
 //!
 //! The kubelet's `kubepods` cgroup may sit below other parents (a custom `--cgroup-root`, a test
 //! harness), so the first path segment that names it starts the match:

@@ -1,0 +1,309 @@
+//! What every probe shares: the task → cpu-cgroup offsets, the `KNOWN` map of tracked cgroups
+//! (with the scheduler statistics inside each entry), the `MAP_FULL` insert-failure slots, and
+//! the attach helpers each probe's fallback chain is built from.
+
+use std::{
+    collections::HashSet,
+    sync::{
+        Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use aya::{
+    Btf, Ebpf,
+    maps::{HashMap, Map, MapData, MapError, PerCpuArray},
+    programs::{BtfTracePoint, FEntry, FExit, KProbe},
+};
+use podstat_common::sched::{self as common, Known, Offsets};
+
+use super::{ProbeError, btf::KernelBtf, error::Attempts};
+use crate::identity::{Diff, Subscriber};
+
+/// The offsets every program needs: the task → cpu-controller cgroup chain, pid and state.
+/// Layouts: <https://github.com/torvalds/linux/blob/v6.18/include/linux/sched.h>
+/// (`task_struct`), <https://github.com/torvalds/linux/blob/v6.18/include/linux/cgroup-defs.h>
+/// (`css_set.subsys`, `cgroup_subsys_state.cgroup`, `cgroup.kn`),
+/// <https://github.com/torvalds/linux/blob/v6.18/include/linux/kernfs.h> (`kernfs_node.id`).
+pub fn resolve_offsets(k: &KernelBtf) -> Result<Offsets, super::btf::BtfError> {
+    let cpu_id = k.enum_value("cgroup_subsys_id", "cpu_cgrp_id")?;
+    let (elem, len) = k.array_of("css_set", "subsys")?;
+    let cpu_id = u32::try_from(cpu_id)
+        .ok()
+        .filter(|id| *id < len)
+        .ok_or_else(|| {
+            super::btf::BtfError::Malformed(format!(
+                "cpu_cgrp_id {cpu_id} outside css_set.subsys[{len}]"
+            ))
+        })?;
+    Ok(Offsets {
+        task_cgroups: k.offset_of("task_struct", "cgroups")?,
+        css_set_cpu_subsys: k.offset_of("css_set", "subsys")? + cpu_id * elem,
+        css_cgroup: k.offset_of("cgroup_subsys_state", "cgroup")?,
+        cgroup_kn: k.offset_of("cgroup", "kn")?,
+        kn_id: k.offset_of("kernfs_node", "id")?,
+        task_pid: k.offset_of("task_struct", "pid")?,
+        task_state: k.offset_of_any("task_struct", &["__state", "state"])?.1,
+        valid: 1,
+        ..Offsets::default()
+    })
+}
+
+/// Byte and mask of a flag that is an `int` on some kernels and a one-bit bitfield on others
+/// (`cfs_rq.throttled`, `task_struct.throttled`).
+pub fn flag_byte_and_mask(
+    k: &KernelBtf,
+    ty: &str,
+    member: &str,
+) -> Result<(u32, u32), super::btf::BtfError> {
+    let bit = k.bit_offset_of(ty, member)?;
+    let byte = u32::try_from(bit / 8)
+        .map_err(|_| super::btf::BtfError::Malformed(format!("{ty}.{member} offset")))?;
+    let mask = if k.offset_of(ty, member).is_ok() {
+        0xff
+    } else {
+        1 << (bit % 8)
+    };
+    Ok((byte, mask))
+}
+
+/// Takes map `name` out of the object as a `T`.
+pub fn take<T: TryFrom<Map, Error = MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T, ProbeError> {
+    let map = ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| ProbeError::Map { name, source })
+}
+
+/// Sums slot `i` of a per-CPU counter array over the CPUs (0 if unreadable).
+pub fn per_cpu_sum(map: &PerCpuArray<MapData, u64>, i: u32) -> u64 {
+    map.get(&i, 0).map_or(0, |v| v.iter().sum())
+}
+
+/// Loads program `prog` of the object and attaches it to the BTF tracepoint `tracepoint`.
+pub fn attach_tp_btf(
+    ebpf: &mut Ebpf,
+    prog: &'static str,
+    tracepoint: &str,
+    btf: &Btf,
+) -> Result<(), ProbeError> {
+    let p: &mut BtfTracePoint = ebpf
+        .program_mut(prog)
+        .ok_or(ProbeError::MissingProgram(prog))?
+        .try_into()
+        .map_err(|source| ProbeError::ProgramType { prog, source })?;
+    p.load(tracepoint, btf)
+        .map_err(|source| ProbeError::LoadProgram {
+            how: "tp_btf",
+            point: tracepoint.to_owned(),
+            source,
+        })?;
+    p.attach().map_err(|source| ProbeError::Attach {
+        how: "tp_btf",
+        point: tracepoint.to_owned(),
+        source,
+    })?;
+    Ok(())
+}
+
+/// Which side of a kernel function a program runs on.
+#[derive(Clone, Copy)]
+pub enum Hook {
+    FEntry,
+    FExit,
+}
+
+/// A kernel function to hook: with fentry/fexit where BTF has it, else with a kprobe.
+pub struct FnHook {
+    pub func: &'static str,
+    /// Whether BTF has a FUNC for it (fentry/fexit need one).
+    pub has_btf_func: bool,
+    pub prog: &'static str,
+    pub hook: Hook,
+    pub kprobe_prog: &'static str,
+}
+
+/// Attaches `h`: fentry/fexit first, then a kprobe. Returns how it attached, or every reason.
+pub fn attach_fn(ebpf: &mut Ebpf, btf: &Btf, h: &FnHook) -> Result<&'static str, ProbeError> {
+    let mut why = Attempts::default();
+    if h.has_btf_func {
+        let r = match h.hook {
+            Hook::FEntry => fentry(ebpf, btf, h.prog, h.func).map(|()| "fentry"),
+            Hook::FExit => fexit(ebpf, btf, h.prog, h.func).map(|()| "fexit"),
+        };
+        match r {
+            Ok(how) => return Ok(how),
+            Err(e) => why.0.push(e),
+        }
+    } else {
+        why.0.push(ProbeError::NoBtfFunc { func: h.func });
+    }
+    match kprobe(ebpf, h.kprobe_prog, &[h.func]) {
+        Ok(()) => {
+            tracing::info!(function = h.func, reasons = %why, "fell back to a kprobe");
+            Ok("kprobe")
+        }
+        Err(e) => {
+            why.0.push(e);
+            Err(ProbeError::AllFailed(why))
+        }
+    }
+}
+
+/// Loads `prog` as an fentry program on `func` and attaches it.
+pub fn fentry(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    prog: &'static str,
+    func: &'static str,
+) -> Result<(), ProbeError> {
+    let p: &mut FEntry = ebpf
+        .program_mut(prog)
+        .ok_or(ProbeError::MissingProgram(prog))?
+        .try_into()
+        .map_err(|source| ProbeError::ProgramType { prog, source })?;
+    p.load(func, btf)
+        .map_err(|source| ProbeError::LoadProgram {
+            how: "fentry",
+            point: func.to_owned(),
+            source,
+        })?;
+    p.attach().map_err(|source| ProbeError::Attach {
+        how: "fentry",
+        point: func.to_owned(),
+        source,
+    })?;
+    Ok(())
+}
+
+/// Loads `prog` as an fexit program on `func` and attaches it.
+pub fn fexit(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    prog: &'static str,
+    func: &'static str,
+) -> Result<(), ProbeError> {
+    let p: &mut FExit = ebpf
+        .program_mut(prog)
+        .ok_or(ProbeError::MissingProgram(prog))?
+        .try_into()
+        .map_err(|source| ProbeError::ProgramType { prog, source })?;
+    p.load(func, btf)
+        .map_err(|source| ProbeError::LoadProgram {
+            how: "fexit",
+            point: func.to_owned(),
+            source,
+        })?;
+    p.attach().map_err(|source| ProbeError::Attach {
+        how: "fexit",
+        point: func.to_owned(),
+        source,
+    })?;
+    Ok(())
+}
+
+/// Loads `prog` as a kprobe (or kretprobe: the program's own type says) and attaches it to
+/// every function of `funcs`.
+pub fn kprobe(ebpf: &mut Ebpf, prog: &'static str, funcs: &[&str]) -> Result<(), ProbeError> {
+    let p: &mut KProbe = ebpf
+        .program_mut(prog)
+        .ok_or(ProbeError::MissingProgram(prog))?
+        .try_into()
+        .map_err(|source| ProbeError::ProgramType { prog, source })?;
+    p.load().map_err(|source| ProbeError::LoadProgram {
+        how: "kprobe",
+        point: prog.to_owned(),
+        source,
+    })?;
+    for f in funcs {
+        p.attach(*f, 0).map_err(|source| ProbeError::Attach {
+            how: "kprobe",
+            point: (*f).to_owned(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// The maps every probe shares.
+pub struct SharedMaps {
+    /// cgroup id → [`Known`]: the cgroups the programs measure; run-queue stats inside.
+    pub known: HashMap<MapData, u64, Known>,
+    /// Insert failures of the scheduler and throttle maps, by `MAP_*` slot.
+    pub map_full: PerCpuArray<MapData, u64>,
+}
+
+/// The shared maps, and the `KNOWN` inserts that failed because it was full.
+pub struct Shared {
+    maps: Mutex<SharedMaps>,
+    known_full: AtomicU64,
+}
+
+impl Shared {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, ProbeError> {
+        Ok(Self {
+            maps: Mutex::new(SharedMaps {
+                known: take(ebpf, common::KNOWN_MAP)?,
+                map_full: take(ebpf, common::MAP_FULL_MAP)?,
+            }),
+            known_full: AtomicU64::new(0),
+        })
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, SharedMaps> {
+        self.maps.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every tracked cgroup's `KNOWN` entry.
+    pub fn known(&self) -> Vec<(u64, Known)> {
+        self.lock().known.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Sum over CPUs of `MAP_FULL` slot `slot`.
+    pub fn map_full(&self, slot: u32) -> u64 {
+        per_cpu_sum(&self.lock().map_full, slot)
+    }
+
+    /// `KNOWN` inserts that failed because the map was full.
+    pub fn known_full(&self) -> u64 {
+        self.known_full.load(Ordering::Relaxed)
+    }
+}
+
+impl Subscriber for Shared {
+    /// Removes the cgroups that left from `KNOWN` and adds the new ones; an insert into a full
+    /// map is counted and the cgroup rejected (it is offered again next refresh).
+    fn apply(&self, diff: &Diff<'_>) -> HashSet<u64> {
+        let mut maps = self.lock();
+        for id in &diff.removed {
+            let _ = maps.known.remove(id);
+        }
+        let mut rejected = HashSet::new();
+        for a in &diff.added {
+            let known = Known {
+                pod_id: a.pod_id,
+                parent_id: a.parent_id,
+                ..Known::default()
+            };
+            if let Err(e) = maps.known.insert(a.id, known, 0) {
+                self.known_full.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(cgroup_id = a.id, error = %e, "KNOWN map full; cgroup not measured by the probes");
+                rejected.insert(a.id);
+            }
+        }
+        rejected
+    }
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK (needs CAP_SYS_RESOURCE to raise).
+pub fn raise_memlock_limit() {
+    use nix::sys::resource::{Resource, setrlimit};
+    if let Err(e) = setrlimit(
+        Resource::RLIMIT_MEMLOCK,
+        libc::RLIM_INFINITY,
+        libc::RLIM_INFINITY,
+    ) {
+        tracing::debug!(error = %e, "could not raise RLIMIT_MEMLOCK (fine on 5.11+, where BPF memory is memcg-accounted)");
+    }
+}

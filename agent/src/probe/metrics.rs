@@ -1,0 +1,75 @@
+//! The probes' self-metrics, for every probe whichever collectors run:
+//! `podstat_probe_attached{probe, via}` and `podstat_bpf_map_full_total{map}`.
+
+use std::{fmt, sync::Arc};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+};
+
+use super::{Probes, Status};
+
+/// `podstat_probe_attached`: name and help.
+pub const PROBE_ATTACHED: (&str, &str) = (
+    "podstat_probe_attached",
+    "1 if the eBPF probe is loaded and attached, 0 if it failed (the log and `podstat check` say why); `via` is how it attached (for sched_switch, `tp_btf (sched_info)` when run-queue latency comes from the kernel's sched_info).",
+);
+/// `podstat_bpf_map_full_total`: name (without `_total`) and help.
+pub const BPF_MAP_FULL: (&str, &str) = (
+    "podstat_bpf_map_full",
+    "Inserts into an eBPF map that failed because it was full: those events were not measured. Raise --probe.max-cgroups or --probe.max-waiting.",
+);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProbeLabel {
+    probe: &'static str,
+    via: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MapLabel {
+    map: &'static str,
+}
+
+/// The probes' self-metrics collector, registered once whatever the collectors.
+#[derive(Debug)]
+pub struct ProbeMetrics(pub Arc<Probes>);
+
+impl Collector for ProbeMetrics {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), fmt::Error> {
+        encode(&self.0, &mut enc)
+    }
+}
+
+/// Encodes both families: `podstat_probe_attached` for every requested probe that has to
+/// attach, and `podstat_bpf_map_full_total` for every map of every probe (and `known`)
+/// whenever the object loaded.
+pub fn encode(probes: &Probes, enc: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
+    let reported: Vec<(&'static str, i64, &'static str)> = probes
+        .status()
+        .iter()
+        .filter_map(|(probe, status)| match status {
+            Status::Attached(how) => Some((probe.name(), 1, *how)),
+            Status::Failed(_) | Status::Absent(_) => Some((probe.name(), 0, "")),
+            Status::Disabled | Status::NotNeeded(_) => None,
+        })
+        .collect();
+    if !reported.is_empty() {
+        let (name, help) = PROBE_ATTACHED;
+        let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for (probe, v, via) in reported {
+            ConstGauge::new(v).encode(m.encode_family(&ProbeLabel { probe, via })?)?;
+        }
+    }
+    let overflows = probes.overflows();
+    if !overflows.is_empty() {
+        let (name, help) = BPF_MAP_FULL;
+        let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (map, n) in overflows {
+            ConstCounter::new(n).encode(m.encode_family(&MapLabel { map })?)?;
+        }
+    }
+    Ok(())
+}
