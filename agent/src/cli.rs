@@ -48,17 +48,7 @@ pub enum Cmd {
     /// explain in plain language, with a number for each claim, whether it is slow because of
     /// CPU throttling, noisy neighbours or receive steering, and what to change. Says so when
     /// nothing is wrong.
-    ///
-    /// Findings (below all of them: nothing wrong): throttling when the cgroup was throttled in
-    /// at least 5% of its periods or lost at least 1% of wall time to pauses; noisy neighbours
-    /// when its threads waited at least 0.05 s per second in all, with a run-queue p99 of at
-    /// least 5 ms, and at least 25% of its preemptions came from other pods (or the system, when
-    /// not throttled); steering when at least 25% of 1000+ packets were handled outside the
-    /// reader's LLC, or flows moved CPUs 50+ times a second.
-    ///
-    /// Recommendation, with N threads runnable when a quota of L cores ran out: N > L: size the
-    /// CPU-bound pool to max(1, floor(L)) threads, or raise the limit to ceil(N) cores, or drop
-    /// the limit for a latency-sensitive pod; N <= L: raise the limit (or allow a burst), or drop it.
+    #[command(long_about = crate::view::explain::long_about())]
     Explain(ExplainArgs),
 }
 

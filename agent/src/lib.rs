@@ -11,6 +11,7 @@ pub mod collector;
 pub mod exposition;
 pub mod identity;
 pub mod metadata;
+pub mod metric;
 pub mod probe;
 pub mod server;
 pub mod util;

@@ -15,19 +15,8 @@ fn every_collector_is_in_the_readme_table() {
 
 #[test]
 fn every_exported_family_is_documented() {
-    for name in podstat::collector::cgroup::family_names()
-        .chain(
-            podstat::collector::SELF_METRICS
-                .iter()
-                .chain(podstat::metadata::METRICS)
-                .map(|s| (*s).to_owned()),
-        )
-        .chain(
-            podstat::collector::net::FAMILIES
-                .iter()
-                .map(|s| (*s).to_owned()),
-        )
-    {
+    for family in podstat::collector::family::all() {
+        let name = family.exposed;
         assert!(
             README.contains(&format!("`{name}`")),
             "README metric reference lacks `{name}`"

@@ -3,7 +3,8 @@
 use std::{io::Read as _, process::Command, time::Duration};
 
 use podstat_tests::{
-    find, http_get, parse_exposition, podstat_bin, probe_attached, require_root, start_agent,
+    CgroupTree, find, http_get, parse_exposition, podstat_bin, probe_attached, require_root,
+    scrape, start_agent, test_ids, v1_hierarchies,
 };
 
 #[test]
@@ -29,6 +30,66 @@ fn sched_switch_probe_attaches_and_counts() {
         "context switch counter did not grow: {} -> {}",
         total(&first),
         total(&second)
+    );
+}
+
+/// With only the throttle collector on, every probe map's overflow counter is exported,
+/// whichever collector used to own the family (before, `throttle_stats` overflows were silent
+/// without the sched collector, and in throttle switch mode, which this host runs in, the
+/// family was missing). And `KNOWN` overflows are counted: with `--probe.max-cgroups 1` a pod
+/// and its container cannot both fit.
+#[test]
+fn throttle_only_agent_exports_every_map_overflow() {
+    require_root();
+    let v1 = v1_hierarchies();
+    let (uid, cid) = test_ids(7);
+    let pod = format!(
+        "podstat-test-{}/kubepods/burstable/pod{uid}",
+        std::process::id()
+    );
+    let mut tree = CgroupTree::new(&[&v1.cpu, &v1.cpuacct]);
+    tree.mkdir(&format!("{pod}/{cid}"));
+    let (_agent, addr) = start_agent(&[
+        "--no-collector.cgroup",
+        "--no-collector.sched",
+        "--no-collector.net",
+        "--probe.max-cgroups",
+        "1",
+    ]);
+    let samples = scrape(addr);
+    assert!(
+        (probe_attached(&samples, "cfs_throttle").value - 1.0).abs() < f64::EPSILON,
+        "cfs_throttle probe not attached: see the agent's log above"
+    );
+    assert!(
+        find(
+            &samples,
+            "podstat_probe_attached",
+            &[("probe", "sched_switch")]
+        )
+        .is_empty(),
+        "the sched collector is off: no sched_switch probe series"
+    );
+    for map in [
+        "throttle_stats",
+        "wait_start",
+        "preempt_pairs",
+        "net_stats",
+        "rx_queue",
+        "arfs_stats",
+        "known",
+    ] {
+        let found = find(&samples, "podstat_bpf_map_full_total", &[("map", map)]);
+        assert_eq!(
+            found.len(),
+            1,
+            "podstat_bpf_map_full_total{{map=\"{map}\"}} missing with only the throttle collector"
+        );
+    }
+    let known = find(&samples, "podstat_bpf_map_full_total", &[("map", "known")])[0].value;
+    assert!(
+        known >= 1.0,
+        "a pod and its container against --probe.max-cgroups 1: KNOWN must have refused one, counted {known}"
     );
 }
 

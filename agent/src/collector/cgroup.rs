@@ -17,6 +17,7 @@ use super::{Collect, CollectError, Context, Unsupported};
 use crate::{
     cgroup::{self, CgroupSample, Discovered, ErrorCounts, Limits, Presence},
     identity::{ScanOptions, Scanner, Target},
+    metric::Family,
 };
 
 /// Options of the cgroup collector.
@@ -157,120 +158,111 @@ fn float(n: u64) -> f64 {
 
 type Getter = fn(&CgroupSample) -> Option<f64>;
 
-/// The families this collector exports: (name, type, help, value).
-const FAMILIES: &[(&str, MetricType, &str, Getter)] = &[
-    (
-        "podstat_cpu_usage_seconds",
-        MetricType::Counter,
-        "CPU time consumed by the cgroup (v2 cpu.stat usage_usec; v1 cpuacct.usage).",
-        |s| s.stat.usage_ns.map(secs_ns),
-    ),
-    (
-        "podstat_cpu_user_seconds",
-        MetricType::Counter,
-        "CPU time in user mode (v2 cpu.stat user_usec).",
-        |s| s.stat.user_ns.map(secs_ns),
-    ),
-    (
-        "podstat_cpu_system_seconds",
-        MetricType::Counter,
-        "CPU time in kernel mode (v2 cpu.stat system_usec).",
-        |s| s.stat.system_ns.map(secs_ns),
-    ),
-    (
-        "podstat_cpu_core_sched_force_idle_seconds",
-        MetricType::Counter,
-        "Time SMT siblings were forced idle by core scheduling (v2 cpu.stat core_sched.force_idle_usec).",
-        |s| s.stat.force_idle_ns.map(secs_ns),
-    ),
-    (
-        "podstat_cpu_periods",
-        MetricType::Counter,
-        "CFS bandwidth periods that elapsed while the cgroup had runnable tasks (cpu.stat nr_periods).",
-        |s| s.stat.nr_periods.map(float),
-    ),
-    (
-        "podstat_cpu_throttled_periods",
-        MetricType::Counter,
-        "CFS periods in which the cgroup was throttled at least once, for any length of time (cpu.stat nr_throttled).",
-        |s| s.stat.nr_throttled.map(float),
-    ),
-    (
-        "podstat_cpu_throttled_seconds",
-        MetricType::Counter,
-        "Time the cgroup's run queues spent throttled, summed over CPUs as the kernel counts it (v2 cpu.stat throttled_usec; v1 throttled_time).",
-        |s| s.stat.throttled_ns.map(secs_ns),
-    ),
-    (
-        "podstat_cpu_throttled_local_seconds",
-        MetricType::Counter,
-        "Throttled time caused by this cgroup's own limit, not an ancestor's (v2 cpu.stat.local throttled_usec, kernel 6.8+).",
-        |s| s.local_throttled_ns.map(secs_ns),
-    ),
-    (
-        "podstat_cpu_bursts",
-        MetricType::Counter,
-        "Periods in which the cgroup used burst quota beyond its limit (cpu.stat nr_bursts).",
-        |s| s.stat.nr_bursts.map(float),
-    ),
-    (
-        "podstat_cpu_burst_seconds",
-        MetricType::Counter,
-        "CPU time used beyond the quota from accumulated burst (cpu.stat burst_usec; v1 burst_time).",
-        |s| s.stat.burst_ns.map(secs_ns),
-    ),
-    (
-        "podstat_cpu_limit_cores",
-        MetricType::Gauge,
-        "CFS quota divided by period, in cores (cpu.max; v1 cpu.cfs_quota_us / cpu.cfs_period_us). Absent when unlimited.",
-        |s| {
-            s.max.as_ref().and_then(|m| {
-                m.quota_us
-                    .filter(|_| m.period_us > 0)
-                    .map(|q| float(q) / float(m.period_us))
-            })
-        },
-    ),
-    (
-        "podstat_cpu_period_seconds",
-        MetricType::Gauge,
-        "CFS bandwidth period (cpu.max second field; v1 cpu.cfs_period_us).",
-        |s| s.max.as_ref().map(|m| secs_us(m.period_us)),
-    ),
-    (
-        "podstat_cpu_burst_limit_seconds",
-        MetricType::Gauge,
-        "CFS burst allowance per period (cpu.max.burst; v1 cpu.cfs_burst_us).",
-        |s| s.burst_us.map(secs_us),
-    ),
-    (
-        "podstat_cpu_weight",
-        MetricType::Gauge,
-        "CPU weight, 1..10000 (cpu.weight; v1 cpu.shares converted as 1 + (shares - 2) * 9999 / 262142).",
-        |s| s.weight.map(float),
-    ),
-    (
-        "podstat_cpu_pressure_waiting_seconds",
-        MetricType::Counter,
-        "Time at least one of the cgroup's tasks waited for a CPU (cpu.pressure some total).",
-        |s| {
-            s.pressure
-                .as_ref()
-                .and_then(|p| p.some_total_us)
-                .map(secs_us)
-        },
-    ),
-    (
-        "podstat_cpu_pressure_stalled_seconds",
-        MetricType::Counter,
-        "Time all of the cgroup's non-idle tasks waited for a CPU at once (cpu.pressure full total).",
-        |s| {
-            s.pressure
-                .as_ref()
-                .and_then(|p| p.full_total_us)
-                .map(secs_us)
-        },
-    ),
+pub const CPU_USAGE_SECONDS: Family = crate::counter!(
+    "podstat_cpu_usage_seconds",
+    "CPU time consumed by the cgroup (v2 cpu.stat usage_usec; v1 cpuacct.usage)."
+);
+pub const CPU_USER_SECONDS: Family = crate::counter!(
+    "podstat_cpu_user_seconds",
+    "CPU time in user mode (v2 cpu.stat user_usec)."
+);
+pub const CPU_SYSTEM_SECONDS: Family = crate::counter!(
+    "podstat_cpu_system_seconds",
+    "CPU time in kernel mode (v2 cpu.stat system_usec)."
+);
+pub const CPU_CORE_SCHED_FORCE_IDLE_SECONDS: Family = crate::counter!(
+    "podstat_cpu_core_sched_force_idle_seconds",
+    "Time SMT siblings were forced idle by core scheduling (v2 cpu.stat core_sched.force_idle_usec)."
+);
+pub const CPU_PERIODS: Family = crate::counter!(
+    "podstat_cpu_periods",
+    "CFS bandwidth periods that elapsed while the cgroup had runnable tasks (cpu.stat nr_periods)."
+);
+pub const CPU_THROTTLED_PERIODS: Family = crate::counter!(
+    "podstat_cpu_throttled_periods",
+    "CFS periods in which the cgroup was throttled at least once, for any length of time (cpu.stat nr_throttled)."
+);
+pub const CPU_THROTTLED_SECONDS: Family = crate::counter!(
+    "podstat_cpu_throttled_seconds",
+    "Time the cgroup's run queues spent throttled, summed over CPUs as the kernel counts it (v2 cpu.stat throttled_usec; v1 throttled_time)."
+);
+pub const CPU_THROTTLED_LOCAL_SECONDS: Family = crate::counter!(
+    "podstat_cpu_throttled_local_seconds",
+    "Throttled time caused by this cgroup's own limit, not an ancestor's (v2 cpu.stat.local throttled_usec, kernel 6.8+)."
+);
+pub const CPU_BURSTS: Family = crate::counter!(
+    "podstat_cpu_bursts",
+    "Periods in which the cgroup used burst quota beyond its limit (cpu.stat nr_bursts)."
+);
+pub const CPU_BURST_SECONDS: Family = crate::counter!(
+    "podstat_cpu_burst_seconds",
+    "CPU time used beyond the quota from accumulated burst (cpu.stat burst_usec; v1 burst_time)."
+);
+pub const CPU_LIMIT_CORES: Family = crate::gauge!(
+    "podstat_cpu_limit_cores",
+    "CFS quota divided by period, in cores (cpu.max; v1 cpu.cfs_quota_us / cpu.cfs_period_us). Absent when unlimited."
+);
+pub const CPU_PERIOD_SECONDS: Family = crate::gauge!(
+    "podstat_cpu_period_seconds",
+    "CFS bandwidth period (cpu.max second field; v1 cpu.cfs_period_us)."
+);
+pub const CPU_BURST_LIMIT_SECONDS: Family = crate::gauge!(
+    "podstat_cpu_burst_limit_seconds",
+    "CFS burst allowance per period (cpu.max.burst; v1 cpu.cfs_burst_us)."
+);
+pub const CPU_WEIGHT: Family = crate::gauge!(
+    "podstat_cpu_weight",
+    "CPU weight, 1..10000 (cpu.weight; v1 cpu.shares converted as 1 + (shares - 2) * 9999 / 262142)."
+);
+pub const CPU_PRESSURE_WAITING_SECONDS: Family = crate::counter!(
+    "podstat_cpu_pressure_waiting_seconds",
+    "Time at least one of the cgroup's tasks waited for a CPU (cpu.pressure some total)."
+);
+pub const CPU_PRESSURE_STALLED_SECONDS: Family = crate::counter!(
+    "podstat_cpu_pressure_stalled_seconds",
+    "Time all of the cgroup's non-idle tasks waited for a CPU at once (cpu.pressure full total)."
+);
+
+/// The families this collector exports, with how each value is read from a sample.
+pub const FAMILIES: &[(Family, Getter)] = &[
+    (CPU_USAGE_SECONDS, |s| s.stat.usage_ns.map(secs_ns)),
+    (CPU_USER_SECONDS, |s| s.stat.user_ns.map(secs_ns)),
+    (CPU_SYSTEM_SECONDS, |s| s.stat.system_ns.map(secs_ns)),
+    (CPU_CORE_SCHED_FORCE_IDLE_SECONDS, |s| {
+        s.stat.force_idle_ns.map(secs_ns)
+    }),
+    (CPU_PERIODS, |s| s.stat.nr_periods.map(float)),
+    (CPU_THROTTLED_PERIODS, |s| s.stat.nr_throttled.map(float)),
+    (CPU_THROTTLED_SECONDS, |s| s.stat.throttled_ns.map(secs_ns)),
+    (CPU_THROTTLED_LOCAL_SECONDS, |s| {
+        s.local_throttled_ns.map(secs_ns)
+    }),
+    (CPU_BURSTS, |s| s.stat.nr_bursts.map(float)),
+    (CPU_BURST_SECONDS, |s| s.stat.burst_ns.map(secs_ns)),
+    (CPU_LIMIT_CORES, |s| {
+        s.max.as_ref().and_then(|m| {
+            m.quota_us
+                .filter(|_| m.period_us > 0)
+                .map(|q| float(q) / float(m.period_us))
+        })
+    }),
+    (CPU_PERIOD_SECONDS, |s| {
+        s.max.as_ref().map(|m| secs_us(m.period_us))
+    }),
+    (CPU_BURST_LIMIT_SECONDS, |s| s.burst_us.map(secs_us)),
+    (CPU_WEIGHT, |s| s.weight.map(float)),
+    (CPU_PRESSURE_WAITING_SECONDS, |s| {
+        s.pressure
+            .as_ref()
+            .and_then(|p| p.some_total_us)
+            .map(secs_us)
+    }),
+    (CPU_PRESSURE_STALLED_SECONDS, |s| {
+        s.pressure
+            .as_ref()
+            .and_then(|p| p.full_total_us)
+            .map(secs_us)
+    }),
 ];
 
 /// Encodes the rows, family by family. Families with no value at all are left out.
@@ -282,17 +274,17 @@ pub fn encode_rows(
         encoding::EncodeMetric as _,
         metrics::{counter::ConstCounter, gauge::ConstGauge},
     };
-    for (name, kind, help, get) in FAMILIES {
+    for (family, get) in FAMILIES {
         if !rows.iter().any(|(_, s)| get(s).is_some()) {
             continue;
         }
-        let mut m = enc.encode_descriptor(name, help, None, *kind)?;
+        let mut m = family.encode(enc)?;
         for (target, sample) in rows {
             let Some(v) = get(sample) else { continue };
-            let family = m.encode_family(target)?;
-            match kind {
-                MetricType::Counter => ConstCounter::new(v).encode(family)?,
-                _ => ConstGauge::new(v).encode(family)?,
+            let f = m.encode_family(target)?;
+            match family.kind {
+                MetricType::Counter => ConstCounter::new(v).encode(f)?,
+                _ => ConstGauge::new(v).encode(f)?,
             }
         }
     }
@@ -316,12 +308,4 @@ impl Collect for CgroupCollector {
         tracing::debug!(gather = ?(t1 - t0), encode = ?t1.elapsed(), rows = rows.len(), "cgroup collector");
         Ok(())
     }
-}
-
-/// The exposed names of this collector's families (counters with their `_total`).
-pub fn family_names() -> impl Iterator<Item = String> {
-    FAMILIES.iter().map(|(name, kind, ..)| match kind {
-        MetricType::Counter => format!("{name}_total"),
-        _ => (*name).to_owned(),
-    })
 }

@@ -7,6 +7,7 @@
 //! `podstat_collector_duration_seconds` and `podstat_collector_errors_total`.
 
 pub mod cgroup;
+pub mod family;
 pub mod net;
 pub mod sched;
 pub mod throttle;
@@ -21,14 +22,45 @@ use std::{
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
-    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    metrics::{counter::ConstCounter, gauge::ConstGauge},
 };
 
 use crate::{
     cgroup::{CgroupError, ErrorCounts},
     identity::IdMap,
+    metric::Family,
     probe::{Absence, ProbeError, ProbeId, Probes, Status},
 };
+
+/// `podstat_collector_success`.
+pub const COLLECTOR_SUCCESS: Family = crate::gauge!(
+    "podstat_collector_success",
+    "1 if the collector succeeded in this scrape, 0 if it failed as a whole."
+);
+
+/// `podstat_collector_duration_seconds`.
+pub const COLLECTOR_DURATION_SECONDS: Family = crate::gauge!(
+    "podstat_collector_duration_seconds",
+    "Wall-clock time the collector took in this scrape."
+);
+
+/// `podstat_collector_supported`.
+pub const COLLECTOR_SUPPORTED: Family = crate::gauge!(
+    "podstat_collector_supported",
+    "1 if the enabled collector can run on this host; 0 if it is unsupported (the log says why)."
+);
+
+/// `podstat_collector_errors_total`.
+pub const COLLECTOR_ERRORS: Family = crate::counter!(
+    "podstat_collector_errors",
+    "Items a collector skipped since start (vanished cgroup, unreadable or malformed file, unknown field), by reason."
+);
+
+/// `podstat_build_info`.
+pub const BUILD: Family = crate::info_family!(
+    "podstat_build",
+    "podstat's version and the running kernel's release."
+);
 
 /// Everything a collector constructor may need.
 pub struct Context<'a> {
@@ -147,22 +179,13 @@ pub const COLLECTORS: &[Spec] = &[
     },
 ];
 
-/// The self-metrics every agent exports, by their exposed names (README reference test).
-pub const SELF_METRICS: &[&str] = &[
-    "podstat_node_context_switches_total",
-    "podstat_runqueue_latency_seconds",
-    "podstat_cpu_preemptions_total",
-    "podstat_cpu_preempted_by_pod_total",
-    "podstat_cpu_throttle_pause_seconds",
-    "podstat_cpu_quota_exhausted_after_seconds",
-    "podstat_cpu_throttle_runnable_threads",
-    "podstat_bpf_map_full_total",
-    "podstat_probe_attached",
-    "podstat_collector_success",
-    "podstat_collector_duration_seconds",
-    "podstat_collector_supported",
-    "podstat_collector_errors_total",
-    "podstat_build_info",
+/// The self-metrics every collector owes, exported by the [`Gatherer`].
+pub const SELF_FAMILIES: &[Family] = &[
+    COLLECTOR_SUCCESS,
+    COLLECTOR_DURATION_SECONDS,
+    COLLECTOR_SUPPORTED,
+    COLLECTOR_ERRORS,
+    BUILD,
 ];
 
 /// `Ok` if every probe in `probes` is attached, else why the collector cannot run.
@@ -280,31 +303,16 @@ impl Collector for Gatherer {
             }
         }
 
-        let mut m = encoder.encode_descriptor(
-            "podstat_collector_success",
-            "1 if the collector succeeded in this scrape, 0 if it failed as a whole.",
-            None,
-            MetricType::Gauge,
-        )?;
+        let mut m = COLLECTOR_SUCCESS.encode(&mut encoder)?;
         for (collector, ok, _) in &outcomes {
             ConstGauge::new(i64::from(*ok))
                 .encode(m.encode_family(&CollectorLabel { collector })?)?;
         }
-        let mut m = encoder.encode_descriptor(
-            "podstat_collector_duration_seconds",
-            "Wall-clock time the collector took in this scrape.",
-            None,
-            MetricType::Gauge,
-        )?;
+        let mut m = COLLECTOR_DURATION_SECONDS.encode(&mut encoder)?;
         for (collector, _, secs) in &outcomes {
             ConstGauge::new(*secs).encode(m.encode_family(&CollectorLabel { collector })?)?;
         }
-        let mut m = encoder.encode_descriptor(
-            "podstat_collector_supported",
-            "1 if the enabled collector can run on this host; 0 if it is unsupported (the log says why).",
-            None,
-            MetricType::Gauge,
-        )?;
+        let mut m = COLLECTOR_SUPPORTED.encode(&mut encoder)?;
         for (collector, slot) in &self.slots {
             let v = i64::from(matches!(slot, Slot::Ready(_)));
             ConstGauge::new(v).encode(m.encode_family(&CollectorLabel { collector })?)?;
@@ -315,23 +323,13 @@ impl Collector for Gatherer {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         if !totals.is_empty() {
-            let mut m = encoder.encode_descriptor(
-                "podstat_collector_errors",
-                "Items a collector skipped since start (vanished cgroup, unreadable or malformed file, unknown field), by reason.",
-                None,
-                MetricType::Counter,
-            )?;
+            let mut m = COLLECTOR_ERRORS.encode(&mut encoder)?;
             for ((collector, reason), n) in &totals {
                 ConstCounter::new(*n)
                     .encode(m.encode_family(&ErrorLabel { collector, reason })?)?;
             }
         }
-        let mut m = encoder.encode_descriptor(
-            "podstat_build",
-            "podstat's version and the running kernel's release.",
-            None,
-            MetricType::Info,
-        )?;
+        let mut m = BUILD.encode(&mut encoder)?;
         m.encode_info(&BuildInfo {
             version: env!("CARGO_PKG_VERSION"),
             kernel: self.kernel.clone(),

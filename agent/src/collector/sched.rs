@@ -4,20 +4,55 @@
 use std::{collections::HashMap, sync::Arc};
 
 use podstat_common::sched::{
-    BUCKETS, BY_OTHER_POD, BY_SAME_POD, BY_SYSTEM, Hist, INF_SLOT, PreemptPair, RUNQ_BOUNDS_NS,
-    SUM_SLOT, SWITCH_COUNT_MAP, SchedStats,
+    BY_OTHER_POD, BY_SAME_POD, BY_SYSTEM, PreemptPair, RUNQ_BOUNDS_NS, SWITCH_COUNT_MAP, SchedStats,
 };
 use prometheus_client::{
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet},
-    metrics::{MetricType, counter::ConstCounter},
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::counter::ConstCounter,
 };
 
-use super::{Collect, CollectError, Context, Unsupported};
+use super::{
+    Collect, CollectError, Context, Unsupported,
+    family::{PromHist, encode_hists, join, to_prom},
+};
 use crate::{
     cgroup::ErrorCounts,
     identity::{IdMap, Target},
+    metric::Family,
     probe::{ProbeId, Probes, sched::SchedProbe},
 };
+
+/// `podstat_node_context_switches_total`.
+pub const NODE_CONTEXT_SWITCHES: Family = crate::counter!(
+    "podstat_node_context_switches",
+    "Context switches on this CPU (tp_btf/sched_switch), counted in the kernel since the probe attached."
+);
+
+/// `podstat_cpu_preemptions_total`.
+pub const CPU_PREEMPTIONS: Family = crate::counter!(
+    "podstat_cpu_preemptions",
+    "Involuntary switch-outs of the container's tasks while still runnable, by who took the CPU: a task of the same pod, of another pod, or anything else (system)."
+);
+
+/// `podstat_cpu_preempted_by_pod_total`.
+pub const CPU_PREEMPTED_BY_POD: Family = crate::counter!(
+    "podstat_cpu_preempted_by_pod",
+    "Involuntary switch-outs of the container's tasks while still runnable because a task of another pod took the CPU, by that pod; the 3 pods with the most per container."
+);
+
+/// `podstat_runqueue_latency_seconds`.
+/// The families this collector exports.
+pub const FAMILIES: &[Family] = &[
+    NODE_CONTEXT_SWITCHES,
+    RUNQUEUE_LATENCY_SECONDS,
+    CPU_PREEMPTIONS,
+    CPU_PREEMPTED_BY_POD,
+];
+
+pub const RUNQUEUE_LATENCY_SECONDS: Family = crate::histogram!(
+    "podstat_runqueue_latency_seconds",
+    "Time the container's tasks waited on a run queue: from wakeup, or from an involuntary switch-out while runnable, to the next switch-in (eBPF sched_switch reading the kernel's sched_info, or sched_wakeup/sched_switch)."
+);
 
 #[derive(Debug)]
 pub struct SchedCollector {
@@ -89,67 +124,6 @@ pub fn preemptor_rows(
     rows
 }
 
-/// A kernel histogram in Prometheus terms: (sum, count, per-bucket counts with upper bounds).
-pub struct PromHist {
-    pub sum: f64,
-    pub count: u64,
-    pub buckets: Vec<(f64, u64)>,
-}
-
-/// Converts a kernel [`Hist`] with upper bounds `bounds` (in kernel units) to Prometheus
-/// buckets, dividing values by `scale` (1e9 for ns → s, 1 for counts).
-#[expect(
-    clippy::cast_precision_loss,
-    reason = "bounds and sums are far below 2^53"
-)]
-pub fn to_prom(h: &Hist, bounds: &[u64; BUCKETS], scale: f64) -> PromHist {
-    let mut buckets: Vec<(f64, u64)> = bounds
-        .iter()
-        .zip(h.iter())
-        .map(|(b, n)| (*b as f64 / scale, *n))
-        .collect();
-    buckets.push((f64::INFINITY, h[INF_SLOT]));
-    let count = h[..=INF_SLOT].iter().sum();
-    PromHist {
-        sum: h[SUM_SLOT] as f64 / scale,
-        count,
-        buckets,
-    }
-}
-
-/// Encodes one histogram family from `(labels, hist)` rows.
-pub fn encode_hists(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    rows: &[(Target, PromHist)],
-) -> Result<(), std::fmt::Error> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
-    for (t, h) in rows {
-        m.encode_family(t)?
-            .encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets, None)?;
-    }
-    Ok(())
-}
-
-/// Joins kernel aggregates keyed by cgroup id to their labels: entries of cgroups the identity
-/// does not know (gone, or not a pod) are dropped; rows come out sorted by pod and container.
-pub fn join<V>(identity: &IdMap, entries: impl IntoIterator<Item = (u64, V)>) -> Vec<(Target, V)> {
-    let mut rows: Vec<(Target, V)> = entries
-        .into_iter()
-        .filter_map(|(id, v)| identity.get(id).map(|t| (t, v)))
-        .collect();
-    rows.sort_by(|a, b| {
-        a.0.pod_uid
-            .cmp(&b.0.pod_uid)
-            .then_with(|| a.0.container_id.cmp(&b.0.container_id))
-    });
-    rows
-}
-
 impl SchedCollector {
     pub fn build(ctx: &Context<'_>) -> Result<Box<dyn Collect>, Unsupported> {
         super::require_probes(ctx, &[ProbeId::SchedSwitch])?;
@@ -204,28 +178,13 @@ impl Collect for SchedCollector {
             .map(|(t, s)| (t, s.preempted_by))
             .collect();
 
-        let mut m = enc.encode_descriptor(
-            "podstat_node_context_switches",
-            "Context switches on this CPU (tp_btf/sched_switch), counted in the kernel since the probe attached.",
-            None,
-            MetricType::Counter,
-        )?;
+        let mut m = NODE_CONTEXT_SWITCHES.encode(enc)?;
         for (cpu, n) in (0u32..).zip(per_cpu.iter()) {
             ConstCounter::new(*n).encode(m.encode_family(&CpuLabel { cpu })?)?;
         }
-        encode_hists(
-            enc,
-            "podstat_runqueue_latency_seconds",
-            "Time the container's tasks waited on a run queue: from wakeup, or from an involuntary switch-out while runnable, to the next switch-in (eBPF sched_switch reading the kernel's sched_info, or sched_wakeup/sched_switch).",
-            &runq,
-        )?;
+        encode_hists(enc, &RUNQUEUE_LATENCY_SECONDS, &runq)?;
         if !preempt.is_empty() {
-            let mut m = enc.encode_descriptor(
-                "podstat_cpu_preemptions",
-                "Involuntary switch-outs of the container's tasks while still runnable, by who took the CPU: a task of the same pod, of another pod, or anything else (system).",
-                None,
-                MetricType::Counter,
-            )?;
+            let mut m = CPU_PREEMPTIONS.encode(enc)?;
             for (target, by) in &preempt {
                 for (label, idx) in [
                     ("same_pod", BY_SAME_POD),
@@ -239,12 +198,7 @@ impl Collect for SchedCollector {
         }
         let by_pod = preemptor_rows(&self.identity, pairs);
         if !by_pod.is_empty() {
-            let mut m = enc.encode_descriptor(
-                "podstat_cpu_preempted_by_pod",
-                "Involuntary switch-outs of the container's tasks while still runnable because a task of another pod took the CPU, by that pod; the 3 pods with the most per container.",
-                None,
-                MetricType::Counter,
-            )?;
+            let mut m = CPU_PREEMPTED_BY_POD.encode(enc)?;
             for (victim, by, n) in &by_pod {
                 ConstCounter::new(*n).encode(m.encode_family(&(victim.clone(), by.clone()))?)?;
             }
@@ -256,6 +210,8 @@ impl Collect for SchedCollector {
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
+
+    use podstat_common::sched::{BUCKETS, Hist, INF_SLOT, SUM_SLOT};
 
     use super::*;
 

@@ -9,13 +9,39 @@ use prometheus_client::encoding::DescriptorEncoder;
 
 use super::{
     Collect, CollectError, Context, Unsupported,
-    sched::{encode_hists, join, to_prom},
+    family::{encode_hists, join, to_prom},
 };
 use crate::{
     cgroup::ErrorCounts,
     identity::IdMap,
+    metric::Family,
     probe::{ProbeId, Probes, throttle::ThrottleProbe},
 };
+
+/// `podstat_cpu_throttle_pause_seconds`.
+/// The families this collector exports.
+pub const FAMILIES: &[Family] = &[
+    CPU_THROTTLE_PAUSE_SECONDS,
+    CPU_QUOTA_EXHAUSTED_AFTER_SECONDS,
+    CPU_THROTTLE_RUNNABLE_THREADS,
+];
+
+pub const CPU_THROTTLE_PAUSE_SECONDS: Family = crate::histogram!(
+    "podstat_cpu_throttle_pause_seconds",
+    "Wall-clock length of each CFS throttle episode of the cgroup, from the first of its run queues throttling to the last unthrottling; once per episode, not per CPU (eBPF throttle_cfs_rq/unthrottle_cfs_rq)."
+);
+
+/// `podstat_cpu_quota_exhausted_after_seconds`.
+pub const CPU_QUOTA_EXHAUSTED_AFTER_SECONDS: Family = crate::histogram!(
+    "podstat_cpu_quota_exhausted_after_seconds",
+    "How far into the CFS period the cgroup's quota ran out (time from the period's start to the episode's first throttle)."
+);
+
+/// `podstat_cpu_throttle_runnable_threads`.
+pub const CPU_THROTTLE_RUNNABLE_THREADS: Family = crate::histogram!(
+    "podstat_cpu_throttle_runnable_threads",
+    "Threads of the cgroup that were running or runnable when its quota ran out (sum over the run queues that throttled in the episode)."
+);
 
 #[derive(Debug)]
 pub struct ThrottleCollector {
@@ -70,24 +96,9 @@ impl Collect for ThrottleCollector {
                 )
             })
             .collect();
-        encode_hists(
-            enc,
-            "podstat_cpu_throttle_pause_seconds",
-            "Wall-clock length of each CFS throttle episode of the cgroup, from the first of its run queues throttling to the last unthrottling; once per episode, not per CPU (eBPF throttle_cfs_rq/unthrottle_cfs_rq).",
-            &pause,
-        )?;
-        encode_hists(
-            enc,
-            "podstat_cpu_quota_exhausted_after_seconds",
-            "How far into the CFS period the cgroup's quota ran out (time from the period's start to the episode's first throttle).",
-            &after,
-        )?;
-        encode_hists(
-            enc,
-            "podstat_cpu_throttle_runnable_threads",
-            "Threads of the cgroup that were running or runnable when its quota ran out (sum over the run queues that throttled in the episode).",
-            &runnable,
-        )?;
+        encode_hists(enc, &CPU_THROTTLE_PAUSE_SECONDS, &pause)?;
+        encode_hists(enc, &CPU_QUOTA_EXHAUSTED_AFTER_SECONDS, &after)?;
+        encode_hists(enc, &CPU_THROTTLE_RUNNABLE_THREADS, &runnable)?;
         Ok(())
     }
 }

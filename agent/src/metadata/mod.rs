@@ -25,8 +25,28 @@ use std::{
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
-    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    metrics::{counter::ConstCounter, gauge::ConstGauge},
 };
+
+use crate::metric::Family;
+
+/// `podstat_metadata_up`.
+pub const METADATA_UP: Family = crate::gauge!(
+    "podstat_metadata_up",
+    "1 if the last refresh from the metadata provider succeeded, else 0 (names are then from the last good refresh)"
+);
+
+/// `podstat_metadata_refresh_failures_total`.
+pub const METADATA_REFRESH_FAILURES: Family = crate::counter!(
+    "podstat_metadata_refresh_failures",
+    "Refreshes from the metadata provider that failed or timed out"
+);
+
+/// `podstat_metadata_pods`.
+pub const METADATA_PODS: Family = crate::gauge!(
+    "podstat_metadata_pods",
+    "Pods the metadata provider named in its last good refresh"
+);
 
 /// Which provider names the pods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -183,12 +203,8 @@ impl Store {
     }
 }
 
-/// The metadata self-metrics, by their exposed names (README reference test).
-pub const METRICS: &[&str] = &[
-    "podstat_metadata_up",
-    "podstat_metadata_refresh_failures_total",
-    "podstat_metadata_pods",
-];
+/// The metadata self-metrics.
+pub const FAMILIES: &[Family] = &[METADATA_UP, METADATA_REFRESH_FAILURES, METADATA_PODS];
 
 /// The metadata self-metrics: `podstat_metadata_up`, `podstat_metadata_refresh_failures_total`
 /// and `podstat_metadata_pods`, all labelled by `provider`.
@@ -211,33 +227,15 @@ impl Collector for Metrics {
             (h.up, h.failures)
         };
         let pods = self.0.snapshot().pods.len();
-        ConstGauge::new(i64::from(up)).encode(
-            enc.encode_descriptor(
-                "podstat_metadata_up",
-                "1 if the last refresh from the metadata provider succeeded, else 0 (names are then from the last good refresh)",
-                None,
-                MetricType::Gauge,
-            )?
-            .encode_family(&labels)?,
-        )?;
+        ConstGauge::new(i64::from(up))
+            .encode(METADATA_UP.encode(&mut enc)?.encode_family(&labels)?)?;
         ConstCounter::new(failures).encode(
-            enc.encode_descriptor(
-                "podstat_metadata_refresh_failures",
-                "Refreshes from the metadata provider that failed or timed out",
-                None,
-                MetricType::Counter,
-            )?
-            .encode_family(&labels)?,
+            METADATA_REFRESH_FAILURES
+                .encode(&mut enc)?
+                .encode_family(&labels)?,
         )?;
-        ConstGauge::new(i64::try_from(pods).unwrap_or(i64::MAX)).encode(
-            enc.encode_descriptor(
-                "podstat_metadata_pods",
-                "Pods the metadata provider named in its last good refresh",
-                None,
-                MetricType::Gauge,
-            )?
-            .encode_family(&labels)?,
-        )?;
+        ConstGauge::new(i64::try_from(pods).unwrap_or(i64::MAX))
+            .encode(METADATA_PODS.encode(&mut enc)?.encode_family(&labels)?)?;
         Ok(())
     }
 }

@@ -6,21 +6,25 @@ use std::{fmt, sync::Arc};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
-    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    metrics::{counter::ConstCounter, gauge::ConstGauge},
 };
 
 use super::{Probes, Status};
+use crate::metric::Family;
 
-/// `podstat_probe_attached`: name and help.
-pub const PROBE_ATTACHED: (&str, &str) = (
+/// `podstat_probe_attached`.
+pub const PROBE_ATTACHED: Family = crate::gauge!(
     "podstat_probe_attached",
     "1 if the eBPF probe is loaded and attached, 0 if it failed (the log and `podstat check` say why); `via` is how it attached (for sched_switch, `tp_btf (sched_info)` when run-queue latency comes from the kernel's sched_info).",
 );
-/// `podstat_bpf_map_full_total`: name (without `_total`) and help.
-pub const BPF_MAP_FULL: (&str, &str) = (
+/// `podstat_bpf_map_full_total`.
+pub const BPF_MAP_FULL: Family = crate::counter!(
     "podstat_bpf_map_full",
     "Inserts into an eBPF map that failed because it was full: those events were not measured. Raise --probe.max-cgroups or --probe.max-waiting.",
 );
+
+/// The probes' self-metrics.
+pub const FAMILIES: &[Family] = &[PROBE_ATTACHED, BPF_MAP_FULL];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProbeLabel {
@@ -57,16 +61,14 @@ pub fn encode(probes: &Probes, enc: &mut DescriptorEncoder) -> Result<(), fmt::E
         })
         .collect();
     if !reported.is_empty() {
-        let (name, help) = PROBE_ATTACHED;
-        let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        let mut m = PROBE_ATTACHED.encode(enc)?;
         for (probe, v, via) in reported {
             ConstGauge::new(v).encode(m.encode_family(&ProbeLabel { probe, via })?)?;
         }
     }
     let overflows = probes.overflows();
     if !overflows.is_empty() {
-        let (name, help) = BPF_MAP_FULL;
-        let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+        let mut m = BPF_MAP_FULL.encode(enc)?;
         for (map, n) in overflows {
             ConstCounter::new(n).encode(m.encode_family(&MapLabel { map })?)?;
         }

@@ -1,8 +1,8 @@
 //! `podstat explain`: a diagnosis of one pod (or container) over an observation window, in
 //! plain language with a number for every claim, and a recommendation when one is clear.
 //!
-//! The thresholds that turn numbers into findings are the `pub const`s below (also in the
-//! README): below all of them, the diagnosis says nothing is wrong.
+//! The thresholds that turn numbers into findings are the `pub const`s below (`--help` and
+//! the docs print them from here): below all of them, the diagnosis says nothing is wrong.
 
 use std::fmt::Write as _;
 
@@ -36,6 +36,35 @@ pub const STEERING_REMOTE_SHARE_MIN: f64 = 0.25;
 pub const STEERING_MIN_PACKETS: f64 = 1000.0;
 /// …or when the pod's flows moved CPUs at least this often per second.
 pub const FLOW_MIGRATIONS_MIN_RATE: f64 = 50.0;
+
+/// `podstat explain --help`: the findings with the thresholds above, so the help cannot drift
+/// from the code.
+pub fn long_about() -> String {
+    let pct = |share: f64| share * 100.0;
+    format!(
+        "Observe one pod (by name, namespace/name, uid or cgroup path) for --duration, then \
+explain in plain language, with a number for each claim, whether it is slow because of CPU \
+throttling, noisy neighbours or receive steering, and what to change. Says so when nothing is \
+wrong.\n\n\
+Findings (below all of them: nothing wrong): throttling when the cgroup was throttled in at \
+least {}% of its periods or lost at least {}% of wall time to pauses; noisy neighbours when its \
+threads waited at least {} s per second in all, with a run-queue p99 of at least {} ms, and at \
+least {}% of its preemptions came from other pods (or the system, when not throttled); \
+steering when at least {}% of {}+ packets were handled outside the reader's LLC, or flows moved \
+CPUs {}+ times a second.\n\n\
+Recommendation, with N threads runnable when a quota of L cores ran out: N > L: size the \
+CPU-bound pool to max(1, floor(L)) threads, or raise the limit to ceil(N) cores, or drop the \
+limit for a latency-sensitive pod; N <= L: raise the limit (or allow a burst), or drop it.",
+        pct(THROTTLED_PERIODS_MIN),
+        pct(THROTTLED_WALL_MIN),
+        RUNQ_WAIT_SHARE_MIN,
+        RUNQ_P99_MIN * 1000.0,
+        pct(NEIGHBOUR_PREEMPT_SHARE_MIN),
+        pct(STEERING_REMOTE_SHARE_MIN),
+        STEERING_MIN_PACKETS,
+        FLOW_MIGRATIONS_MIN_RATE,
+    )
+}
 
 /// What `explain` was asked about, resolved against a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -11,6 +11,23 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::expo::Sample;
+use crate::{
+    collector::{cgroup, net::steering, sched, throttle},
+    probe::metrics::PROBE_ATTACHED,
+};
+
+// The exposed names this model reads, from the families' declarations.
+const PROBE: &str = PROBE_ATTACHED.exposed;
+const USAGE: &str = cgroup::CPU_USAGE_SECONDS.exposed;
+const PERIODS: &str = cgroup::CPU_PERIODS.exposed;
+const THROTTLED_PERIODS: &str = cgroup::CPU_THROTTLED_PERIODS.exposed;
+const THROTTLED_SECONDS: &str = cgroup::CPU_THROTTLED_SECONDS.exposed;
+const LIMIT_CORES: &str = cgroup::CPU_LIMIT_CORES.exposed;
+const PERIOD_SECONDS: &str = cgroup::CPU_PERIOD_SECONDS.exposed;
+const PREEMPTIONS: &str = sched::CPU_PREEMPTIONS.exposed;
+const PREEMPTED_BY_POD: &str = sched::CPU_PREEMPTED_BY_POD.exposed;
+const STEERING: &str = steering::NET_RX_STEERING_PACKETS.exposed;
+const MIGRATIONS: &str = steering::NET_FLOW_MIGRATIONS.exposed;
 
 /// A histogram from the exposition: (upper bound, cumulative count) sorted by bound, sum, count.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -170,10 +187,10 @@ pub struct Snapshot {
 
 /// The histogram families, and which field of [`Cgroup`] each fills.
 const HISTS: [&str; 4] = [
-    "podstat_runqueue_latency_seconds",
-    "podstat_cpu_throttle_pause_seconds",
-    "podstat_cpu_quota_exhausted_after_seconds",
-    "podstat_cpu_throttle_runnable_threads",
+    sched::RUNQUEUE_LATENCY_SECONDS.exposed,
+    throttle::CPU_THROTTLE_PAUSE_SECONDS.exposed,
+    throttle::CPU_QUOTA_EXHAUSTED_AFTER_SECONDS.exposed,
+    throttle::CPU_THROTTLE_RUNNABLE_THREADS.exposed,
 ];
 
 fn hist_slot(c: &mut Cgroup, family: usize) -> &mut Option<Hist> {
@@ -214,7 +231,7 @@ impl Snapshot {
                     d.arfs = Some(s.value > 0.0);
                     continue;
                 }
-                "podstat_probe_attached" => {
+                PROBE => {
                     snap.probes
                         .insert(s.label("probe").to_owned(), s.value > 0.0);
                     continue;
@@ -254,13 +271,13 @@ impl Snapshot {
 fn record(c: &mut Cgroup, s: &Sample) {
     let v = s.value;
     match s.name.as_str() {
-        "podstat_cpu_usage_seconds_total" => c.usage_seconds = Some(v),
-        "podstat_cpu_periods_total" => c.periods = Some(v),
-        "podstat_cpu_throttled_periods_total" => c.throttled_periods = Some(v),
-        "podstat_cpu_throttled_seconds_total" => c.throttled_seconds = Some(v),
-        "podstat_cpu_limit_cores" => c.limit_cores = Some(v),
-        "podstat_cpu_period_seconds" => c.period_seconds = Some(v),
-        "podstat_cpu_preemptions_total" => {
+        USAGE => c.usage_seconds = Some(v),
+        PERIODS => c.periods = Some(v),
+        THROTTLED_PERIODS => c.throttled_periods = Some(v),
+        THROTTLED_SECONDS => c.throttled_seconds = Some(v),
+        LIMIT_CORES => c.limit_cores = Some(v),
+        PERIOD_SECONDS => c.period_seconds = Some(v),
+        PREEMPTIONS => {
             let by = c.preempted.get_or_insert([0.0; 3]);
             match s.label("by") {
                 "same_pod" => by[SAME_POD] = v,
@@ -269,7 +286,7 @@ fn record(c: &mut Cgroup, s: &Sample) {
                 _ => {}
             }
         }
-        "podstat_cpu_preempted_by_pod_total" => {
+        PREEMPTED_BY_POD => {
             let uid = s.label("preemptor_pod_uid").to_owned();
             c.preempted_by_pod.insert(
                 uid.clone(),
@@ -281,12 +298,12 @@ fn record(c: &mut Cgroup, s: &Sample) {
                 },
             );
         }
-        "podstat_net_rx_steering_packets_total" => {
+        STEERING => {
             if let Some(i) = LOCALITIES.iter().position(|l| *l == s.label("locality")) {
                 c.steering.get_or_insert([0.0; 4])[i] = v;
             }
         }
-        "podstat_net_flow_migrations_total" => c.flow_migrations = Some(v),
+        MIGRATIONS => c.flow_migrations = Some(v),
         name => {
             for (family, base) in HISTS.iter().enumerate() {
                 let Some(suffix) = name.strip_prefix(base) else {

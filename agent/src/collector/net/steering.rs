@@ -6,15 +6,46 @@ use std::collections::BTreeMap;
 use podstat_common::net::{LOCALITY_NAMES, NO_QUEUE};
 use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
-    metrics::{MetricType, counter::ConstCounter},
+    metrics::counter::ConstCounter,
 };
 
 use super::Device;
 use crate::{
-    collector::sched::join,
+    collector::family::join,
     identity::IdMap,
+    metric::Family,
     probe::{ProbeId, Probes, net::NetProbe},
 };
+
+/// `podstat_net_rx_steering_packets_total`.
+pub const NET_RX_STEERING_PACKETS: Family = crate::counter!(
+    "podstat_net_rx_steering_packets",
+    "Packets queued to the container's sockets, by where the softirq that queued them ran relative to the CPU the socket's reader last consumed data on: same_cpu, same_llc (another CPU sharing the last-level cache), same_node, remote_node (eBPF sk_data_ready or tcp_probe vs sock_recv_length or tcp_rcv_space_adjust)."
+);
+
+/// `podstat_net_flow_migrations_total`.
+pub const NET_FLOW_MIGRATIONS: Family = crate::counter!(
+    "podstat_net_flow_migrations",
+    "Reads by the container on a socket that happened on another CPU than the socket's previous read: the thread movement that makes RFS and aRFS re-steer the flow."
+);
+
+/// `podstat_net_rx_queue_packets_total`.
+pub const NET_RX_QUEUE_PACKETS: Family = crate::counter!(
+    "podstat_net_rx_queue_packets",
+    "Packets the CPU processed from the device's receive queue (eBPF netif_receive_skb; queue \"none\" when the driver records none), devices of podstat's network namespace."
+);
+
+/// `podstat_net_arfs_steer_requests_total`.
+pub const NET_ARFS_STEER_REQUESTS: Family = crate::counter!(
+    "podstat_net_arfs_steer_requests",
+    "Calls of the driver's ndo_rx_flow_steer: the kernel asked the NIC to steer a flow to the queue of the reader's CPU (aRFS rule installed or moved)."
+);
+
+/// `podstat_net_arfs_expiries_total`.
+pub const NET_ARFS_EXPIRIES: Family = crate::counter!(
+    "podstat_net_arfs_expiries",
+    "rps_may_expire_flow calls that allowed the driver to remove an aRFS rule (device \"all\" when only a kretprobe could attach)."
+);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LocalityLabel {
@@ -76,12 +107,7 @@ pub fn encode(
 
     let reader = probes.attached(ProbeId::NetReader);
     if reader && probes.attached(ProbeId::NetSoftirq) {
-        let mut m = enc.encode_descriptor(
-            "podstat_net_rx_steering_packets",
-            "Packets queued to the container's sockets, by where the softirq that queued them ran relative to the CPU the socket's reader last consumed data on: same_cpu, same_llc (another CPU sharing the last-level cache), same_node, remote_node (eBPF sk_data_ready or tcp_probe vs sock_recv_length or tcp_rcv_space_adjust).",
-            None,
-            MetricType::Counter,
-        )?;
+        let mut m = NET_RX_STEERING_PACKETS.encode(enc)?;
         for (target, s) in &stats {
             for (locality, n) in LOCALITY_NAMES.iter().zip(s.locality) {
                 ConstCounter::new(n)
@@ -90,23 +116,13 @@ pub fn encode(
         }
     }
     if reader {
-        let mut m = enc.encode_descriptor(
-            "podstat_net_flow_migrations",
-            "Reads by the container on a socket that happened on another CPU than the socket's previous read: the thread movement that makes RFS and aRFS re-steer the flow.",
-            None,
-            MetricType::Counter,
-        )?;
+        let mut m = NET_FLOW_MIGRATIONS.encode(enc)?;
         for (target, s) in &stats {
             ConstCounter::new(s.migrations).encode(m.encode_family(target)?)?;
         }
     }
     if probes.attached(ProbeId::NetRxQueue) {
-        let mut m = enc.encode_descriptor(
-            "podstat_net_rx_queue_packets",
-            "Packets the CPU processed from the device's receive queue (eBPF netif_receive_skb; queue \"none\" when the driver records none), devices of podstat's network namespace.",
-            None,
-            MetricType::Counter,
-        )?;
+        let mut m = NET_RX_QUEUE_PACKETS.encode(enc)?;
         for ((device, queue, cpu), n) in rxq {
             ConstCounter::new(n).encode(m.encode_family(&QueueCpuLabels {
                 device,
@@ -123,23 +139,13 @@ pub fn encode(
                 device_name(devices, ifindex)
             }
         };
-        let mut m = enc.encode_descriptor(
-            "podstat_net_arfs_steer_requests",
-            "Calls of the driver's ndo_rx_flow_steer: the kernel asked the NIC to steer a flow to the queue of the reader's CPU (aRFS rule installed or moved).",
-            None,
-            MetricType::Counter,
-        )?;
+        let mut m = NET_ARFS_STEER_REQUESTS.encode(enc)?;
         for (ifindex, s) in &arfs {
             ConstCounter::new(s.steer).encode(m.encode_family(&DeviceLabel {
                 device: name(*ifindex),
             })?)?;
         }
-        let mut m = enc.encode_descriptor(
-            "podstat_net_arfs_expiries",
-            "rps_may_expire_flow calls that allowed the driver to remove an aRFS rule (device \"all\" when only a kretprobe could attach).",
-            None,
-            MetricType::Counter,
-        )?;
+        let mut m = NET_ARFS_EXPIRIES.encode(enc)?;
         for (ifindex, s) in &arfs {
             ConstCounter::new(s.expire).encode(m.encode_family(&DeviceLabel {
                 device: name(*ifindex),
