@@ -186,7 +186,7 @@ pub struct ProbeArgs {
     /// Pod and container cgroups the probes track at once; sizes the per-cgroup eBPF maps
     /// (about 0.6 KiB of kernel memory per cgroup). Beyond it, cgroups are not measured and
     /// podstat_bpf_map_full_total{map="known"} counts them.
-    #[arg(long = "probe.max-cgroups", value_name = "N", default_value_t = podstat_common::sched::DEFAULT_MAX_CGROUPS)]
+    #[arg(long = "probe.max-cgroups", value_name = "N", default_value_t = podstat_common::kernel::DEFAULT_MAX_CGROUPS)]
     pub max_cgroups: u32,
     /// Threads in pod cgroups the run-queue probe keeps state for: in wakeup mode every thread
     /// from its first wait until it exits (48 bytes each; beyond it,

@@ -9,7 +9,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray},
 };
-use podstat_common::sched::{
+use podstat_common::kernel::{
     DEFAULT_MAX_CGROUPS, HIST_SLOTS, Hist, Known, MAP_NAMES, Offsets, SUM_SLOT,
 };
 

@@ -22,12 +22,12 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, FExitContext, ProbeContext, RetProbeContext},
 };
 use podstat_common::{
+    kernel::DEFAULT_MAX_CGROUPS,
     net::{
         ArfsStats, DEFAULT_MAX_SOCKETS, MAX_ARFS_DEVICES, MAX_CPUS, MAX_RX_QUEUES, NET_MAP_ARFS,
         NET_MAP_NAMES, NET_MAP_RX_QUEUE, NET_MAP_STATS, NO_QUEUE, NetOffsets, NetStats, Place,
         REMOTE_NODE, Reader, RxQueueKey, SAME_CPU, SAME_LLC, SAME_NODE,
     },
-    sched::DEFAULT_MAX_CGROUPS,
 };
 
 use crate::kernel::{KNOWN, atomic_add, load, read};

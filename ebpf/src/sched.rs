@@ -23,10 +23,13 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray},
     programs::BtfTracePointContext,
 };
-use podstat_common::sched::{
-    BY_OTHER_POD, BY_SAME_POD, BY_SYSTEM, DEFAULT_MAX_PREEMPT_PAIRS, DEFAULT_MAX_WAITING, Known,
-    MAP_PREEMPT_PAIRS, MAP_WAIT, Offsets, PreemptPair, RUNQ_BOUNDS_NS, RUNQ_MODE_SCHED_INFO,
-    THROTTLE_GATE_NS, THROTTLE_MODE_SWITCH, Wait, bucket_of,
+use podstat_common::{
+    kernel::{Known, MAP_PREEMPT_PAIRS, MAP_WAIT, Offsets, bucket_of},
+    sched::{
+        BY_OTHER_POD, BY_SAME_POD, BY_SYSTEM, DEFAULT_MAX_PREEMPT_PAIRS, DEFAULT_MAX_WAITING,
+        PreemptPair, RUNQ_BOUNDS_NS, RUNQ_MODE_SCHED_INFO, Wait,
+    },
+    throttle::{THROTTLE_GATE_NS, THROTTLE_MODE_SWITCH},
 };
 
 use crate::{

@@ -30,9 +30,9 @@ use aya_ebpf::{
     maps::{Array, HashMap},
     programs::{FEntryContext, FExitContext, ProbeContext},
 };
-use podstat_common::sched::{
-    DEFAULT_MAX_CGROUPS, HIST_SLOTS, MAP_THROTTLE_STATS, Offsets, PERIOD_BOUNDS_NS, THREAD_BOUNDS,
-    THROTTLE_MODE_HOOKS, ThrottleStats, bucket_of,
+use podstat_common::{
+    kernel::{DEFAULT_MAX_CGROUPS, HIST_SLOTS, MAP_THROTTLE_STATS, Offsets, bucket_of},
+    throttle::{PERIOD_BOUNDS_NS, THREAD_BOUNDS, THROTTLE_MODE_HOOKS, ThrottleStats},
 };
 
 use crate::kernel::{KNOWN, cgroup_kn_id, get_or_insert, now_ns, observe, offsets, read};

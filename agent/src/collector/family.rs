@@ -2,7 +2,7 @@
 //! kernel aggregates to pod labels, and the list of every metric family podstat exports (read
 //! by the docs test and the dashboards' test).
 
-use podstat_common::sched::{BUCKETS, Hist, INF_SLOT, SUM_SLOT};
+use podstat_common::kernel::{BUCKETS, Hist, INF_SLOT, SUM_SLOT};
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 
 use crate::{

@@ -211,7 +211,7 @@ impl Collect for SchedCollector {
 mod tests {
     use std::collections::HashMap;
 
-    use podstat_common::sched::{BUCKETS, Hist, INF_SLOT, SUM_SLOT};
+    use podstat_common::kernel::{BUCKETS, Hist, INF_SLOT, SUM_SLOT};
 
     use super::*;
 
@@ -288,7 +288,7 @@ mod tests {
 
     #[test]
     fn kernel_hist_converts_to_seconds() {
-        let mut h: Hist = [0; podstat_common::sched::HIST_SLOTS];
+        let mut h: Hist = [0; podstat_common::kernel::HIST_SLOTS];
         h[0] = 2; // ≤ 5 µs
         h[3] = 1; // ≤ 50 µs
         h[INF_SLOT] = 1;

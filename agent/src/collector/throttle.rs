@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use podstat_common::sched::{PERIOD_BOUNDS_NS, THREAD_BOUNDS};
+use podstat_common::throttle::{PERIOD_BOUNDS_NS, THREAD_BOUNDS};
 use prometheus_client::encoding::DescriptorEncoder;
 
 use super::{

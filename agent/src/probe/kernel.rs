@@ -15,7 +15,7 @@ use aya::{
     maps::{HashMap, Map, MapData, MapError, PerCpuArray},
     programs::{BtfTracePoint, FEntry, FExit, KProbe},
 };
-use podstat_common::sched::{self as common, Known, Offsets};
+use podstat_common::kernel::{KNOWN_MAP, Known, MAP_FULL_MAP, Offsets};
 
 use super::{ProbeError, btf::KernelBtf, error::Attempts};
 use crate::identity::{Diff, Subscriber};
@@ -244,8 +244,8 @@ impl Shared {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, ProbeError> {
         Ok(Self {
             maps: Mutex::new(SharedMaps {
-                known: take(ebpf, common::KNOWN_MAP)?,
-                map_full: take(ebpf, common::MAP_FULL_MAP)?,
+                known: take(ebpf, KNOWN_MAP)?,
+                map_full: take(ebpf, MAP_FULL_MAP)?,
             }),
             known_full: AtomicU64::new(0),
         })

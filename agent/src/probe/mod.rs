@@ -22,7 +22,10 @@ pub mod throttle;
 use std::{any::Any, collections::HashSet, fmt, path::Path, sync::Arc};
 
 use aya::{Btf, Ebpf, EbpfLoader};
-use podstat_common::sched::{self as common, Offsets};
+use podstat_common::{
+    kernel::{DEFAULT_MAX_CGROUPS, KNOWN_MAP, OFFSETS_GLOBAL, Offsets},
+    sched::{DEFAULT_MAX_PREEMPT_PAIRS, DEFAULT_MAX_WAITING},
+};
 
 use self::{btf::KernelBtf, kernel::Shared};
 pub use self::{
@@ -145,9 +148,9 @@ impl Default for Wanted {
             throttle: true,
             net: true,
             net_legacy_hooks: false,
-            max_cgroups: common::DEFAULT_MAX_CGROUPS,
-            max_waiting: common::DEFAULT_MAX_WAITING,
-            max_preempt_pairs: common::DEFAULT_MAX_PREEMPT_PAIRS,
+            max_cgroups: DEFAULT_MAX_CGROUPS,
+            max_waiting: DEFAULT_MAX_WAITING,
+            max_preempt_pairs: DEFAULT_MAX_PREEMPT_PAIRS,
             runqueue: RunqueueMode::Auto,
         }
     }
@@ -332,8 +335,8 @@ impl Probes {
         let mut loader = EbpfLoader::new();
         loader
             .btf(Some(&btf))
-            .override_global(common::OFFSETS_GLOBAL, &offsets, true)
-            .map_max_entries(common::KNOWN_MAP, wanted.max_cgroups);
+            .override_global(OFFSETS_GLOBAL, &offsets, true)
+            .map_max_entries(KNOWN_MAP, wanted.max_cgroups);
         for unit in &self.units {
             unit.configure(&mut loader, wanted);
         }
@@ -424,6 +427,8 @@ impl Subscriber for Probes {
 
 #[cfg(test)]
 mod tests {
+    use podstat_common::sched::RUNQ_MODE_WAKEUP;
+
     use super::*;
 
     /// This kernel's BTF and the offsets every unit resolves from it, with the throttle and
@@ -454,8 +459,7 @@ mod tests {
         let (k, o, throttle, _) = running_kernel();
         assert_eq!(o.valid, 1);
         assert_eq!(
-            o.sched_info,
-            common::RUNQ_MODE_WAKEUP,
+            o.sched_info, RUNQ_MODE_WAKEUP,
             "the loader, not the resolver, picks the mode"
         );
         throttle.expect("CFS bandwidth offsets");

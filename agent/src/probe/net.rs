@@ -15,8 +15,8 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap},
 };
 use podstat_common::{
+    kernel::Offsets,
     net::{self as common, ArfsStats, NetOffsets, NetStats, Place, RxQueueKey},
-    sched::Offsets,
 };
 
 use super::{

@@ -13,7 +13,14 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray},
 };
-use podstat_common::sched::{self as common, MAP_NAMES, Offsets, PreemptPair};
+use podstat_common::{
+    kernel::{MAP_NAMES, MAP_PREEMPT_PAIRS, MAP_WAIT, Offsets},
+    sched::{
+        PREEMPT_PAIRS_MAP, PreemptPair, RUNQ_MODE_SCHED_INFO, SCHED_EXIT_PROG, SCHED_SWITCH_PROG,
+        SCHED_WAKEUP_NEW_PROG, SCHED_WAKEUP_PROG, SWITCH_COUNT_MAP, WAIT_MAP,
+    },
+    throttle::THROTTLED_TASKS_MAP,
+};
 
 use super::{
     AttachEnv, Probe, ProbeError, ProbeId, Report, RunqueueMode, Status, Wanted,
@@ -178,7 +185,7 @@ impl Probe for SchedProbe {
         }
         let mode = choose_runqueue_mode(wanted.runqueue, fields).map_err(Arc::new);
         if matches!(mode, Ok(true)) {
-            offsets.sched_info = common::RUNQ_MODE_SCHED_INFO;
+            offsets.sched_info = RUNQ_MODE_SCHED_INFO;
         }
         self.mode = Some(mode);
     }
@@ -187,27 +194,23 @@ impl Probe for SchedProbe {
         let sched_info = self.sched_info();
         loader
             // sched_info mode keeps no wait records; only throttled tasks get a record.
+            .map_max_entries(WAIT_MAP, if sched_info { 1 } else { wanted.max_waiting })
             .map_max_entries(
-                common::WAIT_MAP,
-                if sched_info { 1 } else { wanted.max_waiting },
-            )
-            .map_max_entries(
-                common::THROTTLED_TASKS_MAP,
+                THROTTLED_TASKS_MAP,
                 if sched_info { wanted.max_waiting } else { 1 },
             )
-            .map_max_entries(common::PREEMPT_PAIRS_MAP, wanted.max_preempt_pairs);
+            .map_max_entries(PREEMPT_PAIRS_MAP, wanted.max_preempt_pairs);
     }
 
     fn attach(&mut self, ebpf: &mut Ebpf, env: &AttachEnv<'_>, report: &mut Report) {
         match &self.mode {
             Some(Err(why)) => report.fail(IDS, why),
             Some(Ok(true)) => {
-                let status =
-                    attach_tp_btf(ebpf, common::SCHED_SWITCH_PROG, "sched_switch", env.btf)
-                        .map_or_else(
-                            |e| Status::Failed(Arc::new(e)),
-                            |()| Status::Attached(SCHED_INFO_ATTACH),
-                        );
+                let status = attach_tp_btf(ebpf, SCHED_SWITCH_PROG, "sched_switch", env.btf)
+                    .map_or_else(
+                        |e| Status::Failed(Arc::new(e)),
+                        |()| Status::Attached(SCHED_INFO_ATTACH),
+                    );
                 report.record(ProbeId::SchedSwitch, status);
                 for probe in &IDS[1..] {
                     report.record(*probe, Status::NotNeeded(NOT_NEEDED_SCHED_INFO));
@@ -215,24 +218,16 @@ impl Probe for SchedProbe {
             }
             Some(Ok(false)) | None => {
                 for (probe, prog, tp) in [
-                    (
-                        ProbeId::SchedSwitch,
-                        common::SCHED_SWITCH_PROG,
-                        "sched_switch",
-                    ),
-                    (
-                        ProbeId::SchedWakeup,
-                        common::SCHED_WAKEUP_PROG,
-                        "sched_wakeup",
-                    ),
+                    (ProbeId::SchedSwitch, SCHED_SWITCH_PROG, "sched_switch"),
+                    (ProbeId::SchedWakeup, SCHED_WAKEUP_PROG, "sched_wakeup"),
                     (
                         ProbeId::SchedWakeupNew,
-                        common::SCHED_WAKEUP_NEW_PROG,
+                        SCHED_WAKEUP_NEW_PROG,
                         "sched_wakeup_new",
                     ),
                     (
                         ProbeId::SchedProcessExit,
-                        common::SCHED_EXIT_PROG,
+                        SCHED_EXIT_PROG,
                         "sched_process_exit",
                     ),
                 ] {
@@ -248,8 +243,8 @@ impl Probe for SchedProbe {
 
     fn take_maps(&mut self, ebpf: &mut Ebpf) -> Result<(), ProbeError> {
         self.maps = Some(Mutex::new(SchedMaps {
-            switches: kernel::take(ebpf, common::SWITCH_COUNT_MAP)?,
-            preempt_pairs: kernel::take(ebpf, common::PREEMPT_PAIRS_MAP)?,
+            switches: kernel::take(ebpf, SWITCH_COUNT_MAP)?,
+            preempt_pairs: kernel::take(ebpf, PREEMPT_PAIRS_MAP)?,
         }));
         Ok(())
     }
@@ -272,7 +267,7 @@ impl Probe for SchedProbe {
     }
 
     fn overflows(&self, shared: &Shared) -> Vec<(&'static str, u64)> {
-        [common::MAP_WAIT, common::MAP_PREEMPT_PAIRS]
+        [MAP_WAIT, MAP_PREEMPT_PAIRS]
             .into_iter()
             .filter_map(|slot| {
                 let name = MAP_NAMES.get(usize::try_from(slot).ok()?)?;

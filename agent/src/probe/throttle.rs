@@ -13,7 +13,15 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData},
 };
-use podstat_common::sched::{self as common, MAP_NAMES, Offsets, ThrottleStats};
+use podstat_common::{
+    kernel::{MAP_NAMES, MAP_THROTTLE_STATS, Offsets},
+    sched::SCHED_SWITCH_PROG,
+    throttle::{
+        THROTTLE_FEXIT_PROG, THROTTLE_KPROBE_PROG, THROTTLE_MODE_HOOKS, THROTTLE_MODE_MAP,
+        THROTTLE_MODE_OFF, THROTTLE_MODE_SWITCH, THROTTLE_STATS_MAP, ThrottleStats,
+        UNTHROTTLE_FENTRY_PROG, UNTHROTTLE_KPROBE_PROG,
+    },
+};
 
 use super::{
     AttachEnv, Attempts, Probe, ProbeError, ProbeId, Report, Status, Wanted,
@@ -81,7 +89,7 @@ pub fn resolve_fields(k: &KernelBtf, o: &mut Offsets) -> Result<(), BtfError> {
 }
 
 fn set_throttle_mode(ebpf: &mut Ebpf, mode: u32) -> Result<(), ProbeError> {
-    let name = common::THROTTLE_MODE_MAP;
+    let name = THROTTLE_MODE_MAP;
     let map = ebpf.map_mut(name).ok_or(ProbeError::MissingMap(name))?;
     let mut array: Array<&mut MapData, u32> =
         Array::try_from(map).map_err(|source| ProbeError::Map { name, source })?;
@@ -99,9 +107,9 @@ impl ThrottleProbe {
             &FnHook {
                 func: "throttle_cfs_rq",
                 has_btf_func: self.btf_funcs.0,
-                prog: common::THROTTLE_FEXIT_PROG,
+                prog: THROTTLE_FEXIT_PROG,
                 hook: Hook::FExit,
-                kprobe_prog: common::THROTTLE_KPROBE_PROG,
+                kprobe_prog: THROTTLE_KPROBE_PROG,
             },
         );
         let u = kernel::attach_fn(
@@ -110,16 +118,16 @@ impl ThrottleProbe {
             &FnHook {
                 func: "unthrottle_cfs_rq",
                 has_btf_func: self.btf_funcs.1,
-                prog: common::UNTHROTTLE_FENTRY_PROG,
+                prog: UNTHROTTLE_FENTRY_PROG,
                 hook: Hook::FEntry,
-                kprobe_prog: common::UNTHROTTLE_KPROBE_PROG,
+                kprobe_prog: UNTHROTTLE_KPROBE_PROG,
             },
         );
         match (t, u) {
             (Ok(t), Ok(u)) => {
                 report.record(ProbeId::CfsThrottle, Status::Attached(t));
                 report.record(ProbeId::CfsUnthrottle, Status::Attached(u));
-                common::THROTTLE_MODE_HOOKS
+                THROTTLE_MODE_HOOKS
             }
             (t, u) => {
                 // The kernel refuses fentry/fexit and has no kprobes (or the functions are
@@ -127,16 +135,15 @@ impl ThrottleProbe {
                 let why = Attempts([t.err(), u.err()].into_iter().flatten().collect());
                 tracing::info!(reasons = %why, "throttle hooks unavailable; detecting throttling from sched_switch");
                 let switch_ok = report.attached(ProbeId::SchedSwitch)
-                    || attach_tp_btf(ebpf, common::SCHED_SWITCH_PROG, "sched_switch", env.btf)
-                        .is_ok();
+                    || attach_tp_btf(ebpf, SCHED_SWITCH_PROG, "sched_switch", env.btf).is_ok();
                 if switch_ok {
                     for p in IDS {
                         report.record(*p, Status::Attached("tp_btf/sched_switch"));
                     }
-                    common::THROTTLE_MODE_SWITCH
+                    THROTTLE_MODE_SWITCH
                 } else {
                     report.fail(IDS, &Arc::new(ProbeError::NoThrottleHook(why)));
-                    common::THROTTLE_MODE_OFF
+                    THROTTLE_MODE_OFF
                 }
             }
         }
@@ -167,7 +174,7 @@ impl Probe for ThrottleProbe {
     }
 
     fn configure<'a>(&'a self, loader: &mut EbpfLoader<'a>, wanted: &Wanted) {
-        loader.map_max_entries(common::THROTTLE_STATS_MAP, wanted.max_cgroups);
+        loader.map_max_entries(THROTTLE_STATS_MAP, wanted.max_cgroups);
     }
 
     fn attach(&mut self, ebpf: &mut Ebpf, env: &AttachEnv<'_>, report: &mut Report) {
@@ -175,9 +182,9 @@ impl Probe for ThrottleProbe {
             Some(Ok(())) => self.attach_chain(ebpf, env, report),
             Some(Err(why)) => {
                 report.fail(IDS, why);
-                common::THROTTLE_MODE_OFF
+                THROTTLE_MODE_OFF
             }
-            None => common::THROTTLE_MODE_OFF,
+            None => THROTTLE_MODE_OFF,
         };
         if let Err(why) = set_throttle_mode(ebpf, mode) {
             report.fail(IDS, &Arc::new(why));
@@ -185,7 +192,7 @@ impl Probe for ThrottleProbe {
     }
 
     fn take_maps(&mut self, ebpf: &mut Ebpf) -> Result<(), ProbeError> {
-        self.stats = Some(Mutex::new(kernel::take(ebpf, common::THROTTLE_STATS_MAP)?));
+        self.stats = Some(Mutex::new(kernel::take(ebpf, THROTTLE_STATS_MAP)?));
         Ok(())
     }
 
@@ -205,7 +212,7 @@ impl Probe for ThrottleProbe {
     }
 
     fn overflows(&self, shared: &Shared) -> Vec<(&'static str, u64)> {
-        let slot = common::MAP_THROTTLE_STATS;
+        let slot = MAP_THROTTLE_STATS;
         usize::try_from(slot)
             .ok()
             .and_then(|i| MAP_NAMES.get(i))

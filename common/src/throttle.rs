@@ -1,0 +1,87 @@
+//! The throttle probe (`ebpf/src/throttle.rs`): the shape of each CFS throttle episode.
+
+use crate::kernel::{BUCKETS, Hist};
+
+pub const THROTTLE_FEXIT_PROG: &str = "throttle_fexit";
+
+pub const THROTTLE_KPROBE_PROG: &str = "throttle_kprobe";
+
+pub const UNTHROTTLE_FENTRY_PROG: &str = "unthrottle_fentry";
+
+pub const UNTHROTTLE_KPROBE_PROG: &str = "unthrottle_kprobe";
+
+/// pid → id of the group whose throttle episode the task's switch-out joined: an LRU hash,
+/// written only in sched_info mode with throttle switch mode, for tasks switched out while
+/// their group is throttled (see [`Known::throttled_at_ns`](crate::kernel::Known::throttled_at_ns)).
+pub const THROTTLED_TASKS_MAP: &str = "THROTTLED_TASKS";
+
+/// cgroup id → [`ThrottleStats`].
+pub const THROTTLE_STATS_MAP: &str = "THROTTLE_STATS";
+
+/// Array with one `u32`: how throttle episodes are detected, one of `THROTTLE_MODE_*`. Written
+/// by userspace after it knows which hooks attached.
+pub const THROTTLE_MODE_MAP: &str = "THROTTLE_MODE";
+
+/// No throttle tracking.
+pub const THROTTLE_MODE_OFF: u32 = 0;
+
+/// `throttle_cfs_rq`/`unthrottle_cfs_rq` hooks (fentry/fexit or kprobes).
+pub const THROTTLE_MODE_HOOKS: u32 = 1;
+
+/// From `sched_switch`: a task switched out while runnable from a throttled cfs_rq starts
+/// (or joins) an episode; the group's first switch-in after the period it ran out in ends it.
+pub const THROTTLE_MODE_SWITCH: u32 = 2;
+
+/// Switch mode in sched_info mode: a task's throttle record is looked up at its switch-in only
+/// while its cgroup had a throttled switch-out less than this long ago (ns). A CFS period is
+/// at most 1 s, so a throttled task is switched in again well within it unless it exits.
+pub const THROTTLE_GATE_NS: u64 = 2_000_000_000;
+
+/// Throttle pause and quota-exhausted-after upper bounds, ns: 1 ms … 100 ms (the default period).
+pub const PERIOD_BOUNDS_NS: [u64; BUCKETS] = [
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    20_000_000,
+    30_000_000,
+    40_000_000,
+    50_000_000,
+    60_000_000,
+    75_000_000,
+    90_000_000,
+    100_000_000,
+];
+
+/// Runnable-thread upper bounds.
+pub const THREAD_BOUNDS: [u64; BUCKETS] = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64];
+
+/// Value of [`THROTTLE_STATS_MAP`]: the episode in progress and the histograms.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ThrottleStats {
+    /// When the first of the cgroup's run queues throttled in the current episode.
+    pub start_ns: u64,
+    /// End of the period the quota ran out in (the period timer's expiry), switch mode.
+    pub period_end_ns: u64,
+    /// CPUs (bit `cpu % 64`) whose run queue already counted its threads in this episode.
+    pub cpu_mask: u64,
+    /// Run queues of this cgroup throttled right now (hooks mode); 1 while an episode is open
+    /// (switch mode).
+    pub throttled_rqs: u32,
+    /// Threads queued on the run queues that throttled in this episode.
+    pub runnable: u32,
+    /// Wall-clock length of each episode, ns.
+    pub pause: Hist,
+    /// Time from the period's start to the episode's first throttle, ns.
+    pub exhausted_after: Hist,
+    /// Threads runnable when the quota ran out.
+    pub runnable_threads: Hist,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY (all): #[repr(C)], fixed-width integer fields only, no implicit padding (padding
+    // is spelled out as `_pad`), so every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::ThrottleStats {}
+}
