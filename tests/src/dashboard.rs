@@ -399,12 +399,14 @@ mod tests {
         }
     }
 
-    /// Every metric the dashboard queries is exported by the agent (README metric reference),
-    /// recorded by the shipped rules, or one of the steering metrics (DESIGN.md catalogue).
+    /// Every metric the dashboard queries is exported by the agent (the metric reference,
+    /// docs/metrics.md), recorded by the shipped rules, or one of the steering metrics (DESIGN.md
+    /// catalogue).
     #[test]
     fn shipped_dashboard_uses_only_known_metrics() {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+        let reference =
+            std::fs::read_to_string(root.join("docs/metrics.md")).expect("docs/metrics.md");
         let rules = std::fs::read_to_string(root.join("deploy/prometheus/podstat.rules.yaml"))
             .expect("rules");
         let steering = [
@@ -423,7 +425,7 @@ mod tests {
                     .iter()
                     .find_map(|s| name.strip_suffix(s))
                     .unwrap_or(&name);
-                let known = readme.contains(&format!("`{base}`"))
+                let known = reference.contains(&format!("`{base}`"))
                     || rules.contains(&format!("record: {name}\n"))
                     || steering.contains(&base);
                 assert!(known, "{what}: unknown metric {name} in {expr}");

@@ -1,6 +1,7 @@
 //! Offline checks of `deploy/kubernetes/` (no cluster here): every file parses, the
 //! kustomizations name files that exist, the components' index-based patches hit what they
-//! mean to, and the DaemonSet keeps the security properties README "Deploying" promises.
+//! mean to, and the DaemonSet keeps the security properties README "Deploying" and
+//! docs/deploying.md promise.
 
 use std::path::{Path, PathBuf};
 
