@@ -8,6 +8,7 @@ pub mod check;
 pub mod cli;
 pub mod collector;
 pub mod exposition;
+pub mod http;
 pub mod metadata;
 pub mod probe;
 pub mod server;
