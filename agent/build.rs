@@ -1,18 +1,44 @@
 //! Builds the eBPF object (`ebpf/`) with aya-build and leaves it in `OUT_DIR/podstat`,
-//! where `src/probe/mod.rs` embeds it.
+//! where `src/probe/mod.rs` embeds it; and generates the CRI messages (`runtime.v1`) from the
+//! vendored `proto/runtime/v1/api.proto` into `OUT_DIR/runtime.v1.rs`, where
+//! `src/metadata/cri.rs` includes them. The proto is compiled by protox (pure Rust), so the
+//! build needs no `protoc`.
 //!
 //! Building eBPF needs the nightly toolchain with `rust-src` and `bpf-linker`; `cargo xtask`
 //! installs both. A plain `cargo build`/`cargo test` on a machine without them still works:
 //! it embeds an empty object and warns, and the agent then reports every probe as
 //! "not built into this binary". `cargo xtask` sets `PODSTAT_REQUIRE_EBPF=1`, which turns
 //! that fallback into a hard error so a release can never ship without its probes.
-use std::{env, fs, path::PathBuf};
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, anyhow};
 
 fn main() -> anyhow::Result<()> {
-    println!("cargo:rerun-if-env-changed=PODSTAT_REQUIRE_EBPF");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR not set")?);
+    generate_cri(&out_dir)?;
+    build_ebpf(&out_dir)
+}
+
+/// The CRI's `runtime.v1` messages, without service stubs (the transport is podstat's own
+/// hyper HTTP/2 client).
+fn generate_cri(out_dir: &Path) -> anyhow::Result<()> {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/proto");
+    let proto = "runtime/v1/api.proto";
+    println!("cargo:rerun-if-changed={root}/{proto}");
+    let fds =
+        protox::compile([proto], [root]).with_context(|| format!("compiling {root}/{proto}"))?;
+    prost_build::Config::new()
+        .out_dir(out_dir)
+        .compile_fds(fds)
+        .with_context(|| format!("generating Rust for {root}/{proto}"))?;
+    Ok(())
+}
+
+fn build_ebpf(out_dir: &Path) -> anyhow::Result<()> {
+    println!("cargo:rerun-if-env-changed=PODSTAT_REQUIRE_EBPF");
     let required = env::var_os("PODSTAT_REQUIRE_EBPF").is_some_and(|v| v == "1");
     let object = out_dir.join("podstat");
 

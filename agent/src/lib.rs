@@ -9,6 +9,7 @@ pub mod check;
 pub mod cli;
 pub mod collector;
 pub mod exposition;
+pub mod http;
 pub mod identity;
 pub mod metadata;
 pub mod metric;

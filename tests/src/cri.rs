@@ -13,127 +13,21 @@ use std::{
     time::{Duration, Instant},
 };
 
-use podstat::metadata::cri::{self, Client};
+use podstat::metadata::cri::{
+    Client,
+    api::{
+        ContainerConfig, ContainerMetadata, CreateContainerRequest, CreateContainerResponse,
+        ImageSpec, ImageStatusRequest, ImageStatusResponse, LinuxContainerConfig,
+        LinuxContainerResources, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode,
+        NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest,
+        RemovePodSandboxResponse, RunPodSandboxRequest, RunPodSandboxResponse,
+        StartContainerRequest, StartContainerResponse, StopPodSandboxRequest,
+        StopPodSandboxResponse, VersionRequest, VersionResponse,
+    },
+};
 use prost::Message;
 
 use crate::Proc;
-
-// runtime.v1 messages the test writes (field numbers from cri-api v0.31 api.proto).
-
-#[derive(Clone, PartialEq, Message)]
-pub struct RunPodSandboxRequest {
-    #[prost(message, optional, tag = "1")]
-    pub config: Option<PodSandboxConfig>,
-}
-#[derive(Clone, PartialEq, Message)]
-pub struct RunPodSandboxResponse {
-    #[prost(string, tag = "1")]
-    pub pod_sandbox_id: String,
-}
-#[derive(Clone, PartialEq, Message)]
-pub struct PodSandboxConfig {
-    #[prost(message, optional, tag = "1")]
-    pub metadata: Option<cri::PodSandboxMetadata>,
-    #[prost(string, tag = "2")]
-    pub hostname: String,
-    #[prost(string, tag = "3")]
-    pub log_directory: String,
-    #[prost(message, optional, tag = "8")]
-    pub linux: Option<LinuxPodSandboxConfig>,
-}
-#[derive(Clone, PartialEq, Message)]
-pub struct LinuxPodSandboxConfig {
-    #[prost(string, tag = "1")]
-    pub cgroup_parent: String,
-    #[prost(message, optional, tag = "2")]
-    pub security_context: Option<LinuxSandboxSecurityContext>,
-}
-#[derive(Clone, PartialEq, Message)]
-pub struct LinuxSandboxSecurityContext {
-    #[prost(message, optional, tag = "1")]
-    pub namespace_options: Option<NamespaceOption>,
-}
-/// NamespaceMode: POD = 0, CONTAINER = 1, NODE = 2.
-#[derive(Clone, PartialEq, Message)]
-pub struct NamespaceOption {
-    #[prost(int32, tag = "1")]
-    pub network: i32,
-    #[prost(int32, tag = "2")]
-    pub pid: i32,
-    #[prost(int32, tag = "3")]
-    pub ipc: i32,
-}
-#[derive(Clone, PartialEq, Message)]
-pub struct CreateContainerRequest {
-    #[prost(string, tag = "1")]
-    pub pod_sandbox_id: String,
-    #[prost(message, optional, tag = "2")]
-    pub config: Option<ContainerConfig>,
-    #[prost(message, optional, tag = "3")]
-    pub sandbox_config: Option<PodSandboxConfig>,
-}
-#[derive(Clone, PartialEq, Message)]
-pub struct CreateContainerResponse {
-    #[prost(string, tag = "1")]
-    pub container_id: String,
-}
-#[derive(Clone, PartialEq, Message)]
-pub struct ContainerConfig {
-    #[prost(message, optional, tag = "1")]
-    pub metadata: Option<cri::ContainerMetadata>,
-    #[prost(message, optional, tag = "2")]
-    pub image: Option<ImageSpec>,
-    #[prost(string, repeated, tag = "3")]
-    pub command: Vec<String>,
-    #[prost(string, repeated, tag = "4")]
-    pub args: Vec<String>,
-    #[prost(string, tag = "11")]
-    pub log_path: String,
-    #[prost(message, optional, tag = "15")]
-    pub linux: Option<LinuxContainerConfig>,
-}
-#[derive(Clone, PartialEq, Message)]
-pub struct ImageSpec {
-    #[prost(string, tag = "1")]
-    pub image: String,
-}
-#[derive(Clone, PartialEq, Message)]
-pub struct LinuxContainerConfig {
-    #[prost(message, optional, tag = "1")]
-    pub resources: Option<LinuxContainerResources>,
-}
-#[derive(Clone, PartialEq, Message)]
-pub struct LinuxContainerResources {
-    #[prost(int64, tag = "1")]
-    pub cpu_period: i64,
-    #[prost(int64, tag = "2")]
-    pub cpu_quota: i64,
-    #[prost(int64, tag = "3")]
-    pub cpu_shares: i64,
-}
-#[derive(Clone, PartialEq, Message)]
-pub struct ContainerIdRequest {
-    #[prost(string, tag = "1")]
-    pub container_id: String,
-}
-#[derive(Clone, PartialEq, Message)]
-pub struct PodSandboxIdRequest {
-    #[prost(string, tag = "1")]
-    pub pod_sandbox_id: String,
-}
-#[derive(Clone, PartialEq, Message)]
-pub struct Empty {}
-#[derive(Clone, PartialEq, Message)]
-pub struct ImageStatusRequest {
-    #[prost(message, optional, tag = "1")]
-    pub image: Option<ImageSpec>,
-}
-/// `image` (an `Image` message) is present once the CRI plugin knows the image.
-#[derive(Clone, PartialEq, Message)]
-pub struct ImageStatusResponse {
-    #[prost(bytes = "vec", optional, tag = "1")]
-    pub image: Option<Vec<u8>>,
-}
 
 const SVC: &str = "/runtime.v1.RuntimeService/";
 
@@ -251,7 +145,10 @@ state = "{d}/state"
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let ok = me.socket.exists() && me.call::<_, Empty>("Version", &Empty {}).is_ok();
+            let ok = me.socket.exists()
+                && me
+                    .call::<_, VersionResponse>("Version", &VersionRequest::default())
+                    .is_ok();
             if ok {
                 break;
             }
@@ -374,7 +271,9 @@ state = "{d}/state"
                     &ImageStatusRequest {
                         image: Some(ImageSpec {
                             image: image.into(),
+                            ..ImageSpec::default()
                         }),
+                        ..ImageStatusRequest::default()
                     },
                 );
                 if status.as_ref().is_ok_and(|s| s.image.is_some()) {
@@ -393,7 +292,7 @@ state = "{d}/state"
     /// `/<cgroup_root>/kubepods/burstable/pod<uid>`); returns (sandbox id, container id).
     pub fn run_pod(&mut self, spec: &PodSpec<'_>) -> (String, String) {
         let sandbox_config = PodSandboxConfig {
-            metadata: Some(cri::PodSandboxMetadata {
+            metadata: Some(PodSandboxMetadata {
                 name: spec.name.into(),
                 uid: spec.uid.into(),
                 namespace: spec.namespace.into(),
@@ -406,18 +305,23 @@ state = "{d}/state"
                 cgroup_parent: format!("/{}/kubepods/burstable/pod{}", self.cgroup_root, spec.uid),
                 security_context: Some(LinuxSandboxSecurityContext {
                     namespace_options: Some(NamespaceOption {
-                        network: 2,
-                        pid: 1,
-                        ipc: 0,
+                        network: NamespaceMode::Node.into(),
+                        pid: NamespaceMode::Container.into(),
+                        ipc: NamespaceMode::Pod.into(),
+                        ..NamespaceOption::default()
                     }),
+                    ..LinuxSandboxSecurityContext::default()
                 }),
+                ..LinuxPodSandboxConfig::default()
             }),
+            ..PodSandboxConfig::default()
         };
         let sandbox: RunPodSandboxResponse = self
             .call(
                 "RunPodSandbox",
                 &RunPodSandboxRequest {
                     config: Some(sandbox_config.clone()),
+                    ..RunPodSandboxRequest::default()
                 },
             )
             .unwrap_or_else(|e| panic!("{e}\ncontainerd log:\n{}", self.log_tail()));
@@ -428,12 +332,13 @@ state = "{d}/state"
                 &CreateContainerRequest {
                     pod_sandbox_id: sandbox.pod_sandbox_id.clone(),
                     config: Some(ContainerConfig {
-                        metadata: Some(cri::ContainerMetadata {
+                        metadata: Some(ContainerMetadata {
                             name: spec.container.into(),
                             attempt: 0,
                         }),
                         image: Some(ImageSpec {
                             image: IMAGE.into(),
+                            ..ImageSpec::default()
                         }),
                         command: vec!["/bin/sh".into()],
                         args: vec!["-c".into(), spec.script.into()],
@@ -443,17 +348,20 @@ state = "{d}/state"
                                 cpu_period: 100_000,
                                 cpu_quota: spec.quota_us,
                                 cpu_shares: 102,
+                                ..LinuxContainerResources::default()
                             }),
+                            ..LinuxContainerConfig::default()
                         }),
+                        ..ContainerConfig::default()
                     }),
                     sandbox_config: Some(sandbox_config),
                 },
             )
             .unwrap_or_else(|e| panic!("{e}\ncontainerd log:\n{}", self.log_tail()));
-        let _: Empty = self
+        let _: StartContainerResponse = self
             .call(
                 "StartContainer",
-                &ContainerIdRequest {
+                &StartContainerRequest {
                     container_id: created.container_id.clone(),
                 },
             )
@@ -529,13 +437,14 @@ fn pids_mentioning(needle: &str) -> Vec<i32> {
 impl Drop for Containerd {
     fn drop(&mut self) {
         for id in std::mem::take(&mut self.sandboxes) {
-            let req = PodSandboxIdRequest {
+            let stop = StopPodSandboxRequest {
                 pod_sandbox_id: id.clone(),
             };
-            if let Err(e) = self.call::<_, Empty>("StopPodSandbox", &req) {
+            if let Err(e) = self.call::<_, StopPodSandboxResponse>("StopPodSandbox", &stop) {
                 eprintln!("warning: {e}");
             }
-            if let Err(e) = self.call::<_, Empty>("RemovePodSandbox", &req) {
+            let remove = RemovePodSandboxRequest { pod_sandbox_id: id };
+            if let Err(e) = self.call::<_, RemovePodSandboxResponse>("RemovePodSandbox", &remove) {
                 eprintln!("warning: {e}");
             }
         }

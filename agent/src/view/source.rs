@@ -4,14 +4,17 @@
 //! Both end in exposition text parsed by [`super::expo::parse`], so the views have one input
 //! and the collectors are never re-implemented.
 
-use std::{
-    io::{Read as _, Write as _},
-    net::{TcpStream, ToSocketAddrs as _},
-    time::Duration,
-};
+use std::time::Duration;
+
+use hyper::StatusCode;
 
 use super::{expo, model::Snapshot};
-use crate::{agent::Agent, collector, probe::Status};
+use crate::{agent::Agent, collector, http, probe::Status};
+
+/// What `--from` asks for: Prometheus text, never compressed (this client does not gunzip).
+const ACCEPT: &str = "text/plain;version=0.0.4";
+/// Time limit of one scrape of `--from` (connect, request and body).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a snapshot could not be taken.
 #[derive(Debug, thiserror::Error)]
@@ -22,10 +25,10 @@ pub enum SourceError {
     Fetch {
         url: String,
         #[source]
-        source: std::io::Error,
+        source: http::HttpError,
     },
     #[error("{url} answered {status}")]
-    Status { url: String, status: String },
+    Status { url: String, status: StatusCode },
     #[error("encoding the local collectors' metrics failed")]
     Encode,
     #[error("starting the in-process agent")]
@@ -36,8 +39,8 @@ pub enum SourceError {
 pub enum Source {
     /// The agent's collectors in this process.
     Local(Box<Local>),
-    /// A running agent, scraped over HTTP.
-    Remote { url: String },
+    /// A running agent, scraped over HTTP: `url` as given, `target` with the default path.
+    Remote { url: String, target: String },
 }
 
 /// The in-process agent; dropping it stops the identity refresh and detaches the probes.
@@ -79,8 +82,8 @@ impl Source {
 
     /// A running agent at `url` (`http://HOST:PORT/metrics`).
     pub fn remote(url: &str) -> Result<Self, SourceError> {
-        split_url(url)?;
         Ok(Self::Remote {
+            target: target_url(url)?,
             url: url.to_owned(),
         })
     }
@@ -89,7 +92,7 @@ impl Source {
     pub fn describe(&self) -> String {
         match self {
             Self::Local(_) => "this host (in-process collectors)".into(),
-            Self::Remote { url } => url.clone(),
+            Self::Remote { url, .. } => url.clone(),
         }
     }
 
@@ -102,65 +105,40 @@ impl Source {
                     .map_err(|_| SourceError::Encode)?;
                 om
             }
-            Self::Remote { url } => fetch(url)?,
+            Self::Remote { target, .. } => fetch(target)?,
         };
         Ok(Snapshot::from_samples(&expo::parse(&text)))
     }
 }
 
-/// (host:port, path) of an `http://` URL.
-fn split_url(url: &str) -> Result<(String, String), SourceError> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| SourceError::BadUrl(url.into()))?;
-    let (host, path) = rest
-        .find('/')
-        .map_or((rest, "/metrics"), |i| rest.split_at(i));
-    if host.is_empty() {
-        return Err(SourceError::BadUrl(url.into()));
-    }
-    let host = if host.contains(':') && !host.ends_with(']') {
-        host.to_owned()
+/// `url` with `/metrics` as its path when it has none; only `http://HOST[:PORT]` URLs.
+fn target_url(url: &str) -> Result<String, SourceError> {
+    let bad = || SourceError::BadUrl(url.into());
+    let rest = url.strip_prefix("http://").ok_or_else(bad)?;
+    let target = if rest.contains('/') {
+        url.to_owned()
     } else {
-        format!("{host}:80")
+        format!("{url}/metrics")
     };
-    Ok((host, path.to_owned()))
+    http::parse_url(&target).map_err(|_| bad())?;
+    Ok(target)
 }
 
-/// GET `url` with HTTP/1.0 (so the body is neither chunked nor compressed), bounded to 10 s.
+/// GET `url` as Prometheus text, bounded by [`FETCH_TIMEOUT`].
 fn fetch(url: &str) -> Result<String, SourceError> {
-    let (host, path) = split_url(url)?;
-    let io = |source| SourceError::Fetch {
-        url: url.into(),
-        source,
-    };
-    let addr = host
-        .to_socket_addrs()
-        .map_err(io)?
-        .next()
-        .ok_or_else(|| io(std::io::Error::other("no address")))?;
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(io)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(io)?;
-    let request = format!(
-        "GET {path} HTTP/1.0\r\nHost: {host}\r\nAccept: text/plain;version=0.0.4\r\nUser-Agent: podstat\r\n\r\n"
-    );
-    s.write_all(request.as_bytes()).map_err(io)?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).map_err(io)?;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| io(std::io::Error::other("no end of headers")))?;
-    let head = String::from_utf8_lossy(&raw[..split]);
-    let status = head.lines().next().unwrap_or_default();
-    if status.split_whitespace().nth(1) != Some("200") {
+    let resp = http::get_blocking(url, &[("accept", ACCEPT)], FETCH_TIMEOUT).map_err(|source| {
+        SourceError::Fetch {
+            url: url.into(),
+            source,
+        }
+    })?;
+    if resp.status != StatusCode::OK {
         return Err(SourceError::Status {
             url: url.into(),
-            status: status.to_owned(),
+            status: resp.status,
         });
     }
-    Ok(String::from_utf8_lossy(&raw[split + 4..]).into_owned())
+    Ok(String::from_utf8_lossy(&resp.body).into_owned())
 }
 
 #[cfg(test)]
@@ -170,43 +148,32 @@ mod tests {
     #[test]
     fn urls() {
         assert_eq!(
-            split_url("http://10.0.0.1:9977/metrics").ok(),
-            Some(("10.0.0.1:9977".into(), "/metrics".into()))
+            target_url("http://10.0.0.1:9977/metrics").ok().as_deref(),
+            Some("http://10.0.0.1:9977/metrics")
         );
+        // No path: /metrics (and port 80, the http default).
         assert_eq!(
-            split_url("http://node").ok(),
-            Some(("node:80".into(), "/metrics".into()))
+            target_url("http://node").ok().as_deref(),
+            Some("http://node/metrics")
         );
         for bad in ["https://x/metrics", "x:1/metrics", "http:///m"] {
-            assert!(split_url(bad).is_err(), "{bad} accepted");
+            assert!(target_url(bad).is_err(), "{bad} accepted");
         }
     }
 
     #[test]
     fn remote_source_reads_an_http_endpoint() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let server = std::thread::spawn(move || {
-            let (mut c, _) = listener.accept().expect("accept");
-            let mut req = Vec::new();
-            let mut buf = [0u8; 256];
-            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                match c.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => req.extend_from_slice(&buf[..n]),
-                }
-            }
+        let addr = http::test_server::serve_once(|_| {
             let body =
                 "podstat_cpu_limit_cores{pod_uid=\"u\",container_id=\"\",qos=\"guaranteed\"} 2\n";
-            let _ = write!(
-                c,
+            format!(
                 "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()
-            );
+            )
+            .into_bytes()
         });
         let src = Source::remote(&format!("http://{addr}/metrics")).expect("url");
         let snap = src.snapshot().expect("snapshot");
-        let _ = server.join();
         assert_eq!(snap.cgroups.len(), 1);
         assert_eq!(
             snap.cgroups.values().next().and_then(|c| c.limit_cores),
