@@ -15,6 +15,7 @@
 //! - [`bpf`]: `bpf_stats` and per-program run time, for the benches.
 
 pub mod agent;
+pub mod bench_json;
 pub mod bpf;
 pub mod cgroup;
 pub mod cri;
