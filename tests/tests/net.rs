@@ -4,186 +4,21 @@
 //! `podstat-test-net`. The agent runs in the receiver's network namespace (so the veth is its
 //! device) with a sysfs mounted from there, and is scraped from a thread inside it.
 
-use std::{
-    fs,
-    net::SocketAddr,
-    os::fd::AsRawFd as _,
-    path::PathBuf,
-    process::{Command, Stdio},
-    thread,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, thread, time::Duration};
 
 use podstat_tests::{
-    CgroupTree, Proc, Sample, cpus, find, free_port, http_get, parse_exposition, podstat_bin,
+    CgroupTree, NetPair, Proc, Sample, cpus, find, free_port,
+    netns::{enter, scrape_in},
     require_root, test_ids, v1_hierarchies,
 };
 
 const NET: &str = env!("CARGO_BIN_EXE_podstat-test-net");
-const SOCK_FLOW: &str = "/proc/sys/net/core/rps_sock_flow_entries";
 
-fn run(cmd: &mut Command) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e} (iproute2 and util-linux needed)"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn ip(args: &[&str]) {
-    run(Command::new("ip").args(args));
-}
-
-/// Two namespaces, the veth pair, RPS/RFS on the receiver, and the global
-/// `net.core.rps_sock_flow_entries` restored on drop.
-struct TestNet {
-    tx: String,
-    rx: String,
-    saved_sock_flow: String,
-    sysfs: PathBuf,
-    sysfs_mounted: bool,
-}
-
-impl TestNet {
-    /// `rfs`: configure RFS (rps_flow_cnt and rps_sock_flow_entries) besides RPS.
-    fn new(rfs: bool) -> Self {
-        let pid = std::process::id();
-        let saved_sock_flow =
-            fs::read_to_string(SOCK_FLOW).unwrap_or_else(|e| panic!("reading {SOCK_FLOW}: {e}"));
-        let mut net = Self {
-            tx: format!("podstat-test-{pid}-tx"),
-            rx: format!("podstat-test-{pid}-rx"),
-            saved_sock_flow,
-            sysfs: PathBuf::from(format!("/tmp/podstat-test-{pid}-sys")),
-            sysfs_mounted: false,
-        };
-        ip(&["netns", "add", &net.tx]);
-        ip(&["netns", "add", &net.rx]);
-        ip(&[
-            "-n",
-            &net.tx,
-            "link",
-            "add",
-            "podstat-test-a",
-            "numtxqueues",
-            "4",
-            "numrxqueues",
-            "4",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "podstat-test-b",
-            "netns",
-            &net.rx,
-            "numtxqueues",
-            "4",
-            "numrxqueues",
-            "4",
-        ]);
-        for (ns, dev, addr) in [
-            (&net.tx, "podstat-test-a", "10.211.7.1/24"),
-            (&net.rx, "podstat-test-b", "10.211.7.2/24"),
-        ] {
-            ip(&["-n", ns, "addr", "add", addr, "dev", dev]);
-            ip(&["-n", ns, "link", "set", dev, "up"]);
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-        }
-        // RPS over every CPU and RFS on each receive queue of the receiving end; the global
-        // socket flow table (restored in Drop).
-        let mask = format!("{:x}", (1u64 << cpus().min(63)) - 1);
-        let flows = if rfs { 4096 } else { 0 };
-        let script = format!(
-            "for q in /sys/class/net/podstat-test-b/queues/rx-*; do echo {mask} > $q/rps_cpus; echo {flows} > $q/rps_flow_cnt; done"
-        );
-        run(Command::new("ip").args(["netns", "exec", &net.rx, "sh", "-c", &script]));
-        let entries = if rfs { "32768" } else { "0" };
-        fs::write(SOCK_FLOW, entries).unwrap_or_else(|e| panic!("writing {SOCK_FLOW}: {e}"));
-        // A sysfs of the receiver's namespace for the agent's --path.sysfs.
-        fs::create_dir_all(&net.sysfs).expect("mkdir sysfs mount point");
-        run(Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", net.rx))
-            .args(["mount", "-t", "sysfs", "podstat-test-sysfs"])
-            .arg(&net.sysfs));
-        net.sysfs_mounted = true;
-        net
-    }
-
-    fn enter(ns: &str) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{ns}"));
-        c
-    }
-}
-
-impl Drop for TestNet {
-    fn drop(&mut self) {
-        let _ = fs::write(SOCK_FLOW, self.saved_sock_flow.trim());
-        if self.sysfs_mounted {
-            let _ = Command::new("umount").arg("-l").arg(&self.sysfs).status();
-        }
-        let _ = fs::remove_dir(&self.sysfs);
-        for ns in [&self.tx, &self.rx] {
-            // Deleting the namespace destroys the veth end in it.
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-/// Scrapes `addr` from a thread inside network namespace `ns`.
-fn scrape_in(ns: &str, addr: SocketAddr) -> std::io::Result<Vec<Sample>> {
-    let path = format!("/run/netns/{ns}");
-    thread::scope(|s| {
-        s.spawn(|| {
-            let f = fs::File::open(&path)?;
-            // SAFETY: setns on this (scoped, short-lived) thread only, with a valid fd.
-            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let r = http_get(addr, "/metrics", &[])?;
-            Ok(parse_exposition(&r.text()))
-        })
-        .join()
-        .unwrap_or_else(|_| Err(std::io::Error::other("scrape thread panicked")))
-    })
-}
-
-fn start_agent_in(net: &TestNet, extra: &[&str]) -> (Proc, SocketAddr) {
-    let port = free_port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let child = TestNet::enter(&net.rx)
-        .arg(podstat_bin())
-        .args(["agent", "--web.listen-address", &addr.to_string()])
-        .arg("--path.sysfs")
-        .arg(&net.sysfs)
-        .args([
-            "--no-collector.cgroup",
-            "--probe.refresh-interval",
-            "200ms",
-            "--log.level",
-            "warn",
-        ])
-        .args(extra)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("spawning podstat agent");
-    let proc = Proc(Some(child));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while scrape_in(&net.rx, addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "agent in {} did not answer within 30 s",
-            net.rx
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
-    (proc, addr)
+/// The agent in the receiver's namespace with the flags every scenario here uses.
+fn start_agent_in(net: &NetPair, extra: &[&str]) -> (Proc, SocketAddr) {
+    let mut args = vec!["--no-collector.cgroup", "--probe.refresh-interval", "200ms"];
+    args.extend_from_slice(extra);
+    net.start_agent_in_rx(&args)
 }
 
 fn value(s: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
@@ -206,7 +41,7 @@ impl Outcome {
 /// One traffic run: the receiver in `cgroup` reads `flows` flows with `threads` threads in
 /// `mode`; the sender, pinned to CPU 0, sends 2 s or 400 MiB. Returns the pod's deltas.
 fn scenario(
-    net: &TestNet,
+    net: &NetPair,
     tree: &CgroupTree,
     cgroup: &str,
     agent: SocketAddr,
@@ -215,7 +50,7 @@ fn scenario(
 ) -> Outcome {
     let port = free_port().to_string();
     let before = scrape_in(&net.rx, agent).expect("scrape before");
-    let mut rx_cmd = TestNet::enter(&net.rx);
+    let mut rx_cmd = enter(&net.rx);
     rx_cmd.args([
         NET,
         "recv",
@@ -226,11 +61,11 @@ fn scenario(
         mode,
     ]);
     let mut receiver = Proc(Some(tree.spawn(cgroup, &mut rx_cmd)));
-    let sent = TestNet::enter(&net.tx)
+    let sent = enter(&net.tx)
         .args([
             NET,
             "send",
-            &format!("10.211.7.2:{port}"),
+            &format!("{}:{port}", net.rx_ip()),
             &flows.to_string(),
             "400",
             "2",
@@ -277,7 +112,7 @@ fn scenario(
 
 /// UDP datagrams to one reader pinned to CPU 1 in `cgroup`; the pod's deltas.
 fn udp_scenario(
-    net: &TestNet,
+    net: &NetPair,
     tree: &CgroupTree,
     cgroup: &str,
     agent: SocketAddr,
@@ -285,12 +120,19 @@ fn udp_scenario(
 ) -> Outcome {
     let port = free_port().to_string();
     let before = scrape_in(&net.rx, agent).expect("scrape before");
-    let mut rx_cmd = TestNet::enter(&net.rx);
+    let mut rx_cmd = enter(&net.rx);
     rx_cmd.args([NET, "urecv", &port, "8", "1"]);
     let mut receiver = Proc(Some(tree.spawn(cgroup, &mut rx_cmd)));
     thread::sleep(Duration::from_millis(300));
-    let sent = TestNet::enter(&net.tx)
-        .args([NET, "usend", &format!("10.211.7.2:{port}"), "100", "2", "0"])
+    let sent = enter(&net.tx)
+        .args([
+            NET,
+            "usend",
+            &format!("{}:{port}", net.rx_ip()),
+            "100",
+            "2",
+            "0",
+        ])
         .output()
         .expect("running the UDP sender");
     assert!(
@@ -337,7 +179,12 @@ fn steering_locality_and_flow_migrations_per_pod() {
         cpus() >= 2,
         "this test needs at least 2 CPUs to tell CPUs apart"
     );
-    let net = TestNet::new(true);
+    let net = NetPair::new(
+        &format!("podstat-test-{}", std::process::id()),
+        "10.211.7",
+        true,
+        true,
+    );
     let v1 = v1_hierarchies();
     let root = format!("podstat-test-{}-net", std::process::id());
     let (uid, cid) = test_ids(41);
@@ -416,7 +263,12 @@ fn steering_locality_and_flow_migrations_per_pod() {
 )]
 fn legacy_hooks_count_tcp_steering_without_rfs() {
     require_root();
-    let net = TestNet::new(false);
+    let net = NetPair::new(
+        &format!("podstat-test-{}", std::process::id()),
+        "10.211.7",
+        false,
+        true,
+    );
     let v1 = v1_hierarchies();
     let root = format!("podstat-test-{}-netlegacy", std::process::id());
     let (uid, cid) = test_ids(42);

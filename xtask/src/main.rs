@@ -3,6 +3,8 @@
 //! Every command installs what it needs that is missing, and is quick when it is there.
 
 mod bench;
+#[path = "../../tests/src/bench_json.rs"]
+mod bench_json;
 mod bench_net;
 mod setup;
 mod vm;
@@ -197,17 +199,9 @@ fn main() -> anyhow::Result<()> {
             setup::debian_packages(start, setup::BENCH_PACKAGES)?;
             step(
                 start,
-                "building podstat and the floor program's loader (release)",
+                "building podstat, the bench scenario and the floor program's loader (release)",
             );
-            run(cargo().args(["build", "--release", "-p", "podstat"]))?;
-            run(cargo().args([
-                "build",
-                "--release",
-                "-p",
-                "podstat-tests",
-                "--bin",
-                "podstat-test-floor",
-            ]))?;
+            build_scenarios(&["podstat-test-bench", "podstat-test-floor"])?;
             bench::all(
                 start,
                 &bench::Config {
@@ -222,13 +216,27 @@ fn main() -> anyhow::Result<()> {
         Task::BenchNet { secs, rounds } => {
             setup::toolchain(start)?;
             setup::debian_packages(start, setup::BENCH_PACKAGES)?;
-            step(start, "building podstat (release)");
-            run(cargo().args(["build", "--release", "-p", "podstat"]))?;
+            step(
+                start,
+                "building podstat and the bench-net scenario (release)",
+            );
+            build_scenarios(&["podstat-test-bench-net"])?;
             bench_net::all(start, &bench_net::Config { secs, rounds })?;
         }
     }
     eprintln!("\n==> done in {:.0}s", start.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// Builds podstat and the scenario binaries `bins` of the tests crate, in release.
+fn build_scenarios(bins: &[&str]) -> anyhow::Result<()> {
+    run(cargo().args(["build", "--release", "-p", "podstat"]))?;
+    let mut cmd = cargo();
+    cmd.args(["build", "--release", "-p", "podstat-tests"]);
+    for bin in bins {
+        cmd.args(["--bin", bin]);
+    }
+    run(&mut cmd)
 }
 
 fn test(start: Instant, unprivileged: bool, filter: Option<&str>) -> anyhow::Result<Tally> {

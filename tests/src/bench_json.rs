@@ -1,0 +1,127 @@
+//! What the bench scenarios (`podstat-test-bench`, `podstat-test-bench-net`) print on stdout,
+//! one JSON line per part (`{"setup": …}`, `{"scrape": …}`, `{"probe": …}`, `{"e2e": …}`,
+//! `{"net": …}`), and what `cargo xtask bench` and `bench-net` read to render their reports.
+//! Only serde here: xtask compiles this same file (`#[path]`), so the format is written once.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// How the bench ran, for the report's prose.
+#[derive(Serialize, Deserialize)]
+pub struct Setup {
+    pub containers_per_pod: usize,
+    pub warmup: usize,
+    pub e2e_rounds: usize,
+    pub e2e_secs: u64,
+    pub probe_refresh: String,
+    pub tracker_wait_secs: f64,
+}
+
+/// Nearest-rank median and p99 of a series of timings.
+#[derive(Clone, Copy, Serialize, Deserialize)]
+pub struct Summary {
+    pub median_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// 1. Scrape cost.
+#[derive(Serialize, Deserialize)]
+pub struct ScrapeResult {
+    pub pods: usize,
+    pub created_containers: usize,
+    pub with_quota: usize,
+    pub stat_files: usize,
+    pub agent: Summary,
+    pub floor: Summary,
+    /// A plain loop over every file the collector reads on each scrape here (v1: cpu.stat and
+    /// cpuacct.usage per cgroup): the I/O floor of this host's layout.
+    pub floor_same: Summary,
+    pub body_bytes: usize,
+    /// Lines mentioning `podstat_cpu_periods_total` (what `grep -c` counts).
+    pub periods_lines: usize,
+    /// Bench containers with a `podstat_cpu_periods_total` series.
+    pub matched_containers: usize,
+    pub rss_kib: u64,
+    pub hwm_kib: u64,
+    /// The agent's own `podstat_collector_duration_seconds{collector="cgroup"}`, last scrape.
+    pub collect_ms: Option<f64>,
+}
+
+/// One program's deltas over a storm.
+#[derive(Serialize, Deserialize)]
+pub struct ProbeRow {
+    /// `podstat`, `runqlat` or `floor`.
+    pub owner: String,
+    /// The owner's `sched_switch` program.
+    pub switch: bool,
+    pub id: u64,
+    pub name: String,
+    pub events: u64,
+    pub run_ns: u64,
+}
+
+/// One storm with podstat, runqlat and the floor attached: every program of each.
+#[derive(Serialize, Deserialize)]
+pub struct StormRows {
+    pub secs: u64,
+    pub rows: Vec<ProbeRow>,
+    /// stress-ng's bogo-ops/s, when it printed them.
+    pub storm_ops: Option<f64>,
+}
+
+impl StormRows {
+    /// Programs of `owner` that ran during the storm.
+    pub fn ran<'a>(&'a self, owner: &'a str) -> impl Iterator<Item = &'a ProbeRow> + 'a {
+        self.rows
+            .iter()
+            .filter(move |x| x.owner == owner && x.events > 0)
+    }
+
+    /// `owner`'s `sched_switch` program: (run time, events), the events being the context
+    /// switches of the storm.
+    pub fn switch(&self, owner: &str) -> Option<(u64, u64)> {
+        self.ran(owner)
+            .find(|x| x.switch)
+            .map(|x| (x.run_ns, x.events))
+    }
+}
+
+/// 2. Per-event probe cost.
+#[derive(Serialize, Deserialize)]
+pub struct ProbeResult {
+    /// The agent's `podstat_probe_attached{probe="sched_switch"…}` line: how it measured.
+    pub attach: String,
+    pub pod: StormRows,
+    pub host: StormRows,
+    /// `podstat_runqueue_latency_seconds_count` of the storm pod's container after the storm.
+    pub runq_count: f64,
+    pub container_id: String,
+}
+
+/// 3. End-to-end cost: bogo-ops/s of each round, per arm.
+#[derive(Serialize, Deserialize, Default)]
+pub struct E2eResult {
+    pub off: Vec<f64>,
+    pub floor: Vec<f64>,
+    pub podstat: Vec<f64>,
+    /// The agent's own CPU time during each podstat storm, in ms.
+    pub agent_cpu_ms: Vec<f64>,
+    pub runqlat: Vec<f64>,
+}
+
+/// One net program's totals over the runs with the agent.
+#[derive(Default, Serialize, Deserialize)]
+pub struct ProgTotals {
+    pub run_time_ns: u64,
+    pub run_cnt: u64,
+}
+
+/// `bench-net`: received bits/s of each round without and with the probes, and the agent's
+/// `net_*` programs over the runs with it.
+#[derive(Serialize, Deserialize)]
+pub struct NetResult {
+    pub base: Vec<f64>,
+    pub with: Vec<f64>,
+    pub programs: BTreeMap<String, ProgTotals>,
+}
