@@ -219,13 +219,13 @@ fn live_scrape_passes_promtool_lint() {
             )
         });
     // Everything on, with a throttled pod that has run, so every family is in the scrape.
-    let v1 = podstat_tests::v1_hierarchies();
-    let (uid, cid) = podstat_tests::test_ids(41);
+    let v1 = v1_hierarchies();
+    let (uid, cid) = test_ids(41);
     let ctr = format!(
         "podstat-test-{}-lint/kubepods/burstable/pod{uid}/{cid}",
         std::process::id()
     );
-    let mut tree = podstat_tests::CgroupTree::new(&[&v1.cpu, &v1.cpuacct]);
+    let mut tree = CgroupTree::new(&[&v1.cpu, &v1.cpuacct]);
     tree.mkdir(&ctr);
     tree.write(0, &ctr, "cpu.cfs_quota_us", "20000");
     let (_agent, addr) = start_agent(&["--probe.refresh-interval", "200ms"]);
