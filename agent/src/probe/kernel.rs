@@ -76,6 +76,21 @@ pub fn take<T: TryFrom<Map, Error = MapError>>(
     T::try_from(map).map_err(|source| ProbeError::Map { name, source })
 }
 
+/// Deletes every key of `map` that `keep` refuses: how a probe forgets the cgroups that left.
+pub fn sweep<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    keep: impl Fn(&K) -> bool,
+) {
+    let stale: Vec<K> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !keep(k))
+        .collect();
+    for k in &stale {
+        let _ = map.remove(k);
+    }
+}
+
 /// Sums slot `i` of a per-CPU counter array over the CPUs (0 if unreadable).
 pub fn per_cpu_sum(map: &PerCpuArray<MapData, u64>, i: u32) -> u64 {
     map.get(&i, 0).map_or(0, |v| v.iter().sum())
@@ -128,10 +143,10 @@ pub struct FnHook {
 pub fn attach_fn(ebpf: &mut Ebpf, btf: &Btf, h: &FnHook) -> Result<&'static str, ProbeError> {
     let mut why = Attempts::default();
     if h.has_btf_func {
-        let r = match h.hook {
-            Hook::FEntry => fentry(ebpf, btf, h.prog, h.func).map(|()| "fentry"),
-            Hook::FExit => fexit(ebpf, btf, h.prog, h.func).map(|()| "fexit"),
-        };
+        let r = fentry_fexit(ebpf, btf, h.prog, h.func, h.hook).map(|()| match h.hook {
+            Hook::FEntry => "fentry",
+            Hook::FExit => "fexit",
+        });
         match r {
             Ok(how) => return Ok(how),
             Err(e) => why.0.push(e),
@@ -151,56 +166,44 @@ pub fn attach_fn(ebpf: &mut Ebpf, btf: &Btf, h: &FnHook) -> Result<&'static str,
     }
 }
 
-/// Loads `prog` as an fentry program on `func` and attaches it.
-pub fn fentry(
+/// Loads `prog` as an fentry or fexit program on `func` and attaches it.
+pub fn fentry_fexit(
     ebpf: &mut Ebpf,
     btf: &Btf,
     prog: &'static str,
     func: &'static str,
+    hook: Hook,
 ) -> Result<(), ProbeError> {
-    let p: &mut FEntry = ebpf
-        .program_mut(prog)
-        .ok_or(ProbeError::MissingProgram(prog))?
-        .try_into()
-        .map_err(|source| ProbeError::ProgramType { prog, source })?;
-    p.load(func, btf)
-        .map_err(|source| ProbeError::LoadProgram {
-            how: "fentry",
-            point: func.to_owned(),
-            source,
-        })?;
-    p.attach().map_err(|source| ProbeError::Attach {
-        how: "fentry",
+    let how = match hook {
+        Hook::FEntry => "fentry",
+        Hook::FExit => "fexit",
+    };
+    let load = |source| ProbeError::LoadProgram {
+        how,
         point: func.to_owned(),
         source,
-    })?;
-    Ok(())
-}
-
-/// Loads `prog` as an fexit program on `func` and attaches it.
-pub fn fexit(
-    ebpf: &mut Ebpf,
-    btf: &Btf,
-    prog: &'static str,
-    func: &'static str,
-) -> Result<(), ProbeError> {
-    let p: &mut FExit = ebpf
-        .program_mut(prog)
-        .ok_or(ProbeError::MissingProgram(prog))?
-        .try_into()
-        .map_err(|source| ProbeError::ProgramType { prog, source })?;
-    p.load(func, btf)
-        .map_err(|source| ProbeError::LoadProgram {
-            how: "fexit",
-            point: func.to_owned(),
-            source,
-        })?;
-    p.attach().map_err(|source| ProbeError::Attach {
-        how: "fexit",
+    };
+    let attach = |source| ProbeError::Attach {
+        how,
         point: func.to_owned(),
         source,
-    })?;
-    Ok(())
+    };
+    let kind = |source| ProbeError::ProgramType { prog, source };
+    let p = ebpf
+        .program_mut(prog)
+        .ok_or(ProbeError::MissingProgram(prog))?;
+    match hook {
+        Hook::FEntry => {
+            let p: &mut FEntry = p.try_into().map_err(kind)?;
+            p.load(func, btf).map_err(load)?;
+            p.attach().map(drop).map_err(attach)
+        }
+        Hook::FExit => {
+            let p: &mut FExit = p.try_into().map_err(kind)?;
+            p.load(func, btf).map_err(load)?;
+            p.attach().map(drop).map_err(attach)
+        }
+    }
 }
 
 /// Loads `prog` as a kprobe (or kretprobe: the program's own type says) and attaches it to

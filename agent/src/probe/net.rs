@@ -177,7 +177,13 @@ fn attach_arfs(ebpf: &mut Ebpf, env: &AttachEnv<'_>) -> Status {
         return Status::Failed(Arc::new(why));
     }
     let expire = "rps_may_expire_flow";
-    let fexit = kernel::fexit(ebpf, env.btf, common::ARFS_EXPIRE_FEXIT_PROG, expire);
+    let fexit = kernel::fentry_fexit(
+        ebpf,
+        env.btf,
+        common::ARFS_EXPIRE_FEXIT_PROG,
+        expire,
+        kernel::Hook::FExit,
+    );
     let Err(fexit) = fexit else {
         return Status::Attached("kprobe ndo_rx_flow_steer + fexit/rps_may_expire_flow");
     };
@@ -280,15 +286,7 @@ impl Probe for NetProbe {
         let Some(mut maps) = self.maps() else {
             return;
         };
-        let stale: Vec<u64> = maps
-            .stats
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|id| !diff.is_live(*id))
-            .collect();
-        for id in &stale {
-            let _ = maps.stats.remove(id);
-        }
+        kernel::sweep(&mut maps.stats, |id| diff.is_live(*id));
     }
 
     fn overflows(&self, _shared: &Shared) -> Vec<(&'static str, u64)> {

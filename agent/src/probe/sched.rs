@@ -255,15 +255,9 @@ impl Probe for SchedProbe {
         let Some(mut maps) = self.maps() else {
             return;
         };
-        let stale: Vec<PreemptPair> = maps
-            .preempt_pairs
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|p| !(diff.is_live(p.victim) && diff.is_live(p.preemptor)))
-            .collect();
-        for pair in &stale {
-            let _ = maps.preempt_pairs.remove(pair);
-        }
+        kernel::sweep(&mut maps.preempt_pairs, |p| {
+            diff.is_live(p.victim) && diff.is_live(p.preemptor)
+        });
     }
 
     fn overflows(&self, shared: &Shared) -> Vec<(&'static str, u64)> {

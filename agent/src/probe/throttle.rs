@@ -201,14 +201,7 @@ impl Probe for ThrottleProbe {
             return;
         };
         // Including entries the programs re-created after the cgroup left KNOWN.
-        let stale: Vec<u64> = stats
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|id| !diff.is_live(*id))
-            .collect();
-        for id in &stale {
-            let _ = stats.remove(id);
-        }
+        kernel::sweep(&mut stats, |id| diff.is_live(*id));
     }
 
     fn overflows(&self, shared: &Shared) -> Vec<(&'static str, u64)> {
