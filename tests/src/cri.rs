@@ -194,7 +194,7 @@ state = "{d}/state"
                 tokio::time::timeout(Duration::from_secs(30), client.unary(path, req)).await
             })
             .map_err(|_| format!("{path}: timed out"))?
-            .map_err(|e| e.to_string())
+            .map_err(|e| podstat::util::chain(&e))
     }
 
     /// Builds two single-layer OCI images from the host's busybox-static and imports them.

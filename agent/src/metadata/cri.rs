@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use http_body_util::{BodyExt as _, Full};
-use hyper::{Request, StatusCode, body::Bytes, client::conn::http2};
+use hyper::{Request, StatusCode, body::Bytes, client::conn::http2, header::HeaderValue};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message;
 
@@ -43,8 +43,45 @@ pub enum CriError {
         code: u32,
         message: String,
     },
-    #[error("{method}: malformed response: {why}")]
-    Malformed { method: String, why: String },
+    #[error("{method}: building the request")]
+    BuildRequest {
+        method: String,
+        #[source]
+        source: hyper::http::Error,
+    },
+    #[error("{method}: malformed response: reading the body")]
+    Body {
+        method: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{method}: malformed response: grpc-status {value:?}")]
+    GrpcStatus { method: String, value: HeaderValue },
+    #[error("{method}: malformed response")]
+    Frame {
+        method: String,
+        #[source]
+        source: FrameError,
+    },
+    #[error("{method}: malformed response")]
+    Decode {
+        method: String,
+        #[source]
+        source: prost::DecodeError,
+    },
+}
+
+/// Why a unary response's body is not one gRPC message frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("{0} bytes, shorter than a gRPC frame header")]
+    Short(usize),
+    #[error("compressed message (podstat asks for none)")]
+    Compressed,
+    #[error("message of {0} bytes exceeds {MAX_MESSAGE}")]
+    TooLarge(usize),
+    #[error("frame says {says} bytes, body has {has}")]
+    Truncated { says: usize, has: usize },
 }
 
 /// A CRI client on one socket; the HTTP/2 connection is reused until it fails.
@@ -69,31 +106,27 @@ impl Client {
     }
 
     async fn connection(&mut self) -> Result<&mut http2::SendRequest<Full<Bytes>>, CriError> {
-        if self
-            .conn
-            .as_ref()
-            .is_some_and(http2::SendRequest::is_closed)
-        {
-            self.conn = None;
-        }
-        if self.conn.is_none() {
-            let stream = tokio::net::UnixStream::connect(&self.socket)
-                .await
-                .map_err(CriError::Connect)?;
-            let (send, conn) = http2::Builder::new(TokioExecutor::new())
-                .handshake(TokioIo::new(stream))
-                .await
-                .map_err(CriError::Handshake)?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "CRI connection ended");
-                }
-            });
-            self.conn = Some(send);
-        }
-        self.conn
-            .as_mut()
-            .ok_or_else(|| CriError::Connect(std::io::Error::other("no connection")))
+        let send = match self.conn.take() {
+            Some(send) if !send.is_closed() => send,
+            _ => self.connect().await?,
+        };
+        Ok(self.conn.insert(send))
+    }
+
+    async fn connect(&self) -> Result<http2::SendRequest<Full<Bytes>>, CriError> {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(CriError::Connect)?;
+        let (send, conn) = http2::Builder::new(TokioExecutor::new())
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(CriError::Handshake)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "CRI connection ended");
+            }
+        });
+        Ok(send)
     }
 
     /// One gRPC unary call: `method` is `/package.Service/Method`.
@@ -108,9 +141,9 @@ impl Client {
             .header("content-type", "application/grpc")
             .header("te", "trailers")
             .body(Full::new(Bytes::from(body)))
-            .map_err(|e| CriError::Malformed {
+            .map_err(|source| CriError::BuildRequest {
                 method: m(),
-                why: e.to_string(),
+                source,
             })?;
         let conn = self.connection().await?;
         conn.ready().await.map_err(|source| CriError::Request {
@@ -140,18 +173,21 @@ impl Client {
         let collected = http_body_util::Limited::new(body, MAX_MESSAGE + 5)
             .collect()
             .await
-            .map_err(|e| CriError::Malformed {
+            .map_err(|source| CriError::Body {
                 method: m(),
-                why: format!("reading the body: {e}"),
+                source,
             })?;
         if let Some(trailers) = collected.trailers() {
             grpc_status(method, trailers)?;
         }
         let bytes = collected.to_bytes();
-        let msg = unframe(&bytes).map_err(|why| CriError::Malformed { method: m(), why })?;
-        Resp::decode(msg).map_err(|e| CriError::Malformed {
+        let msg = unframe(&bytes).map_err(|source| CriError::Frame {
             method: m(),
-            why: e.to_string(),
+            source,
+        })?;
+        Resp::decode(msg).map_err(|source| CriError::Decode {
+            method: m(),
+            source,
         })
     }
 
@@ -208,22 +244,21 @@ pub fn frame(msg: &impl Message) -> Vec<u8> {
 }
 
 /// The single message of a unary response.
-pub fn unframe(body: &[u8]) -> Result<&[u8], String> {
+pub fn unframe(body: &[u8]) -> Result<&[u8], FrameError> {
     let Some((head, rest)) = body.split_at_checked(5) else {
-        return Err(format!(
-            "{} bytes, shorter than a gRPC frame header",
-            body.len()
-        ));
+        return Err(FrameError::Short(body.len()));
     };
     if head[0] != 0 {
-        return Err("compressed message (podstat asks for none)".into());
+        return Err(FrameError::Compressed);
     }
     let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
     if len > MAX_MESSAGE {
-        return Err(format!("message of {len} bytes exceeds {MAX_MESSAGE}"));
+        return Err(FrameError::TooLarge(len));
     }
-    rest.get(..len)
-        .ok_or_else(|| format!("frame says {len} bytes, body has {}", rest.len()))
+    rest.get(..len).ok_or(FrameError::Truncated {
+        says: len,
+        has: rest.len(),
+    })
 }
 
 fn grpc_status(method: &str, headers: &hyper::HeaderMap) -> Result<(), CriError> {
@@ -234,9 +269,9 @@ fn grpc_status(method: &str, headers: &hyper::HeaderMap) -> Result<(), CriError>
         .to_str()
         .ok()
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| CriError::Malformed {
+        .ok_or_else(|| CriError::GrpcStatus {
             method: method.to_owned(),
-            why: format!("grpc-status {code:?}"),
+            value: code.clone(),
         })?;
     if code == 0 {
         return Ok(());
@@ -303,14 +338,23 @@ mod tests {
 
     #[test]
     fn unframe_rejects_bad_frames() {
-        for (body, why) in [
-            (&b""[..], "shorter"),
-            (&[1, 0, 0, 0, 0][..], "compressed"),
-            (&[0, 0, 0, 0, 9, 1][..], "says 9 bytes"),
-            (&[0, 0xff, 0xff, 0xff, 0xff][..], "exceeds"),
+        for (body, want, why) in [
+            (&b""[..], FrameError::Short(0), "shorter"),
+            (&[1, 0, 0, 0, 0][..], FrameError::Compressed, "compressed"),
+            (
+                &[0, 0, 0, 0, 9, 1][..],
+                FrameError::Truncated { says: 9, has: 1 },
+                "says 9 bytes",
+            ),
+            (
+                &[0, 0xff, 0xff, 0xff, 0xff][..],
+                FrameError::TooLarge(0xffff_ffff),
+                "exceeds",
+            ),
         ] {
             let e = unframe(body).expect_err("must fail");
-            assert!(e.contains(why), "{e:?} should say {why:?}");
+            assert_eq!(e, want);
+            assert!(e.to_string().contains(why), "{e:?} should say {why:?}");
         }
     }
 

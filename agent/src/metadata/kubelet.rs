@@ -8,12 +8,17 @@
 use std::{path::PathBuf, sync::Arc};
 
 use http_body_util::{BodyExt as _, Empty};
-use hyper::{Request, StatusCode, Uri, body::Bytes, client::conn::http1, header};
+use hyper::{
+    Request, StatusCode, Uri, body::Bytes, client::conn::http1, header, http::uri::InvalidUri,
+};
 use hyper_util::rt::TokioIo;
 use rustls::{
     ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-    pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject as _},
+    pki_types::{
+        CertificateDer, InvalidDnsNameError, ServerName, UnixTime,
+        pem::{self, PemObject as _},
+    },
 };
 use serde::Deserialize;
 use tokio::net::TcpStream;
@@ -25,22 +30,54 @@ const MAX_BODY: usize = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeletError {
-    #[error("bad URL: {0}")]
-    Url(String),
+    #[error("bad URL: {url:?}")]
+    Url {
+        url: String,
+        #[source]
+        source: InvalidUri,
+    },
+    #[error("bad URL: {url:?}: not http(s)://host:port")]
+    Scheme { url: String },
+    #[error("bad URL: {url:?}: no host")]
+    NoHost { url: String },
+    #[error("bad URL: {host:?} is not a TLS server name")]
+    ServerName {
+        host: String,
+        #[source]
+        source: InvalidDnsNameError,
+    },
+    #[error("building the request")]
+    Request(#[source] hyper::http::Error),
+    #[error("TLS settings")]
+    TlsConfig(#[source] rustls::Error),
     #[error("reading {path}")]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("CA file {path}: {why}")]
-    Ca { path: PathBuf, why: String },
+    #[error("CA file {path} (or pass --metadata.kubelet-insecure-skip-verify)")]
+    CaRead {
+        path: PathBuf,
+        #[source]
+        source: pem::Error,
+    },
+    #[error("CA file {path}: a certificate")]
+    CaCert {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("CA file {path}: no certificate in it")]
+    CaEmpty { path: PathBuf },
     #[error("connecting")]
     Connect(#[source] std::io::Error),
     #[error("TLS")]
     Tls(#[source] std::io::Error),
     #[error("HTTP")]
     Http(#[source] hyper::Error),
+    #[error("reading the body")]
+    Body(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("HTTP status {0} (401/403: the token lacks `get` on `nodes/proxy`)")]
     Status(StatusCode),
     #[error("malformed PodList: {0}")]
@@ -61,18 +98,23 @@ impl Client {
         let base = opts.kubelet_url.trim_end_matches('/');
         let uri: Uri = format!("{base}/pods")
             .parse()
-            .map_err(|e| KubeletError::Url(format!("{base:?}: {e}")))?;
+            .map_err(|source| KubeletError::Url {
+                url: base.to_owned(),
+                source,
+            })?;
         let tls = match uri.scheme_str() {
             Some("https") => Some(Arc::new(tls_config(opts)?)),
             Some("http") => None,
             _ => {
-                return Err(KubeletError::Url(format!(
-                    "{base:?}: not http(s)://host:port"
-                )));
+                return Err(KubeletError::Scheme {
+                    url: base.to_owned(),
+                });
             }
         };
         if uri.host().is_none() {
-            return Err(KubeletError::Url(format!("{base:?}: no host")));
+            return Err(KubeletError::NoHost {
+                url: base.to_owned(),
+            });
         }
         Ok(Self {
             url: base.to_owned(),
@@ -123,11 +165,15 @@ impl Client {
         }
         let req = req
             .body(Empty::<Bytes>::new())
-            .map_err(|e| KubeletError::Url(e.to_string()))?;
+            .map_err(KubeletError::Request)?;
         match &self.tls {
             Some(cfg) => {
-                let name = ServerName::try_from(host.to_owned())
-                    .map_err(|e| KubeletError::Url(format!("{host:?}: {e}")))?;
+                let name = ServerName::try_from(host.to_owned()).map_err(|source| {
+                    KubeletError::ServerName {
+                        host: host.to_owned(),
+                        source,
+                    }
+                })?;
                 let stream = tokio_rustls::TlsConnector::from(Arc::clone(cfg))
                     .connect(name, tcp)
                     .await
@@ -154,7 +200,7 @@ where
                 .collect()
                 .await
                 .map(http_body_util::Collected::to_bytes)
-                .map_err(|e| KubeletError::Connect(std::io::Error::other(e)))
+                .map_err(KubeletError::Body)
         }
         Ok(resp) => Err(KubeletError::Status(resp.status())),
         Err(e) => Err(e),
@@ -167,7 +213,7 @@ fn tls_config(opts: &Options) -> Result<ClientConfig, KubeletError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
-        .map_err(|e| KubeletError::Url(e.to_string()))?;
+        .map_err(KubeletError::TlsConfig)?;
     let cfg = if opts.kubelet_insecure_skip_verify {
         builder
             .dangerous()
@@ -175,22 +221,21 @@ fn tls_config(opts: &Options) -> Result<ClientConfig, KubeletError> {
             .with_no_client_auth()
     } else {
         let path = &opts.kubelet_ca_file;
-        let ca_err = |why: String| KubeletError::Ca {
+        let read_err = |source| KubeletError::CaRead {
             path: path.clone(),
-            why,
+            source,
         };
         let mut roots = RootCertStore::empty();
-        let certs = CertificateDer::pem_file_iter(path).map_err(|e| {
-            ca_err(format!(
-                "{e} (or pass --metadata.kubelet-insecure-skip-verify)"
-            ))
-        })?;
-        for cert in certs {
-            let cert = cert.map_err(|e| ca_err(e.to_string()))?;
-            roots.add(cert).map_err(|e| ca_err(e.to_string()))?;
+        for cert in CertificateDer::pem_file_iter(path).map_err(read_err)? {
+            roots
+                .add(cert.map_err(read_err)?)
+                .map_err(|source| KubeletError::CaCert {
+                    path: path.clone(),
+                    source,
+                })?;
         }
         if roots.is_empty() {
-            return Err(ca_err("no certificate in it".into()));
+            return Err(KubeletError::CaEmpty { path: path.clone() });
         }
         builder.with_root_certificates(roots).with_no_client_auth()
     };

@@ -310,9 +310,27 @@ impl Provider {
     }
 }
 
+/// Why the provider asked for cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ChooseError {
+    #[error("--metadata.provider cri: no CRI socket at {} (pass --metadata.cri-socket)", CRI_SOCKETS.join(", "))]
+    NoCriSocket,
+    #[error("--metadata.provider kubelet")]
+    Kubelet(#[source] kubelet::KubeletError),
+    #[error("--metadata.provider auto chose the kubelet")]
+    AutoKubelet(#[source] kubelet::KubeletError),
+}
+
+/// [`select`] with the error as one line, for the callers that still take a `String`
+/// (`check`, `main`).
+// TODO(issue 12): remove once check.rs and main.rs call `select` (one line each).
+pub fn choose(opts: &Options) -> Result<Option<Provider>, String> {
+    select(opts).map_err(|e| crate::util::chain(&e))
+}
+
 /// Chooses the provider from the options; `Ok(None)` for none. A provider asked for by name
 /// that cannot be set up is an error; `auto` only picks what is there.
-pub fn choose(opts: &Options) -> Result<Option<Provider>, String> {
+pub fn select(opts: &Options) -> Result<Option<Provider>, ChooseError> {
     let first_socket = || {
         CRI_SOCKETS
             .iter()
@@ -327,17 +345,12 @@ pub fn choose(opts: &Options) -> Result<Option<Provider>, String> {
                 .cri_socket
                 .clone()
                 .or_else(first_socket)
-                .ok_or_else(|| {
-                    format!(
-                        "--metadata.provider cri: no CRI socket at {} (pass --metadata.cri-socket)",
-                        CRI_SOCKETS.join(", ")
-                    )
-                })?;
+                .ok_or(ChooseError::NoCriSocket)?;
             Ok(Some(Provider::Cri(cri::Client::new(socket))))
         }
         ProviderKind::Kubelet => kubelet::Client::new(opts)
             .map(|k| Some(Provider::Kubelet(k)))
-            .map_err(|e| format!("--metadata.provider kubelet: {e}")),
+            .map_err(ChooseError::Kubelet),
         ProviderKind::Auto => {
             if let Some(socket) = opts.cri_socket.clone().or_else(first_socket) {
                 return Ok(Some(Provider::Cri(cri::Client::new(socket))));
@@ -345,7 +358,7 @@ pub fn choose(opts: &Options) -> Result<Option<Provider>, String> {
             if opts.kubelet_token_file.exists() {
                 return kubelet::Client::new(opts)
                     .map(|k| Some(Provider::Kubelet(k)))
-                    .map_err(|e| format!("--metadata.provider auto chose the kubelet: {e}"));
+                    .map_err(ChooseError::AutoKubelet);
             }
             Ok(None)
         }
@@ -451,7 +464,7 @@ pub fn start_in_background(opts: &Options) -> Arc<Store> {
         refresh: opts.refresh.min(Duration::from_secs(10)),
         ..opts.clone()
     };
-    let Ok(Some(mut provider)) = choose(&opts) else {
+    let Ok(Some(mut provider)) = select(&opts) else {
         return store;
     };
     let Ok(rt) = tokio::runtime::Builder::new_current_thread()
@@ -519,13 +532,34 @@ mod tests {
     #[test]
     fn choose_none_and_missing_sockets() {
         let opts = Options::default();
-        assert!(matches!(choose(&opts), Ok(None)));
+        assert!(matches!(select(&opts), Ok(None)));
         let opts = Options {
             provider: ProviderKind::Cri,
             cri_socket: Some("/nonexistent/podstat-test.sock".into()),
             ..Options::default()
         };
         // A named socket is used as given; connecting is what fails, at refresh time.
-        assert!(matches!(choose(&opts), Ok(Some(Provider::Cri(_)))));
+        assert!(matches!(select(&opts), Ok(Some(Provider::Cri(_)))));
+    }
+
+    #[test]
+    fn a_kubelet_that_cannot_be_set_up_is_a_typed_error_with_its_cause() {
+        let opts = Options {
+            provider: ProviderKind::Kubelet,
+            kubelet_url: "ftp://x".into(),
+            ..Options::default()
+        };
+        let e = select(&opts).expect_err("not http(s)");
+        assert!(
+            matches!(
+                e,
+                ChooseError::Kubelet(kubelet::KubeletError::Scheme { .. })
+            ),
+            "{e:?}"
+        );
+        assert_eq!(
+            choose(&opts).err().as_deref(),
+            Some("--metadata.provider kubelet: bad URL: \"ftp://x\": not http(s)://host:port")
+        );
     }
 }

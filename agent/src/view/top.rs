@@ -1,25 +1,24 @@
 //! `podstat top`: a table of the node's pods and containers, refreshed every second, sorted
-//! and filtered with keys. Plain ANSI escapes on a raw-mode terminal (termios), so it works on
-//! any SSH terminal; the terminal is restored on exit, on error, on panic, and on SIGTERM,
-//! SIGHUP or SIGQUIT (a closed SSH session, `kill`), which end the view like `q`.
+//! and filtered with keys. The terminal (raw mode, alternate screen, cursor, keys, size) is
+//! crossterm's; the screen itself is plain ANSI lines, so it works on any SSH terminal. The
+//! terminal is restored on exit, on error, on panic, and on SIGTERM, SIGHUP or SIGQUIT (a
+//! closed SSH session, `kill`), which end the view like `q`.
 
 use std::{
     fmt::Write as _,
-    io::{Read as _, Write as _},
-    os::fd::AsFd as _,
+    io::Write as _,
     sync::{
-        Mutex, PoisonError,
+        Arc, LazyLock,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
 
-use nix::{
-    poll::{PollFd, PollFlags, PollTimeout, poll},
-    sys::{
-        signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction},
-        termios::{self, LocalFlags, SetArg, Termios},
-    },
+use crossterm::{
+    cursor,
+    event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers},
+    execute, queue,
+    terminal::{self, Clear, ClearType, EnterAlternateScreen, LeaveAlternateScreen},
 };
 use serde::Serialize;
 
@@ -375,21 +374,34 @@ impl Screen {
     }
 }
 
-/// The terminal's original settings, for the panic hook.
-static ORIGINAL: Mutex<Option<Termios>> = Mutex::new(None);
-
-/// Puts the terminal back: original termios, cursor shown, main screen.
-fn restore() {
-    if let Some(t) = ORIGINAL
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .as_ref()
-    {
-        let _ = termios::tcsetattr(std::io::stdin().as_fd(), SetArg::TCSANOW, t);
+/// The input byte a key stands for, as a raw-mode terminal would send it (Ctrl-C is 0x03,
+/// Backspace 0x7f); `None` for keys the view ignores (arrows, function keys, non-ASCII).
+pub fn key_byte(k: &KeyEvent) -> Option<u8> {
+    if k.kind != KeyEventKind::Press || k.modifiers.contains(KeyModifiers::ALT) {
+        return None;
     }
-    let mut out = std::io::stdout();
-    let _ = out.write_all(b"\x1b[?25h\x1b[?1049l");
-    let _ = out.flush();
+    match k.code {
+        KeyCode::Enter => Some(b'\r'),
+        KeyCode::Esc => Some(0x1b),
+        KeyCode::Backspace => Some(0x7f),
+        KeyCode::Tab => Some(b'\t'),
+        KeyCode::Char(c) if c.is_ascii() => {
+            let b = u8::try_from(c).ok()?;
+            if k.modifiers.contains(KeyModifiers::CONTROL) {
+                Some(b & 0x1f)
+            } else {
+                Some(b)
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Puts the terminal back: cooked mode (crossterm keeps the settings it found), cursor shown,
+/// main screen.
+fn restore() {
+    let _ = terminal::disable_raw_mode();
+    let _ = execute!(std::io::stdout(), cursor::Show, LeaveAlternateScreen);
 }
 
 /// Raw mode and the alternate screen for as long as it lives.
@@ -397,25 +409,17 @@ struct RawTerminal;
 
 impl RawTerminal {
     fn enter() -> std::io::Result<Self> {
-        let stdin = std::io::stdin();
-        let orig = termios::tcgetattr(stdin.as_fd()).map_err(std::io::Error::from)?;
-        *ORIGINAL.lock().unwrap_or_else(PoisonError::into_inner) = Some(orig.clone());
-        let mut raw = orig;
-        // No ISIG either: Ctrl-C arrives as a byte and quits like `q`, through the restore.
-        raw.local_flags
-            .remove(LocalFlags::ICANON | LocalFlags::ECHO | LocalFlags::ISIG);
-        raw.control_chars[termios::SpecialCharacterIndices::VMIN as usize] = 0;
-        raw.control_chars[termios::SpecialCharacterIndices::VTIME as usize] = 0;
-        termios::tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw).map_err(std::io::Error::from)?;
+        // Raw mode clears ISIG too: Ctrl-C arrives as a key and quits like `q`, through the
+        // restore.
+        terminal::enable_raw_mode()?;
+        let term = Self;
         let prev = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             restore();
             prev(info);
         }));
-        let mut out = std::io::stdout();
-        out.write_all(b"\x1b[?1049h\x1b[?25l")?;
-        out.flush()?;
-        Ok(Self)
+        execute!(std::io::stdout(), EnterAlternateScreen, cursor::Hide)?;
+        Ok(term)
     }
 }
 
@@ -425,45 +429,73 @@ impl Drop for RawTerminal {
     }
 }
 
-/// Set by [`on_signal`]: the live view ends at its next wake-up, through the restore.
-static STOP: AtomicBool = AtomicBool::new(false);
+/// Set by [`STOP_SIGNALS`]: the live view ends at its next wake-up, through the restore.
+static STOP: LazyLock<Arc<AtomicBool>> = LazyLock::new(|| Arc::new(AtomicBool::new(false)));
 
 /// The signals that end the live view (Ctrl-C arrives as a key in raw mode).
-const STOP_SIGNALS: [Signal; 3] = [Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT];
+const STOP_SIGNALS: [i32; 3] = [
+    signal_hook::consts::SIGTERM,
+    signal_hook::consts::SIGHUP,
+    signal_hook::consts::SIGQUIT,
+];
 
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
-}
+/// How often a wait for keys looks at [`STOP`]: crossterm's poll resumes after a signal, so a
+/// stop signal is seen within this.
+const STOP_CHECK: Duration = Duration::from_millis(100);
 
 /// Makes [`STOP_SIGNALS`] set [`STOP`] instead of killing the process, so that the terminal is
-/// restored. Without `SA_RESTART`: the `poll` they interrupt returns at once.
+/// restored.
 fn catch_stop_signals() -> std::io::Result<()> {
-    let action = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::empty(),
-        SigSet::empty(),
-    );
     for sig in STOP_SIGNALS {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { sigaction(sig, &action) }.map_err(std::io::Error::from)?;
+        signal_hook::flag::register(sig, Arc::clone(&STOP))?;
     }
     Ok(())
 }
 
 /// The terminal's size (columns, rows), 80×24 if unknown.
 fn size() -> (usize, usize) {
-    let mut ws = libc::winsize {
-        ws_row: 0,
-        ws_col: 0,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCGWINSZ writes a winsize into the struct we pass; stdout is a valid fd.
-    let rc = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &raw mut ws) };
-    if rc == 0 && ws.ws_col > 0 && ws.ws_row > 0 {
-        (usize::from(ws.ws_col), usize::from(ws.ws_row))
-    } else {
-        (80, 24)
+    match terminal::size() {
+        Ok((w, h)) if w > 0 && h > 0 => (usize::from(w), usize::from(h)),
+        _ => (80, 24),
+    }
+}
+
+/// Why [`wait`] returned.
+enum Wake {
+    /// The refresh is due.
+    Due,
+    /// A key changed the screen, or the terminal was resized.
+    Redraw,
+    /// `q`, Ctrl-C or a stop signal.
+    Quit,
+}
+
+/// Waits for keys until `until`, applying them to `screen`.
+fn wait(screen: &mut Screen, until: Instant) -> std::io::Result<Wake> {
+    loop {
+        if STOP.load(Ordering::Relaxed) {
+            return Ok(Wake::Quit);
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(Wake::Due);
+        }
+        if !event::poll(left.min(STOP_CHECK))? {
+            continue;
+        }
+        match event::read()? {
+            Event::Key(k) => {
+                let Some(b) = key_byte(&k) else { continue };
+                screen.key(b);
+                return Ok(if screen.quit {
+                    Wake::Quit
+                } else {
+                    Wake::Redraw
+                });
+            }
+            Event::Resize(..) => return Ok(Wake::Redraw),
+            _ => {}
+        }
     }
 }
 
@@ -480,7 +512,6 @@ pub fn run_live(
     let mut rows: Vec<Row> = Vec::new();
     let mut note = String::from("(measuring the first interval…)");
     let mut next = Instant::now();
-    let stdin = std::io::stdin();
     loop {
         if STOP.load(Ordering::Relaxed) {
             return Ok(());
@@ -498,29 +529,13 @@ pub fn run_live(
         }
         let (w, h) = size();
         let mut out = std::io::stdout();
-        out.write_all(b"\x1b[H")?;
+        queue!(out, cursor::MoveTo(0, 0))?;
         out.write_all(screen.render(source, &rows, &note, w, h).as_bytes())?;
-        out.write_all(b"\x1b[J")?;
+        queue!(out, Clear(ClearType::FromCursorDown))?;
         out.flush()?;
-        let wait = next.saturating_duration_since(Instant::now());
-        let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
-        let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
-        let ready = poll(&mut fds, PollTimeout::from(ms)).unwrap_or(0);
-        if STOP.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        if ready > 0 {
-            let mut buf = [0u8; 64];
-            let n = stdin.lock().read(&mut buf)?;
-            if n == 0 {
-                return Ok(()); // stdin closed
-            }
-            for b in &buf[..n] {
-                screen.key(*b);
-            }
-            if screen.quit {
-                return Ok(());
-            }
+        match wait(&mut screen, next)? {
+            Wake::Quit => return Ok(()),
+            Wake::Due | Wake::Redraw => {}
         }
     }
 }
@@ -534,9 +549,32 @@ mod tests {
         catch_stop_signals().expect("sigaction");
         assert!(!STOP.load(Ordering::Relaxed));
         // The process survives its own SIGHUP, and the flag the loop checks is set.
-        nix::sys::signal::raise(Signal::SIGHUP).expect("raise");
+        signal_hook::low_level::raise(signal_hook::consts::SIGHUP).expect("raise");
         assert!(STOP.load(Ordering::Relaxed));
+        // ...and the wait for keys ends at once, without reading the terminal.
+        let mut s = Screen::new(SortKey::Throttled, String::new());
+        let until = Instant::now() + Duration::from_secs(5);
+        assert!(matches!(wait(&mut s, until), Ok(Wake::Quit)));
         STOP.store(false, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn keys_map_to_the_bytes_a_raw_terminal_sends() {
+        let k = |code, modifiers| key_byte(&KeyEvent::new(code, modifiers));
+        let none = KeyModifiers::NONE;
+        assert_eq!(k(KeyCode::Char('c'), KeyModifiers::CONTROL), Some(0x03));
+        assert_eq!(k(KeyCode::Char('q'), none), Some(b'q'));
+        assert_eq!(k(KeyCode::Char('/'), KeyModifiers::SHIFT), Some(b'/'));
+        assert_eq!(k(KeyCode::Enter, none), Some(b'\r'));
+        assert_eq!(k(KeyCode::Esc, none), Some(0x1b));
+        assert_eq!(k(KeyCode::Backspace, none), Some(0x7f));
+        assert_eq!(k(KeyCode::Up, none), None);
+        assert_eq!(k(KeyCode::Char('é'), none), None);
+        assert_eq!(k(KeyCode::Char('q'), KeyModifiers::ALT), None);
+        // Ctrl-C quits like q does.
+        let mut s = Screen::new(SortKey::Throttled, String::new());
+        s.key(k(KeyCode::Char('c'), KeyModifiers::CONTROL).expect("a byte"));
+        assert!(s.quit);
     }
 
     #[test]
