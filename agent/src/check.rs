@@ -249,7 +249,7 @@ pub fn report(args: &CheckArgs, enabled: &[&'static str]) -> Vec<Item> {
 
 /// Which metadata provider the agent would use, and one real refresh from it.
 fn check_metadata(opts: &crate::metadata::Options) -> (Outcome, String) {
-    let provider = match crate::metadata::choose(opts) {
+    let provider = match crate::metadata::select(opts) {
         Ok(Some(p)) => p,
         Ok(None) => {
             return (
@@ -257,7 +257,7 @@ fn check_metadata(opts: &crate::metadata::Options) -> (Outcome, String) {
                 "none (no CRI socket, no service-account token, or --metadata.provider none): series carry pod_uid and container_id only".into(),
             );
         }
-        Err(e) => return (Outcome::Unsupported, e),
+        Err(e) => return (Outcome::Unsupported, crate::util::chain(&e)),
     };
     let Ok(rt) = tokio::runtime::Builder::new_current_thread()
         .enable_all()

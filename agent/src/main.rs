@@ -65,7 +65,7 @@ fn init_logging(log: &LogArgs, quiet: Option<&str>) -> anyhow::Result<()> {
 
 fn run_agent(args: &AgentArgs, enabled: &[&'static str]) -> anyhow::Result<()> {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), collectors = ?enabled, "starting podstat agent");
-    let provider = metadata::choose(&args.host.metadata).map_err(anyhow::Error::msg)?;
+    let provider = metadata::select(&args.host.metadata)?;
     if provider.is_none() {
         tracing::info!(
             "no metadata provider (no CRI socket, no service-account token, or --metadata.provider none): \

@@ -321,13 +321,6 @@ pub enum ChooseError {
     AutoKubelet(#[source] kubelet::KubeletError),
 }
 
-/// [`select`] with the error as one line, for the callers that still take a `String`
-/// (`check`, `main`).
-// TODO(issue 12): remove once check.rs and main.rs call `select` (one line each).
-pub fn choose(opts: &Options) -> Result<Option<Provider>, String> {
-    select(opts).map_err(|e| crate::util::chain(&e))
-}
-
 /// Chooses the provider from the options; `Ok(None)` for none. A provider asked for by name
 /// that cannot be set up is an error; `auto` only picks what is there.
 pub fn select(opts: &Options) -> Result<Option<Provider>, ChooseError> {
@@ -558,7 +551,7 @@ mod tests {
             "{e:?}"
         );
         assert_eq!(
-            choose(&opts).err().as_deref(),
+            Some(crate::util::chain(&e)).as_deref(),
             Some("--metadata.provider kubelet: bad URL: \"ftp://x\": not http(s)://host:port")
         );
     }
