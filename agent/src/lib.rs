@@ -13,6 +13,7 @@ pub mod http;
 pub mod identity;
 pub mod metadata;
 pub mod metric;
+pub mod netdev;
 pub mod probe;
 pub mod server;
 pub mod util;

@@ -24,7 +24,7 @@ use super::{
     btf::{BtfError, KernelBtf},
     kernel::{self, Shared, attach_tp_btf, per_cpu_sum},
 };
-use crate::{collector::net::Topology, identity::Diff};
+use crate::{identity::Diff, netdev::topology::Topology};
 
 /// Drivers' `ndo_rx_flow_steer` implementations (aRFS), looked up in /proc/kallsyms.
 pub const ARFS_DRIVER_FUNCS: &[&str] = &[

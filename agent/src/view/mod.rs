@@ -77,13 +77,13 @@ pub fn run_top(args: &TopArgs) -> Result<(), ViewError> {
     let mut prev: Option<(Snapshot, Instant)> = None;
     let screen = top::Screen::new(args.sort, args.filter.clone().unwrap_or_default());
     top::run_live(&source.describe(), screen, args.interval, || {
-        let snap = source.snapshot().map_err(|e| crate::util::chain(&e))?;
+        let snap = source.snapshot()?;
         let now = Instant::now();
         let out = prev
             .as_ref()
             .map(|(s0, t0)| in_namespace(rows(&snap, s0, (now - *t0).as_secs_f64()), ns));
         prev = Some((snap, now));
-        Ok(out)
+        Ok::<_, SourceError>(out)
     })
     .map_err(ViewError::Terminal)
 }

@@ -501,11 +501,11 @@ fn wait(screen: &mut Screen, until: Instant) -> std::io::Result<Wake> {
 
 /// Runs the live view until `q`. `snapshot` takes a fresh snapshot's rows against the
 /// previous one (`None` until there are two).
-pub fn run_live(
+pub fn run_live<E: std::error::Error>(
     source: &str,
     mut screen: Screen,
     interval: Duration,
-    mut refresh: impl FnMut() -> Result<Option<Vec<Row>>, String>,
+    mut refresh: impl FnMut() -> Result<Option<Vec<Row>>, E>,
 ) -> std::io::Result<()> {
     catch_stop_signals()?;
     let _term = RawTerminal::enter()?;
@@ -523,7 +523,7 @@ pub fn run_live(
                     note.clear();
                 }
                 Ok(None) => {}
-                Err(e) => note = format!("error: {e}"),
+                Err(e) => note = format!("error: {}", crate::util::chain(&e)),
             }
             next = Instant::now() + interval;
         }
