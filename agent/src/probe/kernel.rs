@@ -15,7 +15,7 @@ use aya::{
     maps::{HashMap, Map, MapData, MapError, PerCpuArray},
     programs::{BtfTracePoint, FEntry, FExit, KProbe},
 };
-use podstat_common::kernel::{KNOWN_MAP, Known, MAP_FULL_MAP, Offsets};
+use podstat_common::kernel::{KNOWN_MAP, Known, MAP_FULL_MAP, MAP_NAMES, Offsets};
 
 use super::{ProbeError, btf::KernelBtf, error::Attempts};
 use crate::identity::{Diff, Subscriber};
@@ -263,9 +263,16 @@ impl Shared {
         self.lock().known.iter().filter_map(Result::ok).collect()
     }
 
-    /// Sum over CPUs of `MAP_FULL` slot `slot`.
-    pub fn map_full(&self, slot: u32) -> u64 {
-        per_cpu_sum(&self.lock().map_full, slot)
+    /// The `MAP_FULL` counters of `slots`, summed over CPUs, by their `map` label (`MAP_NAMES`).
+    pub fn map_full(&self, slots: &[u32]) -> Vec<(&'static str, u64)> {
+        let maps = self.lock();
+        slots
+            .iter()
+            .filter_map(|&slot| {
+                let name = MAP_NAMES.get(usize::try_from(slot).ok()?)?;
+                Some((*name, per_cpu_sum(&maps.map_full, slot)))
+            })
+            .collect()
     }
 
     /// `KNOWN` inserts that failed because the map was full.

@@ -14,7 +14,7 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray},
 };
 use podstat_common::{
-    kernel::{MAP_NAMES, MAP_PREEMPT_PAIRS, MAP_WAIT, Offsets},
+    kernel::{MAP_PREEMPT_PAIRS, MAP_WAIT, Offsets},
     sched::{
         PREEMPT_PAIRS_MAP, PreemptPair, RUNQ_MODE_SCHED_INFO, SCHED_EXIT_PROG, SCHED_SWITCH_PROG,
         SCHED_WAKEUP_NEW_PROG, SCHED_WAKEUP_PROG, SWITCH_COUNT_MAP, WAIT_MAP,
@@ -261,13 +261,7 @@ impl Probe for SchedProbe {
     }
 
     fn overflows(&self, shared: &Shared) -> Vec<(&'static str, u64)> {
-        [MAP_WAIT, MAP_PREEMPT_PAIRS]
-            .into_iter()
-            .filter_map(|slot| {
-                let name = MAP_NAMES.get(usize::try_from(slot).ok()?)?;
-                Some((*name, shared.map_full(slot)))
-            })
-            .collect()
+        shared.map_full(&[MAP_WAIT, MAP_PREEMPT_PAIRS])
     }
 
     fn as_any(&self) -> &dyn Any {

@@ -14,7 +14,7 @@ use aya::{
     maps::{Array, HashMap, MapData},
 };
 use podstat_common::{
-    kernel::{MAP_NAMES, MAP_THROTTLE_STATS, Offsets},
+    kernel::{MAP_THROTTLE_STATS, Offsets},
     sched::SCHED_SWITCH_PROG,
     throttle::{
         THROTTLE_FEXIT_PROG, THROTTLE_KPROBE_PROG, THROTTLE_MODE_HOOKS, THROTTLE_MODE_MAP,
@@ -205,12 +205,7 @@ impl Probe for ThrottleProbe {
     }
 
     fn overflows(&self, shared: &Shared) -> Vec<(&'static str, u64)> {
-        let slot = MAP_THROTTLE_STATS;
-        usize::try_from(slot)
-            .ok()
-            .and_then(|i| MAP_NAMES.get(i))
-            .map(|name| vec![(*name, shared.map_full(slot))])
-            .unwrap_or_default()
+        shared.map_full(&[MAP_THROTTLE_STATS])
     }
 
     fn as_any(&self) -> &dyn Any {
