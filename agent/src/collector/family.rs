@@ -70,13 +70,13 @@ pub fn join<V>(identity: &IdMap, entries: impl IntoIterator<Item = (u64, V)>) ->
     rows
 }
 
-/// Every family podstat can export (the net collector's are still listed by name in
-/// [`super::net::FAMILIES`]): each collector's, the collectors' and probes' self-metrics,
-/// and the metadata provider's.
+/// Every family podstat can export: each collector's, the collectors' and probes'
+/// self-metrics, and the metadata provider's.
 pub fn all() -> Vec<&'static Family> {
     let mut v: Vec<&'static Family> = super::cgroup::FAMILIES.iter().map(|(f, _)| f).collect();
     v.extend(super::sched::FAMILIES);
     v.extend(super::throttle::FAMILIES);
+    v.extend(super::net::FAMILIES);
     v.extend(super::SELF_FAMILIES);
     v.extend(crate::probe::metrics::FAMILIES);
     v.extend(crate::metadata::FAMILIES);

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::expo::Sample;
 use crate::{
-    collector::{cgroup, net::steering, sched, throttle},
+    collector::{cgroup, net, net::steering, sched, throttle},
     probe::metrics::PROBE_ATTACHED,
 };
 
@@ -28,6 +28,8 @@ const PREEMPTIONS: &str = sched::CPU_PREEMPTIONS.exposed;
 const PREEMPTED_BY_POD: &str = sched::CPU_PREEMPTED_BY_POD.exposed;
 const STEERING: &str = steering::NET_RX_STEERING_PACKETS.exposed;
 const MIGRATIONS: &str = steering::NET_FLOW_MIGRATIONS.exposed;
+const RPS_CPUS: &str = net::NET_RPS_CPUS.exposed;
+const ARFS_ENABLED: &str = net::NET_ARFS_ENABLED.exposed;
 
 /// A histogram from the exposition: (upper bound, cumulative count) sorted by bound, sum, count.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -212,7 +214,7 @@ impl Snapshot {
                 continue;
             }
             match s.name.as_str() {
-                "podstat_net_rps_cpus" => {
+                RPS_CPUS => {
                     let d = snap
                         .devices
                         .entry(s.label("device").to_owned())
@@ -223,7 +225,7 @@ impl Snapshot {
                     }
                     continue;
                 }
-                "podstat_net_arfs_enabled" => {
+                ARFS_ENABLED => {
                     let d = snap
                         .devices
                         .entry(s.label("device").to_owned())
