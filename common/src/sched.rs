@@ -18,6 +18,16 @@ pub const SCHED_EXIT_PROG: &str = "sched_process_exit";
 /// pid → [`Wait`]: when a tracked task became runnable (wakeup mode only).
 pub const WAIT_MAP: &str = "WAIT_START";
 
+/// pid → the task's `sched_info.run_delay` just after its last switch-in (sched_info mode): the
+/// kernel adds a wait's part before a migration to `run_delay` when the task leaves the old
+/// run queue, so the next switch-in adds what `run_delay` grew by since then. LRU: nothing
+/// forgets a task that exits, so such records age out.
+pub const RUNQ_TASKS_MAP: &str = "RUNQ_TASKS";
+
+/// {victim cgroup id, holder cgroup id} ([`PreemptPair`]) → ns the victim's tasks waited on a
+/// run queue before getting the CPU from a task of the holder, for cgroups of different pods.
+pub const WAIT_PAIRS_MAP: &str = "WAIT_PAIRS";
+
 /// {victim cgroup id, preemptor cgroup id} ([`PreemptPair`]) → preemptions of the victim's
 /// tasks by tasks of the preemptor, counted only when the two are in different pods.
 pub const PREEMPT_PAIRS_MAP: &str = "PREEMPT_PAIRS";
@@ -52,7 +62,8 @@ pub const RUNQ_BOUNDS_NS: [u64; BUCKETS] = [
     1_000_000_000,
 ];
 
-/// Who took the CPU from a preempted pod task: index into [`SchedStats::preempted_by`].
+/// Who took the CPU from a preempted pod task, or held it while a pod task waited: index into
+/// [`SchedStats::preempted_by`] and [`SchedStats::wait_by`].
 pub const BY_SAME_POD: usize = 0;
 
 pub const BY_OTHER_POD: usize = 1;
@@ -78,9 +89,13 @@ pub struct SchedStats {
     pub runq: Hist,
     /// Involuntary switch-outs while runnable, by who took the CPU.
     pub preempted_by: [u64; 3],
+    /// Run-queue waiting time, ns, by who ran on the CPU just before the waiting task got it
+    /// (`prev` at its switch-in); adds up to `runq`'s sum.
+    pub wait_by: [u64; 3],
 }
 
-/// Key of [`PREEMPT_PAIRS_MAP`]: whose task was switched out involuntarily (`victim`) and whose
+/// Key of [`PREEMPT_PAIRS_MAP`] and [`WAIT_PAIRS_MAP`] (there `preemptor` is the cgroup of the
+/// task that held the CPU while the victim's task waited): whose task was switched out involuntarily (`victim`) and whose
 /// task took the CPU (`preemptor`), both cgroup ids of pod or container cgroups.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

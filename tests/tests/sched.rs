@@ -498,6 +498,25 @@ fn oracle(mode_flags: &[&str], via: &str, ids: u32, w: &Oracle) -> (f64, f64) {
         "{via}: podstat sum {:.6} s count {} | kernel run_delay {kernel_sum:.6} s pcount {kernel_count} | ratio sum {sum_ratio:.4} count {count_ratio:.4}",
         d.sum, d.count
     );
+    // Waiting time by who held the CPU adds up to the histogram's sum.
+    let by_sum: f64 = ["same_pod", "other_pod", "system"]
+        .iter()
+        .map(|by| {
+            let v = |s: &[podstat_tests::Sample]| {
+                let mut want = labels_a.to_vec();
+                want.push(("by", by));
+                find(s, "podstat_runqueue_wait_seconds_total", &want)
+                    .first()
+                    .map_or(0.0, |x| x.value)
+            };
+            v(&s1) - v(&s0)
+        })
+        .sum();
+    assert!(
+        (by_sum - d.sum).abs() <= 1e-6 * d.sum.max(1.0),
+        "podstat_runqueue_wait_seconds_total summed over by grew {by_sum} s, the histogram's sum {} s",
+        d.sum
+    );
     assert!(
         pcount > 50,
         "the workload got the CPU only {pcount} times: not the workload this test needs"
@@ -521,7 +540,7 @@ const ORACLE_WORKLOADS: [Oracle; 3] = [
     // migrating the waiting victim to the other CPU.
     Oracle {
         victim: ["1", "1000", "1000"],
-        secs: 5,
+        secs: 8,
         migrate_every: "0",
         hogs_per_cpu: 2,
         shares: ("102", "10240"),
