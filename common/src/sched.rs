@@ -70,6 +70,41 @@ pub const BY_OTHER_POD: usize = 1;
 
 pub const BY_SYSTEM: usize = 2;
 
+/// Who held the CPU while a task of pod `victim_pod` waited: the slot of `wait_by` and
+/// `preempted_by`. `holder_pod` is the pod id of the task that ran before (0: not a tracked
+/// cgroup, the system or the idle task).
+#[inline(always)]
+#[expect(
+    clippy::inline_always,
+    reason = "BPF has no real calls between these helpers; it must inline"
+)]
+pub fn holder_class(holder_pod: u64, victim_pod: u64) -> usize {
+    if holder_pod == 0 {
+        BY_SYSTEM
+    } else if holder_pod == victim_pod {
+        BY_SAME_POD
+    } else {
+        BY_OTHER_POD
+    }
+}
+
+/// sched_info mode, at a switch-in: the whole wait that ends now, and the task's `run_delay`
+/// once the kernel has added it. `here` is `rq->clock - last_queued` (the wait on this run
+/// queue), `run_delay` the kernel's total before this switch-in, `before` what it was just
+/// after the task's previous switch-in (`None`: not seen yet). The kernel adds the part of a
+/// wait spent on other run queues to `run_delay` when the task leaves them (a migration), so
+/// that part is `run_delay - before`. A record older than the task (a reused pid) can exceed
+/// `run_delay`: no migrated part then.
+#[inline(always)]
+#[expect(
+    clippy::inline_always,
+    reason = "BPF has no real calls between these helpers; it must inline"
+)]
+pub fn wait_across_migrations(here: u64, run_delay: u64, before: Option<u64>) -> (u64, u64) {
+    let migrated = before.map_or(0, |b| run_delay.saturating_sub(b));
+    (here + migrated, run_delay + here)
+}
+
 /// Value of [`WAIT_MAP`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -111,4 +146,46 @@ mod pod {
     unsafe impl aya::Pod for super::Wait {}
     unsafe impl aya::Pod for super::SchedStats {}
     unsafe impl aya::Pod for super::PreemptPair {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holder_class_names_who_held_the_cpu() {
+        assert_eq!(holder_class(0, 7), BY_SYSTEM);
+        assert_eq!(holder_class(7, 7), BY_SAME_POD);
+        assert_eq!(holder_class(8, 7), BY_OTHER_POD);
+    }
+
+    #[test]
+    fn a_migrated_wait_is_added_up_like_run_delay() {
+        // Seen for the first time: only the wait on this run queue.
+        assert_eq!(wait_across_migrations(300, 10_000, None), (300, 10_300));
+        // No migration since the last switch-in: run_delay is where that one left it.
+        assert_eq!(
+            wait_across_migrations(300, 10_300, Some(10_300)),
+            (300, 10_600)
+        );
+        // Waited 2 ms on another CPU (the kernel folded it into run_delay when the task left
+        // that run queue), then 300 ns here: the histogram gets the whole 2.0003 ms.
+        let (wait, after) = wait_across_migrations(300, 2_010_600, Some(10_600));
+        assert_eq!((wait, after), (2_000_300, 2_010_900));
+        // Summed over switch-ins, the waits are run_delay's growth (what /proc/<pid>/schedstat
+        // reports), from the first switch-in seen on.
+        let mut before = None;
+        let mut total = 0;
+        let mut run_delay = 5_000;
+        for (folded, here) in [(0, 100), (4_000, 50), (0, 0), (1_000, 7), (0, 9_999)] {
+            run_delay += folded; // a migration while waiting
+            let (w, after) = wait_across_migrations(here, run_delay, before);
+            total += w;
+            run_delay = after; // sched_info_arrive adds `here`
+            before = Some(after);
+        }
+        assert_eq!(total, run_delay - 5_000);
+        // A stale record of a reused pid larger than the new task's run_delay.
+        assert_eq!(wait_across_migrations(40, 100, Some(9_999)), (40, 140));
+    }
 }

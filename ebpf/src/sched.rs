@@ -26,8 +26,8 @@ use aya_ebpf::{
 use podstat_common::{
     kernel::{Known, MAP_PREEMPT_PAIRS, MAP_WAIT, MAP_WAIT_PAIRS, Offsets, bucket_of},
     sched::{
-        BY_OTHER_POD, BY_SAME_POD, BY_SYSTEM, DEFAULT_MAX_PREEMPT_PAIRS, DEFAULT_MAX_WAITING,
-        PreemptPair, RUNQ_BOUNDS_NS, RUNQ_MODE_SCHED_INFO, Wait,
+        BY_OTHER_POD, DEFAULT_MAX_PREEMPT_PAIRS, DEFAULT_MAX_WAITING, PreemptPair, RUNQ_BOUNDS_NS,
+        RUNQ_MODE_SCHED_INFO, Wait, holder_class, wait_across_migrations,
     },
     throttle::{THROTTLE_GATE_NS, THROTTLE_MODE_SWITCH},
 };
@@ -207,13 +207,7 @@ fn account_wait(known: *mut Known, victim_cg: u64, holder: Holder, delta: u64) {
         bucket_of(delta, &RUNQ_BOUNDS_NS),
         delta,
     );
-    let by = if holder.pod == 0 {
-        BY_SYSTEM
-    } else if holder.pod == pod {
-        BY_SAME_POD
-    } else {
-        BY_OTHER_POD
-    };
+    let by = holder_class(holder.pod, pod);
     // SAFETY: `by` < 3; known points into a map value.
     unsafe { atomic_add(core::ptr::addr_of_mut!((*known).sched.wait_by[by]), delta) };
     if by == BY_OTHER_POD {
@@ -287,12 +281,8 @@ fn on_preempted(
     }
     let next_cg = task_cgroup_id(next, o).unwrap_or(0);
     let next_known = KNOWN.get_ptr_mut(next_cg);
-    let by = match next_known {
-        // SAFETY: a pointer to a live map value.
-        Some(k) if unsafe { (*k).pod_id } == pod => BY_SAME_POD,
-        Some(_) => BY_OTHER_POD,
-        None => BY_SYSTEM,
-    };
+    // SAFETY: a pointer to a live map value.
+    let by = holder_class(next_known.map_or(0, |k| unsafe { (*k).pod_id }), pod);
     // SAFETY: `by` < 3; known points into a map value.
     unsafe { atomic_add(core::ptr::addr_of_mut!((*known).sched.preempted_by[by]), 1) };
     if by == BY_OTHER_POD {
@@ -364,18 +354,17 @@ fn switch_in_sched_info(
     // The part of the wait spent on other run queues before migrations: what the kernel added
     // to run_delay since the task's last switch-in (see RUNQ_TASKS).
     let run_delay: u64 = load(next, o.task_run_delay)?;
-    let after = run_delay + here;
     let pid: u32 = load(next, o.task_pid)?;
     let delta = if let Some(base) = RUNQ_TASKS.get_ptr_mut(pid) {
         // SAFETY: a pointer to a live map value; only this task's switch-ins write it.
-        let before = unsafe { *base };
+        let (delta, after) = wait_across_migrations(here, run_delay, Some(unsafe { *base }));
         // SAFETY: as above.
         unsafe { *base = after };
-        // A record older than the task (a reused pid) can be larger: no migrated part then.
-        here + run_delay.saturating_sub(before)
+        delta
     } else {
+        let (delta, after) = wait_across_migrations(here, run_delay, None);
         let _ = RUNQ_TASKS.insert(pid, after, 0);
-        here
+        delta
     };
     let holder = match seen {
         Some(n) => n.prev,
