@@ -339,6 +339,44 @@ mod tests {
     }
 
     #[test]
+    fn waits_behind_pods_keep_the_three_longest_in_seconds() {
+        let identity = IdMap::default();
+        let target = |uid: &str, cid: &str| Target {
+            pod_uid: uid.into(),
+            container_id: cid.into(),
+            pod: uid.into(),
+            namespace: "ns".into(),
+            qos: "burstable",
+            ..Target::default()
+        };
+        identity.replace(HashMap::from([
+            (1, target("victim", "c")),
+            (2, target("hog", "c1")),
+            (3, target("hog", "c2")),
+            (4, target("a", "c")),
+            (5, target("b", "c")),
+            (6, target("z", "c")),
+        ]));
+        let pair = |victim, preemptor| PreemptPair { victim, preemptor };
+        // ns waited behind each holder cgroup; hog's two containers are one pod; a and z tie.
+        let rows = preemptor_rows(
+            &identity,
+            [
+                (pair(1, 2), 1_500_000_000),
+                (pair(1, 3), 500_000_000),
+                (pair(1, 4), 250_000_000),
+                (pair(1, 5), 1_000),
+                (pair(1, 6), 250_000_000),
+            ],
+        );
+        let got: Vec<(&str, f64)> = rows
+            .iter()
+            .map(|(_, by, ns)| (by.preemptor_pod.as_str(), ns_to_seconds(*ns)))
+            .collect();
+        assert_eq!(got, vec![("hog", 2.0), ("a", 0.25), ("z", 0.25)]);
+    }
+
+    #[test]
     fn kernel_hist_converts_to_seconds() {
         let mut h: Hist = [0; podstat_common::kernel::HIST_SLOTS];
         h[0] = 2; // ≤ 5 µs

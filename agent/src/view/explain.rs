@@ -836,6 +836,90 @@ pub fn render_text(d: &Diagnosis) -> String {
 mod tests {
     use super::*;
 
+    /// A victim row over 10 s: 1 s of waiting in 100 waits, all of them long, with the given
+    /// waiting seconds and preemptions by (same pod, other pods, system).
+    fn victim(waited: Option<[f64; 3]>, preempted: [f64; 3], behind: &[(&str, f64)]) -> Row {
+        Row {
+            key: Key {
+                pod_uid: "victim".into(),
+                container_id: "c".into(),
+            },
+            seconds: 10.0,
+            runq: Some(Hist {
+                buckets: vec![(0.001, 0.0), (0.1, 100.0), (f64::INFINITY, 100.0)],
+                sum: 1.0,
+                count: 100.0,
+            }),
+            preempted: Some(preempted),
+            waited,
+            waited_by_pod: behind
+                .iter()
+                .map(|(uid, secs)| super::super::model::Preemptor {
+                    namespace: "ns".into(),
+                    pod: (*uid).into(),
+                    pod_uid: (*uid).into(),
+                    count: *secs,
+                })
+                .collect(),
+            ..Row::default()
+        }
+    }
+
+    fn neighbours(r: Row) -> Neighbours {
+        let sel = Selection {
+            pod_uid: "victim".into(),
+            container_id: None,
+        };
+        diagnose(&sel, &[r], &Snapshot::default(), 10.0)
+            .neighbours
+            .expect("run-queue data")
+    }
+
+    #[test]
+    fn noisy_neighbours_are_judged_by_waiting_time() {
+        // A sleeping victim is rarely preempted (8 times, 1 by another pod) but waited 0.8 s
+        // of its 1 s behind other pods: noisy neighbours, named with seconds and shares.
+        let n = neighbours(victim(
+            Some([0.1, 0.8, 0.1]),
+            [0.0, 1.0, 7.0],
+            &[("small", 0.2), ("hog", 0.6)],
+        ));
+        assert!(n.problem, "{n:?}");
+        let names: Vec<(&str, f64, f64)> = n
+            .waited_behind
+            .iter()
+            .map(|w| (w.name.as_str(), w.seconds, w.share_of_waiting))
+            .collect();
+        assert_eq!(names[0].0, "ns/hog");
+        assert!((names[0].1 - 0.6).abs() < 1e-9 && (names[0].2 - 0.6).abs() < 1e-9);
+        assert_eq!(names[1].0, "ns/small");
+        let text = render_text(&diagnose(
+            &Selection {
+                pod_uid: "victim".into(),
+                container_id: None,
+            },
+            &[victim(
+                Some([0.1, 0.8, 0.1]),
+                [0.0, 1.0, 7.0],
+                &[("hog", 0.6)],
+            )],
+            &Snapshot::default(),
+            10.0,
+        ));
+        assert!(
+            text.contains("waited longest behind pod ns/hog: 0.60 s (60% of the waiting time)"),
+            "{text}"
+        );
+        // Preempted mostly by other pods, but it waited behind its own pod's threads: not a
+        // neighbour's doing.
+        let n = neighbours(victim(Some([0.9, 0.05, 0.05]), [1.0, 90.0, 9.0], &[]));
+        assert!(!n.problem, "{n:?}");
+        // Without waiting-time data (an older agent), the preemptions decide as before.
+        let n = neighbours(victim(None, [1.0, 90.0, 9.0], &[]));
+        assert!(n.problem, "{n:?}");
+        assert!(n.waited_behind.is_empty() && n.waited_seconds.is_none());
+    }
+
     #[test]
     fn recommendation_rules() {
         // 4 threads against half a core: pool of 1 (never 0), or 4 cores.
