@@ -470,7 +470,12 @@ fn oracle(mode_flags: &[&str], via: &str, ids: u32, w: &Oracle) -> (f64, f64) {
     stdin.write_all(b"go\n").expect("starting the workload");
     line.clear();
     let _ = stdout.read_line(&mut line);
-    assert_eq!(line.trim(), "done", "workload did not finish");
+    let late: Vec<u64> = line
+        .strip_prefix("done ")
+        .unwrap_or_else(|| panic!("workload did not finish: {line:?}"))
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
     thread::sleep(Duration::from_millis(100));
     let k1 = schedstat_of(pid);
     let s1 = scrape(addr);
@@ -517,6 +522,25 @@ fn oracle(mode_flags: &[&str], via: &str, ids: u32, w: &Oracle) -> (f64, f64) {
         "podstat_runqueue_wait_seconds_total summed over by grew {by_sum} s, the histogram's sum {} s",
         d.sum
     );
+    if let [late_ns, wakeups] = late[..]
+        && wakeups > 0
+    {
+        // A third account, from user space: how late the threads woke after their deadlines
+        // (timer interrupt, enqueue, run-queue wait, return to user). Its run-queue part is
+        // what both the kernel and podstat measure, so neither may exceed it.
+        #[expect(clippy::cast_precision_loss, reason = "ns well below 2^52")]
+        let late = late_ns as f64 / 1e9;
+        eprintln!(
+            "{via}: user-space lateness {late:.6} s over {wakeups} wakeups | kernel/lateness {:.4} podstat/lateness {:.4}",
+            kernel_sum / late,
+            d.sum / late
+        );
+        assert!(
+            kernel_sum <= late * 1.01 && d.sum <= late * 1.01,
+            "run-queue waiting (kernel {kernel_sum} s, podstat {} s) exceeds the lateness the threads measured themselves ({late} s)",
+            d.sum
+        );
+    }
     assert!(
         pcount > 50,
         "the workload got the CPU only {pcount} times: not the workload this test needs"
@@ -525,7 +549,17 @@ fn oracle(mode_flags: &[&str], via: &str, ids: u32, w: &Oracle) -> (f64, f64) {
 }
 
 /// The workloads both modes are compared on.
-const ORACLE_WORKLOADS: [Oracle; 3] = [
+const ORACLE_WORKLOADS: [Oracle; 4] = [
+    // Cyclictest-style: 2 threads waking at absolute deadlines every 500 µs, doing nothing
+    // else, beside one busy thread per CPU: every wait is a wakeup wait, and the threads
+    // measure their own lateness as a third account.
+    Oracle {
+        victim: ["2", "0", "500"],
+        secs: 4,
+        migrate_every: "0",
+        hogs_per_cpu: 1,
+        shares: ("1024", "1024"),
+    },
     // Eight threads each working 50 µs and sleeping 50 µs beside one busy thread per CPU:
     // about 100 000 short wakeup waits.
     Oracle {

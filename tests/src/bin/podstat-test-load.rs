@@ -8,7 +8,10 @@
 //!   themselves to the next CPU (so that they migrate while runnable). They start when a line
 //!   arrives on stdin (after `ready` on stdout) and, when all are done, print `done` and stay
 //!   alive, blocked, until stdin closes: the tasks exist, quiet, at both ends of the interval
-//!   a test compares with `/proc/<pid>/task/*/schedstat`.
+//!   a test compares with `/proc/<pid>/task/*/schedstat`. With SPIN_US 0 each thread instead
+//!   sleeps to absolute deadlines SLEEP_US apart (`clock_nanosleep(TIMER_ABSTIME)`) and
+//!   measures how late it woke, as `cyclictest` does: `done SUM_NS COUNT` then reports the
+//!   lateness summed over all wakeups of all threads (`done 0 0` otherwise).
 use std::{
     hint::black_box,
     io::{BufRead as _, Read as _, Write as _},
@@ -39,6 +42,49 @@ fn pin_to(cpu: usize) {
     }
 }
 
+/// CLOCK_MONOTONIC, ns.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// Sleeps to the absolute CLOCK_MONOTONIC instant `at_ns`.
+fn sleep_until(at_ns: u64) {
+    let ts = libc::timespec {
+        tv_sec: libc::time_t::try_from(at_ns / 1_000_000_000).unwrap_or(0),
+        tv_nsec: libc::c_long::try_from(at_ns % 1_000_000_000).unwrap_or(0),
+    };
+    // SAFETY: a valid timespec; no remainder is asked for with TIMER_ABSTIME.
+    while unsafe {
+        libc::clock_nanosleep(
+            libc::CLOCK_MONOTONIC,
+            libc::TIMER_ABSTIME,
+            &raw const ts,
+            std::ptr::null_mut(),
+        )
+    } == libc::EINTR
+    {}
+}
+
+/// Cyclictest-style: wakes at deadlines `period` apart until `end`; (lateness ns summed, wakeups).
+fn lateness(period: Duration, end: Instant) -> (u64, u64) {
+    let period = u64::try_from(period.as_nanos()).unwrap_or(u64::MAX).max(1);
+    let (mut sum, mut n) = (0u64, 0u64);
+    let mut deadline = monotonic_ns() + period;
+    while Instant::now() < end {
+        sleep_until(deadline);
+        sum += monotonic_ns().saturating_sub(deadline);
+        n += 1;
+        deadline += period;
+    }
+    (sum, n)
+}
+
 fn gated(threads: usize, spin: Duration, sleep: Duration, secs: Duration, migrate_every: u64) {
     let ncpu = thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let start = Arc::new(Barrier::new(threads + 1));
@@ -48,6 +94,12 @@ fn gated(threads: usize, spin: Duration, sleep: Duration, secs: Duration, migrat
         thread::spawn(move || {
             start.wait();
             let end = Instant::now() + secs;
+            if spin.is_zero() {
+                let _ = done_tx.send(lateness(sleep, end));
+                loop {
+                    thread::park();
+                }
+            }
             let mut round = 0u64;
             while Instant::now() < end {
                 spin_for(spin);
@@ -61,7 +113,7 @@ fn gated(threads: usize, spin: Duration, sleep: Duration, secs: Duration, migrat
                     pin_to((t + (round / migrate_every) as usize) % ncpu);
                 }
             }
-            let _ = done_tx.send(());
+            let _ = done_tx.send((0, 0));
             loop {
                 thread::park();
             }
@@ -73,10 +125,13 @@ fn gated(threads: usize, spin: Duration, sleep: Duration, secs: Duration, migrat
     let mut line = String::new();
     let _ = std::io::stdin().lock().read_line(&mut line);
     start.wait();
+    let (mut late_ns, mut wakeups) = (0u64, 0u64);
     for _ in 0..threads {
-        let _ = done_rx.recv();
+        let (s, n) = done_rx.recv().unwrap_or((0, 0));
+        late_ns += s;
+        wakeups += n;
     }
-    let _ = writeln!(out, "done");
+    let _ = writeln!(out, "done {late_ns} {wakeups}");
     let _ = out.flush();
     let _ = std::io::stdin().read_to_end(&mut Vec::new());
     std::process::exit(0);
