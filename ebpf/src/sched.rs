@@ -118,13 +118,13 @@ fn start_wait(
     task: *const u8,
     cgroup_id: u64,
     throttled_group: u64,
-    pid_off: u32,
+    o: &Offsets,
 ) -> Result<(), i32> {
-    let pid: u32 = load(task, pid_off)?;
+    let pid: u32 = load(task, o.task_pid)?;
     if pid == 0 {
         return Ok(());
     }
-    let now = now_ns();
+    let now = clock_of(task, o)?;
     // A tracked task keeps its entry from its first wait until it exits: later waits rewrite it
     // in place, which costs a lookup instead of a hash insert and delete per context switch.
     if let Some(w) = WAIT_START.get_ptr_mut(pid) {
@@ -161,7 +161,22 @@ fn on_wakeup(task: *const u8) -> Result<(), i32> {
     if KNOWN.get_ptr(cgroup_id).is_none() {
         return Ok(());
     }
-    start_wait(task, cgroup_id, 0, o.task_pid)
+    start_wait(task, cgroup_id, 0, o)
+}
+
+/// Wakeup mode's clock: the clock of the run queue `task` is on (`task->se.cfs_rq->rq->clock`),
+/// the one the kernel's `sched_info` stamps and reads, so both modes measure what
+/// `/proc/<pid>/schedstat` accounts (docs/probes.md has why not `bpf_ktime_get_ns`, which
+/// remains the clock where the kernel's BTF lacks those fields). At `sched_wakeup` and at
+/// `sched_switch` the kernel has just updated it.
+#[inline(always)]
+fn clock_of(task: *const u8, o: &Offsets) -> Result<u64, i32> {
+    if o.rq_clock == 0 || o.cfs_rq_rq == 0 || o.task_se_cfs_rq == 0 {
+        return Ok(now_ns());
+    }
+    let cfs_rq: *const u8 = load(task, o.task_se_cfs_rq)?;
+    let rq: *const u8 = load(cfs_rq, o.cfs_rq_rq)?;
+    load(rq, o.rq_clock)
 }
 
 /// What the switch-out path already learnt about `next` (its cgroup's KNOWN entry) and `prev`
@@ -277,7 +292,7 @@ fn on_preempted(
             }
         }
     } else {
-        start_wait(prev, prev_cg, throttled_group, o.task_pid)?;
+        start_wait(prev, prev_cg, throttled_group, o)?;
     }
     let next_cg = task_cgroup_id(next, o).unwrap_or(0);
     let next_known = KNOWN.get_ptr_mut(next_cg);
@@ -419,16 +434,16 @@ fn switch_in_wakeup(
         if switch_mode && wait.throttled_group != 0 {
             throttle::on_switch_in(wait.throttled_group, now);
         }
-        if now > wait.since_ns {
-            let delta = now - wait.since_ns;
-            // A cgroup that left KNOWN while its task waited is no longer measured.
-            if let Some(known) = KNOWN.get_ptr_mut(wait.cgroup_id) {
-                let holder = match seen {
-                    Some(n) => n.prev,
-                    None => holder_of(prev, o),
-                };
-                account_wait(known, wait.cgroup_id, holder, delta);
-            }
+        // The run queues' clocks of two CPUs (a wait that migrated) can be a little apart;
+        // the kernel counts the switch-in all the same.
+        let delta = clock_of(next, o)?.saturating_sub(wait.since_ns);
+        // A cgroup that left KNOWN while its task waited is no longer measured.
+        if let Some(known) = KNOWN.get_ptr_mut(wait.cgroup_id) {
+            let holder = match seen {
+                Some(n) => n.prev,
+                None => holder_of(prev, o),
+            };
+            account_wait(known, wait.cgroup_id, holder, delta);
         }
     }
     Ok(())

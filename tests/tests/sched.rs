@@ -569,11 +569,11 @@ const ORACLE_WORKLOADS: [Oracle; 4] = [
         hogs_per_cpu: 1,
         shares: ("1024", "1024"),
     },
-    // A low-weight single-threaded victim that works 1 ms and sleeps 1 ms beside a heavy pod
+    // A low-weight victim (3 threads) that works 1 ms and sleeps 1 ms beside a heavy pod
     // with twice as many busy threads as CPUs: long waits, which the load balancer ends by
     // migrating the waiting victim to the other CPU.
     Oracle {
-        victim: ["1", "1000", "1000"],
+        victim: ["3", "1000", "1000"],
         secs: 8,
         migrate_every: "0",
         hogs_per_cpu: 2,
