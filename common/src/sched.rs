@@ -37,7 +37,7 @@ pub const PREEMPT_PAIRS_MAP: &str = "PREEMPT_PAIRS";
 pub const RUNQ_MODE_SCHED_INFO: u32 = 1;
 
 /// From `sched_wakeup`/`sched_wakeup_new` and involuntary switch-outs, kept per task in
-/// [`WAIT_MAP`] (`sched_process_exit` forgets it): the fallback.
+/// [`WAIT_MAP`] (`sched_process_exit` forgets it), on the run queues' clock: the fallback.
 pub const RUNQ_MODE_WAKEUP: u32 = 0;
 
 /// Default sizing: tasks waiting on a run queue at once.
@@ -109,6 +109,8 @@ pub fn wait_across_migrations(here: u64, run_delay: u64, before: Option<u64>) ->
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Wait {
+    /// When the task became runnable, on its run queue's clock (`rq->clock`, the clock the
+    /// kernel's sched_info stamps; `bpf_ktime_get_ns` where BTF lacks it); 0: consumed.
     pub since_ns: u64,
     pub cgroup_id: u64,
     /// Switch mode: the group whose throttle episode this task's switch-out joined (0: none).

@@ -12,8 +12,13 @@
 //! chosen by the loader (`Offsets::sched_info`):
 //! - **sched_info**: the kernel already stamps that instant in `task->sched_info.last_queued`
 //!   (CONFIG_SCHED_INFO), so `sched_switch` alone reads it for `next` and subtracts it from the
-//!   run queue's clock: no per-task map on the hot path, no wakeup or exit programs.
-//! - **wakeup**: the fallback, with the instant kept per task in WAIT_START.
+//!   run queue's clock, adding what `run_delay` grew by since the task's last switch-in (the
+//!   part of the wait before a migration, RUNQ_TASKS): no wakeup or exit programs.
+//! - **wakeup**: the fallback, with the instant kept per task in WAIT_START, on the same run
+//!   queue clock, so both modes agree with the kernel's `run_delay` (docs/probes.md).
+//!
+//! Each wait is also added to who ran on the CPU before the waiting task got it (`prev`):
+//! `wait_by` in the cgroup's entry, and WAIT_PAIRS for another pod.
 //!
 //! Only tasks in cgroups userspace put in KNOWN are tracked, so the maps are bounded by pod
 //! cgroups.
