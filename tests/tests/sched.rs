@@ -376,6 +376,31 @@ fn schedstat_of(pid: u32) -> std::collections::BTreeMap<u32, (u64, u64)> {
         .collect()
 }
 
+/// The kernel's account of `pid`'s threads and a scrape, taken while none of them ran: the
+/// schedstat read again after the scrape is unchanged (a thread still starting up, or one a
+/// heavy neighbour starves on its way to block, would otherwise be counted on one side only).
+fn quiet_reading(
+    pid: u32,
+    addr: std::net::SocketAddr,
+) -> (
+    std::collections::BTreeMap<u32, (u64, u64)>,
+    Vec<podstat_tests::Sample>,
+) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let before = schedstat_of(pid);
+        let s = scrape(addr);
+        if schedstat_of(pid) == before {
+            return (before, s);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the workload's threads did not keep still for one scrape within 20 s"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A workload for [`oracle`].
 struct Oracle {
     /// `podstat-test-load gated` THREADS SPIN_US SLEEP_US.
@@ -460,13 +485,8 @@ fn oracle(mode_flags: &[&str], via: &str, ids: u32, w: &Oracle) -> (f64, f64) {
         ]),
     );
     thread::sleep(Duration::from_millis(200));
-    // Quiet: every thread of the workload is blocked.
-    let k0 = schedstat_of(pid);
-    let s0 = {
-        let again = scrape(addr);
-        drop(s0);
-        again
-    };
+    drop(s0);
+    let (k0, s0) = quiet_reading(pid, addr);
     stdin.write_all(b"go\n").expect("starting the workload");
     line.clear();
     let _ = stdout.read_line(&mut line);
@@ -477,8 +497,7 @@ fn oracle(mode_flags: &[&str], via: &str, ids: u32, w: &Oracle) -> (f64, f64) {
         .filter_map(|x| x.parse().ok())
         .collect();
     thread::sleep(Duration::from_millis(100));
-    let k1 = schedstat_of(pid);
-    let s1 = scrape(addr);
+    let (k1, s1) = quiet_reading(pid, addr);
     drop(stdin);
     let _ = hog.kill();
     let _ = hog.wait();
@@ -569,11 +588,11 @@ const ORACLE_WORKLOADS: [Oracle; 4] = [
         hogs_per_cpu: 1,
         shares: ("1024", "1024"),
     },
-    // A low-weight victim (3 threads) that works 1 ms and sleeps 1 ms beside a heavy pod
+    // A low-weight victim (2 threads) that works 200 µs and sleeps 1 ms beside a heavy pod
     // with twice as many busy threads as CPUs: long waits, which the load balancer ends by
     // migrating the waiting victim to the other CPU.
     Oracle {
-        victim: ["3", "1000", "1000"],
+        victim: ["2", "200", "1000"],
         secs: 8,
         migrate_every: "0",
         hogs_per_cpu: 2,
