@@ -44,8 +44,15 @@ pub const MAP_THROTTLE_STATS: u32 = 1;
 
 pub const MAP_PREEMPT_PAIRS: u32 = 2;
 
+pub const MAP_WAIT_PAIRS: u32 = 3;
+
 /// Slots of [`MAP_FULL_MAP`], named as in the metric.
-pub const MAP_NAMES: [&str; 3] = ["wait_start", "throttle_stats", "preempt_pairs"];
+pub const MAP_NAMES: [&str; 4] = [
+    "wait_start",
+    "throttle_stats",
+    "preempt_pairs",
+    "wait_pairs",
+];
 
 /// Value of [`KNOWN_MAP`].
 #[repr(C)]
@@ -125,6 +132,9 @@ pub struct Offsets {
     pub cfs_rq_rq: u32,
     /// `rq.clock` (u64 ns, the clock `sched_info` stamps `last_queued` with).
     pub rq_clock: u32,
+    /// `task_struct.sched_info.run_delay` (unsigned long long ns): the kernel's total, which it
+    /// also adds to when a waiting task leaves a run queue to migrate.
+    pub task_run_delay: u32,
     /// [`RUNQ_MODE_SCHED_INFO`](crate::sched::RUNQ_MODE_SCHED_INFO) or [`RUNQ_MODE_WAKEUP`](crate::sched::RUNQ_MODE_WAKEUP): how run-queue latency is measured.
     pub sched_info: u32,
     /// 1 when the fields above are filled in.

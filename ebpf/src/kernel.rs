@@ -41,6 +41,7 @@ static OFFSETS: Offsets = Offsets {
     task_last_queued: 0,
     cfs_rq_rq: 0,
     rq_clock: 0,
+    task_run_delay: 0,
     sched_info: 0,
     valid: 0,
 };
