@@ -14,7 +14,10 @@ use crate::{
     collector::family::join,
     identity::IdMap,
     metric::Family,
-    probe::{ProbeId, Probes, net::NetProbe},
+    probe::{
+        ProbeId, Probes,
+        net::{Design, NetProbe},
+    },
 };
 
 /// `podstat_net_rx_steering_packets_total`.
@@ -104,9 +107,13 @@ pub fn encode(
     let arfs: Vec<(u32, podstat_common::net::ArfsStats)> =
         maps.arfs.iter().filter_map(Result::ok).collect();
     drop(maps);
+    let read_time = probes
+        .unit::<NetProbe>()
+        .is_some_and(|p| p.design() == Design::ReadTime);
 
     let reader = probes.attached(ProbeId::NetReader);
-    if reader && probes.attached(ProbeId::NetSoftirq) {
+    // Read time: the reader program alone counts locality; per packet it needs the softirq side.
+    if reader && (read_time || probes.attached(ProbeId::NetSoftirq)) {
         let mut m = NET_RX_STEERING_PACKETS.encode(enc)?;
         for (target, s) in &stats {
             for (locality, n) in LOCALITY_NAMES.iter().zip(s.locality) {
