@@ -139,6 +139,105 @@ pub fn ethtool_rx_packets(
     found
 }
 
+/// One device's per-queue receive packets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceQueues {
+    pub device: String,
+    pub source: Source,
+    /// queue → packets.
+    pub packets: BTreeMap<u32, u64>,
+}
+
+/// The driver-counter source for the devices of podstat's network namespace: a netdev netlink
+/// socket and an ethtool ioctl socket, opened on first use; a socket that cannot be opened is
+/// not tried again (logged once by the caller through [`QueueCounts::read`]'s `on_error`).
+#[derive(Debug, Default)]
+pub struct QueueCounts {
+    netdev: Option<Result<Genl, ()>>,
+    ioctl: Option<Result<EthtoolIoctl, ()>>,
+}
+
+impl QueueCounts {
+    /// Per-queue receive packets of `devices` (name, ifindex): from one qstats dump where the
+    /// driver has queue statistics, else from its ethtool statistics; devices with neither are
+    /// left out. `on_error` hears why a source could not be used (once per socket that cannot
+    /// be opened, every time for a failed dump).
+    pub fn read(
+        &mut self,
+        devices: &[(String, u32)],
+        mut on_error: impl FnMut(&'static str, &dyn std::error::Error),
+    ) -> Vec<DeviceQueues> {
+        let netdev = self
+            .netdev
+            .get_or_insert_with(|| open_netdev().map_err(|e| on_error("netdev netlink", &e)));
+        let qstats = match netdev {
+            Ok(g) => qstats_rx_packets(g).unwrap_or_else(|e| {
+                on_error("netdev netlink qstats-get", &e);
+                BTreeMap::new()
+            }),
+            Err(()) => BTreeMap::new(),
+        };
+        let mut out = Vec::new();
+        for (name, ifindex) in devices {
+            let from_qstats: BTreeMap<u32, u64> = qstats
+                .range((*ifindex, 0)..=(*ifindex, u32::MAX))
+                .map(|((_, q), p)| (*q, *p))
+                .collect();
+            if !from_qstats.is_empty() {
+                out.push(DeviceQueues {
+                    device: name.clone(),
+                    source: Source::Qstats,
+                    packets: from_qstats,
+                });
+                continue;
+            }
+            let ioctl = self.ioctl.get_or_insert_with(|| {
+                EthtoolIoctl::open().map_err(|e| on_error("ethtool ioctl socket", &e))
+            });
+            let Ok(ioctl) = ioctl else { continue };
+            // A device of this name must be the one with this ifindex (fixture trees name
+            // devices that do not exist here).
+            if ioctl_ifindex(ioctl, name) != Some(*ifindex) {
+                continue;
+            }
+            if let Ok((names, values)) = ioctl.stats(name)
+                && let Some((pattern, packets)) = ethtool_rx_packets(&names, &values)
+            {
+                out.push(DeviceQueues {
+                    device: name.clone(),
+                    source: Source::Ethtool(pattern),
+                    packets,
+                });
+            }
+        }
+        out
+    }
+}
+
+/// The ifindex of device `name` in this network namespace (`SIOCGIFINDEX`).
+fn ioctl_ifindex(e: &EthtoolIoctl, name: &str) -> Option<u32> {
+    #[repr(C)]
+    struct IfIndexReq {
+        name: [u8; libc::IFNAMSIZ],
+        ifindex: libc::c_int,
+        pad: [u8; 20],
+    }
+    let mut req = IfIndexReq {
+        name: [0; libc::IFNAMSIZ],
+        ifindex: 0,
+        pad: [0; 20],
+    };
+    let n = name.len().min(libc::IFNAMSIZ - 1);
+    req.name[..n].copy_from_slice(&name.as_bytes()[..n]);
+    // SAFETY: `req` is a valid ifreq for SIOCGIFINDEX, which writes the int after the name.
+    let r = unsafe { libc::ioctl(e.0.as_raw_fd(), libc::SIOCGIFINDEX, &raw mut req) };
+    if r < 0 {
+        None
+    } else {
+        u32::try_from(req.ifindex).ok()
+    }
+}
+
 const SIOCETHTOOL: libc::c_ulong = 0x8946;
 const ETHTOOL_GSSET_INFO: u32 = 0x37;
 const ETHTOOL_GSTRINGS: u32 = 0x1b;
