@@ -218,6 +218,32 @@ pub struct ProbeArgs {
     /// tcp_probe: TCP only) even where sock_recv_length and sk_data_ready (6.3+) exist.
     #[arg(long = "probe.net.legacy-hooks")]
     pub net_legacy_hooks: bool,
+    /// The per-packet steering design, for deep dives: programs on every received packet
+    /// (netif_receive_skb, sk_data_ready or tcp_probe) match each packet to its socket's
+    /// reader, and count packets per receive queue and CPU. It costs a few hundred ns per
+    /// packet on the CPUs doing the softirq work (docs/performance.md); off by default, when
+    /// steering is read at read time from the socket's sk_incoming_cpu and queue counts come
+    /// from the driver's queue statistics.
+    #[arg(long = "probe.net.per-packet")]
+    pub net_per_packet: bool,
+    /// Read-time steering design: examine 1 read in N (per CPU, pseudo-random) and count it N
+    /// times; a power of two, 1 examines every read. Ignored with --probe.net.per-packet.
+    #[arg(long = "probe.net.sample-every", value_name = "N", default_value_t = podstat_common::net::DEFAULT_SAMPLE_EVERY, value_parser = parse_sample_every)]
+    pub net_sample_every: u32,
+}
+
+/// Why a `--probe.net.sample-every` value was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a power of two from 1 to 65536")]
+pub struct SampleEveryError(String);
+
+/// `--probe.net.sample-every`: a power of two from 1 to 65536.
+fn parse_sample_every(s: &str) -> Result<u32, SampleEveryError> {
+    s.trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|n| n.is_power_of_two() && *n <= 65536)
+        .ok_or_else(|| SampleEveryError(s.to_owned()))
 }
 
 impl ProbeArgs {
@@ -228,6 +254,8 @@ impl ProbeArgs {
             throttle: enabled.contains(&"throttle"),
             net: enabled.contains(&"net"),
             net_legacy_hooks: self.net_legacy_hooks,
+            net_per_packet: self.net_per_packet,
+            net_sample_every: self.net_sample_every,
             max_cgroups: self.max_cgroups,
             max_waiting: self.max_waiting,
             max_preempt_pairs: self.max_preempt_pairs,

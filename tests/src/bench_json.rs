@@ -111,17 +111,39 @@ pub struct E2eResult {
 }
 
 /// One net program's totals over the runs with the agent.
-#[derive(Default, Serialize, Deserialize)]
+#[derive(Default, Clone, Serialize, Deserialize)]
 pub struct ProgTotals {
     pub run_time_ns: u64,
     pub run_cnt: u64,
 }
 
-/// `bench-net`: received bits/s of each round without and with the probes, and the agent's
-/// `net_*` programs over the runs with it.
+/// `bench-net`: one iperf3 run.
+#[derive(Serialize, Deserialize, Clone)]
+pub struct NetRun {
+    /// `udp64` (64-byte UDP datagrams) or `tcp1400` (1400-byte TCP segments).
+    pub workload: String,
+    /// `none` (no programs), `floor` (an empty `sock_recv_length` program), `read` (the agent,
+    /// read-time steering) or `per_packet` (the agent with `--probe.net.per-packet`).
+    pub arm: String,
+    pub round: usize,
+    /// Whether `kernel.bpf_stats_enabled` was on (the cost runs; throughput runs have it off).
+    pub stats: bool,
+    pub secs: f64,
+    /// Packets the receiving veth counted (`rx_packets` delta).
+    pub rx_packets: u64,
+    /// Packets delivered to the reader: UDP datagrams iperf3 received; TCP segments
+    /// (= `rx_packets`, TCP delivers what arrives).
+    pub delivered: f64,
+    /// Received bits per second (iperf3).
+    pub bits_per_second: f64,
+    /// The arm's programs over the run (cost runs only), by program name.
+    pub programs: BTreeMap<String, ProgTotals>,
+}
+
+/// `bench-net`: every run of the interleaved rounds.
 #[derive(Serialize, Deserialize)]
 pub struct NetResult {
-    pub base: Vec<f64>,
-    pub with: Vec<f64>,
-    pub programs: BTreeMap<String, ProgTotals>,
+    /// `--probe.net.sample-every` of the read-time agent.
+    pub sample_every: u32,
+    pub runs: Vec<NetRun>,
 }

@@ -111,6 +111,16 @@ impl NetPair {
         net
     }
 
+    /// Sets every receive queue's RPS mask on the receiver's end to the CPUs of `cpus` (RFS
+    /// stays as configured).
+    pub fn set_rps_cpus(&self, cpus: &[usize]) {
+        let mask: u64 = cpus.iter().fold(0, |m, c| m | (1u64 << c));
+        let script = format!(
+            "for q in /sys/class/net/podstat-test-b/queues/rx-*; do echo {mask:x} > $q/rps_cpus; done"
+        );
+        run(Command::new("ip").args(["netns", "exec", &self.rx, "sh", "-c", &script]));
+    }
+
     /// The receiver's address.
     pub fn rx_ip(&self) -> String {
         format!("{}.2", self.subnet)

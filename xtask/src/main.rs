@@ -86,17 +86,21 @@ enum Task {
         #[arg(long)]
         skip_e2e: bool,
     },
-    /// Receive-path cost of the steering probes: iperf3 TCP over a veth pair between two
-    /// network namespaces (RPS/RFS on, server in a pod cgroup), without and with the agent's
-    /// net probes, interleaved; ns per event of each net program (bpf_stats). Needs root.
-    /// Writes target/bench/net.md.
+    /// Receive-path cost of the steering probes: iperf3 64-byte UDP and 1400-byte TCP over a
+    /// veth pair between two network namespaces (RPS/RFS on, server in a pod cgroup), with no
+    /// programs, an empty sock_recv_length program, the agent (read-time steering) and the
+    /// agent with --probe.net.per-packet, interleaved; ns per received packet of each net
+    /// program (bpf_stats). Needs root. Writes target/bench/net.md.
     BenchNet {
         /// Seconds per iperf3 run.
         #[arg(long, default_value_t = 5)]
         secs: u64,
-        /// Rounds (each: one run without, one with the probes).
+        /// Rounds (each: every arm, both workloads).
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+        /// --probe.net.sample-every of the read-time agent.
+        #[arg(long, default_value_t = podstat_common::net::DEFAULT_SAMPLE_EVERY)]
+        sample_every: u32,
     },
 }
 
@@ -213,15 +217,26 @@ fn main() -> anyhow::Result<()> {
                 },
             )?;
         }
-        Task::BenchNet { secs, rounds } => {
+        Task::BenchNet {
+            secs,
+            rounds,
+            sample_every,
+        } => {
             setup::toolchain(start)?;
             setup::debian_packages(start, setup::BENCH_PACKAGES)?;
             step(
                 start,
                 "building podstat and the bench-net scenario (release)",
             );
-            build_scenarios(&["podstat-test-bench-net"])?;
-            bench_net::all(start, &bench_net::Config { secs, rounds })?;
+            build_scenarios(&["podstat-test-bench-net", "podstat-test-floor"])?;
+            bench_net::all(
+                start,
+                &bench_net::Config {
+                    secs,
+                    rounds,
+                    sample_every,
+                },
+            )?;
         }
     }
     eprintln!("\n==> done in {:.0}s", start.elapsed().as_secs_f64());

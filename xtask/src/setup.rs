@@ -34,6 +34,7 @@ pub const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("runqlat", "libbpf-tools"),
     ("bpftool", "bpftool"),
     ("iperf3", "iperf3"),
+    ("ethtool", "ethtool"),
 ];
 
 fn have(cmd: &str) -> bool {

@@ -36,7 +36,9 @@ use crate::{
     netdev::{
         Device, Error as NetdevError, Softnet, Topology,
         ethtool::{Ethtool, EthtoolError},
-        irq, netdev, softnet, topology,
+        irq, netdev,
+        qstats::QueueCounts,
+        softnet, topology,
     },
     probe::Probes,
     util::chain,
@@ -181,6 +183,9 @@ pub struct NetCollector {
     /// The ethtool netlink socket, opened on first use; `Err` (why, already logged) once it is
     /// known not to work, so opening is tried once.
     ethtool: Mutex<Option<Result<Ethtool, EthtoolError>>>,
+    /// The drivers' per-queue counters (qstats, ethtool -S), read when no per-packet probe
+    /// counts the queues.
+    queues: Mutex<QueueCounts>,
     probes: Arc<Probes>,
     identity: Arc<IdMap>,
 }
@@ -197,6 +202,7 @@ impl NetCollector {
             procfs: ctx.paths.procfs.clone(),
             sysfs: ctx.paths.sysfs.clone(),
             ethtool: Mutex::new(None),
+            queues: Mutex::new(QueueCounts::default()),
             probes: Arc::clone(ctx.probes),
             identity: Arc::clone(ctx.identity),
         }))
@@ -323,6 +329,20 @@ impl Collect for NetCollector {
         }
 
         steering::encode(enc, &self.probes, &self.identity, &devices)?;
+        if !self.probes.attached(crate::probe::ProbeId::NetRxQueue) {
+            let named: Vec<(String, u32)> = devices
+                .iter()
+                .filter_map(|d| d.ifindex.map(|i| (d.ids.name.clone(), i)))
+                .collect();
+            let counts = self
+                .queues
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .read(&named, |what, e| {
+                    tracing::debug!(source = what, error = %chain(e), "per-queue packet counts");
+                });
+            steering::encode_driver_queues(enc, &counts)?;
+        }
         Ok(())
     }
 }

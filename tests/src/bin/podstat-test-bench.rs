@@ -571,42 +571,16 @@ fn prog_deltas(
 fn start_runqlat(c: &Config, name: &'static str) -> anyhow::Result<Logged> {
     let runqlat = Logged::spawn(name, &mut Command::new("runqlat"), &c.out_dir)
         .context("starting runqlat (Debian package libbpf-tools)")?;
-    wait_for_progs(runqlat, 3)
+    Ok(podstat_tests::bpf::wait_for_progs(runqlat, 3)?)
 }
 
-/// Starts `podstat-test-floor` (the empty `sched_switch` program alone; next to this binary),
-/// bounded to outlive no bench, and waits until it holds its program.
+/// Starts `podstat-test-floor` (the empty `sched_switch` program alone; next to this binary).
 fn start_floor(c: &Config, name: &'static str) -> anyhow::Result<Logged> {
-    let bin = std::env::current_exe()
-        .context("this binary's path")?
-        .with_file_name("podstat-test-floor");
-    ensure!(
-        bin.is_file(),
-        "{} not found (`cargo xtask bench` builds it)",
-        bin.display()
-    );
-    let floor = Logged::spawn(name, Command::new(&bin).arg("900"), &c.out_dir)?;
-    wait_for_progs(floor, 1)
-}
-
-/// Waits (at most 15 s) until `p` holds at least `n` BPF programs.
-fn wait_for_progs(mut p: Logged, n: usize) -> anyhow::Result<Logged> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(s) = p.proc.exited() {
-            bail!("{} exited with {s}:\n{}", p.name, p.tail());
-        }
-        if owned_progs(pid_of(&p)?, &HashMap::new())?.len() >= n {
-            return Ok(p);
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "{} loaded fewer than {n} programs in 15 s:\n{}",
-            p.name,
-            p.tail()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    Ok(podstat_tests::bpf::start_floor(
+        &c.out_dir,
+        name,
+        "sched_switch",
+    )?)
 }
 
 /// The agent's `podstat_runqueue_latency_seconds_count` for `container_id` (0 if absent).
