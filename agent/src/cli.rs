@@ -176,6 +176,11 @@ pub struct AgentArgs {
         env = "PODSTAT_LISTEN_ADDRESS"
     )]
     pub listen: SocketAddr,
+    /// Histograms in the protobuf exposition (what Prometheus asks for with native histograms
+    /// on): `native` (one series each, every kernel bucket), `classic` (the buckets the text
+    /// formats carry) or `both`. The text formats always carry the classic buckets.
+    #[arg(long = "web.histograms", value_name = "KIND", value_enum, default_value_t = crate::exposition::Histograms::Native)]
+    pub histograms: crate::exposition::Histograms,
     #[command(flatten)]
     pub host: HostArgs,
 }

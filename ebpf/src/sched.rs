@@ -24,10 +24,10 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use podstat_common::{
-    kernel::{Known, MAP_PREEMPT_PAIRS, MAP_WAIT, Offsets, bucket_of},
+    kernel::{Known, MAP_PREEMPT_PAIRS, MAP_WAIT, Offsets, ns_to_units},
     sched::{
         BY_OTHER_POD, BY_SAME_POD, BY_SYSTEM, DEFAULT_MAX_PREEMPT_PAIRS, DEFAULT_MAX_WAITING,
-        PreemptPair, RUNQ_BOUNDS_NS, RUNQ_MODE_SCHED_INFO, Wait,
+        PreemptPair, RUNQ_LAYOUT, RUNQ_MODE_SCHED_INFO, Wait,
     },
     throttle::{THROTTLE_GATE_NS, THROTTLE_MODE_SWITCH},
 };
@@ -291,7 +291,8 @@ fn switch_in_sched_info(
         // SAFETY: known points into a map value.
         observe(
             unsafe { core::ptr::addr_of_mut!((*known).sched.runq) },
-            bucket_of(delta, &RUNQ_BOUNDS_NS),
+            &RUNQ_LAYOUT,
+            ns_to_units(delta),
             delta,
         );
     }
@@ -344,7 +345,8 @@ fn switch_in_wakeup(next: *const u8, o: &Offsets, switch_mode: bool) -> Result<(
                 // SAFETY: known points into a map value.
                 observe(
                     unsafe { core::ptr::addr_of_mut!((*known).sched.runq) },
-                    bucket_of(delta, &RUNQ_BOUNDS_NS),
+                    &RUNQ_LAYOUT,
+                    ns_to_units(delta),
                     delta,
                 );
             }
