@@ -33,12 +33,7 @@ fn render_fixture(name: &str, non_pod: bool) -> String {
     render_with(name, non_pod, true, &["cgroup"])
 }
 
-fn render_with(
-    name: &str,
-    non_pod: bool,
-    extended: bool,
-    collectors: &[&'static str],
-) -> String {
+fn render_with(name: &str, non_pod: bool, extended: bool, collectors: &[&'static str]) -> String {
     let host = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/hosts")
         .join(name);
@@ -146,9 +141,12 @@ fn default_leaves_out_only_the_extended_families() {
         };
         let header_of = |l: &str, families: &[podstat::metric::Family]| {
             families.iter().any(|f| {
-                [format!("# HELP {} ", f.exposed), format!("# TYPE {} ", f.exposed)]
-                    .iter()
-                    .any(|p| l.starts_with(p.as_str()))
+                [
+                    format!("# HELP {} ", f.exposed),
+                    format!("# TYPE {} ", f.exposed),
+                ]
+                .iter()
+                .any(|p| l.starts_with(p.as_str()))
             })
         };
         let any_burst = all
@@ -163,13 +161,20 @@ fn default_leaves_out_only_the_extended_families() {
         };
         let want: Vec<&str> = all.lines().filter(|l| !left_out(l)).collect();
         let got: Vec<&str> = default.lines().collect();
-        assert_eq!(got, want, "{name}: the default set differs from extended minus EXTENDED/BURST");
+        assert_eq!(
+            got, want,
+            "{name}: the default set differs from extended minus EXTENDED/BURST"
+        );
         assert!(
             all.lines().count() > default.lines().count(),
             "{name}: nothing left out"
         );
         for f in EXTENDED {
-            assert!(!default.contains(&format!("{}{{", f.exposed)), "{name}: {} exported by default", f.exposed);
+            assert!(
+                !default.contains(&format!("{}{{", f.exposed)),
+                "{name}: {} exported by default",
+                f.exposed
+            );
         }
     }
 }

@@ -37,11 +37,20 @@ pub struct PromHist {
 pub struct Classic(pub &'static [i32]);
 
 impl Classic {
-    /// The upper bound of native bucket `i`.
+    /// The upper bound of native bucket `i` at the kernel's schema.
     pub fn bound(i: i32) -> f64 {
-        // Exact for multiples of 4 (powers of two), correctly rounded otherwise.
-        2f64.powi(i.div_euclid(4)) * 2f64.powf(f64::from(i.rem_euclid(4)) / 4.0)
+        native_bound(podstat_common::kernel::SCHEMA, i)
     }
+}
+
+/// The upper bound of native bucket `index` at `schema`: `2^(index / 2^schema)`, exact for
+/// the powers of two, and the same float wherever it is computed.
+pub fn native_bound(schema: i32, index: i32) -> f64 {
+    if schema <= 0 {
+        return 2f64.powi(index << (-schema).clamp(0, 8));
+    }
+    let n = 1i32 << schema.min(8);
+    2f64.powi(index.div_euclid(n)) * 2f64.powf(f64::from(index.rem_euclid(n)) / f64::from(n))
 }
 
 /// Converts a kernel [`Hist`] with layout `l` to Prometheus terms: sums divided by `scale`
