@@ -317,6 +317,14 @@ mod tests {
         unit_log2: TIME_UNIT_LOG2,
     };
 
+    /// The per-cgroup kernel memory the docs state (`--probe.max-cgroups`, README): KNOWN's
+    /// value 776 bytes, THROTTLE_STATS' 1224 bytes, before the hash table's per-entry overhead.
+    #[test]
+    fn per_cgroup_values_are_the_stated_size() {
+        assert_eq!(core::mem::size_of::<Known>(), 776);
+        assert_eq!(core::mem::size_of::<crate::throttle::ThrottleStats>(), 1224);
+    }
+
     #[test]
     fn log2_floor_matches_leading_zeros() {
         for e in 0..64 {

@@ -108,6 +108,56 @@ pub fn parse_protobuf(mut body: &[u8]) -> Result<Vec<Sample>, prost::DecodeError
     Ok(out)
 }
 
+/// The series a protobuf body holds as Prometheus stores them, each as its label set with
+/// `__name__`: one per counter, gauge or native histogram; a classic histogram gives one per
+/// bucket (`_bucket` with `le`) plus `_sum` and `_count`. What the series budget counts.
+///
+/// # Errors
+/// If the body is not length-delimited `MetricFamily` messages.
+pub fn protobuf_series(
+    mut body: &[u8],
+) -> Result<Vec<BTreeMap<String, String>>, prost::DecodeError> {
+    use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::MetricFamily;
+    use prost::Message as _;
+    let mut out = Vec::new();
+    while !body.is_empty() {
+        let family = MetricFamily::decode_length_delimited(&mut body)?;
+        for m in &family.metric {
+            let labels: BTreeMap<String, String> = m
+                .label
+                .iter()
+                .map(|l| (l.name.clone(), l.value.clone()))
+                .collect();
+            let named = |name: String, le: Option<String>| {
+                let mut l = labels.clone();
+                l.insert("__name__".into(), name);
+                if let Some(le) = le {
+                    l.insert("le".into(), le);
+                }
+                l
+            };
+            match &m.histogram {
+                Some(h)
+                    if h.positive_span.is_empty()
+                        && h.zero_threshold == 0.0
+                        && h.zero_count == 0 =>
+                {
+                    for b in &h.bucket {
+                        out.push(named(
+                            format!("{}_bucket", family.name),
+                            Some(format_le(b.upper_bound)),
+                        ));
+                    }
+                    out.push(named(format!("{}_sum", family.name), None));
+                    out.push(named(format!("{}_count", family.name), None));
+                }
+                _ => out.push(named(family.name.clone(), None)),
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Cumulative buckets `(upper bound, count)` of a protobuf histogram, +Inf last.
 fn histogram_buckets(
     h: &prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::Histogram,
