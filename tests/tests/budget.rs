@@ -168,6 +168,25 @@ fn active_container_stays_within_the_series_budget() {
         "series of the active container: protobuf + native {pb_n} (budget {PROTOBUF_NATIVE_BUDGET}), text + classic {text_n} (budget {TEXT_CLASSIC_BUDGET}); scrape bytes: protobuf {pb_len}, text {text_len}; node and pod-level series: protobuf {pb_np:?}, text {text_np:?} ({} CPUs)\nprotobuf: {pb_counts:?}\ntext: {text_counts:?}",
         podstat_tests::cpus()
     );
+    // The worst case from this measurement: every preemptor slot filled, and cpu.pressure
+    // (cgroup v2 with PSI) where this host has none. It must fit the budget too.
+    let missing = sched::TOP_PREEMPTORS
+        - text_counts
+            .get(sched::CPU_PREEMPTED_BY_POD.exposed)
+            .copied()
+            .unwrap_or(0)
+        + usize::from(!text_counts.contains_key(cgroup::CPU_PRESSURE_WAITING_SECONDS.exposed));
+    eprintln!(
+        "worst case: protobuf {}, text {}",
+        pb_n + missing,
+        text_n + missing
+    );
+    assert!(
+        pb_n + missing <= PROTOBUF_NATIVE_BUDGET && text_n + missing <= TEXT_CLASSIC_BUDGET,
+        "with {missing} series this host cannot show (preemptor slots, cpu.pressure): protobuf {}, text {}",
+        pb_n + missing,
+        text_n + missing
+    );
     assert!(
         pb_n <= PROTOBUF_NATIVE_BUDGET,
         "{pb_n} series with protobuf and native histograms, over {PROTOBUF_NATIVE_BUDGET}: {pb_counts:?}"

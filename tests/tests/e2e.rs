@@ -299,8 +299,11 @@ fn check(prom: &Prometheus, kind: &str, agent_addr: SocketAddr, burner_cid: &str
         }
         assert!(
             Instant::now() < deadline,
-            "{kind} Prometheus: {ALERT} did not fire for podstat-e2e/burner within 120 s; alerts: {:?}\nburner wall share (min over 2m): {:?}\nup (min over 2m): {:?}\nscrape duration (max over 2m): {:?}\nprometheus log:\n{}",
+            "{kind} Prometheus: {ALERT} did not fire for podstat-e2e/burner within 120 s; alerts: {:?}\nburner wall share now: {:?}, eBPF: {:?}, cgroup: {:?}\nburner wall share (min over 2m): {:?}\nup (min over 2m): {:?}\nscrape duration (max over 2m): {:?}\nprometheus log:\n{}",
             prom.query(&format!("ALERTS{{alertname=\"{ALERT}\",pod=\"burner\"}}")),
+            prom.query("podstat:cpu_throttled_wall_share:rate5m{pod=\"burner\",container!=\"\"}"),
+            prom.query("podstat:cpu_throttled_wall_share_ebpf:rate5m{pod=\"burner\",container!=\"\"}"),
+            prom.query("podstat:cpu_throttled_wall_share_cgroup:rate5m{pod=\"burner\",container!=\"\"}"),
             prom.query("min_over_time(podstat:cpu_throttled_wall_share:rate5m{pod=\"burner\",container!=\"\"}[2m])"),
             prom.query("min_over_time(up[2m])"),
             prom.query("max_over_time(scrape_duration_seconds[2m])"),
