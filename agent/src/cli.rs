@@ -176,6 +176,11 @@ pub struct AgentArgs {
         env = "PODSTAT_LISTEN_ADDRESS"
     )]
     pub listen: SocketAddr,
+    /// Histograms in the protobuf exposition (what Prometheus asks for with native histograms
+    /// on): `native` (one series each, every kernel bucket), `classic` (the buckets the text
+    /// formats carry) or `both`. The text formats always carry the classic buckets.
+    #[arg(long = "web.histograms", value_name = "KIND", value_enum, default_value_t = crate::exposition::Histograms::Native)]
+    pub histograms: crate::exposition::Histograms,
     #[command(flatten)]
     pub host: HostArgs,
 }
@@ -184,7 +189,7 @@ pub struct AgentArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ProbeArgs {
     /// Pod and container cgroups the probes track at once; sizes the per-cgroup eBPF maps
-    /// (about 0.6 KiB of kernel memory per cgroup). Beyond it, cgroups are not measured and
+    /// (about 2.1 KiB of kernel memory per cgroup, mostly its histograms). Beyond it, cgroups are not measured and
     /// podstat_bpf_map_full_total{map="known"} counts them.
     #[arg(long = "probe.max-cgroups", value_name = "N", default_value_t = podstat_common::kernel::DEFAULT_MAX_CGROUPS)]
     pub max_cgroups: u32,

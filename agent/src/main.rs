@@ -73,6 +73,7 @@ fn run_agent(args: &AgentArgs, enabled: &[&'static str]) -> anyhow::Result<()> {
         );
     }
     let store = Arc::new(metadata::Store::default());
+    podstat::exposition::set_histograms(args.histograms);
     let running = Agent::start(args.host.config(enabled, true, Arc::clone(&store)))
         .context("starting the agent")?;
 

@@ -162,20 +162,23 @@ pub fn render(
     format: Format,
     gzip: bool,
 ) -> Result<(Vec<u8>, bool), RenderError> {
-    let mut om = String::with_capacity(64 * 1024);
-    prometheus_client::encoding::text::encode(&mut om, registry)
-        .map_err(|_| RenderError::Encode)?;
-    let body = match format {
-        Format::OpenMetrics => om,
-        Format::Text => exposition::openmetrics_to_text(&om),
+    let body = if format == Format::Protobuf {
+        exposition::encode_protobuf(registry, exposition::histograms())
+            .map_err(|_| RenderError::Encode)?
+    } else {
+        let mut om = String::with_capacity(64 * 1024);
+        prometheus_client::encoding::text::encode(&mut om, registry)
+            .map_err(|_| RenderError::Encode)?;
+        match format {
+            Format::Text => exposition::openmetrics_to_text(&om),
+            _ => om,
+        }
+        .into_bytes()
     };
     if gzip {
-        Ok((
-            exposition::gzip(body.as_bytes()).map_err(RenderError::Gzip)?,
-            true,
-        ))
+        Ok((exposition::gzip(&body).map_err(RenderError::Gzip)?, true))
     } else {
-        Ok((body.into_bytes(), false))
+        Ok((body, false))
     }
 }
 

@@ -1,7 +1,7 @@
 //! The scheduler probe (`ebpf/src/sched.rs`): run-queue latency and preemptions per pod,
 //! context switches per CPU.
 
-use crate::kernel::{BUCKETS, Hist};
+use crate::kernel::{Hist, Layout, TIME_UNIT_LOG2};
 
 /// Name of the per-CPU array that counts context switches; one slot.
 pub const SWITCH_COUNT_MAP: &str = "SCHED_SWITCHES";
@@ -46,21 +46,16 @@ pub const DEFAULT_MAX_WAITING: u32 = 32768;
 /// Default sizing: (victim, preemptor) cgroup pairs from different pods counted at once.
 pub const DEFAULT_MAX_PREEMPT_PAIRS: u32 = 16384;
 
-/// Run-queue latency upper bounds, ns: 5 µs … 1 s.
-pub const RUNQ_BOUNDS_NS: [u64; BUCKETS] = [
-    5_000,
-    10_000,
-    25_000,
-    50_000,
-    100_000,
-    250_000,
-    500_000,
-    1_000_000,
-    2_500_000,
-    10_000_000,
-    100_000_000,
-    1_000_000_000,
-];
+/// Run-queue latency: zero bucket up to 2^-20 s (0.95 µs), then four buckets per power of two
+/// up to 1 s: 80 buckets, 83 slots (664 bytes).
+pub const RUNQ_LAYOUT: Layout = Layout {
+    zero_log2: 10,
+    top_log2: 30,
+    unit_log2: TIME_UNIT_LOG2,
+};
+
+/// Slots of a run-queue latency histogram.
+pub const RUNQ_SLOTS: usize = RUNQ_LAYOUT.slots();
 
 /// Who took the CPU from a preempted pod task, or held it while a pod task waited: index into
 /// [`SchedStats::preempted_by`] and [`SchedStats::wait_by`].
@@ -120,15 +115,29 @@ pub struct Wait {
 
 /// A cgroup's scheduler statistics, part of its [`Known`](crate::kernel::Known) entry.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SchedStats {
-    /// Run-queue latency, ns.
-    pub runq: Hist,
+    /// Run-queue latency ([`RUNQ_LAYOUT`]; the sum in ns).
+    pub runq: Hist<RUNQ_SLOTS>,
     /// Involuntary switch-outs while runnable, by who took the CPU.
     pub preempted_by: [u64; 3],
     /// Run-queue waiting time, ns, by who ran on the CPU just before the waiting task got it
     /// (`prev` at its switch-in); adds up to `runq`'s sum.
     pub wait_by: [u64; 3],
+}
+
+impl SchedStats {
+    pub const ZERO: Self = Self {
+        runq: [0; RUNQ_SLOTS],
+        preempted_by: [0; 3],
+        wait_by: [0; 3],
+    };
+}
+
+impl Default for SchedStats {
+    fn default() -> Self {
+        Self::ZERO
+    }
 }
 
 /// Key of [`PREEMPT_PAIRS_MAP`] and [`WAIT_PAIRS_MAP`] (there `preemptor` is the cgroup of the

@@ -29,9 +29,9 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use podstat_common::{
-    kernel::{Known, MAP_PREEMPT_PAIRS, MAP_WAIT, MAP_WAIT_PAIRS, Offsets, bucket_of},
+    kernel::{Known, MAP_PREEMPT_PAIRS, MAP_WAIT, MAP_WAIT_PAIRS, Offsets, ns_to_units},
     sched::{
-        BY_OTHER_POD, DEFAULT_MAX_PREEMPT_PAIRS, DEFAULT_MAX_WAITING, PreemptPair, RUNQ_BOUNDS_NS,
+        BY_OTHER_POD, DEFAULT_MAX_PREEMPT_PAIRS, DEFAULT_MAX_WAITING, PreemptPair, RUNQ_LAYOUT,
         RUNQ_MODE_SCHED_INFO, Wait, holder_class, wait_across_migrations,
     },
     throttle::{THROTTLE_GATE_NS, THROTTLE_MODE_SWITCH},
@@ -224,7 +224,8 @@ fn account_wait(known: *mut Known, victim_cg: u64, holder: Holder, delta: u64) {
     // SAFETY: as above.
     observe(
         unsafe { core::ptr::addr_of_mut!((*known).sched.runq) },
-        bucket_of(delta, &RUNQ_BOUNDS_NS),
+        &RUNQ_LAYOUT,
+        ns_to_units(delta),
         delta,
     );
     let by = holder_class(holder.pod, pod);

@@ -38,6 +38,11 @@ pub struct ScrapeResult {
     /// cpuacct.usage per cgroup): the I/O floor of this host's layout.
     pub floor_same: Summary,
     pub body_bytes: usize,
+    /// The same scrape in OpenMetrics text and in protobuf (native histograms), bytes.
+    #[serde(default)]
+    pub openmetrics_bytes: usize,
+    #[serde(default)]
+    pub protobuf_bytes: usize,
     /// Lines mentioning `podstat_cpu_periods_total` (what `grep -c` counts).
     pub periods_lines: usize,
     /// Bench containers with a `podstat_cpu_periods_total` series.

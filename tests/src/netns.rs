@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{Proc, Sample, agent_command, cpus, free_addr, http_get, parse_exposition, proc::run};
+use crate::{Proc, Sample, agent_command, cpus, free_addr, http_get, proc::run};
 
 const SOCK_FLOW: &str = "/proc/sys/net/core/rps_sock_flow_entries";
 
@@ -191,8 +191,8 @@ pub fn scrape_in(ns: &str, addr: SocketAddr) -> std::io::Result<Vec<Sample>> {
             if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            let r = http_get(addr, "/metrics", &[])?;
-            Ok(parse_exposition(&r.text()))
+            let r = http_get(addr, "/metrics", &[("accept", crate::http::SCRAPE_ACCEPT)])?;
+            crate::http::samples_of(&r)
         })
         .join()
         .unwrap_or_else(|_| Err(std::io::Error::other("scrape thread panicked")))

@@ -1,7 +1,8 @@
 //! End to end, as a cluster would run it: real pods from containerd's CRI (runc, cgroupfs
-//! driver, CPU quotas), the podstat agent naming them through the CRI provider, a real
-//! Prometheus scraping it every 2 s and evaluating the shipped rules, and every query of the
-//! shipped Grafana dashboard asked of that Prometheus.
+//! driver, CPU quotas), the podstat agent naming them through the CRI provider, two real
+//! Prometheus servers scraping it every 2 s and evaluating the shipped rules (one with native
+//! histograms on, which scrapes protobuf; one without, which scrapes OpenMetrics text with
+//! classic buckets), and every query of the shipped Grafana dashboard asked of both.
 //!
 //! Everything is torn down by guards (pods, containerd and its shims, Prometheus, the agent,
 //! cgroups, directories), on success, failure and panic.
@@ -41,15 +42,20 @@ impl Drop for Prometheus {
 }
 
 impl Prometheus {
-    fn start(target: SocketAddr) -> Self {
+    /// `native`: with `--enable-feature=native-histograms` (Prometheus then asks for protobuf
+    /// and stores native histograms); else the default text scrape with classic buckets.
+    fn start(target: SocketAddr, native: bool) -> Self {
         let bin = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
             .into_iter()
             .find(|p| Path::new(p).is_file())
             .unwrap_or_else(|| {
                 panic!("prometheus is missing: install the Debian package `prometheus` (cargo xtask test does)")
             });
-        let dir =
-            std::env::temp_dir().join(format!("podstat-test-prometheus-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!(
+            "podstat-test-prometheus-{}-{}",
+            std::process::id(),
+            if native { "native" } else { "classic" }
+        ));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("data")).expect("prometheus dir");
         let rules_src = fs::read_to_string(rules::rules_path()).expect("reading the shipped rules");
@@ -80,6 +86,7 @@ impl Prometheus {
                 dir.join("data").display()
             ))
             .arg(format!("--web.listen-address={addr}"))
+            .args(native.then_some("--enable-feature=native-histograms"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -205,8 +212,20 @@ fn cri_pods_prometheus_alert_and_dashboard() {
         "--probe.refresh-interval",
         "1s",
     ]);
-    let prom = Prometheus::start(agent_addr);
+    // Both at once: they scrape the same agent through the same minutes.
+    let native = Prometheus::start(agent_addr, true);
+    let classic = Prometheus::start(agent_addr, false);
+    for (prom, kind) in [(&native, "native"), (&classic, "classic")] {
+        check(prom, kind, agent_addr, &burner_cid, &idler_cid);
+    }
+    drop(native);
+    drop(classic);
+    drop(ctr);
+}
 
+/// What each Prometheus must see: the CRI names, its kind of histograms, the throttling alert
+/// for the busy pod and none for the idle one, and data for every dashboard query.
+fn check(prom: &Prometheus, kind: &str, agent_addr: SocketAddr, burner_cid: &str, idler_cid: &str) {
     // The agent names the pods from CRI.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -223,8 +242,8 @@ fn cri_pods_prometheus_alert_and_dashboard() {
                 )
             })
             .collect();
-        if pods.contains(&("burner", "burn", burner_cid.as_str()))
-            && pods.contains(&("idler", "idle", idler_cid.as_str()))
+        if pods.contains(&("burner", "burn", burner_cid))
+            && pods.contains(&("idler", "idle", idler_cid))
         {
             break;
         }
@@ -237,6 +256,28 @@ fn cri_pods_prometheus_alert_and_dashboard() {
         );
         thread::sleep(Duration::from_secs(1));
     }
+    // Native histograms from protobuf, or classic buckets from text; not both.
+    let hist = "podstat_runqueue_latency_seconds{pod=\"burner\",container=\"burn\"}";
+    let bucket = "podstat_runqueue_latency_seconds_bucket{pod=\"burner\",container=\"burn\"}";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (h, b) = (prom.query(hist), prom.query(bucket));
+        let ok = if kind == "native" {
+            !h.is_empty() && h.iter().all(|v| v.get("histogram").is_some()) && b.is_empty()
+        } else {
+            h.is_empty() && !b.is_empty()
+        };
+        if ok {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{kind} Prometheus: {hist} = {h:?}, {bucket} = {} series",
+            b.len()
+        );
+        thread::sleep(Duration::from_secs(1));
+    }
+
     // No series for the sandboxes (CRI names them).
     let sandboxes = prom.query(&format!(
         "podstat_cpu_usage_seconds_total{{namespace=\"{NAMESPACE}\",container=\"\",container_id!=\"\"}}"
@@ -258,8 +299,11 @@ fn cri_pods_prometheus_alert_and_dashboard() {
         }
         assert!(
             Instant::now() < deadline,
-            "{ALERT} did not fire for podstat-e2e/burner within 120 s; alerts: {:?}\nburner wall share (min over 2m): {:?}\nup (min over 2m): {:?}\nscrape duration (max over 2m): {:?}\nprometheus log:\n{}",
+            "{kind} Prometheus: {ALERT} did not fire for podstat-e2e/burner within 120 s; alerts: {:?}\nburner wall share now: {:?}, eBPF: {:?}, cgroup: {:?}\nburner wall share (min over 2m): {:?}\nup (min over 2m): {:?}\nscrape duration (max over 2m): {:?}\nprometheus log:\n{}",
             prom.query(&format!("ALERTS{{alertname=\"{ALERT}\",pod=\"burner\"}}")),
+            prom.query("podstat:cpu_throttled_wall_share:rate5m{pod=\"burner\",container!=\"\"}"),
+            prom.query("podstat:cpu_throttled_wall_share_ebpf:rate5m{pod=\"burner\",container!=\"\"}"),
+            prom.query("podstat:cpu_throttled_wall_share_cgroup:rate5m{pod=\"burner\",container!=\"\"}"),
             prom.query("min_over_time(podstat:cpu_throttled_wall_share:rate5m{pod=\"burner\",container!=\"\"}[2m])"),
             prom.query("min_over_time(up[2m])"),
             prom.query("max_over_time(scrape_duration_seconds[2m])"),
@@ -284,7 +328,7 @@ fn cri_pods_prometheus_alert_and_dashboard() {
     eprintln!("idle pod: throttled periods / periods = {idle_stats:?}");
     assert!(
         idle_alerts.is_empty(),
-        "alerts for the idle pod: {idle_alerts:?}"
+        "{kind} Prometheus: alerts for the idle pod: {idle_alerts:?}"
     );
 
     // Every dashboard query returns data.
@@ -309,15 +353,13 @@ fn cri_pods_prometheus_alert_and_dashboard() {
         }
     }
     eprintln!(
-        "dashboard: {} of {} queries returned data",
+        "{kind} Prometheus, dashboard: {} of {} queries returned data",
         queries.len() - empty.len(),
         queries.len()
     );
     assert!(
         empty.is_empty(),
-        "dashboard queries with no data:\n{}",
+        "{kind} Prometheus: dashboard queries with no data:\n{}",
         empty.join("\n")
     );
-    drop(prom);
-    drop(ctr);
 }

@@ -5,7 +5,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use podstat_common::sched::{
-    BY_OTHER_POD, BY_SAME_POD, BY_SYSTEM, PreemptPair, RUNQ_BOUNDS_NS, SWITCH_COUNT_MAP, SchedStats,
+    BY_OTHER_POD, BY_SAME_POD, BY_SYSTEM, PreemptPair, RUNQ_LAYOUT, SWITCH_COUNT_MAP, SchedStats,
 };
 use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
@@ -14,7 +14,7 @@ use prometheus_client::{
 
 use super::{
     Collect, CollectError, Context, Unsupported,
-    family::{PromHist, encode_hists, join, to_prom},
+    family::{Classic, PromHist, encode_hists, join, to_prom},
 };
 use crate::{
     cgroup::ErrorCounts,
@@ -85,6 +85,10 @@ const BY: [(&str, usize); 3] = [
 fn ns_to_seconds(ns: u64) -> f64 {
     ns as f64 / 1e9
 }
+/// Classic buckets of `podstat_runqueue_latency_seconds` (text formats, and protobuf with
+/// `--web.histograms=classic|both`): 2^-16 s (15 µs), 2^-12 s (244 µs), 2^-8 s (3.9 ms),
+/// 2^-4 s (62.5 ms) and 1 s, every one an edge of the kernel's buckets.
+pub const RUNQ_CLASSIC: Classic = Classic(&[-64, -48, -32, -16, 0]);
 
 #[derive(Debug)]
 pub struct SchedCollector {
@@ -208,7 +212,7 @@ impl Collect for SchedCollector {
         );
         let runq: Vec<(Target, PromHist)> = stats
             .iter()
-            .map(|(t, s)| (t.clone(), to_prom(&s.runq, &RUNQ_BOUNDS_NS, 1e9)))
+            .map(|(t, s)| (t.clone(), to_prom(&s.runq, &RUNQ_LAYOUT, RUNQ_CLASSIC, 1e9)))
             .collect();
         let wait_by: Vec<(Target, [u64; 3])> =
             stats.iter().map(|(t, s)| (t.clone(), s.wait_by)).collect();
@@ -262,8 +266,6 @@ impl Collect for SchedCollector {
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
-
-    use podstat_common::kernel::{BUCKETS, Hist, INF_SLOT, SUM_SLOT};
 
     use super::*;
 
@@ -377,18 +379,14 @@ mod tests {
     }
 
     #[test]
-    fn kernel_hist_converts_to_seconds() {
-        let mut h: Hist = [0; podstat_common::kernel::HIST_SLOTS];
-        h[0] = 2; // ≤ 5 µs
-        h[3] = 1; // ≤ 50 µs
-        h[INF_SLOT] = 1;
-        h[SUM_SLOT] = 2_000_000_000 + 40_000 + 6_000;
-        let p = to_prom(&h, &RUNQ_BOUNDS_NS, 1e9);
-        assert_eq!(p.count, 4);
-        assert!((p.sum - 2.000_046).abs() < 1e-9);
-        assert_eq!(p.buckets.len(), BUCKETS + 1);
-        assert!((p.buckets[0].0 - 5e-6).abs() < 1e-15);
-        assert_eq!(p.buckets[0].1, 2);
-        assert!(p.buckets[BUCKETS].0.is_infinite());
+    fn runq_classic_edges_are_kernel_edges() {
+        let l = RUNQ_LAYOUT;
+        let edges: Vec<i32> = (1..=l.buckets()).map(|s| l.native_index(s)).collect();
+        for e in RUNQ_CLASSIC.0 {
+            assert!(edges.contains(e), "{e} is not a kernel edge");
+        }
+        assert!(RUNQ_CLASSIC.0.windows(2).all(|w| w[0] < w[1]));
+        // The run-queue alert's threshold (50 ms) lies below the top classic edge.
+        assert!(Classic::bound(*RUNQ_CLASSIC.0.last().expect("edges")) > 0.05);
     }
 }

@@ -347,6 +347,15 @@ fn scrape_bench(c: &Config) -> anyhow::Result<ScrapeResult> {
         times.push(t.elapsed());
     }
     let (rss_kib, hwm_kib) = vm_rss_hwm(agent_pid(&agent)?)?;
+    let size_of = |accept: &str| -> anyhow::Result<usize> {
+        let r = http_get(addr, "/metrics", &[("Accept", accept)]).context("scrape")?;
+        anyhow::ensure!(r.status == 200, "/metrics answered {}", r.status);
+        Ok(r.body.len())
+    };
+    let openmetrics_bytes = size_of("application/openmetrics-text;version=1.0.0")?;
+    let protobuf_bytes = size_of(
+        "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited",
+    )?;
     agent.stop(libc::SIGTERM);
 
     let collect_ms = text
@@ -391,6 +400,8 @@ fn scrape_bench(c: &Config) -> anyhow::Result<ScrapeResult> {
         agent: summarize(times),
         floor: summarize(floor),
         body_bytes: text.len(),
+        openmetrics_bytes,
+        protobuf_bytes,
         periods_lines,
         collect_ms,
         matched_containers: matched.len(),
