@@ -370,7 +370,27 @@ fn test(start: Instant, unprivileged: bool, filter: Option<&str>) -> anyhow::Res
     }
     tally.run(&mut cmd)?;
     matrix_tier(start, &mut tally)?;
+    node_tier(start, &mut tally)?;
     Ok(tally)
+}
+
+/// The node (`cargo xtask node`) as a tier of `cargo xtask test`: one result.
+fn node_tier(start: Instant, tally: &mut Tally) -> anyhow::Result<()> {
+    step(
+        start,
+        "the DaemonSet on a Debian node in qemu (cargo xtask node)",
+    );
+    match node::node(start) {
+        Ok(()) => {
+            tally.passed += 1;
+            Ok(())
+        }
+        Err(e) => {
+            tally.failed += 1;
+            tally.report();
+            Err(e.context("the node"))
+        }
+    }
 }
 
 /// The kernel matrix as a tier of `cargo xtask test`: one result per pinned kernel.

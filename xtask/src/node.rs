@@ -1,7 +1,8 @@
 //! `cargo xtask node`: the DaemonSet on a real node. A Debian rootfs built with mmdebstrap
 //! (systemd, dbus, containerd, runc, Prometheus, busybox-static for the workload images) from
-//! the mirrors this machine's apt uses, with the modules of a kernel pinned in the matrix, is
-//! cached as an ext4 image in target/node-cache. qemu boots that kernel on it (software
+//! the mirrors this machine's apt uses, is cached in target/node-cache; each run adds the
+//! modules of a kernel pinned in the matrix and the node's configuration and writes it as an
+//! ext4 image (target/node/rootfs.ext4). qemu boots that kernel on it (software
 //! emulation, as the matrix) with systemd as PID 1 on pure cgroup v2; containerd runs with the
 //! CRI plugin and `SystemdCgroup = true`. A second, read-only disk carries the run's payload:
 //! the scenario runner `podstat-test-node`, the image `cargo xtask image` writes, the
@@ -121,19 +122,16 @@ fn out_dir() -> PathBuf {
     root().join("target/node")
 }
 
-/// The rootfs's cache key: everything that goes into it.
-fn rootfs_key(k: &vm::Kernel, mirrors: &[String]) -> String {
+/// The package tree's cache key: what mmdebstrap is given.
+fn packages_key(mirrors: &[String]) -> String {
     let mut h = Sha256::new();
-    for part in [SUITE, k.release(), CONTAINERD_CONFIG, UNIT] {
-        h.update(part.as_bytes());
+    for p in std::iter::once(&SUITE)
+        .chain(PACKAGES)
+        .map(|s| s.as_bytes())
+        .chain(mirrors.iter().map(String::as_bytes))
+    {
+        h.update(p);
         h.update([0]);
-    }
-    for p in PACKAGES.iter().chain(MASKED) {
-        h.update(p.as_bytes());
-        h.update([0]);
-    }
-    for m in mirrors {
-        h.update(m.as_bytes());
     }
     h.finalize().iter().take(8).fold(String::new(), |mut s, b| {
         let _ = write!(s, "{b:02x}");
@@ -169,7 +167,9 @@ fn failed_packages(log: &str) -> Vec<String> {
     out
 }
 
-/// The cached rootfs image, built if missing. Returns (path, seconds it took to build or 0).
+/// The rootfs image of this run: the cached package tree (mmdebstrap, built if missing) with
+/// the node's configuration applied, written with `mkfs.ext4 -d` to target/node/rootfs.ext4.
+/// Returns (path, seconds mmdebstrap took, or 0 when the tree came from the cache).
 fn rootfs(start: Instant, k: &vm::Kernel, modules: &Path) -> anyhow::Result<(PathBuf, f64)> {
     let (main, security) = vm::mirrors()?;
     let sources = vec![
@@ -177,75 +177,79 @@ fn rootfs(start: Instant, k: &vm::Kernel, modules: &Path) -> anyhow::Result<(Pat
         format!("deb {main} {SUITE}-updates main"),
         format!("deb {security} {SUITE}-security main"),
     ];
-    let img = cache().join(format!("rootfs-{}.ext4", rootfs_key(k, &sources)));
-    if img.is_file() {
+    let key = packages_key(&sources);
+    let dir = cache().join(format!("debian-{key}"));
+    let done = cache().join(format!("debian-{key}.done"));
+    let mut secs = 0.0;
+    if done.is_file() && dir.is_dir() {
         step(
             start,
-            &format!("node rootfs from the cache: {}", img.display()),
+            &format!("node packages from the cache: {}", dir.display()),
         );
-        return Ok((img, 0.0));
-    }
-    let t = Instant::now();
-    step(
-        start,
-        &format!(
-            "building the node rootfs with mmdebstrap ({SUITE}: {})",
-            PACKAGES.join(" ")
-        ),
-    );
-    fs::create_dir_all(cache())?;
-    let dir = cache().join("rootfs.tmp");
-    let _ = fs::remove_dir_all(&dir);
-    let mut cmd = Command::new("mmdebstrap");
-    cmd.args([
-        "--variant=apt",
-        "--mode=root",
-        "--aptopt=APT::Install-Recommends \"false\"",
-    ])
-    .args([
-        "--dpkgopt=path-exclude=/usr/share/man/*",
-        "--dpkgopt=path-exclude=/usr/share/doc/*",
-        "--dpkgopt=path-exclude=/usr/share/locale/*",
-    ])
-    .arg(format!("--include={}", PACKAGES.join(",")))
-    .arg(SUITE)
-    .arg(&dir)
-    .args(&sources);
-    let out = cmd
-        .output()
-        .context("running mmdebstrap (Debian package mmdebstrap)")?;
-    let log = cache().join("mmdebstrap.log");
-    fs::write(
-        &log,
-        [out.stdout.as_slice(), out.stderr.as_slice()].concat(),
-    )?;
-    if !out.status.success() {
-        let text = String::from_utf8_lossy(&out.stderr);
-        let named = failed_packages(&text);
+    } else {
+        let t = Instant::now();
+        step(
+            start,
+            &format!(
+                "building the node rootfs with mmdebstrap ({SUITE}: {})",
+                PACKAGES.join(" ")
+            ),
+        );
+        fs::create_dir_all(cache())?;
         let _ = fs::remove_dir_all(&dir);
-        bail!(
-            "the node rootfs could not be built: {} (mmdebstrap {}; log {})",
-            if named.is_empty() {
-                "mmdebstrap failed".to_owned()
-            } else {
-                format!("package(s) {} could not be installed", named.join(", "))
-            },
-            out.status,
-            log.display()
-        );
+        let mut cmd = Command::new("mmdebstrap");
+        cmd.args([
+            "--variant=apt",
+            "--mode=root",
+            "--aptopt=APT::Install-Recommends \"false\"",
+        ])
+        .args([
+            "--dpkgopt=path-exclude=/usr/share/man/*",
+            "--dpkgopt=path-exclude=/usr/share/doc/*",
+            "--dpkgopt=path-exclude=/usr/share/locale/*",
+        ])
+        .arg(format!("--include={}", PACKAGES.join(",")))
+        .arg(SUITE)
+        .arg(&dir)
+        .args(&sources);
+        let out = cmd
+            .output()
+            .context("running mmdebstrap (Debian package mmdebstrap)")?;
+        let log = cache().join("mmdebstrap.log");
+        fs::write(
+            &log,
+            [out.stdout.as_slice(), out.stderr.as_slice()].concat(),
+        )?;
+        if !out.status.success() {
+            let text = String::from_utf8_lossy(&out.stderr);
+            let named = failed_packages(&text);
+            let _ = fs::remove_dir_all(&dir);
+            bail!(
+                "the node rootfs could not be built: {} (mmdebstrap {}; log {})",
+                if named.is_empty() {
+                    "mmdebstrap failed".to_owned()
+                } else {
+                    format!("package(s) {} could not be installed", named.join(", "))
+                },
+                out.status,
+                log.display()
+            );
+        }
+        fs::write(&done, "")?;
+        secs = t.elapsed().as_secs_f64();
+        eprintln!("node packages installed in {secs:.0}s: {}", dir.display());
     }
+    // The configuration is applied on every run (it is idempotent), so changing it never needs
+    // a new mmdebstrap.
     configure(&dir, k, modules)?;
-    let tmp_img = cache().join("rootfs.ext4.tmp");
+    fs::create_dir_all(out_dir())?;
+    let img = out_dir().join("rootfs.ext4");
     run(Command::new("mkfs.ext4")
         .args(["-q", "-F", "-L", "podstat-root", "-d"])
         .arg(&dir)
-        .arg(&tmp_img)
+        .arg(&img)
         .arg("3G"))
     .context("making the rootfs image (mkfs.ext4 -d)")?;
-    fs::rename(&tmp_img, &img)?;
-    fs::remove_dir_all(&dir)?;
-    let secs = t.elapsed().as_secs_f64();
-    eprintln!("node rootfs built in {secs:.0}s: {}", img.display());
     Ok((img, secs))
 }
 
@@ -278,6 +282,17 @@ fn configure(dir: &Path, k: &vm::Kernel, modules: &Path) -> anyhow::Result<()> {
         std::os::unix::fs::symlink("/dev/null", &p)?;
     }
     fs::write(dir.join("etc/hostname"), "podstat-node\n")?;
+    // containerd copies both into every host-network sandbox; mmdebstrap writes neither.
+    fs::write(
+        dir.join("etc/hosts"),
+        "127.0.0.1 localhost\n127.0.1.1 podstat-node\n::1 localhost ip6-localhost ip6-loopback\n",
+    )?;
+    let resolv = dir.join("etc/resolv.conf");
+    let _ = fs::remove_file(&resolv);
+    fs::write(
+        &resolv,
+        "# no DNS on this node: every pod uses the host network\n",
+    )?;
     fs::write(dir.join("etc/fstab"), "")?;
     Ok(())
 }
