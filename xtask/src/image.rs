@@ -213,17 +213,14 @@ fn layer(stage: &Stage, binary: &Path, mtime: u64) -> anyhow::Result<Vec<u8>> {
         h.set_gid(0);
         h.set_mtime(mtime);
         h.set_mode(*mode);
-        match data {
-            Some(d) => {
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_size(d.len() as u64);
-                tar.append_data(&mut h, path, d.as_slice())?;
-            }
-            None => {
-                h.set_entry_type(tar::EntryType::Directory);
-                h.set_size(0);
-                tar.append_data(&mut h, format!("{path}/"), std::io::empty())?;
-            }
+        if let Some(d) = data {
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_size(d.len() as u64);
+            tar.append_data(&mut h, path, d.as_slice())?;
+        } else {
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_size(0);
+            tar.append_data(&mut h, format!("{path}/"), std::io::empty())?;
         }
     }
     Ok(tar.into_inner()?)
@@ -257,7 +254,18 @@ pub struct Built {
     pub binary_bytes: u64,
 }
 
+/// `n` bytes in MiB, for messages.
+pub fn mib(n: u64) -> String {
+    #[expect(clippy::cast_precision_loss, reason = "sizes far below 2^52")]
+    let m = n as f64 / 1024.0 / 1024.0;
+    format!("{m:.1} MiB")
+}
+
 /// Writes the OCI archive for `binary` (the static podstat).
+#[expect(
+    clippy::too_many_lines,
+    reason = "the blobs in the order the layout needs them"
+)]
 pub fn write(binary: &Path) -> anyhow::Result<Built> {
     let dockerfile = root().join("deploy/kubernetes/Dockerfile");
     let text = fs::read_to_string(&dockerfile)
@@ -406,9 +414,8 @@ pub fn image(start: Instant, binary_only: bool) -> anyhow::Result<()> {
         "writing the OCI image (FROM scratch) from deploy/kubernetes/Dockerfile",
     );
     let b = write(&binary)?;
-    let mib = |n: u64| n as f64 / 1024.0 / 1024.0;
     eprintln!(
-        "{}: {} ({:.1} MiB archive; layer {:.1} MiB compressed; podstat binary {:.1} MiB)",
+        "{}: {} ({} archive; layer {} compressed; podstat binary {})",
         b.archive.display(),
         image_name(),
         mib(b.archive_bytes),

@@ -49,9 +49,17 @@ const HOST_PACKAGES: &[(&str, &str)] = &[
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("dpkg-deb", "dpkg"),
 ];
+#[expect(
+    clippy::duration_suboptimal_units,
+    reason = "seconds, as the messages print it; from_mins is newer than the MSRV"
+)]
 /// From qemu's start to the runner's first line: the kernel, systemd, dbus and containerd
 /// under software emulation (about 40 s measured on a quiet 2-core host).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
+#[expect(
+    clippy::duration_suboptimal_units,
+    reason = "seconds, as the messages print it; from_mins is newer than the MSRV"
+)]
 /// From qemu's start to the verdict.
 const RUN_TIMEOUT: Duration = Duration::from_secs(1500);
 const RESULT: &str = "PODSTAT-NODE RESULT ";
@@ -324,6 +332,10 @@ fn payload(k: &vm::Kernel, bins: &Path, archive: &Path) -> anyhow::Result<PathBu
 }
 
 /// `cargo xtask node`.
+#[expect(
+    clippy::too_many_lines,
+    reason = "the steps in order, each a few lines"
+)]
 pub fn node(start: Instant) -> anyhow::Result<()> {
     crate::setup::debian_packages(start, HOST_PACKAGES)?;
     let k = vm::kernels(&[KERNEL.into()])?
@@ -346,9 +358,9 @@ pub fn node(start: Instant) -> anyhow::Result<()> {
     step(start, "the image (cargo xtask image) and the payload disk");
     let built = image::write(&bins.join("podstat"))?;
     eprintln!(
-        "image {}: {:.1} MiB archive",
+        "image {}: {} archive",
         image::image_name(),
-        built.archive_bytes as f64 / 1048576.0
+        image::mib(built.archive_bytes)
     );
     let payload = payload(&k, &bins, &built.archive)?;
 
