@@ -214,7 +214,9 @@ state = "{d}/state"
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
-    /// One RuntimeService call, bounded to 30 s.
+    /// One RuntimeService call, bounded to 2 minutes: the kubelet's default
+    /// `--runtime-request-timeout` (CreateContainer unpacks the image, which under the node's
+    /// software emulation takes longer than 30 s).
     pub fn call<Req: Message, Resp: Message + Default>(
         &mut self,
         method: &str,
@@ -231,7 +233,7 @@ state = "{d}/state"
         let client = &mut self.client;
         self.rt
             .block_on(async {
-                tokio::time::timeout(Duration::from_secs(30), client.unary(path, req)).await
+                tokio::time::timeout(Duration::from_secs(120), client.unary(path, req)).await
             })
             .map_err(|_| format!("{path}: timed out"))?
             .map_err(|e| podstat::util::chain(&e))
