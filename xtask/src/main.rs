@@ -6,6 +6,8 @@ mod bench;
 #[path = "../../tests/src/bench_json.rs"]
 mod bench_json;
 mod bench_net;
+mod image;
+mod node;
 mod setup;
 mod vm;
 
@@ -62,6 +64,20 @@ enum Task {
         /// Kernel names from xtask/vm-kernels.toml; all when none is given.
         kernels: Vec<String>,
     },
+    /// The agent's container image without docker: the static (musl) podstat FROM scratch, as
+    /// the final stage of deploy/kubernetes/Dockerfile describes it, written as an OCI archive
+    /// to target/podstat-image.oci.tar (push it with skopeo or crane, or `ctr images import`).
+    Image {
+        /// Only build the static binary (the Dockerfile's build stage uses this).
+        #[arg(long)]
+        binary_only: bool,
+    },
+    /// A real node in a VM: a Debian rootfs (mmdebstrap: systemd, containerd, runc, Prometheus;
+    /// cached in target/node-cache) booted on a pinned kernel with systemd as PID 1 on pure
+    /// cgroup v2, containerd's systemd cgroup driver, and the DaemonSet's pod run from
+    /// deploy/kubernetes/daemonset.yaml through CRI beside workload pods. Not yet a tier of
+    /// `cargo xtask test`: its scenario has not run to the end here (docs/testing.md).
+    Node,
     /// Benchmarks, all in one run, each against a baseline measured in that run: scrape cost
     /// (300 pods x 3 containers of real cgroups) against plain loops reading the same files;
     /// per-event cost of every probe program against libbpf-tools runqlat during a
@@ -123,6 +139,11 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
         bail!("{cmd:?} failed with {status}");
     }
     Ok(())
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR`, else `target/` in the workspace.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from)
 }
 
 /// `cargo` with the eBPF object required (build.rs fails instead of embedding nothing).
@@ -191,6 +212,14 @@ fn main() -> anyhow::Result<()> {
                 bail!("kernel matrix: {} failed", failed.join(" "));
             }
             return Ok(());
+        }
+        Task::Image { binary_only } => {
+            setup::toolchain(start)?;
+            image::image(start, binary_only)?;
+        }
+        Task::Node => {
+            setup::toolchain(start)?;
+            node::node(start)?;
         }
         Task::Bench {
             pods,
