@@ -444,7 +444,7 @@ fn oracle(mode_flags: &[&str], via: &str, ids: u32, work: &Oracle) -> (f64, f64)
     );
     let mut flags = agent_flags();
     flags.extend_from_slice(mode_flags);
-    let (_agent, addr) = start_agent(&flags);
+    let (agent, addr) = start_agent(&flags);
     assert_runqueue_mode(&scrape(addr), via);
     thread::sleep(Duration::from_millis(500)); // one tracker refresh
     let secs = work.secs;
@@ -565,7 +565,27 @@ fn oracle(mode_flags: &[&str], via: &str, ids: u32, work: &Oracle) -> (f64, f64)
         pcount > 50,
         "the workload got the CPU only {pcount} times: not the workload this test needs"
     );
+    eprintln!(
+        "{via}: the agent's programs missed {} runs (recursion_misses)",
+        recursion_misses(agent.pid())
+    );
     (sum_ratio, count_ratio)
+}
+
+/// `recursion_misses` summed over the BPF programs process `pid` holds (its fdinfo): runs the
+/// kernel skipped because the program was already running on that CPU.
+fn recursion_misses(pid: i32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo")).map_or(0, |d| {
+        d.filter_map(Result::ok)
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .filter(|t| t.contains("prog_type:"))
+            .filter_map(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("recursion_misses:"))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+            .sum()
+    })
 }
 
 /// The workloads both modes are compared on.
