@@ -420,45 +420,46 @@ struct Oracle {
 /// container's run-queue histogram delta (sum, count) with the change of `run_delay` and
 /// `pcount` summed over the workload's threads, both read while every thread is quiet (before
 /// the start and after the end of the work). Returns (sum ratio, count ratio), podstat/kernel.
-fn oracle(mode_flags: &[&str], via: &str, ids: u32, w: &Oracle) -> (f64, f64) {
+#[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
+fn oracle(mode_flags: &[&str], via: &str, ids: u32, work: &Oracle) -> (f64, f64) {
     use std::io::{BufRead as _, BufReader, Write as _};
     let v1 = v1_hierarchies();
     let root = format!("podstat-test-{}-oracle{ids}", std::process::id());
     let (uid_a, cid_a) = test_ids(ids);
     let (uid_b, cid_b) = test_ids(ids + 1);
-    let a = format!("{root}/kubepods/burstable/pod{uid_a}/{cid_a}");
-    let b = format!("{root}/kubepods/burstable/pod{uid_b}/{cid_b}");
+    let ctr_a = format!("{root}/kubepods/burstable/pod{uid_a}/{cid_a}");
+    let ctr_b = format!("{root}/kubepods/burstable/pod{uid_b}/{cid_b}");
     let mut tree = CgroupTree::new(&[&v1.cpu, &v1.cpuacct]);
-    tree.mkdir(&a);
-    tree.mkdir(&b);
+    tree.mkdir(&ctr_a);
+    tree.mkdir(&ctr_b);
     tree.write(0, &root, "cpu.shares", "262144");
     tree.write(
         0,
         &format!("{root}/kubepods/burstable/pod{uid_a}"),
         "cpu.shares",
-        w.shares.0,
+        work.shares.0,
     );
     tree.write(
         0,
         &format!("{root}/kubepods/burstable/pod{uid_b}"),
         "cpu.shares",
-        w.shares.1,
+        work.shares.1,
     );
     let mut flags = agent_flags();
     flags.extend_from_slice(mode_flags);
-    let (_agent, addr) = start_agent(&flags);
+    let (agent, addr) = start_agent(&flags);
     assert_runqueue_mode(&scrape(addr), via);
     thread::sleep(Duration::from_millis(500)); // one tracker refresh
-    let secs = w.secs;
+    let secs = work.secs;
     let mut cmd = Command::new(LOAD);
     cmd.arg("gated")
-        .args(w.victim)
+        .args(work.victim)
         .arg(secs.to_string())
-        .arg(w.migrate_every)
+        .arg(work.migrate_every)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped());
     let mut child = podstat_tests::Proc(Some(
-        tree.place(&a, &mut cmd)
+        tree.place(&ctr_a, &mut cmd)
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}")),
     ));
@@ -480,10 +481,10 @@ fn oracle(mode_flags: &[&str], via: &str, ids: u32, w: &Oracle) -> (f64, f64) {
         Duration::from_secs(3),
     );
     let mut hog = tree.spawn(
-        &b,
+        &ctr_b,
         Command::new(LOAD).args([
             "busy",
-            &(cpus() * w.hogs_per_cpu).to_string(),
+            &(cpus() * work.hogs_per_cpu).to_string(),
             &(secs + 3).to_string(),
         ]),
     );
@@ -517,13 +518,13 @@ fn oracle(mode_flags: &[&str], via: &str, ids: u32, w: &Oracle) -> (f64, f64) {
     }
     let h0 = Hist::find(&s0, "podstat_runqueue_latency_seconds", &labels_a).expect("A's histogram");
     let h1 = Hist::find(&s1, "podstat_runqueue_latency_seconds", &labels_a).expect("A's histogram");
-    let d = h1.minus(&h0);
+    let delta = h1.minus(&h0);
     #[expect(clippy::cast_precision_loss, reason = "ns and counts well below 2^52")]
     let (kernel_sum, kernel_count) = (delay_ns as f64 / 1e9, pcount as f64);
-    let (sum_ratio, count_ratio) = (d.sum / kernel_sum, d.count / kernel_count);
+    let (sum_ratio, count_ratio) = (delta.sum / kernel_sum, delta.count / kernel_count);
     eprintln!(
         "{via}: podstat sum {:.6} s count {} | kernel run_delay {kernel_sum:.6} s pcount {kernel_count} | ratio sum {sum_ratio:.4} count {count_ratio:.4}",
-        d.sum, d.count
+        delta.sum, delta.count
     );
     // Waiting time by who held the CPU adds up to the histogram's sum.
     let by_sum: f64 = ["same_pod", "other_pod", "system"]
@@ -540,9 +541,9 @@ fn oracle(mode_flags: &[&str], via: &str, ids: u32, w: &Oracle) -> (f64, f64) {
         })
         .sum();
     assert!(
-        (by_sum - d.sum).abs() <= 1e-6 * d.sum.max(1.0),
+        (by_sum - delta.sum).abs() <= 1e-6 * delta.sum.max(1.0),
         "podstat_runqueue_wait_seconds_total summed over by grew {by_sum} s, the histogram's sum {} s",
-        d.sum
+        delta.sum
     );
     if let [late_ns, wakeups] = late[..]
         && wakeups > 0
@@ -555,19 +556,39 @@ fn oracle(mode_flags: &[&str], via: &str, ids: u32, w: &Oracle) -> (f64, f64) {
         eprintln!(
             "{via}: user-space lateness {late:.6} s over {wakeups} wakeups | kernel/lateness {:.4} podstat/lateness {:.4}",
             kernel_sum / late,
-            d.sum / late
+            delta.sum / late
         );
         assert!(
-            kernel_sum <= late * 1.01 && d.sum <= late * 1.01,
+            kernel_sum <= late * 1.01 && delta.sum <= late * 1.01,
             "run-queue waiting (kernel {kernel_sum} s, podstat {} s) exceeds the lateness the threads measured themselves ({late} s)",
-            d.sum
+            delta.sum
         );
     }
     assert!(
         pcount > 50,
         "the workload got the CPU only {pcount} times: not the workload this test needs"
     );
+    eprintln!(
+        "{via}: the agent's programs missed {} runs (recursion_misses)",
+        recursion_misses(agent.pid())
+    );
     (sum_ratio, count_ratio)
+}
+
+/// `recursion_misses` summed over the BPF programs process `pid` holds (its fdinfo): runs the
+/// kernel skipped because the program was already running on that CPU.
+fn recursion_misses(pid: i32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo")).map_or(0, |d| {
+        d.filter_map(Result::ok)
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .filter(|t| t.contains("prog_type:"))
+            .filter_map(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("recursion_misses:"))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+            .sum()
+    })
 }
 
 /// The workloads both modes are compared on.
@@ -628,11 +649,11 @@ fn assert_agrees(sum_ratio: f64, count_ratio: f64) {
 fn runqueue_latency_agrees_with_schedstat_in_sched_info_mode() {
     require_root();
     assert!(kernel_keeps_sched_info(), "this test host keeps sched_info");
-    for (i, w) in ORACLE_WORKLOADS.iter().enumerate() {
+    for (ids, w) in (40..).step_by(2).zip(&ORACLE_WORKLOADS) {
         let (sum, count) = oracle(
             &["--probe.runqueue-mode", "sched-info"],
             SCHED_INFO_VIA,
-            40 + 2 * i as u32,
+            ids,
             w,
         );
         assert_agrees(sum, count);
@@ -642,13 +663,8 @@ fn runqueue_latency_agrees_with_schedstat_in_sched_info_mode() {
 #[test]
 fn runqueue_latency_agrees_with_schedstat_in_wakeup_mode() {
     require_root();
-    for (i, w) in ORACLE_WORKLOADS.iter().enumerate() {
-        let (sum, count) = oracle(
-            &["--probe.runqueue-mode", "wakeup"],
-            "tp_btf",
-            50 + 2 * i as u32,
-            w,
-        );
+    for (ids, w) in (50..).step_by(2).zip(&ORACLE_WORKLOADS) {
+        let (sum, count) = oracle(&["--probe.runqueue-mode", "wakeup"], "tp_btf", ids, w);
         assert_agrees(sum, count);
     }
 }

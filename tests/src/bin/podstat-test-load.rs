@@ -109,7 +109,7 @@ fn gated(threads: usize, spin: Duration, sleep: Duration, secs: Duration, migrat
                 spin_for(spin);
                 thread::sleep(sleep);
                 round += 1;
-                if migrate_every > 0 && round % migrate_every == 0 {
+                if migrate_every > 0 && round.is_multiple_of(migrate_every) {
                     #[expect(
                         clippy::cast_possible_truncation,
                         reason = "a round count mod a CPU count"
