@@ -436,11 +436,11 @@ fn oracle_run(
     } else {
         send.args([&net_bin(), "usend", &dest, "100", "2", &cpu]);
     }
-    let sent = send.output().expect("running the sender");
+    let sender = send.output().expect("running the sender");
     assert!(
-        sent.status.success(),
+        sender.status.success(),
         "{proto} sender failed: {}",
-        String::from_utf8_lossy(&sent.stderr)
+        String::from_utf8_lossy(&sender.stderr)
     );
     let out = receiver.wait_with_output().expect("oracle reader");
     assert!(out.status.success(), "oracle reader failed: {out:?}");
@@ -547,6 +547,10 @@ fn read_time_locality_agrees_with_so_incoming_cpu_under_two_rps_settings() {
 /// The default read-time design with RFS on: a pinned reader, hopping readers and a connected
 /// UDP reader, as in the per-packet test; no packet-side program attached.
 #[test]
+#[expect(
+    clippy::float_cmp,
+    reason = "the gauges compared are small integers, exact in f64"
+)]
 fn read_time_steering_locality_and_flow_migrations_per_pod() {
     require_root();
     assert!(
@@ -622,6 +626,10 @@ fn read_time_steering_locality_and_flow_migrations_per_pod() {
 /// The read-time design on the hook older kernels have (tcp_rcv_space_adjust, TCP only), forced
 /// on this kernel, RFS off.
 #[test]
+#[expect(
+    clippy::float_cmp,
+    reason = "the gauges compared are small integers, exact in f64"
+)]
 fn read_time_legacy_hook_counts_tcp_steering() {
     require_root();
     let net = NetPair::new(
