@@ -401,6 +401,33 @@ mod tests {
         assert!(p.enabled.contains(&"sched"), "the last switch wins");
     }
 
+    /// The steering design: read time, sampled 1 in 16, by default; the per-packet design and
+    /// the sampling period by flag; a period that is not a power of two is refused.
+    #[test]
+    fn net_design_flags() {
+        let wanted = |args: &[&str]| {
+            let mut v = vec!["podstat", "agent"];
+            v.extend_from_slice(args);
+            let p = parse_from(v).expect("parse");
+            let Cmd::Agent(a) = &p.cli.command else {
+                panic!("not agent")
+            };
+            a.host.probe.wanted(&p.enabled)
+        };
+        let w = wanted(&[]);
+        assert!(!w.net_per_packet);
+        assert_eq!(w.net_sample_every, 16);
+        let w = wanted(&["--probe.net.per-packet", "--probe.net.sample-every", "1"]);
+        assert!(w.net_per_packet);
+        assert_eq!(w.net_sample_every, 1);
+        for bad in ["0", "3", "131072", "x"] {
+            assert!(
+                parse_from(["podstat", "agent", "--probe.net.sample-every", bad]).is_err(),
+                "--probe.net.sample-every {bad} accepted"
+            );
+        }
+    }
+
     #[test]
     fn help_mentions_every_flag() {
         let mut cmd = command();

@@ -16,7 +16,12 @@ use podstat_tests::{
     require_root, test_ids, v1_hierarchies,
 };
 
-const NET: &str = env!("CARGO_BIN_EXE_podstat-test-net");
+/// The traffic binary: `PODSTAT_TEST_NET` when set (a copy that a concurrent build of a shared
+/// target directory cannot replace mid-run), else the one cargo built for these tests.
+fn net_bin() -> String {
+    std::env::var("PODSTAT_TEST_NET")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_podstat-test-net").to_owned())
+}
 
 /// The agent in the receiver's namespace with the flags every scenario here uses.
 fn start_agent_in(net: &NetPair, extra: &[&str]) -> (Proc, SocketAddr) {
@@ -56,7 +61,7 @@ fn scenario(
     let before = scrape_in(&net.rx, agent).expect("scrape before");
     let mut rx_cmd = enter(&net.rx);
     rx_cmd.args([
-        NET,
+        &net_bin(),
         "recv",
         &port,
         &flows.to_string(),
@@ -67,7 +72,7 @@ fn scenario(
     let mut receiver = Proc(Some(tree.spawn(cgroup, &mut rx_cmd)));
     let sent = enter(&net.tx)
         .args([
-            NET,
+            &net_bin(),
             "send",
             &format!("{}:{port}", net.rx_ip()),
             &flows.to_string(),
@@ -125,12 +130,12 @@ fn udp_scenario(
     let port = free_port().to_string();
     let before = scrape_in(&net.rx, agent).expect("scrape before");
     let mut rx_cmd = enter(&net.rx);
-    rx_cmd.args([NET, "urecv", &port, "8", "1"]);
+    rx_cmd.args([&net_bin(), "urecv", &port, "8", "1"]);
     let mut receiver = Proc(Some(tree.spawn(cgroup, &mut rx_cmd)));
     thread::sleep(Duration::from_millis(300));
     let sent = enter(&net.tx)
         .args([
-            NET,
+            &net_bin(),
             "usend",
             &format!("{}:{port}", net.rx_ip()),
             "100",
@@ -408,7 +413,14 @@ fn oracle_run(
     let before = scrape_in(&net.rx, agent).expect("scrape before");
     let topo = topology(&before);
     let mut rx_cmd = enter(&net.rx);
-    rx_cmd.args([NET, "orecv", proto, &port, "8", &reader_cpu.to_string()]);
+    rx_cmd.args([
+        &net_bin(),
+        "orecv",
+        proto,
+        &port,
+        "8",
+        &reader_cpu.to_string(),
+    ]);
     let receiver = tree
         .place(cgroup, &mut rx_cmd)
         .stdin(std::process::Stdio::null())
@@ -420,15 +432,15 @@ fn oracle_run(
     let cpu = sender_cpu.to_string();
     let mut send = enter(&net.tx);
     if proto == "tcp" {
-        send.args([NET, "send", &dest, "1", "400", "2", &cpu]);
+        send.args([&net_bin(), "send", &dest, "1", "400", "2", &cpu]);
     } else {
-        send.args([NET, "usend", &dest, "100", "2", &cpu]);
+        send.args([&net_bin(), "usend", &dest, "100", "2", &cpu]);
     }
-    let sent = send.output().expect("running the sender");
+    let sender = send.output().expect("running the sender");
     assert!(
-        sent.status.success(),
+        sender.status.success(),
         "{proto} sender failed: {}",
-        String::from_utf8_lossy(&sent.stderr)
+        String::from_utf8_lossy(&sender.stderr)
     );
     let out = receiver.wait_with_output().expect("oracle reader");
     assert!(out.status.success(), "oracle reader failed: {out:?}");
@@ -535,6 +547,10 @@ fn read_time_locality_agrees_with_so_incoming_cpu_under_two_rps_settings() {
 /// The default read-time design with RFS on: a pinned reader, hopping readers and a connected
 /// UDP reader, as in the per-packet test; no packet-side program attached.
 #[test]
+#[expect(
+    clippy::float_cmp,
+    reason = "the gauges compared are small integers, exact in f64"
+)]
 fn read_time_steering_locality_and_flow_migrations_per_pod() {
     require_root();
     assert!(
@@ -610,6 +626,10 @@ fn read_time_steering_locality_and_flow_migrations_per_pod() {
 /// The read-time design on the hook older kernels have (tcp_rcv_space_adjust, TCP only), forced
 /// on this kernel, RFS off.
 #[test]
+#[expect(
+    clippy::float_cmp,
+    reason = "the gauges compared are small integers, exact in f64"
+)]
 fn read_time_legacy_hook_counts_tcp_steering() {
     require_root();
     let net = NetPair::new(

@@ -55,6 +55,16 @@ pub fn all(start: Instant, c: &Config) -> anyhow::Result<()> {
             c.sample_every.to_string(),
         ],
     )?;
+    let raw = out_dir.join("net.json");
+    fs::write(
+        &raw,
+        lines
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+    .with_context(|| format!("writing {}", raw.display()))?;
     let net: NetResult =
         part(&lines, "net")?.context("podstat-test-bench-net printed no result")?;
     let report = render(c, &net)?;

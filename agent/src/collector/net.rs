@@ -330,19 +330,30 @@ impl Collect for NetCollector {
 
         steering::encode(enc, &self.probes, &self.identity, &devices)?;
         if !self.probes.attached(crate::probe::ProbeId::NetRxQueue) {
-            let named: Vec<(String, u32)> = devices
-                .iter()
-                .filter_map(|d| d.ifindex.map(|i| (d.ids.name.clone(), i)))
-                .collect();
-            let counts = self
-                .queues
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .read(&named, |what, e| {
-                    tracing::debug!(source = what, error = %chain(e), "per-queue packet counts");
-                });
-            steering::encode_driver_queues(enc, &counts)?;
+            self.encode_driver_queues(enc, &devices)?;
         }
         Ok(())
+    }
+}
+
+impl NetCollector {
+    /// Per-queue packets from the drivers' counters, when no per-packet probe counts them.
+    fn encode_driver_queues(
+        &self,
+        enc: &mut DescriptorEncoder,
+        devices: &[Device],
+    ) -> Result<(), std::fmt::Error> {
+        let named: Vec<(String, u32)> = devices
+            .iter()
+            .filter_map(|d| d.ifindex.map(|i| (d.ids.name.clone(), i)))
+            .collect();
+        let counts = self
+            .queues
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .read(&named, |what, e| {
+                tracing::debug!(source = what, error = %chain(e), "per-queue packet counts");
+            });
+        steering::encode_driver_queues(enc, &counts)
     }
 }

@@ -230,7 +230,7 @@ fn ioctl_ifindex(e: &EthtoolIoctl, name: &str) -> Option<u32> {
     let n = name.len().min(libc::IFNAMSIZ - 1);
     req.name[..n].copy_from_slice(&name.as_bytes()[..n]);
     // SAFETY: `req` is a valid ifreq for SIOCGIFINDEX, which writes the int after the name.
-    let r = unsafe { libc::ioctl(e.0.as_raw_fd(), libc::SIOCGIFINDEX, &raw mut req) };
+    let r = unsafe { libc::ioctl(e.0.as_raw_fd(), SIOCGIFINDEX, &raw mut req) };
     if r < 0 {
         None
     } else {
@@ -238,7 +238,10 @@ fn ioctl_ifindex(e: &EthtoolIoctl, name: &str) -> Option<u32> {
     }
 }
 
-const SIOCETHTOOL: libc::c_ulong = 0x8946;
+/// `SIOCETHTOOL` and `SIOCGIFINDEX` (`include/uapi/linux/sockios.h`), typed as this libc's
+/// ioctl request (an `unsigned long` on glibc, an `int` on musl).
+const SIOCETHTOOL: libc::Ioctl = 0x8946;
+const SIOCGIFINDEX: libc::Ioctl = 0x8933;
 const ETHTOOL_GSSET_INFO: u32 = 0x37;
 const ETHTOOL_GSTRINGS: u32 = 0x1b;
 const ETHTOOL_GSTATS: u32 = 0x1d;
