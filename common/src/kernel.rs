@@ -123,6 +123,10 @@ pub fn log2_floor(mut x: u64) -> u32 {
     clippy::inline_always,
     reason = "BPF has no real calls between these helpers; it must inline"
 )]
+#[expect(
+    clippy::many_single_char_names,
+    reason = "the names of the maths in the comment: v, u, e, s, m"
+)]
 pub fn slot_of(v: u64, l: &Layout) -> usize {
     if v <= 1 << l.zero_log2 {
         return 0;
@@ -305,8 +309,8 @@ mod tests {
         let unit = 2f64.powi(l.unit_log2);
         #[expect(clippy::cast_precision_loss, reason = "v < 2^53")]
         let x = v as f64 * unit;
-        let zero = 2f64.powi(l.zero_log2 as i32) * unit;
-        let top = 2f64.powi(l.top_log2 as i32) * unit;
+        let zero = 2f64.powi(l.zero_log2.cast_signed()) * unit;
+        let top = 2f64.powi(l.top_log2.cast_signed()) * unit;
         if x <= zero {
             assert_eq!(slot, 0, "{v}");
         } else if x > top {
@@ -331,8 +335,8 @@ mod tests {
     /// value 776 bytes, THROTTLE_STATS' 1224 bytes, before the hash table's per-entry overhead.
     #[test]
     fn per_cgroup_values_are_the_stated_size() {
-        assert_eq!(core::mem::size_of::<Known>(), 776);
-        assert_eq!(core::mem::size_of::<crate::throttle::ThrottleStats>(), 1224);
+        assert_eq!(size_of::<Known>(), 776);
+        assert_eq!(size_of::<crate::throttle::ThrottleStats>(), 1224);
     }
 
     #[test]
@@ -344,7 +348,7 @@ mod tests {
                 (1u64 << e).wrapping_mul(2).wrapping_sub(1),
             ] {
                 if x >= 1 << e {
-                    assert_eq!(log2_floor(x), 63 - x.leading_zeros(), "{x}");
+                    assert_eq!(log2_floor(x), x.ilog2(), "{x}");
                 }
             }
         }

@@ -96,6 +96,7 @@ fn has_all(counts: &BTreeMap<String, usize>) -> bool {
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 fn active_container_stays_within_the_series_budget() {
     require_root();
     let v1 = v1_hierarchies();
@@ -105,8 +106,8 @@ fn active_container_stays_within_the_series_budget() {
     tree.write(0, &root, "cpu.shares", "262144");
     let (uid, cid) = test_ids(71);
     let ctr = format!("{root}/kubepods/burstable/pod{uid}/{cid}");
-    let (hog_uid, hog_cid) = test_ids(72);
-    let hog = format!("{root}/kubepods/besteffort/pod{hog_uid}/{hog_cid}");
+    let (hog_pod_uid, hog_container_id) = test_ids(72);
+    let hog = format!("{root}/kubepods/besteffort/pod{hog_pod_uid}/{hog_container_id}");
     tree.mkdir(&ctr);
     tree.mkdir(&hog);
     tree.write(0, &ctr, "cpu.cfs_period_us", "100000");

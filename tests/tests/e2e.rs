@@ -32,7 +32,6 @@ fn uid(n: u32) -> String {
 }
 
 #[test]
-#[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 fn cri_pods_prometheus_alert_and_dashboard() {
     require_root();
     let mut ctr = Containerd::start();
@@ -88,6 +87,7 @@ fn cri_pods_prometheus_alert_and_dashboard() {
 
 /// What each Prometheus must see: the CRI names, its kind of histograms, the throttling alert
 /// for the busy pod and none for the idle one, and data for every dashboard query.
+#[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 fn check(prom: &Prometheus, kind: &str, agent_addr: SocketAddr, burner_cid: &str, idler_cid: &str) {
     // The agent names the pods from CRI.
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -73,8 +73,7 @@ pub fn to_prom<const N: usize>(h: &Hist<N>, l: &Layout, classic: Classic, scale:
     let mut edges = classic.0.iter().copied().peekable();
     let mut buckets: Vec<(f64, u64)> = Vec::with_capacity(classic.0.len() + 1);
     let mut classic_cum = 0u64;
-    for slot in 1..=l.overflow_slot() {
-        let n = h[slot];
+    for (slot, &n) in h.iter().enumerate().take(l.overflow_slot() + 1).skip(1) {
         let index = l.native_index(slot);
         // Classic edges below this bucket take everything counted so far.
         while let Some(&edge) = edges.peek() {

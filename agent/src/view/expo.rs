@@ -108,15 +108,16 @@ pub fn parse_protobuf(mut body: &[u8]) -> Result<Vec<Sample>, prost::DecodeError
     Ok(out)
 }
 
+/// A series' label set, `__name__` included.
+pub type Labels = BTreeMap<String, String>;
+
 /// The series a protobuf body holds as Prometheus stores them, each as its label set with
 /// `__name__`: one per counter, gauge or native histogram; a classic histogram gives one per
 /// bucket (`_bucket` with `le`) plus `_sum` and `_count`. What the series budget counts.
 ///
 /// # Errors
 /// If the body is not length-delimited `MetricFamily` messages.
-pub fn protobuf_series(
-    mut body: &[u8],
-) -> Result<Vec<BTreeMap<String, String>>, prost::DecodeError> {
+pub fn protobuf_series(mut body: &[u8]) -> Result<Vec<Labels>, prost::DecodeError> {
     use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::MetricFamily;
     use prost::Message as _;
     let mut out = Vec::new();
@@ -341,7 +342,7 @@ mod tests {
         assert_eq!(buckets, want);
         assert!(
             s.iter()
-                .any(|s| s.name == "h_seconds_count" && s.value == 7.0)
+                .any(|s| s.name == "h_seconds_count" && (s.value - 7.0).abs() < f64::EPSILON)
         );
         assert!(parse_protobuf(b"\x05garbage").is_err());
     }

@@ -214,7 +214,7 @@ mod tests {
             value: v.into(),
         };
         let family = MetricFamily {
-            name: crate::collector::cgroup::CPU_LIMIT_CORES.exposed.into(),
+            name: collector::cgroup::CPU_LIMIT_CORES.exposed.into(),
             metric: vec![Metric {
                 label: vec![
                     label("pod_uid", "u"),
