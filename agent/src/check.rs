@@ -149,6 +149,8 @@ pub fn report(args: &CheckArgs, enabled: &[&'static str]) -> Vec<Item> {
         Outcome::Ok,
         crate::util::kernel_release(),
     );
+    let (outcome, detail) = check_sched_ext(&args.host.paths.sysfs);
+    push("kernel", "sched_ext".into(), outcome, detail);
 
     match effective_caps(&args.host.paths.procfs) {
         Some(caps) => {
@@ -248,6 +250,30 @@ pub fn report(args: &CheckArgs, enabled: &[&'static str]) -> Vec<Item> {
 }
 
 /// Which metadata provider the agent would use, and one real refresh from it.
+/// sched_ext: a loaded BPF scheduler decides what cpu.max and cpu.weight mean. Not a failure:
+/// `inconclusive` says the throttling figures may not apply.
+fn check_sched_ext(sysfs: &Path) -> (Outcome, String) {
+    match crate::cgroup::sched_ext::read(sysfs) {
+        None => (
+            Outcome::NotApplicable,
+            "no sched_ext on this kernel (6.12+, CONFIG_SCHED_CLASS_EXT): CFS enforces cpu.max"
+                .into(),
+        ),
+        Some(scx) if !scx.active() => (
+            Outcome::Ok,
+            "no BPF scheduler loaded (state disabled): CFS enforces cpu.max".into(),
+        ),
+        Some(scx) => (
+            Outcome::Inconclusive,
+            format!(
+                "BPF scheduler {} loaded (state {}): cpu.max and cpu.weight mean only what it implements, and the throttling figures (cpu.stat nr_throttled, throttled_usec, the throttle probe) may not apply",
+                scx.scheduler.as_deref().unwrap_or("(unnamed)"),
+                scx.state
+            ),
+        ),
+    }
+}
+
 fn check_metadata(opts: &crate::metadata::Options) -> (Outcome, String) {
     let provider = match crate::metadata::select(opts) {
         Ok(Some(p)) => p,
@@ -330,4 +356,33 @@ pub fn run(args: &CheckArgs, enabled: &[&'static str]) -> anyhow::Result<ExitCod
     } else {
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn sysfs(host: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/hosts")
+            .join(host)
+            .join("sys")
+    }
+
+    #[test]
+    fn sched_ext_says_when_throttling_figures_may_not_apply() {
+        let (o, d) = check_sched_ext(&sysfs("v2-systemd-containerd"));
+        assert_eq!(o, Outcome::Inconclusive);
+        assert!(
+            d.contains("rusty_1.0.14") && d.contains("may not apply"),
+            "{d}"
+        );
+        assert_eq!(check_sched_ext(&sysfs("sched-ext-disabled")).0, Outcome::Ok);
+        assert_eq!(
+            check_sched_ext(&sysfs("net-mlx5")).0,
+            Outcome::NotApplicable
+        );
+    }
 }

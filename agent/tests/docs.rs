@@ -219,3 +219,24 @@ fn anchors_follow_github() {
         BTreeSet::from(["a".to_owned(), "b".to_owned(), "b-1".to_owned()])
     );
 }
+
+/// explain's recommended limit aims under the alert's threshold: the two must be one number.
+#[test]
+fn explain_uses_the_alert_threshold() {
+    let rules = std::fs::read_to_string(repo_root().join("deploy/prometheus/podstat.rules.yaml"))
+        .expect("reading the rules");
+    let rule = rules
+        .split("- record: podstat:cpu_throttled_wall_share:alert_threshold\n")
+        .nth(1)
+        .and_then(|r| r.lines().next())
+        .map(str::trim)
+        .expect("the threshold rule");
+    let want = format!(
+        "expr: vector({})",
+        podstat::view::explain::ALERT_THROTTLED_WALL_SHARE
+    );
+    assert_eq!(
+        rule, want,
+        "deploy/prometheus/podstat.rules.yaml and explain disagree"
+    );
+}

@@ -59,7 +59,8 @@ fn explain_throttled_pod() {
         .recommendation
         .as_ref()
         .expect("a recommendation");
-    assert_eq!(rec.pool_max_threads, Some(1));
+    assert_eq!(rec.pool_threads, Some(1));
+    assert!(rec.limit_cores.is_some_and(|l| l > 0.5), "{rec:?}");
     check("explain-throttled.txt", &explain::render_text(&d));
     check(
         "explain-throttled.json",

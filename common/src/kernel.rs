@@ -261,6 +261,8 @@ pub struct Offsets {
     /// has really been throttled (not merely preempted while its cfs_rq was throttled).
     pub task_throttled: u32,
     pub task_throttled_mask: u32,
+    /// Online CPUs, which cap the threads a throttle deficit counts (0: no cap).
+    pub nr_cpus: u32,
     /// `task_struct.sched_info.last_queued` (unsigned long long, rq clock ns; CONFIG_SCHED_INFO).
     pub task_last_queued: u32,
     /// `cfs_rq.rq` (struct rq *; CONFIG_FAIR_GROUP_SCHED).

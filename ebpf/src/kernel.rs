@@ -38,6 +38,7 @@ static OFFSETS: Offsets = Offsets {
     task_based_throttle: 0,
     task_throttled: 0,
     task_throttled_mask: 0,
+    nr_cpus: 0,
     task_last_queued: 0,
     cfs_rq_rq: 0,
     rq_clock: 0,

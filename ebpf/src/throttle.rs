@@ -32,7 +32,7 @@ use aya_ebpf::{
 };
 use podstat_common::{
     kernel::{DEFAULT_MAX_CGROUPS, MAP_THROTTLE_STATS, Offsets, ns_to_units},
-    throttle::{PERIOD_LAYOUT, THREAD_LAYOUT, THROTTLE_MODE_HOOKS, ThrottleStats},
+    throttle::{DEFICIT_LAYOUT, PERIOD_LAYOUT, THREAD_LAYOUT, THROTTLE_MODE_HOOKS, ThrottleStats},
 };
 
 use crate::kernel::{KNOWN, cgroup_kn_id, get_or_insert, now_ns, observe, offsets, read};
@@ -147,12 +147,13 @@ unsafe fn open_episode(st: *mut ThrottleStats, tg: *const u8, now: u64, o: &Offs
     0
 }
 
-/// Closes the episode: its pause and its runnable threads.
+/// Closes the episode: its pause, its runnable threads, and its deficit (the pause times the
+/// runnable threads, at most `nr_cpus` of them: the CPU time the quota kept the cgroup from).
 ///
 /// # Safety
 /// `st` points into a live THROTTLE_STATS value.
 #[inline(always)]
-unsafe fn close_episode(st: *mut ThrottleStats, now: u64) {
+unsafe fn close_episode(st: *mut ThrottleStats, now: u64, nr_cpus: u32) {
     // SAFETY: as the caller promises.
     unsafe {
         if now > (*st).start_ns {
@@ -169,6 +170,19 @@ unsafe fn close_episode(st: *mut ThrottleStats, now: u64) {
                 &THREAD_LAYOUT,
                 runnable << 1,
                 runnable,
+            );
+            let threads = if nr_cpus != 0 && runnable > u64::from(nr_cpus) {
+                u64::from(nr_cpus)
+            } else {
+                runnable
+            };
+            // A pause is at most a few periods (< 2^33 ns) and threads at most nr_cpus: no overflow.
+            let deficit = pause.wrapping_mul(threads);
+            observe(
+                core::ptr::addr_of_mut!((*st).deficit),
+                &DEFICIT_LAYOUT,
+                ns_to_units(deficit),
+                deficit,
             );
         }
     }
@@ -239,7 +253,7 @@ fn on_unthrottle_hook(cfs_rq: *const u8) -> Result<(), i32> {
             *rqs = 0;
         }
         if (left == 0 || left > i32::MAX as u32) && (*st).start_ns != 0 {
-            close_episode(st, now_ns());
+            close_episode(st, now_ns(), o.nr_cpus);
             (*st).start_ns = 0;
         }
     }
@@ -331,7 +345,7 @@ pub fn on_switch_in(id: u64, now: u64) {
         unsafe {
             if (*st).throttled_rqs != 0 && now >= (*st).period_end_ns {
                 (*st).throttled_rqs = 0;
-                close_episode(st, now);
+                close_episode(st, now, offsets().nr_cpus);
             }
         }
     }

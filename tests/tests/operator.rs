@@ -136,16 +136,73 @@ fn explain_quota_burn_names_throttling_and_recommends_a_pool_of_one() {
     let share = num(t, "/throttled_period_share");
     assert!(share > 0.5, "throttled in only {share} of periods");
     let rec = &t["recommendation"];
-    let pool = rec["pool_max_threads"].as_u64();
-    let limit = rec["limit_min_cores"].as_f64();
+    let pool = rec["pool_threads"].as_u64();
+    let limit = rec["limit_cores"].as_f64();
     assert!(
         pool.is_some_and(|p| p <= 1) || limit.is_some_and(|l| l > 0.5),
         "recommendation neither a pool of at most 1 thread nor a larger limit: {rec:#}"
     );
     assert_eq!(pool, Some(1), "{rec:#}");
+    assert!(limit.is_some_and(|l| l > 0.5), "{rec:#}");
+    assert_eq!(rec["model"]["load"], "steady", "{rec:#}");
     let text = rec["text"].as_str().unwrap_or_default();
     assert!(
-        text.contains("at most 1 thread") && text.contains("raise the limit to at least"),
+        text.contains("pool to 1 thread") && text.contains("set the limit to"),
+        "{text}"
+    );
+}
+
+#[test]
+fn explain_pod_level_limit_diagnoses_the_pod_cgroup() {
+    // A pod-level limit (KEP-2837): 0.5 cores on the pod cgroup, none on its two containers,
+    // only one of which is busy. On this v1 host there is no cpu.stat.local, so explain must
+    // diagnose the pod cgroup and say that the per-container split is not known here.
+    require_root();
+    let mut sc = Scenario::new("explain-podlevel");
+    let (uid, _, busy) = sc.container(48);
+    let pod = busy
+        .rsplit_once('/')
+        .map(|(p, _)| p.to_owned())
+        .expect("pod path");
+    let idle = format!("{pod}/{}", "e".repeat(64));
+    sc.tree.mkdir(&idle);
+    sc.tree.write(0, &pod, "cpu.cfs_period_us", "100000");
+    sc.tree.write(0, &pod, "cpu.cfs_quota_us", "50000");
+    let mut load = sc
+        .tree
+        .spawn(&busy, Command::new(LOAD).args(["busy", "4", "30"]));
+    let mut sleeper = sc.tree.spawn(&idle, Command::new("sleep").arg("30"));
+    thread::sleep(Duration::from_millis(300));
+    let out = explain(
+        &[&uid, "--duration", "6s", "--output", "json"],
+        Duration::from_mins(1),
+    );
+    let text = explain(&[&uid, "--duration", "3s"], Duration::from_mins(1));
+    sc.tree.kill_all(&busy);
+    sc.tree.kill_all(&idle);
+    let _ = (load.wait(), sleeper.wait());
+    let d: serde_json::Value = serde_json::from_str(&out).expect("explain --output json");
+    assert_eq!(d["causes"][0], "throttling", "{d:#}");
+    let rows = d["throttling"].as_array().expect("throttling entries");
+    assert_eq!(rows.len(), 1, "only the pod cgroup has a limit: {d:#}");
+    let t = &rows[0];
+    assert_eq!(t["container_id"], "", "{t:#}");
+    assert_eq!(t["pod_level"], true, "{t:#}");
+    assert!((num(t, "/limit_cores") - 0.5).abs() < 1e-9);
+    assert!(
+        num(t, "/wall_lost_share") > 0.25,
+        "the pod cgroup's pauses were not measured: {t:#}"
+    );
+    // v1: no cpu.stat.local, so no split, and the advice is for the pod's limit.
+    assert_eq!(t["lost_by_container"].as_array().map(Vec::len), Some(0));
+    assert!(
+        t["recommendation"]["limit_cores"]
+            .as_f64()
+            .is_some_and(|l| l > 0.5),
+        "{t:#}"
+    );
+    assert!(
+        text.contains("pod-level limit") && text.contains("cpu.stat.local needs cgroup v2"),
         "{text}"
     );
 }

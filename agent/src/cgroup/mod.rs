@@ -16,6 +16,7 @@ mod error;
 mod layout;
 pub mod parse;
 mod read;
+pub mod sched_ext;
 
 pub use classify::{CgroupKind, Driver, Qos, Runtime, classify};
 pub use discover::{DiscoverOptions, Discovered, discover};

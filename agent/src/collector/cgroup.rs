@@ -7,11 +7,15 @@
 use std::{
     collections::{HashMap, HashSet},
     fmt,
+    path::PathBuf,
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
-use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
+use prometheus_client::{
+    encoding::{DescriptorEncoder, EncodeLabelSet},
+    metrics::MetricType,
+};
 
 use super::{Collect, CollectError, Context, Unsupported};
 use crate::{
@@ -63,6 +67,8 @@ pub struct CgroupCollector {
     limits: Mutex<HashMap<u64, (Instant, Limits)>>,
     /// Which optional files this host has, learnt once.
     presence: Mutex<Presence>,
+    /// `--path.sysfs`, for the sched_ext state.
+    sysfs: PathBuf,
 }
 
 impl CgroupCollector {
@@ -82,6 +88,7 @@ impl CgroupCollector {
             limits_refresh: ctx.cgroup.limits_refresh,
             limits: Mutex::new(HashMap::new()),
             presence: Mutex::new(Presence::default()),
+            sysfs: ctx.paths.sysfs.clone(),
         }))
     }
 
@@ -231,6 +238,18 @@ pub const CPU_PRESSURE_STALLED_SECONDS: Family = crate::counter!(
     "Time all of the cgroup's non-idle tasks waited for a CPU at once (cpu.pressure full total)."
 );
 
+/// `podstat_node_sched_ext_info`: the node's sched_ext state (not per cgroup).
+pub const NODE_SCHED_EXT: Family = crate::info_family!(
+    "podstat_node_sched_ext",
+    "The node's sched_ext state (/sys/kernel/sched_ext/state: enabling, enabled, disabling, disabled) and the loaded BPF scheduler's name (root/ops, empty without one); absent on kernels without sched_ext. While a BPF scheduler is loaded, cpu.max and cpu.weight mean only what it implements, and the CFS throttling counters and probes may not apply."
+);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SchedExtLabels {
+    state: String,
+    scheduler: String,
+}
+
 /// The families this collector exports, with how each value is read from a sample.
 pub const FAMILIES: &[(Family, Getter)] = &[
     (CPU_USAGE_SECONDS, |s| s.stat.usage_ns.map(secs_ns)),
@@ -339,6 +358,12 @@ impl Collect for CgroupCollector {
         let rows = self.gather(errors);
         let t1 = Instant::now();
         encode_rows(enc, &rows, self.extended)?;
+        if let Some(scx) = cgroup::sched_ext::read(&self.sysfs) {
+            NODE_SCHED_EXT.encode(enc)?.encode_info(&SchedExtLabels {
+                state: scx.state,
+                scheduler: scx.scheduler.unwrap_or_default(),
+            })?;
+        }
         tracing::debug!(gather = ?(t1 - t0), encode = ?t1.elapsed(), rows = rows.len(), "cgroup collector");
         Ok(())
     }

@@ -168,6 +168,7 @@ pub fn join<V>(identity: &IdMap, entries: impl IntoIterator<Item = (u64, V)>) ->
 /// self-metrics, and the metadata provider's.
 pub fn all() -> Vec<&'static Family> {
     let mut v: Vec<&'static Family> = super::cgroup::FAMILIES.iter().map(|(f, _)| f).collect();
+    v.push(&super::cgroup::NODE_SCHED_EXT);
     v.extend(super::sched::FAMILIES);
     v.extend(super::throttle::FAMILIES);
     v.extend(super::net::FAMILIES);

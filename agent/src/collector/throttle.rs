@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use podstat_common::throttle::{PERIOD_LAYOUT, THREAD_LAYOUT};
+use podstat_common::throttle::{DEFICIT_LAYOUT, PERIOD_LAYOUT, THREAD_LAYOUT};
 use prometheus_client::encoding::DescriptorEncoder;
 
 use super::{
@@ -18,14 +18,15 @@ use crate::{
     probe::{ProbeId, Probes, throttle::ThrottleProbe},
 };
 
-/// `podstat_cpu_throttle_pause_seconds`.
 /// The families this collector exports.
 pub const FAMILIES: &[Family] = &[
     CPU_THROTTLE_PAUSE_SECONDS,
     CPU_QUOTA_EXHAUSTED_AFTER_SECONDS,
     CPU_THROTTLE_RUNNABLE_THREADS,
+    CPU_THROTTLE_DEFICIT_SECONDS,
 ];
 
+/// `podstat_cpu_throttle_pause_seconds`.
 pub const CPU_THROTTLE_PAUSE_SECONDS: Family = crate::histogram!(
     "podstat_cpu_throttle_pause_seconds",
     "Wall-clock length of each CFS throttle episode of the cgroup, from the first of its run queues throttling to the last unthrottling; once per episode, not per CPU (eBPF throttle_cfs_rq/unthrottle_cfs_rq)."
@@ -43,12 +44,22 @@ pub const CPU_THROTTLE_RUNNABLE_THREADS: Family = crate::histogram!(
     "Threads of the cgroup that were running or runnable when its quota ran out (sum over the run queues that throttled in the episode)."
 );
 
+/// `podstat_cpu_throttle_deficit_seconds`.
+pub const CPU_THROTTLE_DEFICIT_SECONDS: Family = crate::histogram!(
+    "podstat_cpu_throttle_deficit_seconds",
+    "Estimated CPU time the cgroup would have used during each CFS throttle episode without its quota: the episode's wall-clock pause times the threads runnable when the quota ran out, at most one per online CPU; an upper bound, since a thread may have finished its work before the pause ended (CPU-seconds, once per episode)."
+);
+
 /// Classic buckets of the pause and quota-exhausted-after histograms: 2^-7 s (7.8 ms), 2^-5 s
 /// (31.25 ms), 2^-4 s (62.5 ms) and 2^-3 s (125 ms, above the default 100 ms period).
 pub const PERIOD_CLASSIC: Classic = Classic(&[-28, -20, -16, -12]);
 
 /// Classic buckets of the runnable-threads histogram: 2 and 8 threads.
 pub const THREAD_CLASSIC: Classic = Classic(&[4, 12]);
+
+/// Classic buckets of the deficit histogram: 2^-7 s (7.8 ms), 2^-5 s (31.25 ms), 2^-3 s
+/// (125 ms), 2^-1 s and 2 s of CPU.
+pub const DEFICIT_CLASSIC: Classic = Classic(&[-28, -20, -12, -4, 4]);
 
 #[derive(Debug)]
 pub struct ThrottleCollector {
@@ -108,9 +119,19 @@ impl Collect for ThrottleCollector {
                 )
             })
             .collect();
+        let deficit: Vec<_> = stats
+            .iter()
+            .map(|(t, st)| {
+                (
+                    t.clone(),
+                    to_prom(&st.deficit, &DEFICIT_LAYOUT, DEFICIT_CLASSIC, 1e9),
+                )
+            })
+            .collect();
         encode_hists(enc, &CPU_THROTTLE_PAUSE_SECONDS, &pause)?;
         encode_hists(enc, &CPU_QUOTA_EXHAUSTED_AFTER_SECONDS, &after)?;
         encode_hists(enc, &CPU_THROTTLE_RUNNABLE_THREADS, &runnable)?;
+        encode_hists(enc, &CPU_THROTTLE_DEFICIT_SECONDS, &deficit)?;
         Ok(())
     }
 }
@@ -132,6 +153,7 @@ mod tests {
         };
         check(&PERIOD_LAYOUT, PERIOD_CLASSIC);
         check(&THREAD_LAYOUT, THREAD_CLASSIC);
+        check(&DEFICIT_LAYOUT, DEFICIT_CLASSIC);
         assert!((Classic::bound(THREAD_CLASSIC.0[0]) - 2.0).abs() < f64::EPSILON);
         assert!((Classic::bound(PERIOD_CLASSIC.0[1]) - 0.031_25).abs() < f64::EPSILON);
     }

@@ -160,6 +160,9 @@ impl Probe for ThrottleProbe {
     }
 
     fn resolve(&mut self, k: &KernelBtf, offsets: &mut Offsets, _wanted: &Wanted) {
+        // The deficit counts at most one thread per online CPU; unknown: no cap.
+        offsets.nr_cpus = aya::util::online_cpus()
+            .map_or(0, |cpus| u32::try_from(cpus.len()).unwrap_or(u32::MAX));
         self.fields = Some(resolve_fields(k, offsets).map_err(|source| {
             Arc::new(ProbeError::KernelLacks {
                 what: "CFS bandwidth tracking",

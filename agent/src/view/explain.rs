@@ -8,8 +8,9 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::model::{
-    Hist, Key, LOCALITIES, OTHER_POD, Row, SAME_POD, SYSTEM, Snapshot, pod_display,
+use super::{
+    advice::{self, Advice, Effect, Load, Observed},
+    model::{Hist, Key, LOCALITIES, OTHER_POD, Row, SAME_POD, SYSTEM, Snapshot, pod_display},
 };
 use crate::cgroup::{CgroupKind, classify};
 
@@ -18,6 +19,11 @@ use crate::cgroup::{CgroupKind, classify};
 pub const THROTTLED_PERIODS_MIN: f64 = 0.05;
 /// …or lost at least this share of wall time to throttle pauses.
 pub const THROTTLED_WALL_MIN: f64 = 0.01;
+/// The throttling alert's default threshold on the share of wall-clock time a cgroup spends
+/// throttled (`podstat:cpu_throttled_wall_share:alert_threshold` in
+/// deploy/prometheus/podstat.rules.yaml; a docs test keeps the two equal). The recommended
+/// limit aims under it.
+pub const ALERT_THROTTLED_WALL_SHARE: f64 = 0.25;
 /// The quota "runs out early" when it is exhausted before this share of the period (p50).
 pub const EARLY_IN_PERIOD: f64 = 0.5;
 /// Run-queue waiting is a finding when the pod's threads together waited at least this share
@@ -53,9 +59,13 @@ threads waited at least {} s per second in all, with a run-queue p99 of at least
 least {}% of that waiting was behind other pods' tasks (or the system's, when not throttled); \
 steering when at least {}% of {}+ packets were handled outside the reader's LLC, or flows moved \
 CPUs {}+ times a second.\n\n\
-Recommendation, with N threads runnable when a quota of L cores ran out: N > L: size the \
-CPU-bound pool to max(1, floor(L)) threads, or raise the limit to ceil(N) cores, or drop the \
-limit for a latency-sensitive pod; N <= L: raise the limit (or allow a burst), or drop it.",
+Recommendation, from the measured throttle episodes (pause, runnable threads, deficit) and \
+use: the smallest limit (at the current period) under which the observed load would be \
+throttled less than {}% of the time ({}% of the alert's {}% threshold); a cpu.max.burst sized \
+to the typical burst's excess over the quota, for a load that comes in bursts, where the kernel \
+has it (Kubernetes does not set it); and, for a steady load (at least {}% of the limit used, \
+throttled in at least {}% of periods, more threads runnable than the limit has cores), a pool \
+of max(1, floor(limit)) threads. Each with its expected throttled share and pause p99.",
         pct(THROTTLED_PERIODS_MIN),
         pct(THROTTLED_WALL_MIN),
         RUNQ_WAIT_SHARE_MIN,
@@ -64,6 +74,11 @@ limit for a latency-sensitive pod; N <= L: raise the limit (or allow a burst), o
         pct(STEERING_REMOTE_SHARE_MIN),
         STEERING_MIN_PACKETS,
         FLOW_MIGRATIONS_MIN_RATE,
+        pct(ALERT_THROTTLED_WALL_SHARE * advice::TARGET_OF_THRESHOLD),
+        pct(advice::TARGET_OF_THRESHOLD),
+        pct(ALERT_THROTTLED_WALL_SHARE),
+        pct(advice::STEADY_USE_MIN),
+        pct(advice::STEADY_PERIODS_MIN),
     )
 }
 
@@ -165,12 +180,18 @@ fn looks_like_uid(s: &str) -> bool {
 /// The recommendation for a throttled cgroup.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Recommendation {
-    /// Size the CPU-bound thread pool to at most this many threads (when threads > limit).
-    pub pool_max_threads: Option<u64>,
-    /// Or raise the limit to at least this many cores.
-    pub limit_min_cores: Option<f64>,
+    /// The smallest limit, in cores at the current period, expected to keep the throttled
+    /// wall-time share under the alert threshold (`None` without throttle-probe data).
+    pub limit_cores: Option<f64>,
+    /// The `cpu.max.burst` that absorbs the typical burst, where the kernel supports it and
+    /// the load comes in bursts.
+    pub burst_seconds: Option<f64>,
+    /// The CPU-bound pool size that fits the current limit, for a steady load only.
+    pub pool_threads: Option<u64>,
     /// Or drop the CPU limit (keep the request), for a latency-sensitive pod.
     pub drop_limit_if_latency_sensitive: bool,
+    /// The model behind the figures, with each option's expected effect.
+    pub model: Option<Advice>,
     pub text: String,
 }
 
@@ -191,8 +212,28 @@ pub struct Throttling {
     pub quota_exhausted_after_p50_seconds: Option<f64>,
     pub exhausted_early: Option<bool>,
     pub runnable_threads: Option<f64>,
+    /// CPU time the throttle episodes kept from the cgroup (pause × runnable threads, at most
+    /// one per CPU), CPU-seconds.
+    pub deficit_seconds: Option<f64>,
+    /// A pod-level limit (on the pod cgroup, the containers have none; KEP-2837 pod-level
+    /// resources): the pod cgroup is the one throttled.
+    pub pod_level: bool,
+    /// For a pod cgroup: how long each container's own tasks stalled under its quota
+    /// (cpu.stat.local `throttled_usec`, cgroup v2 on Linux 6.8+), most first; empty where
+    /// the kernel does not say.
+    pub lost_by_container: Vec<ContainerLoss>,
     pub problem: bool,
     pub recommendation: Option<Recommendation>,
+}
+
+/// One container's stall under its pod's quota.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ContainerLoss {
+    pub container: String,
+    pub container_id: String,
+    pub throttled_seconds: f64,
+    /// Of the pod's containers' summed stall.
+    pub share: f64,
 }
 
 /// A pod that preempted the target, with its share of the target's preemptions by other pods.
@@ -254,6 +295,27 @@ pub struct DeviceState {
     pub arfs: Option<bool>,
 }
 
+/// The node runs a BPF scheduler (sched_ext), so `cpu.max` means only what it implements.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SchedExtNote {
+    pub state: String,
+    pub scheduler: String,
+    pub text: String,
+}
+
+/// The note for a node whose sched_ext state is `state`, `None` when CFS is in charge.
+fn sched_ext_note(snap: &Snapshot) -> Option<SchedExtNote> {
+    let (state, scheduler) = snap.sched_ext.clone()?;
+    (state != "disabled").then(|| SchedExtNote {
+        text: format!(
+            "a BPF scheduler ({}) is loaded on this node (sched_ext {state}): cpu.max and cpu.weight mean only what it implements, and the throttling figures below (cpu.stat, the throttle probe) may not apply",
+            if scheduler.is_empty() { "unnamed" } else { &scheduler }
+        ),
+        state,
+        scheduler,
+    })
+}
+
 /// The whole answer.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Diagnosis {
@@ -264,6 +326,8 @@ pub struct Diagnosis {
     /// Findings, most important first: `throttling`, `noisy_neighbours`, `steering`.
     pub causes: Vec<&'static str>,
     pub throttling: Vec<Throttling>,
+    /// A BPF scheduler (sched_ext) is loaded: the throttling figures may not apply.
+    pub sched_ext: Option<SchedExtNote>,
     pub neighbours: Option<Neighbours>,
     pub steering: Steering,
 }
@@ -284,7 +348,7 @@ fn throttling_of(r: &Row, throttle_probe: bool) -> Option<Throttling> {
         (Some(a), Some(p)) if p > 0.0 => Some(a < p * EARLY_IN_PERIOD),
         _ => None,
     };
-    let recommendation = problem.then(|| recommend(limit, threads, after, period));
+    let recommendation = problem.then(|| recommend(r, limit));
     Some(Throttling {
         container: r.container_name(),
         container_id: r.key.container_id.clone(),
@@ -300,58 +364,159 @@ fn throttling_of(r: &Row, throttle_probe: bool) -> Option<Throttling> {
         quota_exhausted_after_p50_seconds: after,
         exhausted_early: early,
         runnable_threads: threads,
+        deficit_seconds: r.deficit.as_ref().map(|h| h.sum),
+        pod_level: false,
+        lost_by_container: Vec::new(),
         problem,
         recommendation,
     })
 }
 
-/// The recommendation rules (README "explain"): with N threads runnable when a quota of L cores
-/// runs out t into a period P,
-/// - N > L: size the CPU-bound pool to max(1, floor(L)) threads, or raise the limit to ≥ ceil(N)
-///   cores, or drop the limit for a latency-sensitive pod;
-/// - N ≤ L (or N unknown): the quota runs out on bursts: raise the limit, or drop it.
-#[expect(
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss,
-    reason = "floor/ceil of small positive core and thread counts"
-)]
-pub fn recommend(
-    limit: f64,
-    threads: Option<f64>,
-    after: Option<f64>,
-    period: Option<f64>,
-) -> Recommendation {
-    let when = match (after, period) {
-        (Some(a), Some(p)) => format!(" {} into each {} period", ms(a), ms(p)),
-        (Some(a), None) => format!(" {} into each period", ms(a)),
-        _ => String::new(),
-    };
-    match threads {
-        Some(n) if n > limit + 0.05 => {
-            let pool = (limit.floor() as u64).max(1);
-            let need = n.ceil();
-            Recommendation {
-                pool_max_threads: Some(pool),
-                limit_min_cores: Some(need),
-                drop_limit_if_latency_sensitive: true,
-                text: format!(
-                    "size the CPU-bound pool to at most {pool} thread{} (the {}-core limit, min 1), because {n:.1} are runnable when the {}-core quota runs out{when}; or raise the limit to at least {need:.0} cores; or, if the pod is latency-sensitive, drop the CPU limit and keep the request",
-                    if pool == 1 { "" } else { "s" },
-                    cores(limit),
-                    cores(limit),
-                ),
-            }
-        }
-        _ => Recommendation {
-            pool_max_threads: None,
-            limit_min_cores: None,
+/// What a row measured, for the advice (`None` without throttle-probe episodes).
+fn observed(r: &Row, limit: f64) -> Option<Observed> {
+    let pause = r.pause.as_ref().filter(|h| h.count > 0.0)?;
+    Some(Observed {
+        limit_cores: limit,
+        period_seconds: r.period_seconds?,
+        seconds: r.seconds,
+        used_cores: r.cpu_cores?,
+        episodes: pause.count,
+        pause_seconds: pause.sum,
+        deficit_seconds: r.deficit.as_ref().map(|h| h.sum),
+        runnable_threads: r.runnable_at_throttle(),
+        throttled_periods: r.throttled_periods,
+        burst_supported: r.burst_limit_seconds.is_some(),
+        threshold: ALERT_THROTTLED_WALL_SHARE,
+    })
+}
+
+/// "throttled 12% of the time, pause p99 40.0 ms".
+fn effect_text(e: &Effect) -> String {
+    format!(
+        "throttled {} of the time{}",
+        pct(e.throttled_share),
+        e.pause_p99_seconds
+            .filter(|_| e.throttled_share > 0.0)
+            .map_or_else(
+                || ", no pauses".to_owned(),
+                |p| format!(", pause p99 {}", ms(p))
+            )
+    )
+}
+
+/// The recommendation rules (README "explain", docs/operator-views.md): sized from the
+/// measured episodes by [`advice::advise`].
+pub fn recommend(r: &Row, limit: f64) -> Recommendation {
+    let drop = "or, if the pod is latency-sensitive, drop the CPU limit and keep the request";
+    let Some(a) = observed(r, limit).and_then(|o| advice::advise(&o)) else {
+        return Recommendation {
+            limit_cores: None,
+            burst_seconds: None,
+            pool_threads: None,
             drop_limit_if_latency_sensitive: true,
+            model: None,
             text: format!(
-                "the runnable threads{} fit the {}-core limit, so bursts use up the quota{when}: raise the limit (or allow a burst), or, if the pod is latency-sensitive, drop the CPU limit and keep the request",
-                threads.map_or(String::new(), |n| format!(" ({n:.1})")),
+                "no throttle-probe episodes to size it from: raise the {}-core limit, {drop}",
                 cores(limit)
             ),
-        },
+        };
+    };
+    let now = format!(
+        "now {}{}",
+        r.throttled_wall_share().map_or("–".into(), pct),
+        r.pause_p99()
+            .map_or(String::new(), |p| format!(", p99 {}", ms(p)))
+    );
+    let mut parts = Vec::new();
+    match a.load {
+        Load::Steady => {
+            let pool = a.pool_threads.unwrap_or(1);
+            parts.push(format!(
+                "steady load: {:.1} threads ran in parallel against the {}-core limit in nearly every period. Size the CPU-bound pool to {pool} thread{} (the limit, min 1): {} at the {}-core limit",
+                a.parallelism,
+                cores(limit),
+                if pool == 1 { "" } else { "s" },
+                a.pool_effect.as_ref().map_or_else(String::new, effect_text),
+                cores(limit),
+            ));
+            parts.push(format!(
+                "or set the limit to {} cores: {} ({now})",
+                cores(a.limit_cores),
+                effect_text(&a.limit_effect)
+            ));
+        }
+        Load::Bursts => {
+            parts.push(format!(
+                "the load comes in bursts of about {} of CPU at {:.1} threads, against a {} quota. Set the limit to {} cores: {} ({now})",
+                ms(a.typical_burst_cpu_seconds.unwrap_or_default()),
+                a.parallelism,
+                ms(limit * r.period_seconds.unwrap_or_default()),
+                cores(a.limit_cores),
+                effect_text(&a.limit_effect)
+            ));
+            match (a.burst_seconds, &a.burst_effect) {
+                (Some(b), Some(e)) => parts.push(format!(
+                    "or keep the limit and set cpu.max.burst to {} ({}Kubernetes does not set it today: write it to the cgroup yourself): {}",
+                    ms(b),
+                    if a.burst_absorbs_all == Some(false) {
+                        "at most the quota, so it absorbs only part of the burst; "
+                    } else {
+                        ""
+                    },
+                    effect_text(e)
+                )),
+                _ if r.burst_limit_seconds.is_none() => parts.push(
+                    "a cpu.max.burst would absorb the bursts, but this cgroup has none (Linux 5.14+; Kubernetes does not set it)".to_owned(),
+                ),
+                _ => {}
+            }
+        }
+    }
+    parts.push(drop.to_owned());
+    Recommendation {
+        limit_cores: Some(a.limit_cores),
+        burst_seconds: a.burst_seconds,
+        pool_threads: a.pool_threads,
+        drop_limit_if_latency_sensitive: true,
+        text: parts.join("; "),
+        model: Some(a),
+    }
+}
+
+/// For a throttled pod cgroup: which container lost the time (cpu.stat.local), and whether the
+/// limit is pod-level (no container of the pod has one).
+fn attribute_pod_level(throttling: &mut [Throttling], mine: &[&Row]) {
+    let containers: Vec<&&Row> = mine
+        .iter()
+        .filter(|r| !r.key.container_id.is_empty())
+        .collect();
+    let pod_level = !containers.is_empty()
+        && containers
+            .iter()
+            .all(|r| r.limit_cores.is_none_or(|l| l <= 0.0));
+    for t in throttling.iter_mut().filter(|t| t.container_id.is_empty()) {
+        t.pod_level = pod_level;
+        let mut lost: Vec<ContainerLoss> = containers
+            .iter()
+            .filter_map(|r| {
+                r.throttled_local_seconds.map(|s| ContainerLoss {
+                    container: r.container_name(),
+                    container_id: r.key.container_id.clone(),
+                    throttled_seconds: s,
+                    share: 0.0,
+                })
+            })
+            .collect();
+        let total: f64 = lost.iter().map(|l| l.throttled_seconds).sum();
+        for l in &mut lost {
+            l.share = if total > 0.0 {
+                l.throttled_seconds / total
+            } else {
+                0.0
+            };
+        }
+        lost.sort_by(|a, b| b.throttled_seconds.total_cmp(&a.throttled_seconds));
+        t.lost_by_container = lost;
     }
 }
 
@@ -376,10 +541,11 @@ pub fn diagnose(sel: &Selection, rows: &[Row], snap: &Snapshot, seconds: f64) ->
         .find(|r| !r.names.pod.is_empty())
         .map_or_else(|| sel.pod_uid.clone(), |r| r.pod_name());
     let throttle_probe = snap.probes.get("cfs_throttle") == Some(&true);
-    let throttling: Vec<Throttling> = mine
+    let mut throttling: Vec<Throttling> = mine
         .iter()
         .filter_map(|r| throttling_of(r, throttle_probe))
         .collect();
+    attribute_pod_level(&mut throttling, &mine);
     let throttled = throttling.iter().any(|t| t.problem);
 
     // Scheduler and steering numbers belong to the cgroups the threads run in: add them up.
@@ -548,6 +714,7 @@ pub fn diagnose(sel: &Selection, rows: &[Row], snap: &Snapshot, seconds: f64) ->
         observed_seconds: seconds,
         causes,
         throttling,
+        sched_ext: sched_ext_note(snap),
         neighbours,
         steering,
     }
@@ -606,6 +773,9 @@ pub fn render_text(d: &Diagnosis) -> String {
     }
 
     let _ = writeln!(o, "\nThrottling");
+    if let Some(n) = &d.sched_ext {
+        let _ = writeln!(o, "  NOTE: {}.", n.text);
+    }
     if d.throttling.is_empty() {
         let _ = writeln!(o, "  no CPU limit on this pod: it cannot be throttled.");
     }
@@ -686,6 +856,41 @@ pub fn render_text(d: &Diagnosis) -> String {
                 o,
                 "  - {n:.1} threads were runnable when it ran out (average), against a limit of {} cores",
                 cores(t.limit_cores)
+            );
+        }
+        if t.pod_level {
+            let _ = writeln!(
+                o,
+                "  - pod-level limit: the pod cgroup holds the quota and its containers have none, so the pod is what is throttled"
+            );
+        }
+        if t.container_id.is_empty() && t.problem {
+            if t.lost_by_container.is_empty() {
+                let _ = writeln!(
+                    o,
+                    "  - which container stalled: not known here (cpu.stat.local needs cgroup v2 and Linux 6.8+)"
+                );
+            }
+            for (i, l) in t.lost_by_container.iter().enumerate() {
+                let _ = writeln!(
+                    o,
+                    "  {} container {}: its tasks stalled {} under the pod's quota ({} of the containers' stall)",
+                    if i == 0 { "- lost the most:" } else { "  then" },
+                    l.container,
+                    ms(l.throttled_seconds),
+                    pct(l.share)
+                );
+            }
+        }
+        if let (Some(dfc), Some(w)) = (t.deficit_seconds, t.wall_lost_seconds)
+            && dfc > 0.0
+            && w > 0.0
+        {
+            let _ = writeln!(
+                o,
+                "  - the pauses kept {} of CPU time from it ({:.1} threads in parallel while paused, at most one per CPU)",
+                ms(dfc),
+                dfc / w
             );
         }
         if let Some(r) = &t.recommendation {
@@ -836,6 +1041,48 @@ pub fn render_text(d: &Diagnosis) -> String {
 mod tests {
     use super::*;
 
+    /// A pod-level limit of 0.5 cores on the pod cgroup, two containers without limits, only
+    /// `busy` busy (cgroup v2 with cpu.stat.local), on a node running a BPF scheduler.
+    fn pod_level_scrape(t: f64) -> String {
+        let l = |c: &str, id: &str| {
+            format!(
+                "namespace=\"shop\",pod=\"cart\",container=\"{c}\",pod_uid=\"u-pod\",container_id=\"{id}\",qos=\"burstable\""
+            )
+        };
+        let (pod, busy, idle) = (l("", ""), l("busy", "c-busy"), l("idle", "c-idle"));
+        format!(
+            "podstat_node_sched_ext_info{{state=\"enabled\",scheduler=\"rusty\"}} 1\n\
+             podstat_probe_attached{{probe=\"cfs_throttle\",via=\"tp_btf\"}} 1\n\
+             podstat_cpu_limit_cores{{{pod}}} 0.5\n\
+             podstat_cpu_period_seconds{{{pod}}} 0.1\n\
+             podstat_cpu_usage_seconds_total{{{pod}}} {}\n\
+             podstat_cpu_periods_total{{{pod}}} {}\n\
+             podstat_cpu_throttled_periods_total{{{pod}}} {}\n\
+             podstat_cpu_throttle_pause_seconds_bucket{{{pod},le=\"0.1\"}} {}\n\
+             podstat_cpu_throttle_pause_seconds_bucket{{{pod},le=\"+Inf\"}} {}\n\
+             podstat_cpu_throttle_pause_seconds_sum{{{pod}}} {}\n\
+             podstat_cpu_throttle_pause_seconds_count{{{pod}}} {}\n\
+             podstat_cpu_throttle_deficit_seconds_sum{{{pod}}} {}\n\
+             podstat_cpu_throttle_deficit_seconds_count{{{pod}}} {}\n\
+             podstat_cpu_usage_seconds_total{{{busy}}} {}\n\
+             podstat_cpu_throttled_local_seconds_total{{{busy}}} {}\n\
+             podstat_cpu_usage_seconds_total{{{idle}}} 0.01\n\
+             podstat_cpu_throttled_local_seconds_total{{{idle}}} {}\n",
+            0.5 * t,
+            10.0 * t,
+            10.0 * t,
+            10.0 * t,
+            10.0 * t,
+            0.75 * t,
+            10.0 * t,
+            1.5 * t,
+            10.0 * t,
+            0.5 * t,
+            1.5 * t,
+            0.01 * t,
+        )
+    }
+
     /// A victim row over 10 s: 1 s of waiting in 100 waits, all of them long, with the given
     /// waiting seconds and preemptions by (same pod, other pods, system).
     fn victim(waited: Option<[f64; 3]>, preempted: [f64; 3], behind: &[(&str, f64)]) -> Row {
@@ -921,28 +1168,38 @@ mod tests {
     }
 
     #[test]
-    fn recommendation_rules() {
-        // 4 threads against half a core: pool of 1 (never 0), or 4 cores.
-        let r = recommend(0.5, Some(4.0), Some(0.0125), Some(0.1));
-        assert_eq!(
-            (r.pool_max_threads, r.limit_min_cores),
-            (Some(1), Some(4.0))
-        );
+    fn a_pod_level_limit_names_the_container_that_lost_time() {
+        let s0 = Snapshot::from_samples(&super::super::expo::parse(&pod_level_scrape(0.0)));
+        let s1 = Snapshot::from_samples(&super::super::expo::parse(&pod_level_scrape(10.0)));
+        let rows = super::super::model::rows(&s1, &s0, 10.0);
+        let sel = Selection {
+            pod_uid: "u-pod".into(),
+            container_id: None,
+        };
+        let d = diagnose(&sel, &rows, &s1, 10.0);
+        assert_eq!(d.causes.first(), Some(&"throttling"), "{d:#?}");
+        assert_eq!(d.throttling.len(), 1, "only the pod cgroup has a limit");
+        let t = &d.throttling[0];
+        assert!(t.pod_level && t.problem, "{t:#?}");
+        assert_eq!(t.lost_by_container[0].container, "busy");
+        assert!(t.lost_by_container[0].share > 0.99, "{t:#?}");
+        // 4 threads' worth of deficit on 2 CPUs (1.5 s over 0.75 s of pauses): a steady load
+        // using its whole limit, throttled in every period: the pod's limit and a pool.
+        let rec = t.recommendation.as_ref().expect("recommendation");
+        assert_eq!(rec.pool_threads, Some(1), "{rec:#?}");
+        assert!(rec.limit_cores.is_some_and(|l| l > 0.5), "{rec:#?}");
+        let text = render_text(&d);
+        assert!(text.contains("pod-level limit"), "{text}");
+        assert!(text.contains("lost the most: container busy"), "{text}");
+        // sched_ext: the throttling figures may not apply, in text and JSON.
         assert!(
-            r.text.contains("12.5 ms into each 100.0 ms period"),
-            "{}",
-            r.text
+            text.contains("BPF scheduler (rusty)") && text.contains("may not apply"),
+            "{text}"
         );
-        // 24 threads against 16 cores: a pool of 16 or 24 cores.
-        let r = recommend(16.0, Some(24.0), Some(0.024), Some(0.1));
-        assert_eq!(
-            (r.pool_max_threads, r.limit_min_cores),
-            (Some(16), Some(24.0))
-        );
-        // Threads that fit the limit: no pool size, raise or drop the limit.
-        let r = recommend(4.0, Some(2.0), None, None);
-        assert_eq!((r.pool_max_threads, r.limit_min_cores), (None, None));
-        assert!(r.drop_limit_if_latency_sensitive);
+        let json = serde_json::to_value(&d).expect("json");
+        assert_eq!(json["sched_ext"]["scheduler"], "rusty");
+        assert!(json["throttling"][0]["recommendation"]["burst_seconds"].is_null());
+        assert_eq!(json["throttling"][0]["recommendation"]["pool_threads"], 1);
     }
 
     #[test]

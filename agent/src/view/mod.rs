@@ -5,6 +5,7 @@
 //! [`expo`] into a [`model::Snapshot`]. Two snapshots diffed give [`model::Row`]s, which
 //! [`top`] renders as a table and [`explain`] turns into a diagnosis.
 
+pub mod advice;
 pub mod explain;
 pub mod expo;
 pub mod model;

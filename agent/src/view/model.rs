@@ -18,12 +18,15 @@ use crate::{
 
 // The exposed names this model reads, from the families' declarations.
 const PROBE: &str = PROBE_ATTACHED.exposed;
+const SCHED_EXT: &str = cgroup::NODE_SCHED_EXT.exposed;
 const USAGE: &str = cgroup::CPU_USAGE_SECONDS.exposed;
 const PERIODS: &str = cgroup::CPU_PERIODS.exposed;
 const THROTTLED_PERIODS: &str = cgroup::CPU_THROTTLED_PERIODS.exposed;
 const THROTTLED_SECONDS: &str = cgroup::CPU_THROTTLED_SECONDS.exposed;
 const LIMIT_CORES: &str = cgroup::CPU_LIMIT_CORES.exposed;
 const PERIOD_SECONDS: &str = cgroup::CPU_PERIOD_SECONDS.exposed;
+const BURST_LIMIT_SECONDS: &str = cgroup::CPU_BURST_LIMIT_SECONDS.exposed;
+const THROTTLED_LOCAL_SECONDS: &str = cgroup::CPU_THROTTLED_LOCAL_SECONDS.exposed;
 const PREEMPTIONS: &str = sched::CPU_PREEMPTIONS.exposed;
 const PREEMPTED_BY_POD: &str = sched::CPU_PREEMPTED_BY_POD.exposed;
 const WAITED: &str = sched::RUNQUEUE_WAIT_SECONDS.exposed;
@@ -42,18 +45,28 @@ pub struct Hist {
 }
 
 impl Hist {
-    /// `self - earlier`, bucket by bucket (a histogram that restarted counts from zero).
+    /// `self - earlier`, bucket by bucket (a histogram that restarted counts from zero). The
+    /// bucket sets may differ: a native histogram carries only its non-empty buckets, so a
+    /// scrape can have buckets the earlier one lacked. Counts are cumulative, so `earlier`'s
+    /// count at a bound it lacks is its count at the highest bound below it.
     #[must_use]
     pub fn minus(&self, earlier: &Self) -> Self {
-        if earlier.count > self.count || earlier.buckets.len() != self.buckets.len() {
+        if earlier.count > self.count {
             return self.clone();
         }
+        let before = |le: f64| {
+            earlier
+                .buckets
+                .iter()
+                .filter(|(b, _)| *b <= le)
+                .map(|(_, n)| *n)
+                .fold(0.0, f64::max)
+        };
         Self {
             buckets: self
                 .buckets
                 .iter()
-                .zip(&earlier.buckets)
-                .map(|((le, a), (_, b))| (*le, (a - b).max(0.0)))
+                .map(|(le, a)| (*le, (a - before(*le)).max(0.0)))
                 .collect(),
             sum: (self.sum - earlier.sum).max(0.0),
             count: self.count - earlier.count,
@@ -157,6 +170,11 @@ pub struct Cgroup {
     pub throttled_seconds: Option<f64>,
     pub limit_cores: Option<f64>,
     pub period_seconds: Option<f64>,
+    /// `cpu.max.burst` (v1 `cpu.cfs_burst_us`), present where the kernel supports bursts.
+    pub burst_limit_seconds: Option<f64>,
+    /// cpu.stat.local `throttled_usec`: time this cgroup's own tasks were throttled by an
+    /// ancestor's quota or its own (cgroup v2, Linux 6.8+).
+    pub throttled_local_seconds: Option<f64>,
     /// Preemptions by the same pod, other pods, the system.
     pub preempted: Option<[f64; 3]>,
     /// By preemptor pod uid.
@@ -169,6 +187,7 @@ pub struct Cgroup {
     pub pause: Option<Hist>,
     pub exhausted_after: Option<Hist>,
     pub runnable: Option<Hist>,
+    pub deficit: Option<Hist>,
     /// Received packets by locality, in [`LOCALITIES`] order.
     pub steering: Option<[f64; 4]>,
     pub flow_migrations: Option<f64>,
@@ -192,14 +211,17 @@ pub struct Snapshot {
     pub devices: BTreeMap<String, Device>,
     /// `podstat_probe_attached{probe}`.
     pub probes: BTreeMap<String, bool>,
+    /// `podstat_node_sched_ext_info`: (state, scheduler), on kernels with sched_ext.
+    pub sched_ext: Option<(String, String)>,
 }
 
 /// The histogram families, and which field of [`Cgroup`] each fills.
-const HISTS: [&str; 4] = [
+const HISTS: [&str; 5] = [
     sched::RUNQUEUE_LATENCY_SECONDS.exposed,
     throttle::CPU_THROTTLE_PAUSE_SECONDS.exposed,
     throttle::CPU_QUOTA_EXHAUSTED_AFTER_SECONDS.exposed,
     throttle::CPU_THROTTLE_RUNNABLE_THREADS.exposed,
+    throttle::CPU_THROTTLE_DEFICIT_SECONDS.exposed,
 ];
 
 fn hist_slot(c: &mut Cgroup, family: usize) -> &mut Option<Hist> {
@@ -207,7 +229,8 @@ fn hist_slot(c: &mut Cgroup, family: usize) -> &mut Option<Hist> {
         0 => &mut c.runq,
         1 => &mut c.pause,
         2 => &mut c.exhausted_after,
-        _ => &mut c.runnable,
+        3 => &mut c.runnable,
+        _ => &mut c.deficit,
     }
 }
 
@@ -238,6 +261,11 @@ impl Snapshot {
                         .entry(s.label("device").to_owned())
                         .or_default();
                     d.arfs = Some(s.value > 0.0);
+                    continue;
+                }
+                SCHED_EXT => {
+                    snap.sched_ext =
+                        Some((s.label("state").to_owned(), s.label("scheduler").to_owned()));
                     continue;
                 }
                 PROBE => {
@@ -286,6 +314,8 @@ fn record(c: &mut Cgroup, s: &Sample) {
         THROTTLED_SECONDS => c.throttled_seconds = Some(v),
         LIMIT_CORES => c.limit_cores = Some(v),
         PERIOD_SECONDS => c.period_seconds = Some(v),
+        BURST_LIMIT_SECONDS => c.burst_limit_seconds = Some(v),
+        THROTTLED_LOCAL_SECONDS => c.throttled_local_seconds = Some(v),
         PREEMPTIONS => record_by(c.preempted.get_or_insert([0.0; 3]), s),
         WAITED => record_by(c.waited.get_or_insert([0.0; 3]), s),
         PREEMPTED_BY_POD => record_pod(&mut c.preempted_by_pod, s),
@@ -380,13 +410,17 @@ pub struct Row {
     pub cpu_cores: Option<f64>,
     pub limit_cores: Option<f64>,
     pub period_seconds: Option<f64>,
+    pub burst_limit_seconds: Option<f64>,
     pub periods: Option<f64>,
     pub throttled_periods: Option<f64>,
+    /// Time this cgroup's own tasks spent throttled (cpu.stat.local), seconds.
+    pub throttled_local_seconds: Option<f64>,
     /// Wall-clock time lost to throttle pauses (the pause histogram's sum), seconds.
     pub throttled_wall_seconds: Option<f64>,
     pub pause: Option<Hist>,
     pub exhausted_after: Option<Hist>,
     pub runnable: Option<Hist>,
+    pub deficit: Option<Hist>,
     pub runq: Option<Hist>,
     pub preempted: Option<[f64; 3]>,
     /// Preemptor pods, most preemptions first.
@@ -442,8 +476,13 @@ impl Row {
                 .map(|d| d / seconds),
             limit_cores: later.limit_cores,
             period_seconds: later.period_seconds,
+            burst_limit_seconds: later.burst_limit_seconds,
             periods: delta(later.periods, e.and_then(|e| e.periods)),
             throttled_periods: delta(later.throttled_periods, e.and_then(|e| e.throttled_periods)),
+            throttled_local_seconds: delta(
+                later.throttled_local_seconds,
+                e.and_then(|e| e.throttled_local_seconds),
+            ),
             throttled_wall_seconds: pause.as_ref().map(|h| h.sum),
             pause,
             exhausted_after: delta_hist(
@@ -451,6 +490,7 @@ impl Row {
                 e.and_then(|e| e.exhausted_after.as_ref()),
             ),
             runnable: delta_hist(later.runnable.as_ref(), e.and_then(|e| e.runnable.as_ref())),
+            deficit: delta_hist(later.deficit.as_ref(), e.and_then(|e| e.deficit.as_ref())),
             runq: delta_hist(later.runq.as_ref(), e.and_then(|e| e.runq.as_ref())),
             preempted: delta_arr(later.preempted, e.and_then(|e| e.preempted)),
             preempted_by_pod: delta_pods(&later.preempted_by_pod, e.map(|e| &e.preempted_by_pod)),
@@ -621,5 +661,23 @@ podstat_net_arfs_enabled{device="eth0"} 0
         assert!((sum.count - 20.0).abs() < 1e-9);
         assert_eq!(sum.buckets[3], (4.0, 20.0));
         assert_eq!(sum.minus(&h), h);
+        // Sparse native buckets: the later scrape has a bucket the earlier one lacked. The
+        // difference is still per bound, not the later histogram whole.
+        let earlier = Hist {
+            buckets: vec![(1.0, 2.0), (4.0, 5.0), (f64::INFINITY, 5.0)],
+            sum: 10.0,
+            count: 5.0,
+        };
+        let later = Hist {
+            buckets: vec![(1.0, 2.0), (2.0, 4.0), (4.0, 8.0), (f64::INFINITY, 8.0)],
+            sum: 16.0,
+            count: 8.0,
+        };
+        let d = later.minus(&earlier);
+        assert_eq!(
+            d.buckets,
+            vec![(1.0, 0.0), (2.0, 2.0), (4.0, 3.0), (f64::INFINITY, 3.0)]
+        );
+        assert!((d.sum - 6.0).abs() < 1e-9 && (d.count - 3.0).abs() < 1e-9);
     }
 }

@@ -12,6 +12,10 @@
 //!   sleeps to absolute deadlines SLEEP_US apart (`clock_nanosleep(TIMER_ABSTIME)`) and
 //!   measures how late it woke, as `cyclictest` does: `done SUM_NS COUNT` then reports the
 //!   lateness summed over all wakeups of all threads (`done 0 0` otherwise).
+//! - `burst THREADS CPU_MS CYCLE_MS SECS`: THREADS threads that wake together every CYCLE_MS
+//!   (absolute deadlines from a common start), each burns CPU_MS of its own CPU time (not wall
+//!   time, so a throttled burst still asks for all of it), then sleeps to the next deadline. A
+//!   burst that overruns the cycle starts the next one at once.
 use std::{
     hint::black_box,
     io::{BufRead as _, Read as _, Write as _},
@@ -141,9 +145,59 @@ fn gated(threads: usize, spin: Duration, sleep: Duration, secs: Duration, migrat
     std::process::exit(0);
 }
 
+/// This thread's CPU time.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
+    Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
+}
+
+/// Spins until this thread has used `d` more CPU time.
+fn burn_cpu(d: Duration) {
+    let end = thread_cpu() + d;
+    let mut x = 0u64;
+    while thread_cpu() < end {
+        for _ in 0..1000 {
+            x = black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+        }
+    }
+    black_box(x);
+}
+
+/// `burst`: see the module comment.
+fn burst(threads: usize, cpu: Duration, cycle: Duration, secs: Duration) {
+    let start = Instant::now();
+    let end = start + secs;
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            thread::spawn(move || {
+                let mut next = start;
+                while next < end {
+                    burn_cpu(cpu);
+                    next += cycle;
+                    let now = Instant::now();
+                    if next > now {
+                        thread::sleep(next - now);
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        let _ = h.join();
+    }
+}
+
 fn arg(args: &[String], i: usize, what: &str) -> f64 {
     args.get(i).and_then(|v| v.parse().ok()).unwrap_or_else(|| {
-        eprintln!("usage: podstat-test-load busy THREADS SECS | spin-sleep SPIN_MS SLEEP_MS SECS | gated THREADS SPIN_US SLEEP_US SECS MIGRATE_EVERY (bad {what})");
+        eprintln!("usage: podstat-test-load busy THREADS SECS | spin-sleep SPIN_MS SLEEP_MS SECS | gated THREADS SPIN_US SLEEP_US SECS MIGRATE_EVERY | burst THREADS CPU_MS CYCLE_MS SECS (bad {what})");
         std::process::exit(2)
     })
 }
@@ -193,9 +247,23 @@ fn main() {
                 every,
             );
         }
+        Some("burst") => {
+            #[expect(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                reason = "a small thread count from the command line"
+            )]
+            let threads = arg(&args, 2, "THREADS").max(0.0) as usize;
+            burst(
+                threads,
+                Duration::from_secs_f64(arg(&args, 3, "CPU_MS") / 1000.0),
+                Duration::from_secs_f64(arg(&args, 4, "CYCLE_MS").max(1.0) / 1000.0),
+                Duration::from_secs_f64(arg(&args, 5, "SECS").min(120.0)),
+            );
+        }
         _ => {
             eprintln!(
-                "usage: podstat-test-load busy THREADS SECS | spin-sleep SPIN_MS SLEEP_MS SECS | gated THREADS SPIN_US SLEEP_US SECS MIGRATE_EVERY"
+                "usage: podstat-test-load busy THREADS SECS | spin-sleep SPIN_MS SLEEP_MS SECS | gated THREADS SPIN_US SLEEP_US SECS MIGRATE_EVERY | burst THREADS CPU_MS CYCLE_MS SECS"
             );
             std::process::exit(2);
         }

@@ -15,7 +15,10 @@
 //! reports must be listed, with its outcome and attach mode), creates kubelet-style pod cgroups
 //! in both the systemd and the cgroupfs naming, throttles one container, lets another wake and
 //! sleep against a CPU hog in a third, and asserts the cgroup counters and the data of every
-//! probe the kernel supports from the real agent's scrape. A failed assertion panics (exit
+//! probe the kernel supports from the real agent's scrape. A fourth pod has a pod-level limit
+//! (KEP-2837: `cpu.max` on the pod cgroup, none on its two containers, one busy): where the
+//! kernel has `cpu.stat.local` (6.8+), the busy container's local throttled time must agree with
+//! it and the idle one's stay 0. A failed assertion panics (exit
 //! 101); `/init` prints the verdict.
 
 use std::{
@@ -139,13 +142,22 @@ fn main() {
     );
     let waker = format!("kubepods/burstable/pod{uid_w}/{cid_w}");
     let hog = format!("kubepods/besteffort/pod{uid_h}/{cid_h}");
+    let (uid_p, busy_cid) = test_ids(4);
+    let (_, idle_cid) = test_ids(5);
+    let pod_level = format!("kubepods/burstable/pod{uid_p}");
+    let (pl_busy, pl_idle) = (
+        format!("{pod_level}/{busy_cid}"),
+        format!("{pod_level}/{idle_cid}"),
+    );
     let mut tree = CgroupTree::new(&[Path::new("/sys/fs/cgroup")]);
-    for rel in [&throttled, &waker, &hog] {
+    for rel in [&throttled, &waker, &hog, &pl_busy, &pl_idle] {
         tree.mkdir(rel);
         delegate_cpu(&tree, rel);
     }
     // 20 ms every 100 ms for three busy threads.
     tree.write(0, &throttled, "cpu.max", "20000 100000");
+    // The pod-level limit: on the pod cgroup only.
+    tree.write(0, &pod_level, "cpu.max", "20000 100000");
 
     let (mut agent, addr) = start_agent(&["--probe.refresh-interval", "1s"]);
     let attached_at = Instant::now();
@@ -171,6 +183,7 @@ fn main() {
         &waker,
         Command::new(&load).args(["spin-sleep", "20", "2", LOAD_SECS]),
     );
+    let mut pod_busy = tree.spawn(&pl_busy, Command::new(&load).args(["busy", "2", LOAD_SECS]));
     if has("sched_switch") {
         wait_for(
             addr,
@@ -179,10 +192,11 @@ fn main() {
             Duration::from_secs(10),
         );
     }
-    for c in [&mut hogs, &mut busy, &mut sleepy] {
+    for c in [&mut hogs, &mut busy, &mut sleepy, &mut pod_busy] {
         let _ = c.wait();
     }
     tree.kill_all(&throttled);
+    tree.kill_all(&pl_busy);
     // Counters are static from here on: the agent and cpu.stat must agree exactly.
     thread::sleep(Duration::from_millis(300));
     let s = scrape(addr);
@@ -320,6 +334,65 @@ fn main() {
                 "runnable threads at throttle: {} episodes, mean {:.2} (3 busy threads; at least 1, at most {most})",
                 runnable.count,
                 runnable.mean()
+            ),
+        );
+    }
+
+    // The pod-level limit: the pod cgroup is throttled, and cpu.stat.local (6.8+) says which
+    // container stalled.
+    let lp = [("pod_uid", uid_p.as_str()), ("container_id", "")];
+    let pod_direct = cpu_stat(&tree, &pod_level, "nr_throttled");
+    check(
+        value(&s, "podstat_cpu_throttled_periods_total", &lp) == pod_direct && pod_direct > 0.0,
+        format!("pod-level limit: the pod cgroup's nr_throttled {pod_direct} exported and > 0"),
+    );
+    if tree.path(0, &pl_busy).join("cpu.stat.local").exists() {
+        let local = |rel: &str| {
+            let text = tree.read(0, rel, "cpu.stat.local");
+            text.lines()
+                .find_map(|l| l.strip_prefix("throttled_usec "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .map_or(f64::NAN, |us| us / 1e6)
+        };
+        let got = |cid: &str| {
+            value(
+                &s,
+                "podstat_cpu_throttled_local_seconds_total",
+                &[("pod_uid", uid_p.as_str()), ("container_id", cid)],
+            )
+        };
+        let busy_local = local(&pl_busy);
+        check(
+            busy_local > 0.0 && (got(&busy_cid) - busy_local).abs() < 1e-6,
+            format!(
+                "pod-level limit: busy container's cpu.stat.local throttled {busy_local:.3} s, exported {:.3} s",
+                got(&busy_cid)
+            ),
+        );
+        check(
+            got(&idle_cid) == 0.0,
+            format!(
+                "pod-level limit: idle container's local throttled time {} (expected 0)",
+                got(&idle_cid)
+            ),
+        );
+    } else {
+        println!(
+            "podstat-vm: skip cpu.stat.local checks: this kernel has no cpu.stat.local (6.8+)"
+        );
+    }
+    if has("cfs_throttle") && has("cfs_unthrottle") {
+        // The deficit: pause x runnable threads, at most one per CPU.
+        let pause = hist(&s, "podstat_cpu_throttle_pause_seconds", &lt);
+        let deficit = hist(&s, "podstat_cpu_throttle_deficit_seconds", &lt);
+        let cpus = f64::from(u32::try_from(podstat_tests::cpus()).unwrap_or(u32::MAX));
+        check(
+            deficit.count == pause.count
+                && deficit.sum >= pause.sum * 0.99
+                && deficit.sum <= pause.sum * cpus * 1.01,
+            format!(
+                "throttle deficit: {} episodes, {:.3} s, between the pauses' {:.3} s and {cpus} CPUs' worth",
+                deficit.count, deficit.sum, pause.sum
             ),
         );
     }
