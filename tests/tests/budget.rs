@@ -51,7 +51,8 @@ fn active_families() -> Vec<&'static str> {
         cgroup::CPU_LIMIT_CORES.exposed,
         sched::RUNQUEUE_LATENCY_SECONDS.exposed,
         sched::CPU_PREEMPTIONS.exposed,
-        sched::CPU_PREEMPTED_BY_POD.exposed,
+        sched::RUNQUEUE_WAIT_SECONDS.exposed,
+        sched::RUNQUEUE_WAIT_BY_POD_SECONDS.exposed,
         throttle::CPU_THROTTLE_PAUSE_SECONDS.exposed,
         throttle::CPU_QUOTA_EXHAUSTED_AFTER_SECONDS.exposed,
         throttle::CPU_THROTTLE_RUNNABLE_THREADS.exposed,
@@ -169,11 +170,11 @@ fn active_container_stays_within_the_series_budget() {
         "series of the active container: protobuf + native {pb_n} (budget {PROTOBUF_NATIVE_BUDGET}), text + classic {text_n} (budget {TEXT_CLASSIC_BUDGET}); scrape bytes: protobuf {pb_len}, text {text_len}; node and pod-level series: protobuf {pb_np:?}, text {text_np:?} ({} CPUs)\nprotobuf: {pb_counts:?}\ntext: {text_counts:?}",
         podstat_tests::cpus()
     );
-    // The worst case from this measurement: every preemptor slot filled, and cpu.pressure
-    // (cgroup v2 with PSI) where this host has none. It must fit the budget too.
+    // The worst case from this measurement: every waited-behind pod slot filled, and
+    // cpu.pressure (cgroup v2 with PSI) where this host has none. It must fit the budget too.
     let missing = sched::TOP_PREEMPTORS
         - text_counts
-            .get(sched::CPU_PREEMPTED_BY_POD.exposed)
+            .get(sched::RUNQUEUE_WAIT_BY_POD_SECONDS.exposed)
             .copied()
             .unwrap_or(0)
         + usize::from(!text_counts.contains_key(cgroup::CPU_PRESSURE_WAITING_SECONDS.exposed));
