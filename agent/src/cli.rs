@@ -72,6 +72,8 @@ pub struct HostArgs {
     #[command(flatten)]
     pub cgroup: collector::cgroup::Options,
     #[command(flatten)]
+    pub sched: collector::sched::Options,
+    #[command(flatten)]
     pub probe: ProbeArgs,
     #[command(flatten)]
     pub metadata: crate::metadata::Options,
@@ -90,6 +92,7 @@ impl HostArgs {
             enabled: enabled.to_vec(),
             paths: self.paths.clone(),
             cgroup: self.cgroup.clone(),
+            sched: self.sched.clone(),
             probes: load_probes.then(|| self.probe.wanted(enabled)),
             refresh_interval: self.probe.refresh_interval,
             metadata,

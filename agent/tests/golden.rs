@@ -51,6 +51,7 @@ fn render_with(name: &str, non_pod: bool, extended: bool, collectors: &[&'static
         enabled: collectors.to_vec(),
         paths,
         cgroup: opts,
+        sched: podstat::collector::sched::Options::default(),
         probes: None,
         refresh_interval: Duration::from_secs(5),
         metadata: Arc::new(podstat::metadata::Store::default()),

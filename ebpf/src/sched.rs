@@ -203,10 +203,18 @@ struct Holder {
     pod: u64,
 }
 
-/// `prev`'s cgroup and pod, looked up.
+/// `prev`'s cgroup and pod, looked up; `known` is the waiting task's entry (for `victim_cg`):
+/// a task of the same cgroup, the common case, needs no second lookup.
 #[inline(always)]
-fn holder_of(prev: *const u8, o: &Offsets) -> Holder {
+fn holder_of(prev: *const u8, o: &Offsets, known: *mut Known, victim_cg: u64) -> Holder {
     let cg = task_cgroup_id(prev, o).unwrap_or(0);
+    if cg == victim_cg {
+        // SAFETY: known points into a map value.
+        return Holder {
+            cg,
+            pod: unsafe { (*known).pod_id },
+        };
+    }
     let pod = match KNOWN.get_ptr(cg) {
         // SAFETY: a pointer to a live map value.
         Some(k) => unsafe { (*k).pod_id },
@@ -389,7 +397,7 @@ fn switch_in_sched_info(
     };
     let holder = match seen {
         Some(n) => n.prev,
-        None => holder_of(prev, o),
+        None => holder_of(prev, o, known, next_cg),
     };
     account_wait(known, next_cg, holder, delta);
     Ok(())
@@ -447,7 +455,7 @@ fn switch_in_wakeup(
         if let Some(known) = KNOWN.get_ptr_mut(wait.cgroup_id) {
             let holder = match seen {
                 Some(n) => n.prev,
-                None => holder_of(prev, o),
+                None => holder_of(prev, o, known, wait.cgroup_id),
             };
             account_wait(known, wait.cgroup_id, holder, delta);
         }

@@ -51,7 +51,8 @@ fn active_families() -> Vec<&'static str> {
         cgroup::CPU_LIMIT_CORES.exposed,
         sched::RUNQUEUE_LATENCY_SECONDS.exposed,
         sched::CPU_PREEMPTIONS.exposed,
-        sched::CPU_PREEMPTED_BY_POD.exposed,
+        sched::RUNQUEUE_WAIT_SECONDS.exposed,
+        sched::RUNQUEUE_WAIT_BY_POD_SECONDS.exposed,
         throttle::CPU_THROTTLE_PAUSE_SECONDS.exposed,
         throttle::CPU_QUOTA_EXHAUSTED_AFTER_SECONDS.exposed,
         throttle::CPU_THROTTLE_RUNNABLE_THREADS.exposed,
@@ -113,7 +114,7 @@ fn active_container_stays_within_the_series_budget() {
     tree.write(0, &ctr, "cpu.cfs_period_us", "100000");
     tree.write(0, &ctr, "cpu.cfs_quota_us", "20000");
     let (_agent, addr) = start_agent(&["--probe.refresh-interval", "1s"]);
-    let secs = "40";
+    let secs = "70";
     let mut kids = vec![
         tree.spawn(&ctr, Command::new(LOAD).args(["busy", "4", secs])),
         tree.spawn(
@@ -123,12 +124,23 @@ fn active_container_stays_within_the_series_budget() {
         tree.spawn(&hog, Command::new(LOAD).args(["busy", "2", secs])),
     ];
 
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // A scrape slower than the harness's 10 s bound (a debug build on a loaded machine) is
+    // tried again, within the same 60 s deadline.
+    let deadline = Instant::now() + Duration::from_secs(60);
     let (text_counts, pb_counts, text_len, pb_len, text_np, pb_np) = loop {
         thread::sleep(Duration::from_secs(2));
-        let text = http_get(addr, "/metrics", &[("accept", "text/plain;version=0.0.4")])
-            .expect("text scrape");
-        let pb = http_get(addr, "/metrics", &[("accept", PROTOBUF)]).expect("protobuf scrape");
+        let scrape = |accept: &str| {
+            http_get(addr, "/metrics", &[("accept", accept)]).inspect_err(|e| {
+                eprintln!("scrape ({accept}) failed, trying again: {e}");
+                assert!(Instant::now() < deadline, "no scrape answered in time: {e}");
+            })
+        };
+        let Ok(text) = scrape("text/plain;version=0.0.4") else {
+            continue;
+        };
+        let Ok(pb) = scrape(PROTOBUF) else {
+            continue;
+        };
         assert_eq!(
             pb.header("content-type"),
             Some(podstat::exposition::PROTOBUF_CONTENT_TYPE),
@@ -156,7 +168,7 @@ fn active_container_stays_within_the_series_budget() {
         }
         assert!(
             Instant::now() < deadline,
-            "the container did not become active in every family within 30 s ({:?}):\ntext: {t:?}\nprotobuf: {p:?}",
+            "the container did not become active in every family within 60 s ({:?}):\ntext: {t:?}\nprotobuf: {p:?}",
             active_families()
         );
     };
@@ -169,11 +181,11 @@ fn active_container_stays_within_the_series_budget() {
         "series of the active container: protobuf + native {pb_n} (budget {PROTOBUF_NATIVE_BUDGET}), text + classic {text_n} (budget {TEXT_CLASSIC_BUDGET}); scrape bytes: protobuf {pb_len}, text {text_len}; node and pod-level series: protobuf {pb_np:?}, text {text_np:?} ({} CPUs)\nprotobuf: {pb_counts:?}\ntext: {text_counts:?}",
         podstat_tests::cpus()
     );
-    // The worst case from this measurement: every preemptor slot filled, and cpu.pressure
-    // (cgroup v2 with PSI) where this host has none. It must fit the budget too.
+    // The worst case from this measurement: every waited-behind pod slot filled, and
+    // cpu.pressure (cgroup v2 with PSI) where this host has none. It must fit the budget too.
     let missing = sched::TOP_PREEMPTORS
         - text_counts
-            .get(sched::CPU_PREEMPTED_BY_POD.exposed)
+            .get(sched::RUNQUEUE_WAIT_BY_POD_SECONDS.exposed)
             .copied()
             .unwrap_or(0)
         + usize::from(!text_counts.contains_key(cgroup::CPU_PRESSURE_WAITING_SECONDS.exposed));

@@ -151,7 +151,10 @@ fn check(prom: &Prometheus, kind: &str, agent_addr: SocketAddr, burner_cid: &str
     );
 
     // The throttling alert fires for the busy container, named from CRI, and not for the idle one.
-    let deadline = Instant::now() + Duration::from_mins(2);
+    // The rules' 5-minute windows fill from Prometheus' start, so a share of wall time reads
+    // low at first (rate divides by the window): on a loaded machine, where the busy pod gets
+    // less of its quota, it takes longer to cross the threshold.
+    let deadline = Instant::now() + Duration::from_mins(4);
     let firing = loop {
         let firing = prom.firing(ALERT);
         if firing
@@ -162,7 +165,7 @@ fn check(prom: &Prometheus, kind: &str, agent_addr: SocketAddr, burner_cid: &str
         }
         assert!(
             Instant::now() < deadline,
-            "{kind} Prometheus: {ALERT} did not fire for podstat-e2e/burner within 120 s; alerts: {:?}\nburner wall share now: {:?}, eBPF: {:?}, cgroup: {:?}\nburner wall share (min over 2m): {:?}\nup (min over 2m): {:?}\nscrape duration (max over 2m): {:?}\nprometheus log:\n{}",
+            "{kind} Prometheus: {ALERT} did not fire for podstat-e2e/burner within 240 s; alerts: {:?}\nburner wall share now: {:?}, eBPF: {:?}, cgroup: {:?}\nburner wall share (min over 2m): {:?}\nup (min over 2m): {:?}\nscrape duration (max over 2m): {:?}\nprometheus log:\n{}",
             prom.query(&format!("ALERTS{{alertname=\"{ALERT}\",pod=\"burner\"}}")),
             prom.query("podstat:cpu_throttled_wall_share:rate5m{pod=\"burner\",container!=\"\"}"),
             prom.query("podstat:cpu_throttled_wall_share_ebpf:rate5m{pod=\"burner\",container!=\"\"}"),

@@ -213,8 +213,13 @@ fn explain_noisy_neighbour_names_the_hog_pod() {
     let mut sc = Scenario::new("explain-noisy");
     let (uid_a, _, a) = sc.container(42);
     let (uid_b, _, b) = sc.container(43);
-    let (_agent, addr) =
-        start_agent(&["--no-collector.cgroup", "--probe.refresh-interval", "200ms"]);
+    // The per-pod preemption counts are off by default (series budget); this test reads them.
+    let (_agent, addr) = start_agent(&[
+        "--no-collector.cgroup",
+        "--probe.refresh-interval",
+        "200ms",
+        "--collector.sched.preempted-by-pod",
+    ]);
     thread::sleep(Duration::from_millis(500));
     let hogs = (podstat_tests::cpus() * 2).to_string();
     let mut victim = sc

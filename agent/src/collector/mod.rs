@@ -66,6 +66,7 @@ pub const BUILD: Family = crate::info_family!(
 pub struct Context<'a> {
     pub paths: &'a crate::Paths,
     pub cgroup: &'a cgroup::Options,
+    pub sched: &'a sched::Options,
     pub probes: &'a Arc<Probes>,
     pub identity: &'a Arc<IdMap>,
     pub metadata: &'a Arc<crate::metadata::Store>,

@@ -65,18 +65,11 @@ pub fn parse(text: &str) -> Vec<Sample> {
 ///
 /// # Errors
 /// If the body is not such messages.
-pub fn parse_protobuf(mut body: &[u8]) -> Result<Vec<Sample>, prost::DecodeError> {
-    use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::MetricFamily;
-    use prost::Message as _;
+pub fn parse_protobuf(body: &[u8]) -> Result<Vec<Sample>, prost::DecodeError> {
     let mut out = Vec::new();
-    while !body.is_empty() {
-        let family = MetricFamily::decode_length_delimited(&mut body)?;
+    for family in decode_families(body)? {
         for m in &family.metric {
-            let labels: BTreeMap<String, String> = m
-                .label
-                .iter()
-                .map(|l| (l.name.clone(), l.value.clone()))
-                .collect();
+            let labels = labels_of(m);
             let mut push = |suffix: &str, extra: Option<(&str, String)>, value: f64| {
                 let mut labels = labels.clone();
                 if let Some((k, v)) = extra {
@@ -117,18 +110,11 @@ pub type Labels = BTreeMap<String, String>;
 ///
 /// # Errors
 /// If the body is not length-delimited `MetricFamily` messages.
-pub fn protobuf_series(mut body: &[u8]) -> Result<Vec<Labels>, prost::DecodeError> {
-    use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::MetricFamily;
-    use prost::Message as _;
+pub fn protobuf_series(body: &[u8]) -> Result<Vec<Labels>, prost::DecodeError> {
     let mut out = Vec::new();
-    while !body.is_empty() {
-        let family = MetricFamily::decode_length_delimited(&mut body)?;
+    for family in decode_families(body)? {
         for m in &family.metric {
-            let labels: BTreeMap<String, String> = m
-                .label
-                .iter()
-                .map(|l| (l.name.clone(), l.value.clone()))
-                .collect();
+            let labels = labels_of(m);
             let named = |name: String, le: Option<String>| {
                 let mut l = labels.clone();
                 l.insert("__name__".into(), name);
@@ -256,6 +242,32 @@ fn parse_labels(s: &str, out: &mut BTreeMap<String, String>) {
         out.insert(key, val);
         rest = body.get(end + 1..).unwrap_or("");
     }
+}
+
+/// The length-delimited `MetricFamily` messages of a protobuf body.
+fn decode_families(
+    mut body: &[u8],
+) -> Result<
+    Vec<prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::MetricFamily>,
+    prost::DecodeError,
+> {
+    use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::MetricFamily;
+    use prost::Message as _;
+    let mut families = Vec::new();
+    while !body.is_empty() {
+        families.push(MetricFamily::decode_length_delimited(&mut body)?);
+    }
+    Ok(families)
+}
+
+/// A protobuf metric's labels.
+fn labels_of(
+    m: &prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::Metric,
+) -> Labels {
+    m.label
+        .iter()
+        .map(|l| (l.name.clone(), l.value.clone()))
+        .collect()
 }
 
 #[cfg(test)]

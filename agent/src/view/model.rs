@@ -45,50 +45,62 @@ pub struct Hist {
 }
 
 impl Hist {
-    /// `self - earlier`, bucket by bucket (a histogram that restarted counts from zero). The
-    /// bucket sets may differ: a native histogram carries only its non-empty buckets, so a
-    /// scrape can have buckets the earlier one lacked. Counts are cumulative, so `earlier`'s
-    /// count at a bound it lacks is its count at the highest bound below it.
+    /// The cumulative count at `le`: that of the largest bucket at or below it (0 below all).
+    /// Exact for the sparse buckets of a native histogram, which leave out only empty ones.
+    pub fn cumulative_at(&self, le: f64) -> f64 {
+        self.buckets
+            .iter()
+            .take_while(|(b, _)| *b <= le)
+            .last()
+            .map_or(0.0, |(_, n)| *n)
+    }
+
+    /// The bounds of `self` and `other` together, sorted, each once.
+    fn bounds_with(&self, other: &Self) -> Vec<f64> {
+        let mut b: Vec<f64> = self
+            .buckets
+            .iter()
+            .chain(&other.buckets)
+            .map(|(le, _)| *le)
+            .collect();
+        b.sort_by(f64::total_cmp);
+        b.dedup_by(|x, y| x.total_cmp(y).is_eq());
+        b
+    }
+
+    /// `self - earlier`, at the bounds of both (a native histogram's populated buckets grow
+    /// between scrapes); a histogram that restarted counts from zero.
     #[must_use]
     pub fn minus(&self, earlier: &Self) -> Self {
         if earlier.count > self.count {
             return self.clone();
         }
-        let before = |le: f64| {
-            earlier
-                .buckets
-                .iter()
-                .filter(|(b, _)| *b <= le)
-                .map(|(_, n)| *n)
-                .fold(0.0, f64::max)
-        };
         Self {
             buckets: self
-                .buckets
-                .iter()
-                .map(|(le, a)| (*le, (a - before(*le)).max(0.0)))
+                .bounds_with(earlier)
+                .into_iter()
+                .map(|le| {
+                    (
+                        le,
+                        (self.cumulative_at(le) - earlier.cumulative_at(le)).max(0.0),
+                    )
+                })
                 .collect(),
             sum: (self.sum - earlier.sum).max(0.0),
             count: self.count - earlier.count,
         }
     }
 
-    /// Adds `other` (same bounds) into `self`; bounds that differ are merged by bound.
+    /// Adds `other` into `self`, at the bounds of both.
     pub fn add(&mut self, other: &Self) {
         if self.buckets.is_empty() {
             self.buckets.clone_from(&other.buckets);
         } else {
-            for (le, n) in &other.buckets {
-                match self
-                    .buckets
-                    .iter_mut()
-                    .find(|(b, _)| b.total_cmp(le).is_eq())
-                {
-                    Some(slot) => slot.1 += n,
-                    None => self.buckets.push((*le, *n)),
-                }
-            }
-            self.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+            self.buckets = self
+                .bounds_with(other)
+                .into_iter()
+                .map(|le| (le, self.cumulative_at(le) + other.cumulative_at(le)))
+                .collect();
         }
         self.sum += other.sum;
         self.count += other.count;
@@ -656,6 +668,28 @@ podstat_net_arfs_enabled{device="eth0"} 0
         assert_eq!(h.quantile(0.5), Some(3.5));
         assert_eq!(h.mean(), Some(4.0));
         assert_eq!(Hist::default().quantile(0.5), None);
+        // Sparse native buckets: the later scrape has a bucket the earlier one had not.
+        let earlier = Hist {
+            buckets: vec![(0.5, 2.0), (f64::INFINITY, 2.0)],
+            sum: 0.8,
+            count: 2.0,
+        };
+        let later = Hist {
+            buckets: vec![(0.5, 3.0), (1.0, 5.0), (f64::INFINITY, 5.0)],
+            sum: 3.0,
+            count: 5.0,
+        };
+        let d = later.minus(&earlier);
+        assert_eq!(
+            d.buckets,
+            vec![(0.5, 1.0), (1.0, 3.0), (f64::INFINITY, 3.0)]
+        );
+        let mut sum = earlier.clone();
+        sum.add(&later);
+        assert_eq!(
+            sum.buckets,
+            vec![(0.5, 5.0), (1.0, 7.0), (f64::INFINITY, 7.0)]
+        );
         let mut sum = h.clone();
         sum.add(&h);
         assert!((sum.count - 20.0).abs() < 1e-9);
