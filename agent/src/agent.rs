@@ -18,7 +18,8 @@ use crate::{
     collector::{self, Gatherer},
     identity::{IdMap, Refresher, Scanner, Subscriber},
     metadata::{self, Store},
-    probe::{Probes, Wanted, metrics::ProbeMetrics},
+    privilege,
+    probe::{Probes, Wanted, kernel::Shared, metrics::ProbeMetrics},
 };
 
 /// What to run.
@@ -34,6 +35,9 @@ pub struct Config {
     pub refresh_interval: Duration,
     /// Names from the metadata provider; the caller decides what fills it.
     pub metadata: Arc<Store>,
+    /// Drop every capability and set `no_new_privs` once the probes are attached, before any
+    /// thread starts (`podstat agent` and `podstat check` do; the views and tests do not).
+    pub drop_privileges: bool,
 }
 
 /// Why the agent could not start.
@@ -50,6 +54,8 @@ pub struct Running {
     pub gatherer: Arc<Gatherer>,
     pub probes: Arc<Probes>,
     pub metadata: Arc<Store>,
+    /// What was done about capabilities after attach.
+    pub privilege: privilege::Outcome,
     stop: Arc<AtomicBool>,
     refresher: Option<JoinHandle<()>>,
 }
@@ -75,6 +81,21 @@ impl Agent {
             None => Probes::none(),
         });
         release_startup_memory();
+        let privilege = if config.drop_privileges {
+            let read = |shared: &Shared| shared.readable();
+            let outcome = match probes.shared() {
+                Some(shared) => privilege::drop_all(Some(&|| read(shared))),
+                None => privilege::drop_all::<aya::maps::MapError>(None),
+            };
+            if let privilege::Outcome::Dropped { .. } = &outcome {
+                tracing::info!("{outcome}");
+            } else {
+                tracing::warn!("{outcome}");
+            }
+            outcome
+        } else {
+            privilege::Outcome::NotAsked
+        };
         let identity = Arc::new(IdMap::default());
         let stop = Arc::new(AtomicBool::new(false));
         let mut refresher = None;
@@ -120,6 +141,7 @@ impl Agent {
             gatherer,
             probes,
             metadata: config.metadata,
+            privilege,
             stop,
             refresher,
         })

@@ -93,6 +93,7 @@ impl HostArgs {
             probes: load_probes.then(|| self.probe.wanted(enabled)),
             refresh_interval: self.probe.refresh_interval,
             metadata,
+            drop_privileges: false,
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod identity;
 pub mod metadata;
 pub mod metric;
 pub mod netdev;
+pub mod privilege;
 pub mod probe;
 pub mod server;
 pub mod util;

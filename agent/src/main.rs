@@ -73,8 +73,9 @@ fn run_agent(args: &AgentArgs, enabled: &[&'static str]) -> anyhow::Result<()> {
         );
     }
     let store = Arc::new(metadata::Store::default());
-    let running = Agent::start(args.host.config(enabled, true, Arc::clone(&store)))
-        .context("starting the agent")?;
+    let mut config = args.host.config(enabled, true, Arc::clone(&store));
+    config.drop_privileges = true;
+    let running = Agent::start(config).context("starting the agent")?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
