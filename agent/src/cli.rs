@@ -177,8 +177,32 @@ pub struct AgentArgs {
         env = "PODSTAT_LISTEN_ADDRESS"
     )]
     pub listen: SocketAddr,
+    /// Scrapes that arrive while a collection runs, or within this long after it ended, get
+    /// that collection's result (encoded once per format and encoding): an HA pair of
+    /// Prometheus servers costs one collection, and no client can make the agent collect back
+    /// to back. `0` disables the window (scrapes that arrive during a collection still share it).
+    #[arg(long = "web.scrape-window", value_name = "DURATION", default_value = "1s", value_parser = crate::util::parse_duration_or_zero)]
+    pub scrape_window: std::time::Duration,
+    /// Scrapes of /metrics served at once; more are answered 503. `0`: no limit.
+    #[arg(long = "web.max-requests", value_name = "N", default_value_t = 40)]
+    pub max_requests: usize,
+    /// HTTP connections open at once; more are closed as soon as they are accepted. Keeps
+    /// file descriptors for the collectors however many clients connect. `0`: no limit.
+    #[arg(long = "web.max-connections", value_name = "N", default_value_t = 512)]
+    pub max_connections: usize,
     #[command(flatten)]
     pub host: HostArgs,
+}
+
+impl AgentArgs {
+    /// How the endpoint is served.
+    pub fn server_options(&self) -> crate::server::Options {
+        crate::server::Options {
+            scrape_window: self.scrape_window,
+            max_requests: self.max_requests,
+            max_connections: self.max_connections,
+        }
+    }
 }
 
 /// Sizing and refresh of the eBPF probes.
@@ -347,6 +371,14 @@ mod tests {
             panic!("not agent")
         };
         assert_eq!(a.listen.to_string(), "0.0.0.0:9977");
+        let o = a.server_options();
+        assert_eq!(o.scrape_window, std::time::Duration::from_secs(1));
+        assert_eq!((o.max_requests, o.max_connections), (40, 512));
+        let p = parse_from(["podstat", "agent", "--web.scrape-window", "0"]).expect("parse");
+        let Cmd::Agent(a) = &p.cli.command else {
+            panic!("not agent")
+        };
+        assert_eq!(a.scrape_window, std::time::Duration::ZERO);
         assert_eq!(a.host.paths.cgroupfs.to_str(), Some("/sys/fs/cgroup"));
         assert!(p.enabled.contains(&"cgroup") && p.enabled.contains(&"sched"));
 
@@ -386,6 +418,9 @@ mod tests {
             "--collector.cgroup",
             "--no-collector.sched",
             "--log.format",
+            "--web.scrape-window",
+            "--web.max-requests",
+            "--web.max-connections",
         ] {
             assert!(
                 help.contains(flag),

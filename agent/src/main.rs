@@ -102,9 +102,14 @@ fn run_agent(args: &AgentArgs, enabled: &[&'static str]) -> anyhow::Result<()> {
                 _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
             }
         };
-        server::serve(listener, Arc::clone(&running.registry), shutdown)
-            .await
-            .context("serving HTTP")
+        server::serve(
+            listener,
+            Arc::clone(&running.registry),
+            &args.server_options(),
+            shutdown,
+        )
+        .await
+        .context("serving HTTP")
     })?;
     drop(running);
     tracing::info!("stopped");

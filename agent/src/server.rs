@@ -1,6 +1,19 @@
 //! The HTTP endpoint: `/metrics`, `/healthz`, `/readyz`. Read-only.
+//!
+//! Scrapes share collections ([`Scrapes`]): one that arrives while a collection runs, or within
+//! `--web.scrape-window` after it ended, gets that collection's result, encoded once per format
+//! and encoding. At most `--web.max-requests` scrapes are served at once (503 beyond, as
+//! node_exporter), at most `--web.max-connections` connections are open at once (more are
+//! closed as they are accepted), a request head may be at most [`MAX_HEAD`] bytes and must
+//! arrive within [`HEAD_TIMEOUT`].
 
-use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use http_body_util::Full;
 use hyper::{
@@ -15,12 +28,132 @@ use hyper_util::{
     server::graceful::GracefulShutdown,
 };
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
+use tokio::{
+    net::TcpListener,
+    sync::{Mutex, OnceCell, Semaphore},
+};
 
 use crate::exposition::{self, Format};
 
 /// How long in-flight scrapes may take to finish after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(5);
+/// A request head (request line and headers) must arrive within this, from the connection's
+/// start or, on a kept-alive connection, from the end of the previous response.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest request head read (hyper's read buffer limit; its minimum is 8 KiB). A larger
+/// one is answered 431 and the connection closed.
+pub const MAX_HEAD: usize = 16 * 1024;
+
+/// How the endpoint is served.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Scrapes that arrive within this after a collection ended get its result.
+    pub scrape_window: Duration,
+    /// Scrapes served at once; `0`: no limit.
+    pub max_requests: usize,
+    /// Connections open at once; `0`: no limit.
+    pub max_connections: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            scrape_window: Duration::from_secs(1),
+            max_requests: 40,
+            max_connections: 512,
+        }
+    }
+}
+
+/// One collection of every registered collector, as OpenMetrics text, and its encodings.
+struct Collection {
+    /// When it ended.
+    done: Instant,
+    om: Arc<String>,
+    /// By `(format, gzip)`: each computed once, by the first scrape that wants it.
+    encoded: [OnceCell<Bytes>; 4],
+}
+
+impl Collection {
+    fn slot(format: Format, gzip: bool) -> usize {
+        usize::from(format == Format::Text) * 2 + usize::from(gzip)
+    }
+}
+
+/// The collections that concurrent scrapes share.
+pub struct Scrapes {
+    registry: Arc<Registry>,
+    window: Duration,
+    last: Arc<Mutex<Option<Arc<Collection>>>>,
+}
+
+impl Scrapes {
+    pub fn new(registry: Arc<Registry>, window: Duration) -> Self {
+        Self {
+            registry,
+            window,
+            last: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// The body for a scrape that arrived at `arrived`, in `format`, gzipped if `gzip`.
+    ///
+    /// # Errors
+    /// The collection or its encoding failed (nothing is kept then).
+    pub async fn body(
+        &self,
+        arrived: Instant,
+        format: Format,
+        gzip: bool,
+    ) -> Result<Bytes, RenderError> {
+        let collection = self.collection(arrived).await?;
+        let om = Arc::clone(&collection.om);
+        collection.encoded[Collection::slot(format, gzip)]
+            .get_or_try_init(|| async move {
+                tokio::task::spawn_blocking(move || encode(&om, format, gzip))
+                    .await
+                    .map_err(|_| RenderError::Panicked)?
+                    .map(Bytes::from)
+            })
+            .await
+            .cloned()
+    }
+
+    /// The last collection if it ended after `arrived` or within the window before; else a
+    /// new one. The collection runs in a task of its own holding the lock, so a scraper that
+    /// goes away does not abandon it half way for the next to start again.
+    async fn collection(&self, arrived: Instant) -> Result<Arc<Collection>, RenderError> {
+        let mut last = Arc::clone(&self.last).lock_owned().await;
+        if let Some(c) = last.as_ref()
+            && arrived <= c.done + self.window
+        {
+            return Ok(Arc::clone(c));
+        }
+        let registry = Arc::clone(&self.registry);
+        tokio::spawn(async move {
+            // Collectors read files and eBPF maps: blocking work, off the async workers.
+            let om = tokio::task::spawn_blocking(move || collect(&registry))
+                .await
+                .map_err(|_| RenderError::Panicked)??;
+            let c = Arc::new(Collection {
+                done: Instant::now(),
+                om: Arc::new(om),
+                encoded: Default::default(),
+            });
+            *last = Some(Arc::clone(&c));
+            Ok(c)
+        })
+        .await
+        .map_err(|_| RenderError::Panicked)?
+    }
+}
+
+/// What a connection's requests are served from.
+struct Endpoint {
+    scrapes: Scrapes,
+    /// `None`: no limit.
+    requests: Option<Semaphore>,
+}
 
 /// Serves until `shutdown` resolves, then drains open connections.
 ///
@@ -29,8 +162,18 @@ const DRAIN: Duration = Duration::from_secs(5);
 pub async fn serve(
     listener: TcpListener,
     registry: Arc<Registry>,
+    options: &Options,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let endpoint = Arc::new(Endpoint {
+        scrapes: Scrapes::new(registry, options.scrape_window),
+        requests: (options.max_requests > 0).then(|| Semaphore::new(options.max_requests)),
+    });
+    let connections = Arc::new(Semaphore::new(if options.max_connections == 0 {
+        Semaphore::MAX_PERMITS
+    } else {
+        options.max_connections
+    }));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -44,17 +187,24 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let registry = Arc::clone(&registry);
-                let service = service_fn(move |req| handle(req, Arc::clone(&registry), peer));
+                let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+                    tracing::debug!(%peer, max = options.max_connections, "too many open connections; closing the new one");
+                    drop(stream);
+                    continue;
+                };
+                let endpoint = Arc::clone(&endpoint);
+                let service = service_fn(move |req| handle(req, Arc::clone(&endpoint), peer));
                 let conn = http1::Builder::new()
                     .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
+                    .header_read_timeout(HEAD_TIMEOUT)
+                    .max_buf_size(MAX_HEAD)
                     .serve_connection(TokioIo::new(stream), service);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
+                    drop(permit);
                 });
             }
             () = &mut shutdown => break,
@@ -83,14 +233,14 @@ const INDEX: &str = "<html><head><title>podstat</title></head><body><h1>podstat<
 
 async fn handle(
     req: Request<Incoming>,
-    registry: Arc<Registry>,
+    endpoint: Arc<Endpoint>,
     peer: SocketAddr,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(plain(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n"));
     }
     let resp = match req.uri().path() {
-        "/metrics" => metrics(&req, registry).await,
+        "/metrics" => metrics(&req, &endpoint).await,
         "/healthz" | "/readyz" => plain(StatusCode::OK, "ok\n"),
         "/" => {
             let mut r = plain(StatusCode::OK, INDEX);
@@ -106,7 +256,18 @@ async fn handle(
     Ok(resp)
 }
 
-async fn metrics(req: &Request<Incoming>, registry: Arc<Registry>) -> Response<Full<Bytes>> {
+async fn metrics(req: &Request<Incoming>, endpoint: &Endpoint) -> Response<Full<Bytes>> {
+    let arrived = Instant::now();
+    let _permit = match endpoint.requests.as_ref().map(Semaphore::try_acquire) {
+        Some(Err(_)) => {
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many concurrent scrapes (--web.max-requests); try again\n",
+            );
+        }
+        Some(Ok(p)) => Some(p),
+        None => None,
+    };
     let header_str = |name| {
         req.headers()
             .get(name)
@@ -114,17 +275,15 @@ async fn metrics(req: &Request<Incoming>, registry: Arc<Registry>) -> Response<F
     };
     let format = exposition::negotiate(header_str(header::ACCEPT));
     let gzip = exposition::wants_gzip(header_str(header::ACCEPT_ENCODING));
-    // Collectors read files and eBPF maps: blocking work, off the async workers.
-    let rendered = tokio::task::spawn_blocking(move || render(&registry, format, gzip)).await;
-    match rendered {
-        Ok(Ok((body, encoded))) => {
-            let mut resp = Response::new(Full::new(Bytes::from(body)));
+    match endpoint.scrapes.body(arrived, format, gzip).await {
+        Ok(body) => {
+            let mut resp = Response::new(Full::new(body));
             let h = resp.headers_mut();
             h.insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static(format.content_type()),
             );
-            if encoded {
+            if gzip {
                 h.insert(
                     header::CONTENT_ENCODING,
                     header::HeaderValue::from_static("gzip"),
@@ -136,20 +295,45 @@ async fn metrics(req: &Request<Incoming>, registry: Arc<Registry>) -> Response<F
             );
             resp
         }
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "encoding metrics failed");
-            plain(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "encoding metrics failed; see the agent's log\n",
-            )
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "scrape task panicked");
+        Err(RenderError::Panicked) => {
+            tracing::error!("scrape task panicked");
             plain(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "scrape failed; see the agent's log\n",
             )
         }
+        Err(e) => {
+            tracing::error!(error = %crate::util::chain(&e), "encoding metrics failed");
+            plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "encoding metrics failed; see the agent's log\n",
+            )
+        }
+    }
+}
+
+/// Runs every collector once: the registry as OpenMetrics text.
+fn collect(registry: &Registry) -> Result<String, RenderError> {
+    let mut om = String::with_capacity(64 * 1024);
+    prometheus_client::encoding::text::encode(&mut om, registry)
+        .map_err(|_| RenderError::Encode)?;
+    Ok(om)
+}
+
+/// One collection in `format`, gzipped if `gzip`.
+fn encode(om: &str, format: Format, gzip: bool) -> Result<Vec<u8>, RenderError> {
+    let text;
+    let body = match format {
+        Format::OpenMetrics => om,
+        Format::Text => {
+            text = exposition::openmetrics_to_text(om);
+            &text
+        }
+    };
+    if gzip {
+        exposition::gzip(body.as_bytes()).map_err(RenderError::Gzip)
+    } else {
+        Ok(body.as_bytes().to_vec())
     }
 }
 
@@ -162,21 +346,7 @@ pub fn render(
     format: Format,
     gzip: bool,
 ) -> Result<(Vec<u8>, bool), RenderError> {
-    let mut om = String::with_capacity(64 * 1024);
-    prometheus_client::encoding::text::encode(&mut om, registry)
-        .map_err(|_| RenderError::Encode)?;
-    let body = match format {
-        Format::OpenMetrics => om,
-        Format::Text => exposition::openmetrics_to_text(&om),
-    };
-    if gzip {
-        Ok((
-            exposition::gzip(body.as_bytes()).map_err(RenderError::Gzip)?,
-            true,
-        ))
-    } else {
-        Ok((body.into_bytes(), false))
-    }
+    Ok((encode(&collect(registry)?, format, gzip)?, gzip))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -185,4 +355,163 @@ pub enum RenderError {
     Encode,
     #[error("gzip")]
     Gzip(#[source] std::io::Error),
+    #[error("the collection or encoding task panicked")]
+    Panicked,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        fmt,
+        sync::atomic::{AtomicUsize, Ordering},
+    };
+
+    use prometheus_client::{
+        collector::Collector,
+        encoding::{DescriptorEncoder, EncodeMetric as _},
+        metrics::{MetricType, gauge::ConstGauge},
+    };
+
+    use super::*;
+
+    /// Counts its collections, each taking `delay`; exports that count.
+    #[derive(Debug)]
+    struct Counting {
+        n: Arc<AtomicUsize>,
+        delay: Duration,
+    }
+
+    impl Collector for Counting {
+        fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), fmt::Error> {
+            std::thread::sleep(self.delay);
+            let n = self.n.fetch_add(1, Ordering::SeqCst) + 1;
+            let g = ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX));
+            let m =
+                enc.encode_descriptor("collections", "Collections.", None, MetricType::Gauge)?;
+            g.encode(m)
+        }
+    }
+
+    fn scrapes(delay: Duration, window: Duration) -> (Arc<Scrapes>, Arc<AtomicUsize>) {
+        let n = Arc::new(AtomicUsize::new(0));
+        let mut r = Registry::default();
+        r.register_collector(Box::new(Counting {
+            n: Arc::clone(&n),
+            delay,
+        }));
+        (Arc::new(Scrapes::new(Arc::new(r), window)), n)
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    #[test]
+    fn concurrent_scrapes_share_one_collection_and_one_encoding() {
+        let (s, n) = scrapes(Duration::from_millis(200), Duration::from_secs(60));
+        let bodies = rt().block_on(async {
+            let mut tasks = Vec::new();
+            for i in 0..16 {
+                let s = Arc::clone(&s);
+                tasks.push(tokio::spawn(async move {
+                    let format = if i % 2 == 0 {
+                        Format::Text
+                    } else {
+                        Format::OpenMetrics
+                    };
+                    (
+                        format,
+                        s.body(Instant::now(), format, false).await.expect("body"),
+                    )
+                }));
+            }
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.expect("task"));
+            }
+            out
+        });
+        assert_eq!(
+            n.load(Ordering::SeqCst),
+            1,
+            "16 concurrent scrapes, one collection"
+        );
+        let text: Vec<&Bytes> = bodies
+            .iter()
+            .filter(|(f, _)| *f == Format::Text)
+            .map(|(_, b)| b)
+            .collect();
+        assert!(
+            text.iter().all(|b| b.as_ptr() == text[0].as_ptr()),
+            "one text encoding, shared"
+        );
+        assert!(
+            std::str::from_utf8(text[0])
+                .expect("utf-8")
+                .contains("collections 1\n")
+        );
+        let om: Vec<&Bytes> = bodies
+            .iter()
+            .filter(|(f, _)| *f == Format::OpenMetrics)
+            .map(|(_, b)| b)
+            .collect();
+        assert!(
+            om.iter().all(|b| b.as_ptr() == om[0].as_ptr()),
+            "one OpenMetrics encoding"
+        );
+        assert_ne!(om[0].as_ptr(), text[0].as_ptr());
+    }
+
+    #[test]
+    fn the_window_bounds_reuse_and_zero_disables_it() {
+        let rt = rt();
+        let (s, n) = scrapes(Duration::ZERO, Duration::from_millis(300));
+        rt.block_on(async {
+            s.body(Instant::now(), Format::Text, true)
+                .await
+                .expect("first");
+            s.body(Instant::now(), Format::Text, true)
+                .await
+                .expect("within the window");
+            assert_eq!(n.load(Ordering::SeqCst), 1);
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            s.body(Instant::now(), Format::Text, true)
+                .await
+                .expect("after it");
+            assert_eq!(n.load(Ordering::SeqCst), 2);
+        });
+        let (s, n) = scrapes(Duration::ZERO, Duration::ZERO);
+        rt.block_on(async {
+            for _ in 0..3 {
+                s.body(Instant::now(), Format::Text, false)
+                    .await
+                    .expect("body");
+            }
+        });
+        assert_eq!(
+            n.load(Ordering::SeqCst),
+            3,
+            "window 0: each sequential scrape collects"
+        );
+    }
+
+    #[test]
+    fn a_scrape_during_a_collection_waits_for_it_even_without_a_window() {
+        let (s, n) = scrapes(Duration::from_millis(300), Duration::ZERO);
+        rt().block_on(async {
+            let first = tokio::spawn({
+                let s = Arc::clone(&s);
+                async move { s.body(Instant::now(), Format::Text, false).await }
+            });
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            s.body(Instant::now(), Format::Text, false)
+                .await
+                .expect("second");
+            first.await.expect("task").expect("first");
+        });
+        assert_eq!(n.load(Ordering::SeqCst), 1);
+    }
 }

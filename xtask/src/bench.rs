@@ -13,7 +13,7 @@ use std::{
 };
 
 use crate::{
-    bench_json::{E2eResult, ProbeResult, ScrapeResult, Setup, StormRows},
+    bench_json::{E2eResult, FloodResult, ProbeResult, ScrapeResult, Setup, StormRows},
     step,
 };
 use anyhow::{Context as _, ensure};
@@ -26,6 +26,9 @@ pub struct Config {
     pub skip_scrape: bool,
     /// Skip part 3 (end-to-end cost): for quick A/B runs of the per-event cost.
     pub skip_e2e: bool,
+    pub flood_pods: usize,
+    pub flood_secs: u64,
+    pub flood_baseline: Option<PathBuf>,
 }
 
 const TARGET_RATIO: f64 = 2.0;
@@ -148,6 +151,16 @@ pub fn all(start: Instant, c: &Config) -> anyhow::Result<()> {
     if c.skip_e2e {
         args.push("--skip-e2e".to_owned());
     }
+    args.extend([
+        "--flood-pods".to_owned(),
+        c.flood_pods.to_string(),
+        "--flood-secs".to_owned(),
+        c.flood_secs.to_string(),
+    ]);
+    if let Some(b) = &c.flood_baseline {
+        args.push("--flood-baseline".to_owned());
+        args.push(b.display().to_string());
+    }
     step(start, "running podstat-test-bench");
     let lines = run_scenario("podstat-test-bench", &bin, &out_dir, &args)?;
     let setup: Setup = part(&lines, "setup")?.context("podstat-test-bench printed no setup")?;
@@ -155,6 +168,7 @@ pub fn all(start: Instant, c: &Config) -> anyhow::Result<()> {
     let probe: ProbeResult =
         part(&lines, "probe")?.context("podstat-test-bench printed no probe result")?;
     let e2e: Option<E2eResult> = part(&lines, "e2e")?;
+    let flood: Option<FloodResult> = part(&lines, "flood")?;
 
     let report = render(
         c,
@@ -164,6 +178,7 @@ pub fn all(start: Instant, c: &Config) -> anyhow::Result<()> {
         scrape.as_ref(),
         &probe,
         e2e.as_ref(),
+        flood.as_ref(),
     );
     println!("{report}");
     let path = out_dir.join("report.md");
@@ -221,6 +236,7 @@ fn render(
     scrape: Option<&ScrapeResult>,
     probe: &ProbeResult,
     e2e: Option<&E2eResult>,
+    flood: Option<&FloodResult>,
 ) -> String {
     let mut r = String::new();
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -247,7 +263,74 @@ fn render(
     if let Some(e2e) = e2e {
         render_e2e(&mut r, setup, e2e, cpus);
     }
+    if let Some(flood) = flood {
+        render_flood(&mut r, flood);
+    }
     r
+}
+
+/// Agent CPU in a flood of 32 scrapers over 200 pods x 3 containers, with the window on.
+const TARGET_FLOOD_CORES: f64 = 0.6;
+
+fn render_flood(r: &mut String, f: &FloodResult) {
+    let _ = writeln!(
+        r,
+        "## 4. Scrape flood
+"
+    );
+    let _ = writeln!(
+        r,
+        "{} pods x 3 containers ({} container cgroups); the agent with its default collectors \
+         (probes on); N threads each scraping back to back (Prometheus' `Accept`, gzip, a new \
+         connection per scrape). CPU: the agent's utime + stime over the flood divided by its \
+         wall time. `baseline`: the binary given with `--flood-baseline`, at its defaults.\n",
+        f.pods, f.containers
+    );
+    let _ = writeln!(
+        r,
+        "| agent | scrapers | answered | failed | agent CPU (cores) | p50 | p99 |"
+    );
+    let _ = writeln!(r, "|---|---:|---:|---:|---:|---:|---:|");
+    for row in &f.rows {
+        let _ = writeln!(
+            r,
+            "| {} | {} | {} | {} | {:.2} | {:.1} ms | {:.1} ms |",
+            row.agent,
+            row.scrapers,
+            row.answered,
+            row.failed,
+            row.cpu_cores,
+            row.latency.median_ms,
+            row.latency.p99_ms
+        );
+    }
+    if let Some(top) = f
+        .rows
+        .iter()
+        .find(|x| x.agent == "window 1s" && x.scrapers == 32)
+    {
+        let _ = writeln!(
+            r,
+            "\n32 scrapers, window 1s: {:.2} cores (target ≤ {TARGET_FLOOD_CORES}: {}), {} failed (target 0: {})",
+            top.cpu_cores,
+            verdict(top.cpu_cores <= TARGET_FLOOD_CORES),
+            top.failed,
+            verdict(top.failed == 0)
+        );
+        if let Some(base) = f
+            .rows
+            .iter()
+            .find(|x| x.agent == "baseline" && x.scrapers == 32)
+        {
+            let _ = writeln!(
+                r,
+                "against the baseline's {:.2} cores: {:.2}x",
+                base.cpu_cores,
+                top.cpu_cores / base.cpu_cores
+            );
+        }
+    }
+    let _ = writeln!(r);
 }
 
 fn render_scrape(r: &mut String, c: &Config, setup: &Setup, s: &ScrapeResult) {
