@@ -411,7 +411,7 @@ mod tests {
 
     #[test]
     fn concurrent_scrapes_share_one_collection_and_one_encoding() {
-        let (s, n) = scrapes(Duration::from_millis(200), Duration::from_secs(60));
+        let (s, n) = scrapes(Duration::from_millis(200), Duration::from_secs(90));
         let bodies = rt().block_on(async {
             let mut tasks = Vec::new();
             for i in 0..16 {

@@ -228,6 +228,10 @@ fn verdict(ok: bool) -> &'static str {
 // ---------------------------------------------------------------------------------------------
 // Report
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one argument per part of the report"
+)]
 fn render(
     c: &Config,
     bin: &std::path::Path,

@@ -63,6 +63,10 @@ const PROBE_REFRESH: &str = "500ms";
 /// storm's cgroup.
 const TRACKER_WAIT: Duration = Duration::from_millis(1500);
 
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "one switch per part of the bench"
+)]
 struct Config {
     pods: usize,
     scrapes: usize,
@@ -554,7 +558,7 @@ fn flood(
                             &[("Accept", PROM_ACCEPT), ("Accept-Encoding", "gzip")],
                         ) {
                             Ok(r) if r.status == 200 && !r.body.is_empty() => {
-                                times.push(t.elapsed())
+                                times.push(t.elapsed());
                             }
                             _ => failed += 1,
                         }

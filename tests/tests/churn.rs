@@ -1,0 +1,73 @@
+//! Pod churn with the probes on: container cgroups created and removed by the thousand, each
+//! briefly running a task. No series of a removed cgroup stays, every per-cgroup eBPF map
+//! returns to its entry count, and the agent's RSS stays flat.
+//!
+//! The count is `PODSTAT_CHURN_COUNT` (default 3,000, about 40 s here, so that CI spends
+//! under a minute; the RSS bound is checked from the first 1,000 on). Run it by hand with
+//! `PODSTAT_CHURN_COUNT=10000`.
+
+use std::time::Duration;
+
+use podstat_tests::{CgroupTree, churn, require_root, start_agent, v1_hierarchies};
+
+#[test]
+fn churn_leaves_no_series_no_map_entries_and_no_growth() {
+    require_root();
+    let total: usize = std::env::var("PODSTAT_CHURN_COUNT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000);
+    assert!(
+        total >= 2000,
+        "PODSTAT_CHURN_COUNT must be at least 2000 (the bound starts at 1000)"
+    );
+    let v1 = v1_hierarchies();
+    let root = format!("podstat-test-{}-churn", std::process::id());
+    let mut tree = CgroupTree::new(&[&v1.cpu, &v1.cpuacct]);
+    tree.mkdir(&format!("{root}/kubepods/besteffort"));
+    let (agent, addr) = start_agent(&["--probe.refresh-interval", "100ms"]);
+    let c = churn::churn(
+        &mut tree,
+        &root,
+        agent.pid(),
+        addr,
+        total,
+        Duration::from_millis(300),
+        &["/bin/sleep", "0.01"],
+    );
+    let curve: Vec<String> = c
+        .rss
+        .iter()
+        .filter(|(n, _)| n % 500 == 0)
+        .map(|(n, kib)| format!("{n}: {kib} KiB"))
+        .collect();
+    eprintln!("RSS by container cgroups churned: {}", curve.join(", "));
+    eprintln!(
+        "per-cgroup maps before {:?}, after {:?}",
+        c.maps_before, c.maps_after
+    );
+    assert_eq!(
+        c.batches_seen, c.batches,
+        "the agent did not export every batch's containers while they lived"
+    );
+    assert!(
+        c.leftover_series.is_empty(),
+        "series of removed cgroups remain:\n{}",
+        c.leftover_series.join("\n")
+    );
+    assert!(
+        c.maps_before.contains_key("KNOWN"),
+        "bpftool shows no KNOWN map of the agent: {:?}",
+        c.maps_before
+    );
+    assert_eq!(
+        c.maps_after, c.maps_before,
+        "per-cgroup maps did not return to their entry counts"
+    );
+    let growth = c.growth_after(1000).expect("RSS samples");
+    assert!(
+        growth <= 5.0,
+        "RSS grew {growth:.1}% from after the first 1,000 cgroups to the end: {}",
+        curve.join(", ")
+    );
+}
