@@ -190,18 +190,40 @@ pub struct AgentArgs {
     /// file descriptors for the collectors however many clients connect. `0`: no limit.
     #[arg(long = "web.max-connections", value_name = "N", default_value_t = 512)]
     pub max_connections: usize,
+    /// TLS (server certificate, reloaded when it changes; client certificates) and basic auth
+    /// for every endpoint, in the exporter-toolkit format node_exporter reads (see
+    /// docs/deploying.md). Unknown keys are refused at start.
+    #[arg(
+        long = "web.config.file",
+        value_name = "FILE",
+        env = "PODSTAT_WEB_CONFIG_FILE"
+    )]
+    pub web_config_file: Option<std::path::PathBuf>,
+    /// With --web.config.file: /healthz and /readyz answer without a password or a client
+    /// certificate (for the kubelet's probes); /metrics still needs them.
+    #[arg(long = "web.health-open", requires = "web_config_file")]
+    pub health_open: bool,
     #[command(flatten)]
     pub host: HostArgs,
 }
 
 impl AgentArgs {
-    /// How the endpoint is served.
-    pub fn server_options(&self) -> crate::server::Options {
-        crate::server::Options {
+    /// How the endpoint is served, with the web config read and checked.
+    pub fn server_options(
+        &self,
+    ) -> Result<crate::server::Options, crate::webconfig::WebConfigError> {
+        let web = self
+            .web_config_file
+            .as_deref()
+            .map(|p| crate::webconfig::WebConfig::load(p, self.health_open))
+            .transpose()?;
+        Ok(crate::server::Options {
             scrape_window: self.scrape_window,
             max_requests: self.max_requests,
             max_connections: self.max_connections,
-        }
+            web: web.map(std::sync::Arc::new),
+            health_open: self.health_open,
+        })
     }
 }
 
@@ -371,7 +393,7 @@ mod tests {
             panic!("not agent")
         };
         assert_eq!(a.listen.to_string(), "0.0.0.0:9977");
-        let o = a.server_options();
+        let o = a.server_options().expect("no web config");
         assert_eq!(o.scrape_window, std::time::Duration::from_secs(1));
         assert_eq!((o.max_requests, o.max_connections), (40, 512));
         let p = parse_from(["podstat", "agent", "--web.scrape-window", "0"]).expect("parse");
@@ -421,6 +443,8 @@ mod tests {
             "--web.scrape-window",
             "--web.max-requests",
             "--web.max-connections",
+            "--web.config.file",
+            "--web.health-open",
         ] {
             assert!(
                 help.contains(flag),

@@ -19,6 +19,7 @@ pub mod probe;
 pub mod server;
 pub mod util;
 pub mod view;
+pub mod webconfig;
 
 use std::path::PathBuf;
 

@@ -65,6 +65,16 @@ fn init_logging(log: &LogArgs, quiet: Option<&str>) -> anyhow::Result<()> {
 
 fn run_agent(args: &AgentArgs, enabled: &[&'static str]) -> anyhow::Result<()> {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), collectors = ?enabled, "starting podstat agent");
+    // Read before the probes load: a bad web config stops the agent at once.
+    let server_options = args.server_options().context("--web.config.file")?;
+    if let Some(web) = &server_options.web {
+        tracing::info!(
+            tls = web.tls.is_some(),
+            basic_auth_users = web.users.len(),
+            health_open = args.health_open,
+            "web config loaded"
+        );
+    }
     let provider = metadata::select(&args.host.metadata)?;
     if provider.is_none() {
         tracing::info!(
@@ -105,7 +115,7 @@ fn run_agent(args: &AgentArgs, enabled: &[&'static str]) -> anyhow::Result<()> {
         server::serve(
             listener,
             Arc::clone(&running.registry),
-            &args.server_options(),
+            &server_options,
             shutdown,
         )
         .await

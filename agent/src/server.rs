@@ -33,7 +33,10 @@ use tokio::{
     sync::{Mutex, OnceCell, Semaphore},
 };
 
-use crate::exposition::{self, Format};
+use crate::{
+    exposition::{self, Format},
+    webconfig::{ClientAuth, WebConfig},
+};
 
 /// How long in-flight scrapes may take to finish after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(5);
@@ -53,6 +56,10 @@ pub struct Options {
     pub max_requests: usize,
     /// Connections open at once; `0`: no limit.
     pub max_connections: usize,
+    /// TLS and basic auth (`--web.config.file`).
+    pub web: Option<Arc<WebConfig>>,
+    /// /healthz and /readyz answer without a password or client certificate.
+    pub health_open: bool,
 }
 
 impl Default for Options {
@@ -61,6 +68,8 @@ impl Default for Options {
             scrape_window: Duration::from_secs(1),
             max_requests: 40,
             max_connections: 512,
+            web: None,
+            health_open: false,
         }
     }
 }
@@ -153,6 +162,8 @@ struct Endpoint {
     scrapes: Scrapes,
     /// `None`: no limit.
     requests: Option<Semaphore>,
+    web: Option<Arc<WebConfig>>,
+    health_open: bool,
 }
 
 /// Serves until `shutdown` resolves, then drains open connections.
@@ -168,7 +179,14 @@ pub async fn serve(
     let endpoint = Arc::new(Endpoint {
         scrapes: Scrapes::new(registry, options.scrape_window),
         requests: (options.max_requests > 0).then(|| Semaphore::new(options.max_requests)),
+        web: options.web.clone(),
+        health_open: options.health_open,
     });
+    let acceptor = options
+        .web
+        .as_ref()
+        .and_then(|w| w.tls.as_ref())
+        .map(|t| tokio_rustls::TlsAcceptor::from(Arc::clone(&t.server)));
     let connections = Arc::new(Semaphore::new(if options.max_connections == 0 {
         Semaphore::MAX_PERMITS
     } else {
@@ -193,19 +211,44 @@ pub async fn serve(
                     continue;
                 };
                 let endpoint = Arc::clone(&endpoint);
-                let service = service_fn(move |req| handle(req, Arc::clone(&endpoint), peer));
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEAD_TIMEOUT)
-                    .max_buf_size(MAX_HEAD)
-                    .serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                match &acceptor {
+                    None => {
+                        let service = service_fn(move |req| handle(req, Arc::clone(&endpoint), peer, false));
+                        let conn = graceful.watch(http1_builder().serve_connection(TokioIo::new(stream), service));
+                        tokio::spawn(async move {
+                            if let Err(e) = conn.await {
+                                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                            }
+                            drop(permit);
+                        });
                     }
-                    drop(permit);
-                });
+                    Some(acceptor) => {
+                        // The handshake is bounded like a request head; the connection is
+                        // watched for shutdown once it is HTTP.
+                        let handshake = tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(stream));
+                        let watcher = graceful.watcher();
+                        tokio::spawn(async move {
+                            let tls = match handshake.await {
+                                Ok(Ok(tls)) => tls,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                            let cert = tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
+                            let service = service_fn(move |req| handle(req, Arc::clone(&endpoint), peer, cert));
+                            let conn = watcher.watch(http1_builder().serve_connection(TokioIo::new(tls), service));
+                            if let Err(e) = conn.await {
+                                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                            }
+                            drop(permit);
+                        });
+                    }
+                }
             }
             () = &mut shutdown => break,
         }
@@ -216,6 +259,15 @@ pub async fn serve(
         () = tokio::time::sleep(DRAIN) => tracing::warn!(?DRAIN, "connections still open after drain timeout; exiting anyway"),
     }
     Ok(())
+}
+
+/// How every connection is served: HTTP/1.1, its head bounded in time and size.
+fn http1_builder() -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_buf_size(MAX_HEAD);
+    b
 }
 
 fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
@@ -235,12 +287,104 @@ async fn handle(
     req: Request<Incoming>,
     endpoint: Arc<Endpoint>,
     peer: SocketAddr,
+    cert: bool,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return Ok(plain(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n"));
+    let mut resp = respond(&req, &endpoint, cert).await;
+    if let Some(web) = &endpoint.web {
+        for (k, v) in &web.headers {
+            resp.headers_mut().insert(k.clone(), v.clone());
+        }
     }
-    let resp = match req.uri().path() {
-        "/metrics" => metrics(&req, &endpoint).await,
+    tracing::debug!(%peer, path = req.uri().path(), status = resp.status().as_u16(), "request");
+    Ok(resp)
+}
+
+/// 503 when `--web.max-requests` are being served.
+fn permit(
+    endpoint: &Endpoint,
+) -> Result<Option<tokio::sync::SemaphorePermit<'_>>, Response<Full<Bytes>>> {
+    match endpoint.requests.as_ref().map(Semaphore::try_acquire) {
+        Some(Err(_)) => Err(plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many concurrent requests (--web.max-requests); try again\n",
+        )),
+        Some(Ok(p)) => Ok(Some(p)),
+        None => Ok(None),
+    }
+}
+
+/// The client certificate and the basic-auth password, as the web config asks; `None` when
+/// the request may go on.
+async fn refused(
+    req: &Request<Incoming>,
+    web: &Arc<WebConfig>,
+    cert: bool,
+) -> Option<Response<Full<Bytes>>> {
+    if web
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.client_auth == ClientAuth::RequireAndVerify)
+        && !cert
+    {
+        return Some(plain(
+            StatusCode::FORBIDDEN,
+            "a client certificate is required\n",
+        ));
+    }
+    if web.users.is_empty() {
+        return None;
+    }
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let web = Arc::clone(web);
+    // bcrypt takes tens of milliseconds: off the async workers.
+    let ok = tokio::task::spawn_blocking(move || web.authorized(authorization.as_deref()))
+        .await
+        .unwrap_or(false);
+    if ok {
+        return None;
+    }
+    let mut r = plain(StatusCode::UNAUTHORIZED, "unauthorized\n");
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Basic realm=\"podstat\""),
+    );
+    Some(r)
+}
+
+async fn respond(
+    req: &Request<Incoming>,
+    endpoint: &Endpoint,
+    cert: bool,
+) -> Response<Full<Bytes>> {
+    let arrived = Instant::now();
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+    }
+    let path = req.uri().path();
+    let health = matches!(path, "/healthz" | "/readyz");
+    // Password checks cost CPU: they count against --web.max-requests, as scrapes do.
+    let counted =
+        path == "/metrics" || (endpoint.web.is_some() && !(health && endpoint.health_open));
+    let _held = if counted {
+        match permit(endpoint) {
+            Ok(p) => p,
+            Err(r) => return r,
+        }
+    } else {
+        None
+    };
+    if let Some(web) = &endpoint.web
+        && !(health && endpoint.health_open)
+        && let Some(r) = refused(req, web, cert).await
+    {
+        return r;
+    }
+    match path {
+        "/metrics" => metrics(req, endpoint, arrived).await,
         "/healthz" | "/readyz" => plain(StatusCode::OK, "ok\n"),
         "/" => {
             let mut r = plain(StatusCode::OK, INDEX);
@@ -251,23 +395,14 @@ async fn handle(
             r
         }
         _ => plain(StatusCode::NOT_FOUND, "not found; try /metrics\n"),
-    };
-    tracing::debug!(%peer, path = req.uri().path(), status = resp.status().as_u16(), "request");
-    Ok(resp)
+    }
 }
 
-async fn metrics(req: &Request<Incoming>, endpoint: &Endpoint) -> Response<Full<Bytes>> {
-    let arrived = Instant::now();
-    let _permit = match endpoint.requests.as_ref().map(Semaphore::try_acquire) {
-        Some(Err(_)) => {
-            return plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many concurrent scrapes (--web.max-requests); try again\n",
-            );
-        }
-        Some(Ok(p)) => Some(p),
-        None => None,
-    };
+async fn metrics(
+    req: &Request<Incoming>,
+    endpoint: &Endpoint,
+    arrived: Instant,
+) -> Response<Full<Bytes>> {
     let header_str = |name| {
         req.headers()
             .get(name)

@@ -45,6 +45,35 @@ impl Churn {
     }
 }
 
+/// A cgroupfs view holding only one test tree: `<dir>/cpu` and `<dir>/cpuacct` link to
+/// `<hierarchy>/<root>`, for the agent's `--path.cgroupfs`. The agent then tracks our
+/// cgroups alone, whatever else runs on the machine (other tests' pods would otherwise enter
+/// its maps and its memory). Removed on drop.
+pub struct PrivateView(pub std::path::PathBuf);
+
+impl PrivateView {
+    pub fn new(v1: &crate::V1, root: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("{root}-cgroupfs"));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        for (name, h) in [("cpu", &v1.cpu), ("cpuacct", &v1.cpuacct)] {
+            std::os::unix::fs::symlink(h.join(root), dir.join(name))
+                .unwrap_or_else(|e| panic!("symlink in {}: {e}", dir.display()));
+        }
+        Self(dir)
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().expect("UTF-8 temp dir")
+    }
+}
+
+impl Drop for PrivateView {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 /// VmRSS of `pid`, KiB.
 pub fn vm_rss_kib(pid: i32) -> u64 {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -100,12 +129,13 @@ pub fn map_entries(pid: i32) -> BTreeMap<String, usize> {
 }
 
 /// Creates and removes `total` container cgroups (rounded up to whole batches) below
-/// `<root>/kubepods/besteffort` in `tree`: each batch waits `settle` (a few of the agent's
+/// `<prefix>kubepods/besteffort` in `tree` (`prefix` is `<root>/`, or empty for a
+/// [`PrivateView`]'s tree): each batch waits `settle` (a few of the agent's
 /// refreshes) so the agent tracks it, runs a short task in every container, scrapes once, and
 /// removes the batch. `task` is the command run in each container.
 pub fn churn(
     tree: &mut CgroupTree,
-    root: &str,
+    prefix: &str,
     agent_pid: i32,
     addr: SocketAddr,
     total: usize,
@@ -122,7 +152,7 @@ pub fn churn(
     let mut batch = 0usize;
     let pid = std::process::id();
     while done < total {
-        let besteffort = format!("{root}/kubepods/besteffort");
+        let besteffort = format!("{prefix}kubepods/besteffort");
         let mut ids = Vec::with_capacity(per_batch);
         let mut pods = Vec::with_capacity(PODS_PER_BATCH);
         for p in 0..PODS_PER_BATCH {

@@ -25,10 +25,17 @@ fn churn_leaves_no_series_no_map_entries_and_no_growth() {
     let root = format!("podstat-test-{}-churn", std::process::id());
     let mut tree = CgroupTree::new(&[&v1.cpu, &v1.cpuacct]);
     tree.mkdir(&format!("{root}/kubepods/besteffort"));
-    let (agent, addr) = start_agent(&["--probe.refresh-interval", "100ms"]);
+    // The agent sees our tree only (other tests' pods would enter its maps and memory).
+    let view = churn::PrivateView::new(&v1, &root);
+    let (agent, addr) = start_agent(&[
+        "--probe.refresh-interval",
+        "100ms",
+        "--path.cgroupfs",
+        view.path(),
+    ]);
     let c = churn::churn(
         &mut tree,
-        &root,
+        &format!("{root}/"),
         agent.pid(),
         addr,
         total,
