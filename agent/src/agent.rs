@@ -80,7 +80,9 @@ impl Agent {
             Some(wanted) => Probes::load(wanted, &config.paths.sysfs),
             None => Probes::none(),
         });
-        release_startup_memory();
+        // Loading the probes parses the kernel's BTF (several MiB, twice: ours and aya's); that
+        // memory is free again, but glibc keeps it in its heap.
+        crate::util::release_free_memory();
         let privilege = if config.drop_privileges {
             let read = |shared: &Shared| shared.readable();
             let outcome = match probes.shared() {
@@ -145,16 +147,5 @@ impl Agent {
             stop,
             refresher,
         })
-    }
-}
-
-/// Loading the probes parses the kernel's BTF (several MiB, twice: ours and aya's); that memory
-/// is free again, but glibc keeps it in its heap. Give it back so the agent's RSS reflects what
-/// it uses while running.
-fn release_startup_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only releases free heap memory; no pointer is invalidated.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }

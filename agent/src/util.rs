@@ -67,6 +67,17 @@ pub fn kernel_release() -> String {
     )
 }
 
+/// Gives the heap's free memory back to the kernel (glibc keeps freed memory in each thread's
+/// arena, and a long-running process that frees as much as it allocates still grows its RSS
+/// that way). A no-op on other C libraries.
+pub fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free heap memory; no pointer is invalidated.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -178,19 +178,38 @@ pub fn churn(
         for ch in &mut children {
             let _ = ch.wait();
         }
-        let body = http_get(addr, "/metrics", &[])
-            .map(|r| r.text())
-            .unwrap_or_default();
-        let samples = parse_exposition(&body);
-        if ids.iter().all(|(_, cid)| {
-            !find(
-                &samples,
-                "podstat_cpu_usage_seconds_total",
-                &[("container_id", cid)],
-            )
-            .is_empty()
-        }) {
-            c.batches_seen += 1;
+        // Every container of the batch is exported while it lives. A scrape within
+        // --web.scrape-window of the last one shares its collection: try for a few seconds.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let body = http_get(addr, "/metrics", &[])
+                .map(|r| r.text())
+                .unwrap_or_default();
+            let samples = parse_exposition(&body);
+            let missing = ids
+                .iter()
+                .filter(|(_, cid)| {
+                    find(
+                        &samples,
+                        "podstat_cpu_usage_seconds_total",
+                        &[("container_id", cid)],
+                    )
+                    .is_empty()
+                })
+                .count();
+            if missing == 0 {
+                c.batches_seen += 1;
+                break;
+            }
+            if Instant::now() > deadline {
+                eprintln!(
+                    "batch {batch}: {missing} of {} containers not exported ({} bytes scraped)",
+                    ids.len(),
+                    body.len()
+                );
+                break;
+            }
+            thread::sleep(Duration::from_millis(200));
         }
         for pod in &pods {
             tree.remove(pod);

@@ -27,12 +27,16 @@ fn churn_leaves_no_series_no_map_entries_and_no_growth() {
     tree.mkdir(&format!("{root}/kubepods/besteffort"));
     // The agent sees our tree only (other tests' pods would enter its maps and memory).
     let view = churn::PrivateView::new(&v1, &root);
-    let (agent, addr) = start_agent(&[
+    // PODSTAT_CHURN_AGENT_FLAGS (space-separated) adds agent flags, to bisect a growth.
+    let extra = std::env::var("PODSTAT_CHURN_AGENT_FLAGS").unwrap_or_default();
+    let mut flags = vec![
         "--probe.refresh-interval",
         "100ms",
         "--path.cgroupfs",
         view.path(),
-    ]);
+    ];
+    flags.extend(extra.split_whitespace());
+    let (agent, addr) = start_agent(&flags);
     let c = churn::churn(
         &mut tree,
         &format!("{root}/"),
