@@ -300,6 +300,10 @@ async fn handle(
 }
 
 /// 503 when `--web.max-requests` are being served.
+#[expect(
+    clippy::result_large_err,
+    reason = "the error is the response to send, built once per refusal"
+)]
 fn permit(
     endpoint: &Endpoint,
 ) -> Result<Option<tokio::sync::SemaphorePermit<'_>>, Response<Full<Bytes>>> {

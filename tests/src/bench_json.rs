@@ -72,6 +72,16 @@ pub struct FloodResult {
     pub rows: Vec<FloodRow>,
 }
 
+/// Pod churn: the agent's RSS as container cgroups are created and removed.
+#[derive(Serialize, Deserialize)]
+pub struct ChurnResult {
+    /// (container cgroups churned so far, VmRSS KiB).
+    pub rss: Vec<(usize, u64)>,
+    pub leftover_series: usize,
+    pub maps_before: BTreeMap<String, usize>,
+    pub maps_after: BTreeMap<String, usize>,
+}
+
 /// One program's deltas over a storm.
 #[derive(Serialize, Deserialize)]
 pub struct ProbeRow {

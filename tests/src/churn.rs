@@ -133,6 +133,10 @@ pub fn map_entries(pid: i32) -> BTreeMap<String, usize> {
 /// [`PrivateView`]'s tree): each batch waits `settle` (a few of the agent's
 /// refreshes) so the agent tracks it, runs a short task in every container, scrapes once, and
 /// removes the batch. `task` is the command run in each container.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one batch after another, then the checks, as the test reads"
+)]
 pub fn churn(
     tree: &mut CgroupTree,
     prefix: &str,

@@ -139,6 +139,10 @@ impl Drop for TempDir {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario: each refusal, then the reload, then a bad file"
+)]
 fn tls_client_certificates_and_basic_auth_guard_the_endpoint() {
     require_root();
     let dir =

@@ -13,7 +13,9 @@ use std::{
 };
 
 use crate::{
-    bench_json::{E2eResult, FloodResult, ProbeResult, ScrapeResult, Setup, StormRows},
+    bench_json::{
+        ChurnResult, E2eResult, FloodResult, ProbeResult, ScrapeResult, Setup, StormRows,
+    },
     step,
 };
 use anyhow::{Context as _, ensure};
@@ -29,6 +31,7 @@ pub struct Config {
     pub flood_pods: usize,
     pub flood_secs: u64,
     pub flood_baseline: Option<PathBuf>,
+    pub churn: usize,
 }
 
 const TARGET_RATIO: f64 = 2.0;
@@ -157,6 +160,7 @@ pub fn all(start: Instant, c: &Config) -> anyhow::Result<()> {
         "--flood-secs".to_owned(),
         c.flood_secs.to_string(),
     ]);
+    args.extend(["--churn".to_owned(), c.churn.to_string()]);
     if let Some(b) = &c.flood_baseline {
         args.push("--flood-baseline".to_owned());
         args.push(b.display().to_string());
@@ -169,8 +173,9 @@ pub fn all(start: Instant, c: &Config) -> anyhow::Result<()> {
         part(&lines, "probe")?.context("podstat-test-bench printed no probe result")?;
     let e2e: Option<E2eResult> = part(&lines, "e2e")?;
     let flood: Option<FloodResult> = part(&lines, "flood")?;
+    let churn: Option<ChurnResult> = part(&lines, "churn")?;
 
-    let report = render(
+    let mut report = render(
         c,
         &bin,
         &bin_source,
@@ -180,6 +185,9 @@ pub fn all(start: Instant, c: &Config) -> anyhow::Result<()> {
         e2e.as_ref(),
         flood.as_ref(),
     );
+    if let Some(churn) = &churn {
+        render_churn(&mut report, churn);
+    }
     println!("{report}");
     let path = out_dir.join("report.md");
     fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
@@ -271,6 +279,34 @@ fn render(
         render_flood(&mut r, flood);
     }
     r
+}
+
+fn render_churn(r: &mut String, ch: &ChurnResult) {
+    let _ = writeln!(r, "## 5. Pod churn\n");
+    let _ = writeln!(
+        r,
+        "Container cgroups created and removed in batches of 50 (25 pods x 2), each running \
+         `sleep 0.01` once the agent tracks it, probes on, the agent reading only the bench's \
+         tree. Target: RSS grows at most 5% from after the first 1,000 to the end.\n"
+    );
+    let _ = writeln!(r, "| cgroups churned | agent VmRSS |\n|---:|---:|");
+    for (n, kib) in ch.rss.iter().filter(|(n, _)| n % 1000 == 0) {
+        let _ = writeln!(r, "| {n} | {kib} KiB |");
+    }
+    let first = ch.rss.iter().find(|(n, _)| *n >= 1000).map(|x| x.1);
+    if let (Some(first), Some(last)) = (first, ch.rss.last().map(|x| x.1)) {
+        #[expect(clippy::cast_precision_loss, reason = "KiB figures are small")]
+        let growth = (last as f64 - first as f64) / first as f64 * 100.0;
+        let _ = writeln!(
+            r,
+            "\nGrowth from 1,000 to the end: {growth:.1}% (target ≤ 5%: {}). Series of removed \
+             cgroups left: {}. Per-cgroup maps before {:?}, after {:?}.\n",
+            verdict(growth <= 5.0),
+            ch.leftover_series,
+            ch.maps_before,
+            ch.maps_after
+        );
+    }
 }
 
 /// Agent CPU in a flood of 32 scrapers over 200 pods x 3 containers, with the window on.

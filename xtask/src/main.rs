@@ -96,6 +96,9 @@ enum Task {
         /// defaults, as a baseline.
         #[arg(long, value_name = "BIN")]
         flood_baseline: Option<PathBuf>,
+        /// Container cgroups in the churn part (RSS curve); 0 skips it.
+        #[arg(long, default_value_t = 3000)]
+        churn: usize,
     },
     /// Receive-path cost of the steering probes: iperf3 TCP over a veth pair between two
     /// network namespaces (RPS/RFS on, server in a pod cgroup), without and with the agent's
@@ -208,6 +211,7 @@ fn main() -> anyhow::Result<()> {
             flood_pods,
             flood_secs,
             flood_baseline,
+            churn,
         } => {
             setup::toolchain(start)?;
             setup::debian_packages(start, setup::BENCH_PACKAGES)?;
@@ -227,6 +231,7 @@ fn main() -> anyhow::Result<()> {
                     flood_pods,
                     flood_secs,
                     flood_baseline,
+                    churn,
                 },
             )?;
         }

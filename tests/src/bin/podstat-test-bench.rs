@@ -22,7 +22,10 @@
 //!
 //! `podstat-test-bench --out-dir DIR [--pods N] [--scrapes N] [--storm-secs N] [--skip-scrape]
 //! [--skip-probe] [--skip-e2e] [--skip-flood] [--flood-pods N] [--flood-secs N]
-//! [--flood-baseline BIN]`. Processes' logs go to DIR. Everything it creates (cgroups below
+//! [--flood-baseline BIN] [--churn N]`.
+//! 5. Pod churn: `--churn N` container cgroups (0 skips it) created and removed in batches,
+//!    each briefly running a task, probes on (the harness of `tests/churn.rs`): the agent's
+//!    RSS curve, the series and map entries left. Processes' logs go to DIR. Everything it creates (cgroups below
 //! `podstat-test-bench-<pid>`, processes, the `bpf_stats_enabled` sysctl) is undone by the
 //! harness's guards, also on error and on panic.
 
@@ -39,12 +42,12 @@ use anyhow::{Context as _, bail, ensure};
 use podstat_tests::{
     CgroupTree, Logged, agent_command,
     bench_json::{
-        E2eResult, FloodResult, FloodRow, ProbeResult, ProbeRow, ScrapeResult, Setup, StormRows,
-        Summary,
+        ChurnResult, E2eResult, FloodResult, FloodRow, ProbeResult, ProbeRow, ScrapeResult, Setup,
+        StormRows, Summary,
     },
     bpf::{BpfStats, Prog, owned_progs, prog_snapshot},
     cgroup::reap_stale,
-    free_addr, http_get, wait_metrics,
+    churn, free_addr, http_get, wait_metrics,
 };
 use serde::Serialize;
 
@@ -78,12 +81,13 @@ struct Config {
     flood_pods: usize,
     flood_secs: u64,
     flood_baseline: Option<PathBuf>,
+    churn: usize,
     out_dir: PathBuf,
 }
 
 fn usage() -> anyhow::Error {
     anyhow::anyhow!(
-        "usage: podstat-test-bench --out-dir DIR [--pods N] [--scrapes N] [--storm-secs N] [--skip-scrape] [--skip-probe] [--skip-e2e] [--skip-flood] [--flood-pods N] [--flood-secs N] [--flood-baseline BIN]"
+        "usage: podstat-test-bench --out-dir DIR [--pods N] [--scrapes N] [--storm-secs N] [--skip-scrape] [--skip-probe] [--skip-e2e] [--skip-flood] [--flood-pods N] [--flood-secs N] [--flood-baseline BIN] [--churn N]"
     )
 }
 
@@ -99,6 +103,7 @@ fn parse_args() -> anyhow::Result<Config> {
         flood_pods: 200,
         flood_secs: 10,
         flood_baseline: None,
+        churn: 3000,
         out_dir: PathBuf::new(),
     };
     let mut args = std::env::args().skip(1);
@@ -116,6 +121,7 @@ fn parse_args() -> anyhow::Result<Config> {
             "--flood-pods" => c.flood_pods = value()?.parse().context("--flood-pods")?,
             "--flood-secs" => c.flood_secs = value()?.parse().context("--flood-secs")?,
             "--flood-baseline" => c.flood_baseline = Some(PathBuf::from(value()?)),
+            "--churn" => c.churn = value()?.parse().context("--churn")?,
             _ => return Err(usage()),
         }
     }
@@ -209,6 +215,11 @@ fn main() -> anyhow::Result<()> {
             ),
         );
         emit("flood", &flood_bench(start, &c)?)?;
+    }
+
+    if c.churn > 0 {
+        step(start, &format!("pod churn: {} container cgroups", c.churn));
+        emit("churn", &churn_bench(&c)?)?;
     }
     Ok(())
 }
@@ -584,6 +595,44 @@ fn flood(
         failed,
         cpu_cores: cpu.as_secs_f64() / wall.as_secs_f64(),
         latency: summarize(times),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Pod churn
+
+fn churn_bench(c: &Config) -> anyhow::Result<ChurnResult> {
+    let v1 = podstat_tests::v1_hierarchies();
+    let root = format!("{PREFIX}{}-churn", std::process::id());
+    let mut tree = v1_tree();
+    tree.mkdir(&format!("{root}/kubepods/besteffort"));
+    let view = churn::PrivateView::new(&v1, &root);
+    let (agent, addr) = start_agent(
+        c,
+        "agent-churn",
+        &[
+            "--probe.refresh-interval",
+            "100ms",
+            "--path.cgroupfs",
+            view.path(),
+        ],
+        |_| true,
+    )?;
+    let pid = agent.proc.pid();
+    let r = churn::churn(
+        &mut tree,
+        &format!("{root}/"),
+        pid,
+        addr,
+        c.churn,
+        Duration::from_millis(300),
+        &["/bin/sleep", "0.01"],
+    );
+    Ok(ChurnResult {
+        rss: r.rss,
+        leftover_series: r.leftover_series.len(),
+        maps_before: r.maps_before,
+        maps_after: r.maps_after,
     })
 }
 
