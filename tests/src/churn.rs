@@ -36,10 +36,23 @@ pub struct Churn {
 }
 
 impl Churn {
-    /// RSS growth from the first sample at or after `from` cgroups to the last, in percent.
+    /// RSS growth in percent from the cgroups `from..2*from` to the last `from` churned:
+    /// the median of the samples (one per batch) in each span, so that one sample taken
+    /// next to a scrape's transient buffers does not decide it.
     pub fn growth_after(&self, from: usize) -> Option<f64> {
-        let first = self.rss.iter().find(|(n, _)| *n >= from)?.1;
-        let last = self.rss.last()?.1;
+        let median = |lo: usize, hi: usize| -> Option<u64> {
+            let mut v: Vec<u64> = self
+                .rss
+                .iter()
+                .filter(|(n, _)| *n > lo && *n <= hi)
+                .map(|x| x.1)
+                .collect();
+            v.sort_unstable();
+            v.get(v.len() / 2).copied()
+        };
+        let end = self.rss.last()?.0;
+        let first = median(from, 2 * from)?;
+        let last = median(end.saturating_sub(from), end)?;
         #[expect(clippy::cast_precision_loss, reason = "KiB figures are small")]
         Some((last as f64 - first as f64) / first as f64 * 100.0)
     }
