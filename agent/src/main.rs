@@ -12,6 +12,8 @@ use podstat::{
 use tokio::signal::unix::{SignalKind, signal};
 
 fn main() -> ExitCode {
+    // Before any thread: see util::one_malloc_arena.
+    podstat::util::one_malloc_arena();
     let parsed = match cli::parse_from(std::env::args_os()) {
         Ok(p) => p,
         Err(e) => e.exit(),

@@ -181,10 +181,10 @@ impl Refresher {
         let n = next.len();
         self.map.replace(next);
         if gone > 0 {
-            // What the removed cgroups' entries (labels, scans, map keys) took is free now, but
-            // glibc keeps it in this thread's arena, where it grew the RSS by a few hundred bytes
-            // per churned cgroup (measured by tests/churn.rs). Trimming costs well under a
-            // millisecond on this heap, once per refresh that saw cgroups go.
+            // What the removed cgroups' entries (labels, scans, map keys) took is free now: give
+            // the free pages back to the kernel. Costs well under a millisecond on this heap,
+            // once per refresh that saw cgroups go. (The growth under churn itself was glibc's
+            // per-thread arenas: see util::one_malloc_arena.)
             crate::util::release_free_memory();
         }
         n
