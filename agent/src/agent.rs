@@ -29,6 +29,7 @@ pub struct Config {
     pub enabled: Vec<&'static str>,
     pub paths: Paths,
     pub cgroup: collector::cgroup::Options,
+    pub sched: collector::sched::Options,
     /// The probes to load; `None` loads none (not root, or a fixture tree).
     pub probes: Option<Wanted>,
     /// How often the identity join (and the probes' `KNOWN` map) is refreshed.
@@ -129,6 +130,7 @@ impl Agent {
         let ctx = collector::Context {
             paths: &config.paths,
             cgroup: &config.cgroup,
+            sched: &config.sched,
             probes: &probes,
             identity: &identity,
             metadata: &config.metadata,

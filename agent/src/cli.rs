@@ -72,6 +72,8 @@ pub struct HostArgs {
     #[command(flatten)]
     pub cgroup: collector::cgroup::Options,
     #[command(flatten)]
+    pub sched: collector::sched::Options,
+    #[command(flatten)]
     pub probe: ProbeArgs,
     #[command(flatten)]
     pub metadata: crate::metadata::Options,
@@ -90,6 +92,7 @@ impl HostArgs {
             enabled: enabled.to_vec(),
             paths: self.paths.clone(),
             cgroup: self.cgroup.clone(),
+            sched: self.sched.clone(),
             probes: load_probes.then(|| self.probe.wanted(enabled)),
             refresh_interval: self.probe.refresh_interval,
             metadata,
@@ -203,6 +206,11 @@ pub struct AgentArgs {
     /// certificate (for the kubelet's probes); /metrics still needs them.
     #[arg(long = "web.health-open", requires = "web_config_file")]
     pub health_open: bool,
+    /// Histograms in the protobuf exposition (what Prometheus asks for with native histograms
+    /// on): `native` (one series each, every kernel bucket), `classic` (the buckets the text
+    /// formats carry) or `both`. The text formats always carry the classic buckets.
+    #[arg(long = "web.histograms", value_name = "KIND", value_enum, default_value_t = crate::exposition::Histograms::Native)]
+    pub histograms: crate::exposition::Histograms,
     #[command(flatten)]
     pub host: HostArgs,
 }
@@ -231,7 +239,7 @@ impl AgentArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ProbeArgs {
     /// Pod and container cgroups the probes track at once; sizes the per-cgroup eBPF maps
-    /// (about 0.6 KiB of kernel memory per cgroup). Beyond it, cgroups are not measured and
+    /// (about 2.1 KiB of kernel memory per cgroup, mostly its histograms). Beyond it, cgroups are not measured and
     /// podstat_bpf_map_full_total{map="known"} counts them.
     #[arg(long = "probe.max-cgroups", value_name = "N", default_value_t = podstat_common::kernel::DEFAULT_MAX_CGROUPS)]
     pub max_cgroups: u32,
@@ -265,6 +273,32 @@ pub struct ProbeArgs {
     /// tcp_probe: TCP only) even where sock_recv_length and sk_data_ready (6.3+) exist.
     #[arg(long = "probe.net.legacy-hooks")]
     pub net_legacy_hooks: bool,
+    /// The per-packet steering design, for deep dives: programs on every received packet
+    /// (netif_receive_skb, sk_data_ready or tcp_probe) match each packet to its socket's
+    /// reader, and count packets per receive queue and CPU. It costs a few hundred ns per
+    /// packet on the CPUs doing the softirq work (docs/performance.md); off by default, when
+    /// steering is read at read time from the socket's sk_incoming_cpu and queue counts come
+    /// from the driver's queue statistics.
+    #[arg(long = "probe.net.per-packet")]
+    pub net_per_packet: bool,
+    /// Read-time steering design: examine 1 read in N (per CPU, pseudo-random) and count it N
+    /// times; a power of two, 1 examines every read. Ignored with --probe.net.per-packet.
+    #[arg(long = "probe.net.sample-every", value_name = "N", default_value_t = podstat_common::net::DEFAULT_SAMPLE_EVERY, value_parser = parse_sample_every)]
+    pub net_sample_every: u32,
+}
+
+/// Why a `--probe.net.sample-every` value was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a power of two from 1 to 65536")]
+pub struct SampleEveryError(String);
+
+/// `--probe.net.sample-every`: a power of two from 1 to 65536.
+fn parse_sample_every(s: &str) -> Result<u32, SampleEveryError> {
+    s.trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|n| n.is_power_of_two() && *n <= 65536)
+        .ok_or_else(|| SampleEveryError(s.to_owned()))
 }
 
 impl ProbeArgs {
@@ -275,6 +309,8 @@ impl ProbeArgs {
             throttle: enabled.contains(&"throttle"),
             net: enabled.contains(&"net"),
             net_legacy_hooks: self.net_legacy_hooks,
+            net_per_packet: self.net_per_packet,
+            net_sample_every: self.net_sample_every,
             max_cgroups: self.max_cgroups,
             max_waiting: self.max_waiting,
             max_preempt_pairs: self.max_preempt_pairs,
@@ -421,6 +457,33 @@ mod tests {
         ])
         .expect("parse");
         assert!(p.enabled.contains(&"sched"), "the last switch wins");
+    }
+
+    /// The steering design: read time, sampled 1 in 16, by default; the per-packet design and
+    /// the sampling period by flag; a period that is not a power of two is refused.
+    #[test]
+    fn net_design_flags() {
+        let wanted = |args: &[&str]| {
+            let mut v = vec!["podstat", "agent"];
+            v.extend_from_slice(args);
+            let p = parse_from(v).expect("parse");
+            let Cmd::Agent(a) = &p.cli.command else {
+                panic!("not agent")
+            };
+            a.host.probe.wanted(&p.enabled)
+        };
+        let w = wanted(&[]);
+        assert!(!w.net_per_packet);
+        assert_eq!(w.net_sample_every, 16);
+        let w = wanted(&["--probe.net.per-packet", "--probe.net.sample-every", "1"]);
+        assert!(w.net_per_packet);
+        assert_eq!(w.net_sample_every, 1);
+        for bad in ["0", "3", "131072", "x"] {
+            assert!(
+                parse_from(["podstat", "agent", "--probe.net.sample-every", bad]).is_err(),
+                "--probe.net.sample-every {bad} accepted"
+            );
+        }
     }
 
     #[test]

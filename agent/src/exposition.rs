@@ -1,5 +1,6 @@
-//! Exposition formats: OpenMetrics text (what prometheus-client writes) and the Prometheus
-//! text format 0.0.4 (derived from it), chosen by the `Accept` header, optionally gzipped.
+//! Exposition formats: OpenMetrics text (what prometheus-client writes), the Prometheus
+//! text format 0.0.4 (derived from it) and the Prometheus protobuf format (prometheus-client's
+//! encoder; native histograms), chosen by the `Accept` header, optionally gzipped.
 
 use std::io::Write as _;
 
@@ -8,12 +9,16 @@ use flate2::{Compression, write::GzEncoder};
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub const PROTOBUF_CONTENT_TYPE: &str =
+    "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited";
 
-/// The two text formats we serve.
+/// The formats we serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     OpenMetrics,
     Text,
+    /// Length-delimited `io.prometheus.client.MetricFamily` messages.
+    Protobuf,
 }
 
 impl Format {
@@ -21,8 +26,98 @@ impl Format {
         match self {
             Self::OpenMetrics => OPENMETRICS_CONTENT_TYPE,
             Self::Text => TEXT_CONTENT_TYPE,
+            Self::Protobuf => PROTOBUF_CONTENT_TYPE,
         }
     }
+}
+
+/// Which histograms the protobuf exposition carries (`--web.histograms`). The text formats
+/// always carry the classic buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Histograms {
+    /// Classic buckets only, at the same edges as the text formats.
+    Classic,
+    /// Native histograms only: one series per histogram, every kernel bucket.
+    #[default]
+    Native,
+    /// Both: Prometheus keeps both with `scrape_classic_histograms` (2.45+), else the native.
+    Both,
+}
+
+static HISTOGRAMS: std::sync::OnceLock<Histograms> = std::sync::OnceLock::new();
+
+/// Sets what the protobuf exposition carries, once, at start (`--web.histograms`). Later
+/// calls are ignored.
+pub fn set_histograms(h: Histograms) {
+    let _ = HISTOGRAMS.set(h);
+}
+
+/// What the protobuf exposition carries: as set at start, else [`Histograms::Native`].
+pub fn histograms() -> Histograms {
+    HISTOGRAMS.get().copied().unwrap_or_default()
+}
+
+/// Encodes the registry as length-delimited protobuf `MetricFamily` messages, with the
+/// histograms `hist` asks for: the collectors encode both kinds, this drops the other.
+///
+/// # Errors
+/// If a collector's encoder fails.
+pub fn encode_protobuf(
+    registry: &prometheus_client::registry::Registry,
+    hist: Histograms,
+) -> Result<Vec<u8>, prometheus_client::encoding::prometheus_protobuf::EncodeError> {
+    use prometheus_client::encoding::prometheus_protobuf::{encode, prometheus_data_model as pb};
+    use prost::Message as _;
+    let mut families = encode(registry)?;
+    let mut out = Vec::with_capacity(64 * 1024);
+    for family in &mut families {
+        for h in family
+            .metric
+            .iter_mut()
+            .filter_map(|m| m.histogram.as_mut())
+        {
+            match hist {
+                Histograms::Native => h.bucket.clear(),
+                Histograms::Classic => {
+                    *h = pb::Histogram {
+                        sample_count: h.sample_count,
+                        sample_sum: h.sample_sum,
+                        bucket: std::mem::take(&mut h.bucket),
+                        ..pb::Histogram::default()
+                    };
+                }
+                Histograms::Both => {}
+            }
+        }
+        family.encode_length_delimited(&mut out)?;
+    }
+    Ok(out)
+}
+
+/// Whether one `Accept` entry (media type and parameters) is the Prometheus protobuf format:
+/// `application/vnd.google.protobuf` with `proto=io.prometheus.client.MetricFamily` and
+/// `encoding=delimited`.
+fn is_protobuf(part: &str) -> bool {
+    let mut params = part.split(';').map(str::trim);
+    if !params
+        .next()
+        .is_some_and(|v| v.eq_ignore_ascii_case("application/vnd.google.protobuf"))
+    {
+        return false;
+    }
+    let (mut proto, mut delimited) = (false, false);
+    for p in params {
+        let Some((k, v)) = p.split_once('=') else {
+            continue;
+        };
+        let v = v.trim().trim_matches('"');
+        match k.trim().to_ascii_lowercase().as_str() {
+            "proto" => proto = v == "io.prometheus.client.MetricFamily",
+            "encoding" => delimited = v.eq_ignore_ascii_case("delimited"),
+            _ => {}
+        }
+    }
+    proto && delimited
 }
 
 /// One `Accept` or `Accept-Encoding` entry: value and quality.
@@ -40,22 +135,30 @@ fn entries(header: &str) -> impl Iterator<Item = (&str, f32)> {
     })
 }
 
-/// Picks the format from an `Accept` header: OpenMetrics when the client ranks it at least as
-/// high as plain text (Prometheus does), the Prometheus text format otherwise and by default.
+/// Picks the format from an `Accept` header: protobuf when the client ranks it highest
+/// (Prometheus does with native histograms on), OpenMetrics when the client ranks it at least
+/// as high as plain text (Prometheus does), the Prometheus text format otherwise and by default.
 pub fn negotiate(accept: Option<&str>) -> Format {
     let Some(accept) = accept else {
         return Format::Text;
     };
-    let (mut om, mut text) = (0.0_f32, 0.0_f32);
-    for (value, q) in entries(accept) {
+    let (mut om, mut text, mut pb) = (0.0_f32, 0.0_f32, 0.0_f32);
+    for part in accept.split(',') {
+        let Some((value, q)) = entries(part).next() else {
+            continue;
+        };
         let value = value.to_ascii_lowercase();
-        if value == "application/openmetrics-text" {
+        if is_protobuf(part) {
+            pb = pb.max(q);
+        } else if value == "application/openmetrics-text" {
             om = om.max(q);
         } else if value == "text/plain" || value == "*/*" || value == "text/*" {
             text = text.max(q);
         }
     }
-    if om > 0.0 && om >= text {
+    if pb > 0.0 && pb >= om && pb >= text {
+        Format::Protobuf
+    } else if om > 0.0 && om >= text {
         Format::OpenMetrics
     } else {
         Format::Text
@@ -130,6 +233,10 @@ mod tests {
     #[test]
     fn negotiation_table() {
         let prom3 = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        // Prometheus 2.42 with --enable-feature=native-histograms.
+        let prom_native = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.8,application/openmetrics-text;version=1.0.0;q=0.6,application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+        // Prometheus 3 with scrape_protocols: [PrometheusProto, OpenMetricsText1.0.0, ...].
+        let prom3_protobuf_first = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.5,application/openmetrics-text;version=1.0.0;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.1";
         let cases: &[(Option<&str>, Format)] = &[
             (None, Format::Text),
             (Some(""), Format::Text),
@@ -143,6 +250,22 @@ mod tests {
             ),
             (Some("application/openmetrics-text;q=0"), Format::Text),
             (Some("garbage;;;q=zz,,"), Format::Text),
+            (Some(prom_native), Format::Protobuf),
+            (Some(prom3_protobuf_first), Format::Protobuf),
+            (
+                Some("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily"),
+                Format::Text,
+            ),
+            (
+                Some("application/vnd.google.protobuf;proto=other.Message;encoding=delimited"),
+                Format::Text,
+            ),
+            (
+                Some(
+                    "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.1,text/plain;q=0.5",
+                ),
+                Format::Text,
+            ),
         ];
         for (accept, want) in cases {
             assert_eq!(negotiate(*accept), *want, "Accept: {accept:?}");

@@ -85,6 +85,7 @@ fn run_agent(args: &AgentArgs, enabled: &[&'static str]) -> anyhow::Result<()> {
         );
     }
     let store = Arc::new(metadata::Store::default());
+    podstat::exposition::set_histograms(args.histograms);
     let mut config = args.host.config(enabled, true, Arc::clone(&store));
     config.drop_privileges = true;
     let running = Agent::start(config).context("starting the agent")?;

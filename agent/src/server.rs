@@ -74,26 +74,55 @@ impl Default for Options {
     }
 }
 
-/// One collection of every registered collector, as OpenMetrics text, and its encodings.
+/// What one collection runs the collectors into. The text formats derive from OpenMetrics
+/// text; the protobuf format is prometheus-client's own encoder over the registry, a run of
+/// its own. Scrapes share a collection only with scrapes of the same source (an HA pair of
+/// Prometheus servers asks for the same format).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    OpenMetrics,
+    Protobuf,
+}
+
+impl Source {
+    fn of(format: Format) -> Self {
+        match format {
+            Format::OpenMetrics | Format::Text => Self::OpenMetrics,
+            Format::Protobuf => Self::Protobuf,
+        }
+    }
+}
+
+/// One collection of every registered collector (OpenMetrics text or protobuf, by its
+/// [`Source`]) and its encodings.
 struct Collection {
     /// When it ended.
     done: Instant,
-    om: Arc<String>,
+    body: Arc<Vec<u8>>,
     /// By `(format, gzip)`: each computed once, by the first scrape that wants it.
-    encoded: [OnceCell<Bytes>; 4],
+    encoded: [OnceCell<Bytes>; 6],
 }
 
 impl Collection {
     fn slot(format: Format, gzip: bool) -> usize {
-        usize::from(format == Format::Text) * 2 + usize::from(gzip)
+        let f = match format {
+            Format::OpenMetrics => 0,
+            Format::Text => 1,
+            Format::Protobuf => 2,
+        };
+        f * 2 + usize::from(gzip)
     }
 }
+
+/// The last collection of one [`Source`].
+type Last = Arc<Mutex<Option<Arc<Collection>>>>;
 
 /// The collections that concurrent scrapes share.
 pub struct Scrapes {
     registry: Arc<Registry>,
     window: Duration,
-    last: Arc<Mutex<Option<Arc<Collection>>>>,
+    /// By [`Source`]: OpenMetrics, protobuf.
+    last: [Last; 2],
 }
 
 impl Scrapes {
@@ -101,7 +130,7 @@ impl Scrapes {
         Self {
             registry,
             window,
-            last: Arc::new(Mutex::new(None)),
+            last: Default::default(),
         }
     }
 
@@ -115,11 +144,11 @@ impl Scrapes {
         format: Format,
         gzip: bool,
     ) -> Result<Bytes, RenderError> {
-        let collection = self.collection(arrived).await?;
-        let om = Arc::clone(&collection.om);
+        let collection = self.collection(arrived, Source::of(format)).await?;
+        let body = Arc::clone(&collection.body);
         collection.encoded[Collection::slot(format, gzip)]
             .get_or_try_init(|| async move {
-                tokio::task::spawn_blocking(move || encode(&om, format, gzip))
+                tokio::task::spawn_blocking(move || encode(&body, format, gzip))
                     .await
                     .map_err(|_| RenderError::Panicked)?
                     .map(Bytes::from)
@@ -128,11 +157,16 @@ impl Scrapes {
             .cloned()
     }
 
-    /// The last collection if it ended after `arrived` or within the window before; else a
-    /// new one. The collection runs in a task of its own holding the lock, so a scraper that
-    /// goes away does not abandon it half way for the next to start again.
-    async fn collection(&self, arrived: Instant) -> Result<Arc<Collection>, RenderError> {
-        let mut last = Arc::clone(&self.last).lock_owned().await;
+    /// The last collection of `source` if it ended after `arrived` or within the window
+    /// before; else a new one. The collection runs in a task of its own holding the lock, so a
+    /// scraper that goes away does not abandon it half way for the next to start again.
+    async fn collection(
+        &self,
+        arrived: Instant,
+        source: Source,
+    ) -> Result<Arc<Collection>, RenderError> {
+        let slot = usize::from(source == Source::Protobuf);
+        let mut last = Arc::clone(&self.last[slot]).lock_owned().await;
         if let Some(c) = last.as_ref()
             && arrived <= c.done + self.window
         {
@@ -141,12 +175,12 @@ impl Scrapes {
         let registry = Arc::clone(&self.registry);
         tokio::spawn(async move {
             // Collectors read files and eBPF maps: blocking work, off the async workers.
-            let om = tokio::task::spawn_blocking(move || collect(&registry))
+            let body = tokio::task::spawn_blocking(move || collect(&registry, source))
                 .await
                 .map_err(|_| RenderError::Panicked)??;
             let c = Arc::new(Collection {
                 done: Instant::now(),
-                om: Arc::new(om),
+                body: Arc::new(body),
                 encoded: Default::default(),
             });
             *last = Some(Arc::clone(&c));
@@ -451,28 +485,35 @@ async fn metrics(
     }
 }
 
-/// Runs every collector once: the registry as OpenMetrics text.
-fn collect(registry: &Registry) -> Result<String, RenderError> {
-    let mut om = String::with_capacity(64 * 1024);
-    prometheus_client::encoding::text::encode(&mut om, registry)
-        .map_err(|_| RenderError::Encode)?;
-    Ok(om)
+/// Runs every collector once, into OpenMetrics text or protobuf.
+fn collect(registry: &Registry, source: Source) -> Result<Vec<u8>, RenderError> {
+    match source {
+        Source::OpenMetrics => {
+            let mut om = String::with_capacity(64 * 1024);
+            prometheus_client::encoding::text::encode(&mut om, registry)
+                .map_err(|_| RenderError::Encode)?;
+            Ok(om.into_bytes())
+        }
+        Source::Protobuf => exposition::encode_protobuf(registry, exposition::histograms())
+            .map_err(|_| RenderError::Encode),
+    }
 }
 
-/// One collection in `format`, gzipped if `gzip`.
-fn encode(om: &str, format: Format, gzip: bool) -> Result<Vec<u8>, RenderError> {
+/// One collection (of `format`'s [`Source`]) in `format`, gzipped if `gzip`.
+fn encode(body: &[u8], format: Format, gzip: bool) -> Result<Vec<u8>, RenderError> {
     let text;
     let body = match format {
-        Format::OpenMetrics => om,
+        Format::OpenMetrics | Format::Protobuf => body,
         Format::Text => {
-            text = exposition::openmetrics_to_text(om);
-            &text
+            // The collector wrote it with `fmt::Write`: UTF-8.
+            text = exposition::openmetrics_to_text(&String::from_utf8_lossy(body));
+            text.as_bytes()
         }
     };
     if gzip {
-        exposition::gzip(body.as_bytes()).map_err(RenderError::Gzip)
+        exposition::gzip(body).map_err(RenderError::Gzip)
     } else {
-        Ok(body.as_bytes().to_vec())
+        Ok(body.to_vec())
     }
 }
 
@@ -485,7 +526,10 @@ pub fn render(
     format: Format,
     gzip: bool,
 ) -> Result<(Vec<u8>, bool), RenderError> {
-    Ok((encode(&collect(registry)?, format, gzip)?, gzip))
+    Ok((
+        encode(&collect(registry, Source::of(format))?, format, gzip)?,
+        gzip,
+    ))
 }
 
 #[derive(Debug, thiserror::Error)]

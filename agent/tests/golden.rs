@@ -28,11 +28,12 @@ fn deterministic(line: &str) -> bool {
         || line.starts_with("podstat_build_info"))
 }
 
+/// Every family the fixture has (`--collector.cgroup.extended`): the golden files cover all.
 fn render_fixture(name: &str, non_pod: bool) -> String {
-    render_with(name, non_pod, &["cgroup"])
+    render_with(name, non_pod, true, &["cgroup"])
 }
 
-fn render_with(name: &str, non_pod: bool, collectors: &[&'static str]) -> String {
+fn render_with(name: &str, non_pod: bool, extended: bool, collectors: &[&'static str]) -> String {
     let host = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/hosts")
         .join(name);
@@ -43,12 +44,14 @@ fn render_with(name: &str, non_pod: bool, collectors: &[&'static str]) -> String
     };
     let opts = Options {
         non_pod,
+        extended,
         ..Options::default()
     };
     let running = Agent::start(Config {
         enabled: collectors.to_vec(),
         paths,
         cgroup: opts,
+        sched: podstat::collector::sched::Options::default(),
         probes: None,
         refresh_interval: Duration::from_secs(5),
         metadata: Arc::new(podstat::metadata::Store::default()),
@@ -114,6 +117,70 @@ fn golden_exposition_matches() {
     );
 }
 
+/// The default set (no `--collector.cgroup.extended`) is the extended one without the families
+/// the series budget leaves out: the same lines otherwise, byte for byte.
+#[test]
+fn default_leaves_out_only_the_extended_families() {
+    use podstat::collector::cgroup::{BURST, EXTENDED};
+    for name in FIXTURES {
+        let all = render_with(name, false, true, &["cgroup"]);
+        let default = render_with(name, false, false, &["cgroup"]);
+        // Label sets of the cgroups with a burst allowance: they keep their burst families.
+        let limit = podstat::collector::cgroup::CPU_BURST_LIMIT_SECONDS.exposed;
+        let with_burst: Vec<&str> = all
+            .lines()
+            .filter_map(|l| l.strip_prefix(limit)?.rsplit_once(' '))
+            .filter(|(_, v)| v.parse::<f64>().is_ok_and(|v| v > 0.0))
+            .map(|(labels, _)| labels)
+            .collect();
+        let sample_of = |l: &str, families: &[podstat::metric::Family]| {
+            families.iter().find_map(|f| {
+                l.strip_prefix(f.exposed)
+                    .filter(|rest| rest.starts_with('{'))
+                    .and_then(|rest| rest.rsplit_once(' '))
+                    .map(|(labels, _)| labels.to_owned())
+            })
+        };
+        let header_of = |l: &str, families: &[podstat::metric::Family]| {
+            families.iter().any(|f| {
+                [
+                    format!("# HELP {} ", f.exposed),
+                    format!("# TYPE {} ", f.exposed),
+                ]
+                .iter()
+                .any(|p| l.starts_with(p.as_str()))
+            })
+        };
+        let any_burst = all
+            .lines()
+            .filter_map(|l| sample_of(l, BURST))
+            .any(|labels| with_burst.contains(&labels.as_str()));
+        let left_out = |l: &str| {
+            sample_of(l, EXTENDED).is_some()
+                || header_of(l, EXTENDED)
+                || sample_of(l, BURST).is_some_and(|labels| !with_burst.contains(&labels.as_str()))
+                || (header_of(l, BURST) && !any_burst)
+        };
+        let want: Vec<&str> = all.lines().filter(|l| !left_out(l)).collect();
+        let got: Vec<&str> = default.lines().collect();
+        assert_eq!(
+            got, want,
+            "{name}: the default set differs from extended minus EXTENDED/BURST"
+        );
+        assert!(
+            all.lines().count() > default.lines().count(),
+            "{name}: nothing left out"
+        );
+        for f in EXTENDED {
+            assert!(
+                !default.contains(&format!("{}{{", f.exposed)),
+                "{name}: {} exported by default",
+                f.exposed
+            );
+        }
+    }
+}
+
 /// The `net` collector on a host with an mlx5 NIC (4 queues, IRQs pinned one per CPU), a veth
 /// with RPS and RFS configured, two NUMA nodes with one LLC each; 5.10 softnet_stat layout.
 /// The fixture's devices do not exist in this network namespace, so no ethtool answer.
@@ -121,7 +188,7 @@ fn golden_exposition_matches() {
 fn golden_net_exposition_matches() {
     let file =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden/net-mlx5.prom");
-    let got = render_with("net-mlx5", false, &["net"]);
+    let got = render_with("net-mlx5", false, false, &["net"]);
     if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1") {
         std::fs::write(&file, &got).expect("write golden");
         return;

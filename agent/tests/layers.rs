@@ -76,10 +76,43 @@ fn no_function_returns_a_string_error() {
     for f in rust_files(&src()) {
         for (i, line) in read(&f).lines().enumerate() {
             let l = line.replace(' ', "");
-            if l.contains(",String>") && l.contains("Result<") {
+            if result_error_types(&l).any(|e| e == "String") {
                 bad.push(format!("{}:{}: {}", f.display(), i + 1, line.trim()));
             }
         }
     }
     assert!(bad.is_empty(), "String errors:\n{}", bad.join("\n"));
+}
+
+/// The error type of every `Result<T, E>` written on `line` (spaces removed): the last
+/// top-level argument between the brackets, so `Result<BTreeMap<String, String>, E>` gives `E`.
+fn result_error_types(line: &str) -> impl Iterator<Item = &str> {
+    line.match_indices("Result<").filter_map(move |(at, pat)| {
+        let args = &line[at + pat.len()..];
+        let (mut depth, mut comma) = (0usize, None);
+        for (i, c) in args.char_indices() {
+            match c {
+                '<' | '(' | '[' => depth += 1,
+                ',' if depth == 0 => comma = Some(i),
+                '>' | ')' | ']' if depth == 0 => return comma.map(|k| &args[k + 1..i]),
+                '>' | ')' | ']' => depth -= 1,
+                _ => {}
+            }
+        }
+        None
+    })
+}
+
+#[test]
+fn result_error_types_reads_the_last_top_level_argument() {
+    fn errs(l: &str) -> Vec<&str> {
+        result_error_types(l).collect()
+    }
+    assert_eq!(errs("fn a() -> Result<u8,String> {"), ["String"]);
+    assert_eq!(
+        errs("->Result<Vec<BTreeMap<String,String>>,prost::DecodeError>{"),
+        ["prost::DecodeError"]
+    );
+    assert_eq!(errs("Result<(String,String),Box<E>>"), ["Box<E>"]);
+    assert!(errs("io::Result<String>").is_empty());
 }

@@ -20,22 +20,157 @@ pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 /// Default sizing: cgroups tracked (a 300-pod node has about 1200 pod and container cgroups).
 pub const DEFAULT_MAX_CGROUPS: u32 = 4096;
 
-/// Histogram buckets in the kernel: `BUCKETS` finite upper bounds, then +Inf, then the sum.
-pub const BUCKETS: usize = 12;
+/// Native-histogram schema of every kernel histogram: `2^SCHEMA` buckets per power of two, so
+/// bucket `i` of a histogram is `(2^((i-1)/4), 2^(i/4)]` in the exported unit (seconds, or
+/// threads), exactly Prometheus' native-histogram bucket `i` at schema 2.
+pub const SCHEMA: i32 = 2;
 
-/// Slot of +Inf in a [`Hist`].
-pub const INF_SLOT: usize = BUCKETS;
+/// Buckets per power of two.
+pub const SUB_BUCKETS: usize = 1 << SCHEMA;
 
-/// Slot that holds the sum of observed values (ns, or threads).
-pub const SUM_SLOT: usize = BUCKETS + 1;
+/// Where a kernel histogram's buckets lie. Values are bucketed in *kernel units* of
+/// `2^unit_log2` exported units (2^-30 s for times, see [`ns_to_units`]; half a thread for
+/// thread counts), so that the powers of two of the kernel unit are powers of two of the
+/// exported unit and every kernel bucket is one native bucket.
+///
+/// Slots of a histogram (`[u64; slots()]`): slot 0 counts values `<= 2^zero_log2` kernel units
+/// (the native zero bucket), slots `1..=buckets()` the [`SUB_BUCKETS`] buckets of each power of
+/// two up to `2^top_log2`, then one slot counts values above it (overflow), and the last holds
+/// the sum of the observed values in their own unit (ns, or threads).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// log2 of the zero bucket's upper edge, in kernel units (at least 0).
+    pub zero_log2: u32,
+    /// log2 of the highest finite edge, in kernel units (at most 62).
+    pub top_log2: u32,
+    /// log2 of the kernel unit in the exported unit.
+    pub unit_log2: i32,
+}
 
-/// Slots in a [`Hist`].
-pub const HIST_SLOTS: usize = BUCKETS + 2;
+impl Layout {
+    /// Finite buckets above the zero bucket.
+    pub const fn buckets(&self) -> usize {
+        SUB_BUCKETS * (self.top_log2 - self.zero_log2) as usize
+    }
 
-/// One histogram in the kernel: per-bucket counts (not cumulative), +Inf, and the sum.
-/// One map value holds a cgroup's whole histogram, so userspace reads a cgroup with a single
-/// lookup instead of one per bucket.
-pub type Hist = [u64; HIST_SLOTS];
+    /// Slot counting values above the highest finite edge.
+    pub const fn overflow_slot(&self) -> usize {
+        self.buckets() + 1
+    }
+
+    /// Slot holding the sum of observed values.
+    pub const fn sum_slot(&self) -> usize {
+        self.buckets() + 2
+    }
+
+    /// Slots of a histogram with this layout.
+    pub const fn slots(&self) -> usize {
+        self.buckets() + 3
+    }
+
+    /// Native-histogram index (schema [`SCHEMA`], exported unit) of the upper edge of `slot`
+    /// (1..=[`buckets`](Self::buckets)); slot 0's edge is the zero threshold.
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_possible_wrap,
+        reason = "slots are below 2^10"
+    )]
+    pub const fn native_index(&self, slot: usize) -> i32 {
+        (SUB_BUCKETS as i32) * (self.zero_log2 as i32 + self.unit_log2) + slot as i32
+    }
+}
+
+/// `floor(2^62 * 2^(m/4))` for m = 1, 2, 3: the sub-bucket edges of a power of two, in 62-bit
+/// fixed point. Shifted right by `62 - e` they give `floor(2^(e + m/4))` exactly.
+const SUB_EDGES_Q62: [u64; 3] = [
+    5_484_249_825_272_419_511, // 2^62 * 2^0.25
+    6_521_908_912_666_391_106, // 2^62 * 2^0.5
+    7_755_900_482_342_532_474, // 2^62 * 2^0.75
+];
+
+/// `floor(log2(x))` for `x >= 1` by halving the search range with shifts: six steps, no loop
+/// and no table (BPF has no count-leading-zeros instruction).
+#[inline(always)]
+#[expect(
+    clippy::inline_always,
+    reason = "BPF has no real calls between these helpers; it must inline"
+)]
+pub fn log2_floor(mut x: u64) -> u32 {
+    let mut r = 0;
+    let mut s = u32::from(x > 0xffff_ffff) << 5;
+    x >>= s;
+    r |= s;
+    s = u32::from(x > 0xffff) << 4;
+    x >>= s;
+    r |= s;
+    s = u32::from(x > 0xff) << 3;
+    x >>= s;
+    r |= s;
+    s = u32::from(x > 0xf) << 2;
+    x >>= s;
+    r |= s;
+    s = u32::from(x > 0x3) << 1;
+    x >>= s;
+    r |= s;
+    r | u32::from(x > 0x1)
+}
+
+/// Slot of `v` (in kernel units) in a histogram with layout `l`: the native bucket
+/// `(2^((i-1)/4), 2^(i/4)]` that holds it, found with [`log2_floor`] and three compares
+/// against shifted constants, whatever the number of buckets (no comparison chain).
+#[inline(always)]
+#[expect(
+    clippy::inline_always,
+    reason = "BPF has no real calls between these helpers; it must inline"
+)]
+#[expect(
+    clippy::many_single_char_names,
+    reason = "the names of the maths in the comment: v, u, e, s, m"
+)]
+pub fn slot_of(v: u64, l: &Layout) -> usize {
+    if v <= 1 << l.zero_log2 {
+        return 0;
+    }
+    if v > 1 << l.top_log2 {
+        return l.overflow_slot();
+    }
+    // v is in (2^e, 2^(e+1)] with e = floor(log2(v - 1)); it is above the m-th edge of that
+    // power of two, 2^(e + m/4) (irrational), exactly when v - 1 >= floor(2^(e + m/4)).
+    let u = v - 1;
+    let e = log2_floor(u);
+    let s = 62 - e;
+    let m = usize::from(u >= SUB_EDGES_Q62[0] >> s)
+        + usize::from(u >= SUB_EDGES_Q62[1] >> s)
+        + usize::from(u >= SUB_EDGES_Q62[2] >> s);
+    SUB_BUCKETS * (e - l.zero_log2) as usize + m + 1
+}
+
+/// `ceil(2^62 / 10^9)`: ns to kernel time units (2^-30 s) as a multiply and a shift.
+const NS_TO_UNITS_Q32: u64 = 4_611_686_019;
+
+/// Nanoseconds in kernel time units of 2^-30 s (about 0.93 ns), so that a power of two of
+/// them is a power of two of seconds. `(ns * ceil(2^62 / 10^9)) >> 32` is `ns * 2^30 / 10^9`
+/// rounded down, or up by one unit when it lies within 0.3 units below an integer: a value
+/// within 1 ns of a bucket edge may be counted in the bucket next to it. Durations of 2^31 ns
+/// (2.1 s) and more saturate; every time histogram ends at 1 s.
+#[inline(always)]
+#[expect(
+    clippy::inline_always,
+    reason = "BPF has no real calls between these helpers; it must inline"
+)]
+pub fn ns_to_units(ns: u64) -> u64 {
+    if ns >= 1 << 31 {
+        return u64::MAX;
+    }
+    (ns * NS_TO_UNITS_Q32) >> 32
+}
+
+/// A time histogram's kernel unit: 2^-30 s.
+pub const TIME_UNIT_LOG2: i32 = -30;
+
+/// A kernel histogram with `N` slots (see [`Layout`]). One map value holds a cgroup's whole
+/// histogram, so userspace reads a cgroup with a single lookup instead of one per bucket.
+pub type Hist<const N: usize> = [u64; N];
 
 /// Maps whose inserts can fail, for `podstat_bpf_map_full_total{map}`.
 pub const MAP_WAIT: u32 = 0;
@@ -44,8 +179,15 @@ pub const MAP_THROTTLE_STATS: u32 = 1;
 
 pub const MAP_PREEMPT_PAIRS: u32 = 2;
 
+pub const MAP_WAIT_PAIRS: u32 = 3;
+
 /// Slots of [`MAP_FULL_MAP`], named as in the metric.
-pub const MAP_NAMES: [&str; 3] = ["wait_start", "throttle_stats", "preempt_pairs"];
+pub const MAP_NAMES: [&str; 4] = [
+    "wait_start",
+    "throttle_stats",
+    "preempt_pairs",
+    "wait_pairs",
+];
 
 /// Value of [`KNOWN_MAP`].
 #[repr(C)]
@@ -125,6 +267,9 @@ pub struct Offsets {
     pub cfs_rq_rq: u32,
     /// `rq.clock` (u64 ns, the clock `sched_info` stamps `last_queued` with).
     pub rq_clock: u32,
+    /// `task_struct.sched_info.run_delay` (unsigned long long ns): the kernel's total, which it
+    /// also adds to when a waiting task leaves a run queue to migrate.
+    pub task_run_delay: u32,
     /// [`RUNQ_MODE_SCHED_INFO`](crate::sched::RUNQ_MODE_SCHED_INFO) or [`RUNQ_MODE_WAKEUP`](crate::sched::RUNQ_MODE_WAKEUP): how run-queue latency is measured.
     pub sched_info: u32,
     /// 1 when the fields above are filled in.
@@ -139,30 +284,9 @@ mod pod {
     unsafe impl aya::Pod for super::Offsets {}
 }
 
-/// Slot of the first bound that `value` is at most, or [`INF_SLOT`].
-#[inline(always)]
-#[expect(
-    clippy::inline_always,
-    reason = "BPF has no real calls between these helpers; it must inline"
-)]
-pub fn bucket_of(value: u64, bounds: &[u64; BUCKETS]) -> usize {
-    let mut i = 0;
-    while i < BUCKETS {
-        if value <= bounds[i] {
-            return i;
-        }
-        i += 1;
-    }
-    INF_SLOT
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        sched::RUNQ_BOUNDS_NS,
-        throttle::{PERIOD_BOUNDS_NS, THREAD_BOUNDS},
-    };
 
     #[test]
     fn known_keeps_a_cache_line_between_read_fields_and_counters() {
@@ -173,19 +297,104 @@ mod tests {
         assert!(counters - (read_end - 1) > 64, "{read_end} {counters}");
     }
 
-    #[test]
-    fn buckets_are_upper_inclusive() {
-        assert_eq!(bucket_of(0, &RUNQ_BOUNDS_NS), 0);
-        assert_eq!(bucket_of(5_000, &RUNQ_BOUNDS_NS), 0);
-        assert_eq!(bucket_of(5_001, &RUNQ_BOUNDS_NS), 1);
-        assert_eq!(bucket_of(1_000_000_001, &RUNQ_BOUNDS_NS), INF_SLOT);
-        assert_eq!(bucket_of(4, &THREAD_BOUNDS), 3);
-        assert_eq!(bucket_of(5, &THREAD_BOUNDS), 4);
-        for bounds in [RUNQ_BOUNDS_NS, PERIOD_BOUNDS_NS, THREAD_BOUNDS] {
-            assert!(
-                bounds.windows(2).all(|w| w[0] < w[1]),
-                "bounds must increase"
+    /// The native bucket of `x` (exported unit) at schema 2, in floating point: the reference.
+    fn native_index_f64(x: f64) -> i32 {
+        #[expect(clippy::cast_possible_truncation, reason = "small")]
+        let i = (4.0 * x.log2()).ceil() as i32;
+        i
+    }
+
+    fn check(l: &Layout, v: u64) {
+        let slot = slot_of(v, l);
+        let unit = 2f64.powi(l.unit_log2);
+        #[expect(clippy::cast_precision_loss, reason = "v < 2^53")]
+        let x = v as f64 * unit;
+        let zero = 2f64.powi(l.zero_log2.cast_signed()) * unit;
+        let top = 2f64.powi(l.top_log2.cast_signed()) * unit;
+        if x <= zero {
+            assert_eq!(slot, 0, "{v}");
+        } else if x > top {
+            assert_eq!(slot, l.overflow_slot(), "{v}");
+        } else {
+            assert!((1..=l.buckets()).contains(&slot), "{v} -> {slot}");
+            assert_eq!(
+                l.native_index(slot),
+                native_index_f64(x),
+                "{v} -> slot {slot}"
             );
+        }
+    }
+
+    const RUNQ: Layout = Layout {
+        zero_log2: 10,
+        top_log2: 30,
+        unit_log2: TIME_UNIT_LOG2,
+    };
+
+    /// The per-cgroup kernel memory the docs state (`--probe.max-cgroups`, README): KNOWN's
+    /// value 800 bytes, THROTTLE_STATS' 1224 bytes, before the hash table's per-entry overhead.
+    #[test]
+    fn per_cgroup_values_are_the_stated_size() {
+        assert_eq!(size_of::<Known>(), 800);
+        assert_eq!(size_of::<crate::throttle::ThrottleStats>(), 1224);
+    }
+
+    #[test]
+    fn log2_floor_matches_leading_zeros() {
+        for e in 0..64 {
+            for x in [
+                1u64 << e,
+                (1u64 << e) | 1,
+                (1u64 << e).wrapping_mul(2).wrapping_sub(1),
+            ] {
+                if x >= 1 << e {
+                    assert_eq!(log2_floor(x), x.ilog2(), "{x}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn slots_are_native_buckets() {
+        // Every value up to 2^20 units, then the integers next to every edge up to the top.
+        for v in 0..(1 << 20) {
+            check(&RUNQ, v);
+        }
+        for e in 10..31 {
+            for m in 0..4 {
+                let edge = 2f64.powf(f64::from(e) + f64::from(m) / 4.0);
+                #[expect(
+                    clippy::cast_possible_truncation,
+                    clippy::cast_sign_loss,
+                    reason = "edges below 2^31"
+                )]
+                let f = edge.floor() as u64;
+                for v in [f.saturating_sub(1), f, f + 1, f + 2] {
+                    check(&RUNQ, v);
+                }
+            }
+        }
+        assert_eq!(slot_of(u64::MAX, &RUNQ), RUNQ.overflow_slot());
+        // Upper-inclusive: a power of two is the top of the bucket below it.
+        assert_eq!(slot_of(1 << 11, &RUNQ), 4);
+        assert_eq!(slot_of((1 << 11) + 1, &RUNQ), 5);
+        assert_eq!(RUNQ.native_index(4), -76); // 2^-19 s
+    }
+
+    #[test]
+    fn ns_convert_to_binary_units() {
+        assert_eq!(ns_to_units(0), 0);
+        assert_eq!(ns_to_units(1_000_000_000), 1 << 30);
+        assert_eq!(ns_to_units(500_000_000), 1 << 29);
+        assert_eq!(ns_to_units(1 << 31), u64::MAX);
+        // Never below the exact value, and at most one unit above it.
+        for ns in (0..(1u64 << 31))
+            .step_by(777_777)
+            .chain([1, 999, 1_000_001, (1 << 31) - 1])
+        {
+            let exact = (u128::from(ns) << 30) / 1_000_000_000;
+            let got = u128::from(ns_to_units(ns));
+            assert!(got == exact || got == exact + 1, "{ns}: {got} vs {exact}");
         }
     }
 }

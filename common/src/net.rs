@@ -1,11 +1,24 @@
 //! The receive-steering probes (`ebpf/src/net.rs`).
 //!
-//! The reader side records, per socket, the CPU and pod cgroup of the thread that last consumed
-//! data; the softirq side compares the CPU that queues a packet to that socket with it and adds
-//! the packet to the reader cgroup's locality counters. Userspace fills [`CPU_PLACE_MAP`] with
-//! the topology. Everything is aggregated in the kernel; no per-packet events.
+//! Two designs share the maps:
+//! - **read time** (the default): one program on the read path compares the reading CPU with
+//!   the socket's `sk_incoming_cpu` (the CPU that processed its last packet, what
+//!   `SO_INCOMING_CPU` returns) on a sample of reads, and adds the sample's weight to the
+//!   reader cgroup's locality counters. No program runs per packet.
+//! - **per packet** (`--probe.net.per-packet`): the reader side records, per socket, the CPU and
+//!   pod cgroup of the thread that last consumed data; the softirq side compares the CPU that
+//!   queues a packet to that socket with it and adds the packet to the reader cgroup's locality
+//!   counters.
+//!
+//! Userspace fills [`CPU_PLACE_MAP`] with the topology. Everything is aggregated in the kernel;
+//! no per-packet events.
 
-/// `tp_btf/sock_recv_length` (6.3+): a read returned data, TCP and UDP.
+/// Read-time design, `tp_btf/sock_recv_length` (6.3+): a sampled read compares its CPU with
+/// `sk_incoming_cpu`, TCP and connected UDP.
+pub const NET_READ_RECV_PROG: &str = "net_read_recv";
+/// Read-time design, `tp_btf/tcp_rcv_space_adjust`: the same for TCP reads on older kernels.
+pub const NET_READ_TCP_PROG: &str = "net_read_tcp";
+/// Per-packet design, `tp_btf/sock_recv_length` (6.3+): a read returned data, TCP and UDP.
 pub const NET_RECV_PROG: &str = "net_sock_recv_length";
 /// `tp_btf/tcp_rcv_space_adjust`: fallback reader hook (TCP only, every kernel podstat runs on).
 pub const NET_RECV_TCP_PROG: &str = "net_tcp_rcv_space_adjust";
@@ -37,6 +50,25 @@ pub const ARFS_STATS_MAP: &str = "ARFS_STATS";
 pub const NET_MAP_FULL_MAP: &str = "NET_MAP_FULL";
 /// Read-only global with [`NetOffsets`].
 pub const NET_OFFSETS_GLOBAL: &str = "NET_OFFSETS";
+/// Read-only global with [`NetSampling`].
+pub const NET_SAMPLING_GLOBAL: &str = "NET_SAMPLING";
+/// Per-CPU array of one `u32`: the read-time design's sampling generator state.
+pub const NET_SAMPLE_STATE_MAP: &str = "NET_SAMPLE_STATE";
+
+/// Default sampling of the read-time design: 1 read in this many is examined, and counts this
+/// many times (a power of two).
+pub const DEFAULT_SAMPLE_EVERY: u32 = 16;
+
+/// How the read-time design samples reads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetSampling {
+    /// A read is examined when the low bits of a per-CPU xorshift32 under this mask are 0:
+    /// `sample_every - 1` (0: every read).
+    pub mask: u32,
+    /// What an examined read adds to its locality class: `sample_every`.
+    pub weight: u32,
+}
 
 /// Sockets whose reader is remembered at once.
 pub const DEFAULT_MAX_SOCKETS: u32 = 65536;
@@ -81,9 +113,12 @@ pub struct Reader {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NetStats {
-    /// Packets queued to the cgroup's sockets, by locality of the softirq CPU to the reader's.
+    /// Per packet: packets queued to the cgroup's sockets, by locality of the softirq CPU to
+    /// the reader's. Read time: sampled reads times their weight, by locality of the socket's
+    /// `sk_incoming_cpu` to the reading CPU.
     pub locality: [u64; 4],
-    /// Reads on a CPU other than the socket's previous read.
+    /// Per packet: reads on a CPU other than the socket's previous read. Read time: sampled
+    /// reads on a CPU other than the socket's previous sampled read.
     pub migrations: u64,
 }
 
@@ -139,6 +174,9 @@ pub struct NetOffsets {
     pub dev_nd_net: u32,
     /// `net.ns.inum` (unsigned int).
     pub net_ns_inum: u32,
+    /// `sock.__sk_common.skc_incoming_cpu` (int): the CPU that processed the socket's last
+    /// packet (`SO_INCOMING_CPU`); -1 until one was (and always on unconnected UDP sockets).
+    pub sk_incoming_cpu: u32,
     /// Count receive queues only of devices in this network namespace (the agent's), by inode.
     pub netns_inum: u32,
     /// The scheduler offsets the reader side needs (task → cpu cgroup id), copied here so the
@@ -161,4 +199,5 @@ mod pod {
     unsafe impl aya::Pod for super::RxQueueKey {}
     unsafe impl aya::Pod for super::ArfsStats {}
     unsafe impl aya::Pod for super::NetOffsets {}
+    unsafe impl aya::Pod for super::NetSampling {}
 }

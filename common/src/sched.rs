@@ -1,7 +1,7 @@
 //! The scheduler probe (`ebpf/src/sched.rs`): run-queue latency and preemptions per pod,
 //! context switches per CPU.
 
-use crate::kernel::{BUCKETS, Hist};
+use crate::kernel::{Hist, Layout, TIME_UNIT_LOG2};
 
 /// Name of the per-CPU array that counts context switches; one slot.
 pub const SWITCH_COUNT_MAP: &str = "SCHED_SWITCHES";
@@ -18,6 +18,16 @@ pub const SCHED_EXIT_PROG: &str = "sched_process_exit";
 /// pid → [`Wait`]: when a tracked task became runnable (wakeup mode only).
 pub const WAIT_MAP: &str = "WAIT_START";
 
+/// pid → the task's `sched_info.run_delay` just after its last switch-in (sched_info mode): the
+/// kernel adds a wait's part before a migration to `run_delay` when the task leaves the old
+/// run queue, so the next switch-in adds what `run_delay` grew by since then. LRU: nothing
+/// forgets a task that exits, so such records age out.
+pub const RUNQ_TASKS_MAP: &str = "RUNQ_TASKS";
+
+/// {victim cgroup id, holder cgroup id} ([`PreemptPair`]) → ns the victim's tasks waited on a
+/// run queue before getting the CPU from a task of the holder, for cgroups of different pods.
+pub const WAIT_PAIRS_MAP: &str = "WAIT_PAIRS";
+
 /// {victim cgroup id, preemptor cgroup id} ([`PreemptPair`]) → preemptions of the victim's
 /// tasks by tasks of the preemptor, counted only when the two are in different pods.
 pub const PREEMPT_PAIRS_MAP: &str = "PREEMPT_PAIRS";
@@ -27,7 +37,7 @@ pub const PREEMPT_PAIRS_MAP: &str = "PREEMPT_PAIRS";
 pub const RUNQ_MODE_SCHED_INFO: u32 = 1;
 
 /// From `sched_wakeup`/`sched_wakeup_new` and involuntary switch-outs, kept per task in
-/// [`WAIT_MAP`] (`sched_process_exit` forgets it): the fallback.
+/// [`WAIT_MAP`] (`sched_process_exit` forgets it), on the run queues' clock: the fallback.
 pub const RUNQ_MODE_WAKEUP: u32 = 0;
 
 /// Default sizing: tasks waiting on a run queue at once.
@@ -36,33 +46,66 @@ pub const DEFAULT_MAX_WAITING: u32 = 32768;
 /// Default sizing: (victim, preemptor) cgroup pairs from different pods counted at once.
 pub const DEFAULT_MAX_PREEMPT_PAIRS: u32 = 16384;
 
-/// Run-queue latency upper bounds, ns: 5 µs … 1 s.
-pub const RUNQ_BOUNDS_NS: [u64; BUCKETS] = [
-    5_000,
-    10_000,
-    25_000,
-    50_000,
-    100_000,
-    250_000,
-    500_000,
-    1_000_000,
-    2_500_000,
-    10_000_000,
-    100_000_000,
-    1_000_000_000,
-];
+/// Run-queue latency: zero bucket up to 2^-20 s (0.95 µs), then four buckets per power of two
+/// up to 1 s: 80 buckets, 83 slots (664 bytes).
+pub const RUNQ_LAYOUT: Layout = Layout {
+    zero_log2: 10,
+    top_log2: 30,
+    unit_log2: TIME_UNIT_LOG2,
+};
 
-/// Who took the CPU from a preempted pod task: index into [`SchedStats::preempted_by`].
+/// Slots of a run-queue latency histogram.
+pub const RUNQ_SLOTS: usize = RUNQ_LAYOUT.slots();
+
+/// Who took the CPU from a preempted pod task, or held it while a pod task waited: index into
+/// [`SchedStats::preempted_by`] and [`SchedStats::wait_by`].
 pub const BY_SAME_POD: usize = 0;
 
 pub const BY_OTHER_POD: usize = 1;
 
 pub const BY_SYSTEM: usize = 2;
 
+/// Who held the CPU while a task of pod `victim_pod` waited: the slot of `wait_by` and
+/// `preempted_by`. `holder_pod` is the pod id of the task that ran before (0: not a tracked
+/// cgroup, the system or the idle task).
+#[inline(always)]
+#[expect(
+    clippy::inline_always,
+    reason = "BPF has no real calls between these helpers; it must inline"
+)]
+pub fn holder_class(holder_pod: u64, victim_pod: u64) -> usize {
+    if holder_pod == 0 {
+        BY_SYSTEM
+    } else if holder_pod == victim_pod {
+        BY_SAME_POD
+    } else {
+        BY_OTHER_POD
+    }
+}
+
+/// sched_info mode, at a switch-in: the whole wait that ends now, and the task's `run_delay`
+/// once the kernel has added it. `here` is `rq->clock - last_queued` (the wait on this run
+/// queue), `run_delay` the kernel's total before this switch-in, `before` what it was just
+/// after the task's previous switch-in (`None`: not seen yet). The kernel adds the part of a
+/// wait spent on other run queues to `run_delay` when the task leaves them (a migration), so
+/// that part is `run_delay - before`. A record older than the task (a reused pid) can exceed
+/// `run_delay`: no migrated part then.
+#[inline(always)]
+#[expect(
+    clippy::inline_always,
+    reason = "BPF has no real calls between these helpers; it must inline"
+)]
+pub fn wait_across_migrations(here: u64, run_delay: u64, before: Option<u64>) -> (u64, u64) {
+    let migrated = before.map_or(0, |b| run_delay.saturating_sub(b));
+    (here + migrated, run_delay + here)
+}
+
 /// Value of [`WAIT_MAP`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Wait {
+    /// When the task became runnable, on its run queue's clock (`rq->clock`, the clock the
+    /// kernel's sched_info stamps; `bpf_ktime_get_ns` where BTF lacks it); 0: consumed.
     pub since_ns: u64,
     pub cgroup_id: u64,
     /// Switch mode: the group whose throttle episode this task's switch-out joined (0: none).
@@ -72,15 +115,33 @@ pub struct Wait {
 
 /// A cgroup's scheduler statistics, part of its [`Known`](crate::kernel::Known) entry.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SchedStats {
-    /// Run-queue latency, ns.
-    pub runq: Hist,
+    /// Run-queue latency ([`RUNQ_LAYOUT`]; the sum in ns).
+    pub runq: Hist<RUNQ_SLOTS>,
     /// Involuntary switch-outs while runnable, by who took the CPU.
     pub preempted_by: [u64; 3],
+    /// Run-queue waiting time, ns, by who ran on the CPU just before the waiting task got it
+    /// (`prev` at its switch-in); adds up to `runq`'s sum.
+    pub wait_by: [u64; 3],
 }
 
-/// Key of [`PREEMPT_PAIRS_MAP`]: whose task was switched out involuntarily (`victim`) and whose
+impl SchedStats {
+    pub const ZERO: Self = Self {
+        runq: [0; RUNQ_SLOTS],
+        preempted_by: [0; 3],
+        wait_by: [0; 3],
+    };
+}
+
+impl Default for SchedStats {
+    fn default() -> Self {
+        Self::ZERO
+    }
+}
+
+/// Key of [`PREEMPT_PAIRS_MAP`] and [`WAIT_PAIRS_MAP`] (there `preemptor` is the cgroup of the
+/// task that held the CPU while the victim's task waited): whose task was switched out involuntarily (`victim`) and whose
 /// task took the CPU (`preemptor`), both cgroup ids of pod or container cgroups.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -96,4 +157,46 @@ mod pod {
     unsafe impl aya::Pod for super::Wait {}
     unsafe impl aya::Pod for super::SchedStats {}
     unsafe impl aya::Pod for super::PreemptPair {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holder_class_names_who_held_the_cpu() {
+        assert_eq!(holder_class(0, 7), BY_SYSTEM);
+        assert_eq!(holder_class(7, 7), BY_SAME_POD);
+        assert_eq!(holder_class(8, 7), BY_OTHER_POD);
+    }
+
+    #[test]
+    fn a_migrated_wait_is_added_up_like_run_delay() {
+        // Seen for the first time: only the wait on this run queue.
+        assert_eq!(wait_across_migrations(300, 10_000, None), (300, 10_300));
+        // No migration since the last switch-in: run_delay is where that one left it.
+        assert_eq!(
+            wait_across_migrations(300, 10_300, Some(10_300)),
+            (300, 10_600)
+        );
+        // Waited 2 ms on another CPU (the kernel folded it into run_delay when the task left
+        // that run queue), then 300 ns here: the histogram gets the whole 2.0003 ms.
+        let (wait, after) = wait_across_migrations(300, 2_010_600, Some(10_600));
+        assert_eq!((wait, after), (2_000_300, 2_010_900));
+        // Summed over switch-ins, the waits are run_delay's growth (what /proc/<pid>/schedstat
+        // reports), from the first switch-in seen on.
+        let mut before = None;
+        let mut total = 0;
+        let mut run_delay = 5_000;
+        for (folded, here) in [(0, 100), (4_000, 50), (0, 0), (1_000, 7), (0, 9_999)] {
+            run_delay += folded; // a migration while waiting
+            let (w, after) = wait_across_migrations(here, run_delay, before);
+            total += w;
+            run_delay = after; // sched_info_arrive adds `here`
+            before = Some(after);
+        }
+        assert_eq!(total, run_delay - 5_000);
+        // A stale record of a reused pid larger than the new task's run_delay.
+        assert_eq!(wait_across_migrations(40, 100, Some(9_999)), (40, 140));
+    }
 }

@@ -1,6 +1,6 @@
 //! The throttle probe (`ebpf/src/throttle.rs`): the shape of each CFS throttle episode.
 
-use crate::kernel::{BUCKETS, Hist};
+use crate::kernel::{Hist, Layout, TIME_UNIT_LOG2};
 
 pub const THROTTLE_FEXIT_PROG: &str = "throttle_fexit";
 
@@ -37,28 +37,29 @@ pub const THROTTLE_MODE_SWITCH: u32 = 2;
 /// at most 1 s, so a throttled task is switched in again well within it unless it exits.
 pub const THROTTLE_GATE_NS: u64 = 2_000_000_000;
 
-/// Throttle pause and quota-exhausted-after upper bounds, ns: 1 ms … 100 ms (the default period).
-pub const PERIOD_BOUNDS_NS: [u64; BUCKETS] = [
-    1_000_000,
-    2_500_000,
-    5_000_000,
-    10_000_000,
-    20_000_000,
-    30_000_000,
-    40_000_000,
-    50_000_000,
-    60_000_000,
-    75_000_000,
-    90_000_000,
-    100_000_000,
-];
+/// Throttle pause and quota-exhausted-after: zero bucket up to 2^-14 s (61 µs), then four
+/// buckets per power of two up to 1 s (the longest CFS period): 56 buckets, 59 slots.
+pub const PERIOD_LAYOUT: Layout = Layout {
+    zero_log2: 16,
+    top_log2: 30,
+    unit_log2: TIME_UNIT_LOG2,
+};
 
-/// Runnable-thread upper bounds.
-pub const THREAD_BOUNDS: [u64; BUCKETS] = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64];
+pub const PERIOD_SLOTS: usize = PERIOD_LAYOUT.slots();
+
+/// Runnable threads, counted in half threads (value `2 * threads`): zero bucket for 0 threads,
+/// then four buckets per power of two up to 64 threads: 28 buckets, 31 slots.
+pub const THREAD_LAYOUT: Layout = Layout {
+    zero_log2: 0,
+    top_log2: 7,
+    unit_log2: -1,
+};
+
+pub const THREAD_SLOTS: usize = THREAD_LAYOUT.slots();
 
 /// Value of [`THROTTLE_STATS_MAP`]: the episode in progress and the histograms.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct ThrottleStats {
     /// When the first of the cgroup's run queues throttled in the current episode.
     pub start_ns: u64,
@@ -72,11 +73,31 @@ pub struct ThrottleStats {
     /// Threads queued on the run queues that throttled in this episode.
     pub runnable: u32,
     /// Wall-clock length of each episode, ns.
-    pub pause: Hist,
+    pub pause: Hist<PERIOD_SLOTS>,
     /// Time from the period's start to the episode's first throttle, ns.
-    pub exhausted_after: Hist,
+    pub exhausted_after: Hist<PERIOD_SLOTS>,
     /// Threads runnable when the quota ran out.
-    pub runnable_threads: Hist,
+    pub runnable_threads: Hist<THREAD_SLOTS>,
+}
+
+impl ThrottleStats {
+    /// The value a cgroup's entry starts from.
+    pub const ZERO: Self = Self {
+        start_ns: 0,
+        period_end_ns: 0,
+        cpu_mask: 0,
+        throttled_rqs: 0,
+        runnable: 0,
+        pause: [0; PERIOD_SLOTS],
+        exhausted_after: [0; PERIOD_SLOTS],
+        runnable_threads: [0; THREAD_SLOTS],
+    };
+}
+
+impl Default for ThrottleStats {
+    fn default() -> Self {
+        Self::ZERO
+    }
 }
 
 #[cfg(feature = "user")]

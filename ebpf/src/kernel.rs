@@ -10,7 +10,7 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray},
 };
 use podstat_common::kernel::{
-    DEFAULT_MAX_CGROUPS, HIST_SLOTS, Hist, Known, MAP_NAMES, Offsets, SUM_SLOT,
+    DEFAULT_MAX_CGROUPS, Hist, Known, Layout, MAP_NAMES, Offsets, slot_of,
 };
 
 /// Kernel struct offsets, filled in by the loader (`EbpfLoader::set_global`) before load.
@@ -41,6 +41,7 @@ static OFFSETS: Offsets = Offsets {
     task_last_queued: 0,
     cfs_rq_rq: 0,
     rq_clock: 0,
+    task_run_delay: 0,
     sched_info: 0,
     valid: 0,
 };
@@ -128,14 +129,17 @@ pub fn atomic_add(p: *mut u64, v: u64) {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, v) };
 }
 
-/// Records `value` in slot `slot` of `hist`, and adds it to the sum.
+/// Records `value` (its own unit: ns, or threads) in the bucket of `units` (the same value in
+/// the layout's kernel units) of `hist`, and adds it to the sum. The bucket is found with bit
+/// operations ([`slot_of`]); every histogram of every probe goes through here.
 #[inline(always)]
-pub fn observe(hist: *mut Hist, slot: usize, value: u64) {
-    if slot < HIST_SLOTS {
-        // SAFETY: slot is bounds-checked; hist points into a map value.
+pub fn observe<const N: usize>(hist: *mut Hist<N>, l: &Layout, units: u64, value: u64) {
+    let slot = slot_of(units, l);
+    if slot < N {
+        // SAFETY: slot is bounds-checked; hist points into a map value; N - 1 is the sum slot.
         unsafe {
             atomic_add(core::ptr::addr_of_mut!((*hist)[slot]), 1);
-            atomic_add(core::ptr::addr_of_mut!((*hist)[SUM_SLOT]), value);
+            atomic_add(core::ptr::addr_of_mut!((*hist)[N - 1]), value);
         }
     }
 }

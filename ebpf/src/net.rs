@@ -2,6 +2,13 @@
 //! where its reading thread runs, per pod cgroup; packets per receive queue and CPU; aRFS rule
 //! churn.
 //!
+//! Two designs (see `common/src/net.rs`): at read time (the default), one program on the read
+//! path compares the reading CPU with the socket's own record of where its last packet was
+//! processed (`sk_incoming_cpu`, which `tcp_v4_rcv`/`tcp_v6_rcv` update for every segment and
+//! `__udp_queue_rcv_skb` for every datagram of a connected socket, on the CPU doing the protocol
+//! work), on a sample of reads; per packet (`--probe.net.per-packet`), the programs below the
+//! reader side match each packet to its socket's reader.
+//!
 //! Hooks, argument layouts from
 //! <https://github.com/torvalds/linux/blob/v6.18/include/trace/events/sock.h>,
 //! <https://github.com/torvalds/linux/blob/v6.18/include/trace/events/tcp.h> and
@@ -25,8 +32,8 @@ use podstat_common::{
     kernel::DEFAULT_MAX_CGROUPS,
     net::{
         ArfsStats, DEFAULT_MAX_SOCKETS, MAX_ARFS_DEVICES, MAX_CPUS, MAX_RX_QUEUES, NET_MAP_ARFS,
-        NET_MAP_NAMES, NET_MAP_RX_QUEUE, NET_MAP_STATS, NO_QUEUE, NetOffsets, NetStats, Place,
-        REMOTE_NODE, Reader, RxQueueKey, SAME_CPU, SAME_LLC, SAME_NODE,
+        NET_MAP_NAMES, NET_MAP_RX_QUEUE, NET_MAP_STATS, NO_QUEUE, NetOffsets, NetSampling,
+        NetStats, Place, REMOTE_NODE, Reader, RxQueueKey, SAME_CPU, SAME_LLC, SAME_NODE,
     },
 };
 
@@ -43,6 +50,7 @@ static NET_OFFSETS: NetOffsets = NetOffsets {
     dev_ifindex: 0,
     dev_nd_net: 0,
     net_ns_inum: 0,
+    sk_incoming_cpu: 0,
     netns_inum: 0,
     task_cgroups: 0,
     css_set_cpu_subsys: 0,
@@ -51,6 +59,10 @@ static NET_OFFSETS: NetOffsets = NetOffsets {
     kn_id: 0,
     valid: 0,
 };
+
+/// Filled in by the loader (`--probe.net.sample-every`).
+#[unsafe(no_mangle)]
+static NET_SAMPLING: NetSampling = NetSampling { mask: 0, weight: 1 };
 
 static ZERO_STATS: NetStats = NetStats {
     locality: [0; 4],
@@ -78,6 +90,10 @@ static RX_QUEUE: PerCpuHashMap<RxQueueKey, u64> = PerCpuHashMap::with_max_entrie
 
 #[map]
 static ARFS_STATS: HashMap<u32, ArfsStats> = HashMap::with_max_entries(MAX_ARFS_DEVICES, 0);
+
+/// The read-time design's per-CPU xorshift32 state (0 until the first read seeds it).
+#[map]
+static NET_SAMPLE_STATE: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static NET_MAP_FULL: PerCpuArray<u64> =
@@ -116,7 +132,120 @@ fn get_or_insert<K, V>(map: &HashMap<K, V>, key: &K, zero: &V, slot: u32) -> Opt
     p
 }
 
-// ---- reader side -------------------------------------------------------------------------
+#[inline(always)]
+fn net_sampling() -> NetSampling {
+    // SAFETY: as net_offsets.
+    unsafe { core::ptr::read_volatile(&raw const NET_SAMPLING) }
+}
+
+// ---- read-time design ----------------------------------------------------------------------
+
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn net_read_recv(ctx: BtfTracePointContext) -> i32 {
+    let ret: i32 = ctx.arg(1);
+    if ret > 0 {
+        let _ = on_read_sampled(ctx.arg(0));
+    }
+    0
+}
+
+#[btf_tracepoint(function = "tcp_rcv_space_adjust")]
+pub fn net_read_tcp(ctx: BtfTracePointContext) -> i32 {
+    let _ = on_read_sampled(ctx.arg(0));
+    0
+}
+
+/// Whether this read is in the sample: the low bits of this CPU's xorshift32 under the mask
+/// are zero. A generator rather than a counter, so a reader that alternates between sockets
+/// in step with the sampling period is not always sampled on the same one.
+#[inline(always)]
+fn sampled(mask: u32) -> bool {
+    if mask == 0 {
+        return true;
+    }
+    let Some(p) = NET_SAMPLE_STATE.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's slot of a per-CPU array.
+    let mut x = unsafe { *p };
+    if x == 0 {
+        x = 0x9e37_79b9 ^ cpu();
+    }
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    // SAFETY: as above.
+    unsafe { *p = x };
+    x & mask == 0
+}
+
+/// The read-time design: on a sampled read by a pod thread, the locality of the CPU that
+/// processed the socket's last packet (`sk_incoming_cpu`) to this reading CPU, weighted by the
+/// sampling period; and whether this sampled read is on another CPU than the socket's previous
+/// sampled read.
+#[inline(always)]
+fn on_read_sampled(sk: *const u8) -> Result<(), i32> {
+    let s = net_sampling();
+    if !sampled(s.mask) {
+        return Ok(());
+    }
+    let o = net_offsets();
+    if o.valid == 0 || sk.is_null() {
+        return Ok(());
+    }
+    let cgroup_id = current_cgroup_id(&o)?;
+    if KNOWN.get_ptr(cgroup_id).is_none() {
+        return Ok(());
+    }
+    let now = cpu();
+    let incoming: i32 = load(sk, o.sk_incoming_cpu)?;
+    let key = sk as u64;
+    let mut migrated = false;
+    if let Some(r) = SOCK_READER.get_ptr_mut(key) {
+        // SAFETY: a live map value.
+        unsafe {
+            migrated = (*r).cpu != now && (*r).cgroup_id == cgroup_id;
+            (*r).cpu = now;
+            (*r).cgroup_id = cgroup_id;
+        }
+    } else {
+        let reader = Reader {
+            cgroup_id,
+            cpu: now,
+            rxhash: 0,
+            netns: 0,
+            pad: 0,
+        };
+        // LRU: a full map evicts the least recently used socket, never fails.
+        let _ = SOCK_READER.insert(key, reader, 0);
+    }
+    // -1: no packet processed for this socket yet, or an unconnected UDP socket (the kernel
+    // records no incoming CPU for those): no locality to count.
+    let locality = u32::try_from(incoming).ok().map(|c| locality_of(c, now));
+    if locality.is_none() && !migrated {
+        return Ok(());
+    }
+    if let Some(st) = get_or_insert(&NET_STATS, &cgroup_id, &ZERO_STATS, NET_MAP_STATS) {
+        if let Some(l) = locality
+            && l < 4
+        {
+            // SAFETY: bounds-checked index into a map value.
+            unsafe {
+                atomic_add(
+                    core::ptr::addr_of_mut!((*st).locality[l]),
+                    u64::from(s.weight),
+                );
+            }
+        }
+        if migrated {
+            // SAFETY: st points into a map value.
+            unsafe { atomic_add(core::ptr::addr_of_mut!((*st).migrations), 1) };
+        }
+    }
+    Ok(())
+}
+
+// ---- per-packet design: reader side --------------------------------------------------------
 
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn net_sock_recv_length(ctx: BtfTracePointContext) -> i32 {
@@ -216,7 +345,7 @@ fn on_read(sk: *const u8) -> Result<(), i32> {
     Ok(())
 }
 
-// ---- softirq side ------------------------------------------------------------------------
+// ---- per-packet design: softirq side -------------------------------------------------------
 
 #[btf_tracepoint(function = "sk_data_ready")]
 pub fn net_sk_data_ready(ctx: BtfTracePointContext) -> i32 {
@@ -244,19 +373,24 @@ fn on_ready(sk: *const u8) {
     count_locality(&reader);
 }
 
-/// Adds one packet processed on this CPU to the reader cgroup's locality counters.
+/// The locality class of CPU `a` to CPU `b`: index into [`NetStats::locality`].
 #[inline(always)]
-fn count_locality(reader: &Reader) {
-    let here = cpu();
-    let locality = if here == reader.cpu {
+fn locality_of(a: u32, b: u32) -> usize {
+    if a == b {
         SAME_CPU
     } else {
-        match (CPU_PLACE.get(here), CPU_PLACE.get(reader.cpu)) {
+        match (CPU_PLACE.get(a), CPU_PLACE.get(b)) {
             (Some(a), Some(b)) if a.llc == b.llc => SAME_LLC,
             (Some(a), Some(b)) if a.node == b.node => SAME_NODE,
             _ => REMOTE_NODE,
         }
-    };
+    }
+}
+
+/// Adds one packet processed on this CPU to the reader cgroup's locality counters.
+#[inline(always)]
+fn count_locality(reader: &Reader) {
+    let locality = locality_of(cpu(), reader.cpu);
     if let Some(s) = get_or_insert(&NET_STATS, &reader.cgroup_id, &ZERO_STATS, NET_MAP_STATS) {
         if locality < 4 {
             // SAFETY: bounds-checked index into a map value.

@@ -12,8 +12,13 @@
 //! chosen by the loader (`Offsets::sched_info`):
 //! - **sched_info**: the kernel already stamps that instant in `task->sched_info.last_queued`
 //!   (CONFIG_SCHED_INFO), so `sched_switch` alone reads it for `next` and subtracts it from the
-//!   run queue's clock: no per-task map on the hot path, no wakeup or exit programs.
-//! - **wakeup**: the fallback, with the instant kept per task in WAIT_START.
+//!   run queue's clock, adding what `run_delay` grew by since the task's last switch-in (the
+//!   part of the wait before a migration, RUNQ_TASKS): no wakeup or exit programs.
+//! - **wakeup**: the fallback, with the instant kept per task in WAIT_START, on the same run
+//!   queue clock, so both modes agree with the kernel's `run_delay` (docs/probes.md).
+//!
+//! Each wait is also added to who ran on the CPU before the waiting task got it (`prev`):
+//! `wait_by` in the cgroup's entry, and WAIT_PAIRS for another pod.
 //!
 //! Only tasks in cgroups userspace put in KNOWN are tracked, so the maps are bounded by pod
 //! cgroups.
@@ -24,10 +29,10 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use podstat_common::{
-    kernel::{Known, MAP_PREEMPT_PAIRS, MAP_WAIT, Offsets, bucket_of},
+    kernel::{Known, MAP_PREEMPT_PAIRS, MAP_WAIT, MAP_WAIT_PAIRS, Offsets, ns_to_units},
     sched::{
-        BY_OTHER_POD, BY_SAME_POD, BY_SYSTEM, DEFAULT_MAX_PREEMPT_PAIRS, DEFAULT_MAX_WAITING,
-        PreemptPair, RUNQ_BOUNDS_NS, RUNQ_MODE_SCHED_INFO, Wait,
+        BY_OTHER_POD, DEFAULT_MAX_PREEMPT_PAIRS, DEFAULT_MAX_WAITING, PreemptPair, RUNQ_LAYOUT,
+        RUNQ_MODE_SCHED_INFO, Wait, holder_class, wait_across_migrations,
     },
     throttle::{THROTTLE_GATE_NS, THROTTLE_MODE_SWITCH},
 };
@@ -61,6 +66,20 @@ static THROTTLED_TASKS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(DEFA
 /// nothing more.
 #[map]
 static PREEMPT_PAIRS: HashMap<PreemptPair, u64> =
+    HashMap::with_max_entries(DEFAULT_MAX_PREEMPT_PAIRS, 0);
+
+/// pid → `sched_info.run_delay` just after the task's last switch-in (sched_info mode; the
+/// loader shrinks it to one entry in wakeup mode). The kernel adds the part of a wait before a
+/// migration to `run_delay` when the task leaves the old run queue and stamps `last_queued`
+/// anew on the new one, so a switch-in adds what `run_delay` grew by since the last one to
+/// `rq->clock - last_queued`. LRU, because nothing forgets a task that exits.
+#[map]
+static RUNQ_TASKS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(DEFAULT_MAX_WAITING, 0);
+
+/// {victim cgroup, holder cgroup} → ns the victim's tasks waited before a task of the holder,
+/// in another pod, left them the CPU: whose work a pod waited behind, by name.
+#[map]
+static WAIT_PAIRS: HashMap<PreemptPair, u64> =
     HashMap::with_max_entries(DEFAULT_MAX_PREEMPT_PAIRS, 0);
 
 /// A pair's count starts from this (a static, like the other maps' zero values).
@@ -104,13 +123,13 @@ fn start_wait(
     task: *const u8,
     cgroup_id: u64,
     throttled_group: u64,
-    pid_off: u32,
+    o: &Offsets,
 ) -> Result<(), i32> {
-    let pid: u32 = load(task, pid_off)?;
+    let pid: u32 = load(task, o.task_pid)?;
     if pid == 0 {
         return Ok(());
     }
-    let now = now_ns();
+    let now = clock_of(task, o)?;
     // A tracked task keeps its entry from its first wait until it exits: later waits rewrite it
     // in place, which costs a lookup instead of a hash insert and delete per context switch.
     if let Some(w) = WAIT_START.get_ptr_mut(pid) {
@@ -147,15 +166,88 @@ fn on_wakeup(task: *const u8) -> Result<(), i32> {
     if KNOWN.get_ptr(cgroup_id).is_none() {
         return Ok(());
     }
-    start_wait(task, cgroup_id, 0, o.task_pid)
+    start_wait(task, cgroup_id, 0, o)
 }
 
-/// What the switch-out path already learnt about `next` (its cgroup's KNOWN entry), so the
-/// switch-in path does not walk to the cgroup and look it up a second time.
+/// Wakeup mode's clock: the clock of the run queue `task` is on (`task->se.cfs_rq->rq->clock`),
+/// the one the kernel's `sched_info` stamps and reads, so both modes measure what
+/// `/proc/<pid>/schedstat` accounts (docs/probes.md has why not `bpf_ktime_get_ns`, which
+/// remains the clock where the kernel's BTF lacks those fields). At `sched_wakeup` and at
+/// `sched_switch` the kernel has just updated it.
+#[inline(always)]
+fn clock_of(task: *const u8, o: &Offsets) -> Result<u64, i32> {
+    if o.rq_clock == 0 || o.cfs_rq_rq == 0 || o.task_se_cfs_rq == 0 {
+        return Ok(now_ns());
+    }
+    let cfs_rq: *const u8 = load(task, o.task_se_cfs_rq)?;
+    let rq: *const u8 = load(cfs_rq, o.cfs_rq_rq)?;
+    load(rq, o.rq_clock)
+}
+
+/// What the switch-out path already learnt about `next` (its cgroup's KNOWN entry) and `prev`
+/// (its cgroup and pod), so the switch-in path does not walk to the cgroups and look them up a
+/// second time.
 #[derive(Clone, Copy)]
 struct NextCgroup {
     /// Null when the cgroup is not tracked.
     known: *mut Known,
+    next_cg: u64,
+    prev: Holder,
+}
+
+/// The task that ran on the CPU before a waiting task got it: its cgroup and pod (`pod` 0:
+/// not a tracked cgroup, the system).
+#[derive(Clone, Copy)]
+struct Holder {
+    cg: u64,
+    pod: u64,
+}
+
+/// `prev`'s cgroup and pod, looked up; `known` is the waiting task's entry (for `victim_cg`):
+/// a task of the same cgroup, the common case, needs no second lookup.
+#[inline(always)]
+fn holder_of(prev: *const u8, o: &Offsets, known: *mut Known, victim_cg: u64) -> Holder {
+    let cg = task_cgroup_id(prev, o).unwrap_or(0);
+    if cg == victim_cg {
+        // SAFETY: known points into a map value.
+        return Holder {
+            cg,
+            pod: unsafe { (*known).pod_id },
+        };
+    }
+    let pod = match KNOWN.get_ptr(cg) {
+        // SAFETY: a pointer to a live map value.
+        Some(k) => unsafe { (*k).pod_id },
+        None => 0,
+    };
+    Holder { cg, pod }
+}
+
+/// Adds a wait of `delta` ns of the task of `victim_cg` (entry `known`, pod `pod`) to the
+/// histogram and to who held the CPU: `by` and, for another pod, the (victim, holder) pair.
+#[inline(always)]
+fn account_wait(known: *mut Known, victim_cg: u64, holder: Holder, delta: u64) {
+    // SAFETY: known points into a map value.
+    let pod = unsafe { (*known).pod_id };
+    // SAFETY: as above.
+    observe(
+        unsafe { core::ptr::addr_of_mut!((*known).sched.runq) },
+        &RUNQ_LAYOUT,
+        ns_to_units(delta),
+        delta,
+    );
+    let by = holder_class(holder.pod, pod);
+    // SAFETY: `by` < 3; known points into a map value.
+    unsafe { atomic_add(core::ptr::addr_of_mut!((*known).sched.wait_by[by]), delta) };
+    if by == BY_OTHER_POD {
+        let pair = PreemptPair {
+            victim: victim_cg,
+            preemptor: holder.cg,
+        };
+        if let Some(n) = get_or_insert(&WAIT_PAIRS, pair, &ZERO_COUNT, MAP_WAIT_PAIRS) {
+            atomic_add(n, delta);
+        }
+    }
 }
 
 #[inline(always)]
@@ -172,9 +264,9 @@ fn on_switch(prev: *const u8, next: *const u8) -> Result<(), i32> {
         seen = on_preempted(prev, next, &o, switch_mode)?;
     }
     if o.sched_info == RUNQ_MODE_SCHED_INFO {
-        switch_in_sched_info(next, &o, switch_mode, seen)
+        switch_in_sched_info(prev, next, &o, switch_mode, seen)
     } else {
-        switch_in_wakeup(next, &o, switch_mode)
+        switch_in_wakeup(prev, next, &o, switch_mode, seen)
     }
 }
 
@@ -214,16 +306,12 @@ fn on_preempted(
             }
         }
     } else {
-        start_wait(prev, prev_cg, throttled_group, o.task_pid)?;
+        start_wait(prev, prev_cg, throttled_group, o)?;
     }
     let next_cg = task_cgroup_id(next, o).unwrap_or(0);
     let next_known = KNOWN.get_ptr_mut(next_cg);
-    let by = match next_known {
-        // SAFETY: a pointer to a live map value.
-        Some(k) if unsafe { (*k).pod_id } == pod => BY_SAME_POD,
-        Some(_) => BY_OTHER_POD,
-        None => BY_SYSTEM,
-    };
+    // SAFETY: a pointer to a live map value.
+    let by = holder_class(next_known.map_or(0, |k| unsafe { (*k).pod_id }), pod);
     // SAFETY: `by` < 3; known points into a map value.
     unsafe { atomic_add(core::ptr::addr_of_mut!((*known).sched.preempted_by[by]), 1) };
     if by == BY_OTHER_POD {
@@ -237,6 +325,8 @@ fn on_preempted(
     }
     Ok(Some(NextCgroup {
         known: next_known.unwrap_or(core::ptr::null_mut()),
+        next_cg,
+        prev: Holder { cg: prev_cg, pod },
     }))
 }
 
@@ -255,6 +345,7 @@ fn on_preempted(
 /// (`struct cfs_rq`'s `rq`, `struct rq`'s `clock`, `rq_clock()`).
 #[inline(always)]
 fn switch_in_sched_info(
+    prev: *const u8,
     next: *const u8,
     o: &Offsets,
     switch_mode: bool,
@@ -265,11 +356,11 @@ fn switch_in_sched_info(
         // Not queued since it last ran (the idle task, or sched_info off): nothing waited.
         return Ok(());
     }
-    let known = match seen {
-        Some(n) => n.known,
+    let (known, next_cg) = match seen {
+        Some(n) => (n.known, n.next_cg),
         None => {
             let id = task_cgroup_id(next, o)?;
-            KNOWN.get_ptr_mut(id).unwrap_or(core::ptr::null_mut())
+            (KNOWN.get_ptr_mut(id).unwrap_or(core::ptr::null_mut()), id)
         }
     };
     if known.is_null() {
@@ -286,15 +377,29 @@ fn switch_in_sched_info(
     let cfs_rq: *const u8 = load(next, o.task_se_cfs_rq)?;
     let rq: *const u8 = load(cfs_rq, o.cfs_rq_rq)?;
     let clock: u64 = load(rq, o.rq_clock)?;
-    if clock >= queued {
-        let delta = clock - queued;
-        // SAFETY: known points into a map value.
-        observe(
-            unsafe { core::ptr::addr_of_mut!((*known).sched.runq) },
-            bucket_of(delta, &RUNQ_BOUNDS_NS),
-            delta,
-        );
-    }
+    // The kernel counts this switch-in (pcount) even when the clock read here is a little
+    // behind the stamp; what this misses of the wait, run_delay gives at the next one.
+    let here = clock.saturating_sub(queued);
+    // The part of the wait spent on other run queues before migrations: what the kernel added
+    // to run_delay since the task's last switch-in (see RUNQ_TASKS).
+    let run_delay: u64 = load(next, o.task_run_delay)?;
+    let pid: u32 = load(next, o.task_pid)?;
+    let delta = if let Some(base) = RUNQ_TASKS.get_ptr_mut(pid) {
+        // SAFETY: a pointer to a live map value; only this task's switch-ins write it.
+        let (delta, after) = wait_across_migrations(here, run_delay, Some(unsafe { *base }));
+        // SAFETY: as above.
+        unsafe { *base = after };
+        delta
+    } else {
+        let (delta, after) = wait_across_migrations(here, run_delay, None);
+        let _ = RUNQ_TASKS.insert(pid, after, 0);
+        delta
+    };
+    let holder = match seen {
+        Some(n) => n.prev,
+        None => holder_of(prev, o, known, next_cg),
+    };
+    account_wait(known, next_cg, holder, delta);
     Ok(())
 }
 
@@ -320,7 +425,13 @@ fn throttled_switch_in(next: *const u8, at: u64, o: &Offsets) -> Result<(), i32>
 /// Wakeup mode: `next` gets the CPU; its wait record (from a wakeup or an involuntary
 /// switch-out) gives the latency.
 #[inline(always)]
-fn switch_in_wakeup(next: *const u8, o: &Offsets, switch_mode: bool) -> Result<(), i32> {
+fn switch_in_wakeup(
+    prev: *const u8,
+    next: *const u8,
+    o: &Offsets,
+    switch_mode: bool,
+    seen: Option<NextCgroup>,
+) -> Result<(), i32> {
     let pid: u32 = load(next, o.task_pid)?;
     if pid == 0 {
         return Ok(());
@@ -337,17 +448,16 @@ fn switch_in_wakeup(next: *const u8, o: &Offsets, switch_mode: bool) -> Result<(
         if switch_mode && wait.throttled_group != 0 {
             throttle::on_switch_in(wait.throttled_group, now);
         }
-        if now > wait.since_ns {
-            let delta = now - wait.since_ns;
-            // A cgroup that left KNOWN while its task waited is no longer measured.
-            if let Some(known) = KNOWN.get_ptr_mut(wait.cgroup_id) {
-                // SAFETY: known points into a map value.
-                observe(
-                    unsafe { core::ptr::addr_of_mut!((*known).sched.runq) },
-                    bucket_of(delta, &RUNQ_BOUNDS_NS),
-                    delta,
-                );
-            }
+        // The run queues' clocks of two CPUs (a wait that migrated) can be a little apart;
+        // the kernel counts the switch-in all the same.
+        let delta = clock_of(next, o)?.saturating_sub(wait.since_ns);
+        // A cgroup that left KNOWN while its task waited is no longer measured.
+        if let Some(known) = KNOWN.get_ptr_mut(wait.cgroup_id) {
+            let holder = match seen {
+                Some(n) => n.prev,
+                None => holder_of(prev, o, known, wait.cgroup_id),
+            };
+            account_wait(known, wait.cgroup_id, holder, delta);
         }
     }
     Ok(())

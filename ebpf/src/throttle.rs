@@ -31,8 +31,8 @@ use aya_ebpf::{
     programs::{FEntryContext, FExitContext, ProbeContext},
 };
 use podstat_common::{
-    kernel::{DEFAULT_MAX_CGROUPS, HIST_SLOTS, MAP_THROTTLE_STATS, Offsets, bucket_of},
-    throttle::{PERIOD_BOUNDS_NS, THREAD_BOUNDS, THROTTLE_MODE_HOOKS, ThrottleStats},
+    kernel::{DEFAULT_MAX_CGROUPS, MAP_THROTTLE_STATS, Offsets, ns_to_units},
+    throttle::{PERIOD_LAYOUT, THREAD_LAYOUT, THROTTLE_MODE_HOOKS, ThrottleStats},
 };
 
 use crate::kernel::{KNOWN, cgroup_kn_id, get_or_insert, now_ns, observe, offsets, read};
@@ -43,16 +43,7 @@ static THROTTLE_STATS: HashMap<u64, ThrottleStats> =
     HashMap::with_max_entries(DEFAULT_MAX_CGROUPS, 0);
 
 /// The value a cgroup's entry starts from.
-static ZERO: ThrottleStats = ThrottleStats {
-    start_ns: 0,
-    period_end_ns: 0,
-    cpu_mask: 0,
-    throttled_rqs: 0,
-    runnable: 0,
-    pause: [0; HIST_SLOTS],
-    exhausted_after: [0; HIST_SLOTS],
-    runnable_threads: [0; HIST_SLOTS],
-};
+static ZERO: ThrottleStats = ThrottleStats::ZERO;
 
 /// How throttling is detected (`THROTTLE_MODE_*`), set by userspace after attaching.
 #[map]
@@ -146,7 +137,8 @@ unsafe fn open_episode(st: *mut ThrottleStats, tg: *const u8, now: u64, o: &Offs
         unsafe {
             observe(
                 core::ptr::addr_of_mut!((*st).exhausted_after),
-                bucket_of(after, &PERIOD_BOUNDS_NS),
+                &PERIOD_LAYOUT,
+                ns_to_units(after),
                 after,
             )
         };
@@ -167,13 +159,15 @@ unsafe fn close_episode(st: *mut ThrottleStats, now: u64) {
             let pause = now - (*st).start_ns;
             observe(
                 core::ptr::addr_of_mut!((*st).pause),
-                bucket_of(pause, &PERIOD_BOUNDS_NS),
+                &PERIOD_LAYOUT,
+                ns_to_units(pause),
                 pause,
             );
             let runnable = u64::from((*st).runnable);
             observe(
                 core::ptr::addr_of_mut!((*st).runnable_threads),
-                bucket_of(runnable, &THREAD_BOUNDS),
+                &THREAD_LAYOUT,
+                runnable << 1,
                 runnable,
             );
         }

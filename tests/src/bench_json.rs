@@ -38,6 +38,11 @@ pub struct ScrapeResult {
     /// cpuacct.usage per cgroup): the I/O floor of this host's layout.
     pub floor_same: Summary,
     pub body_bytes: usize,
+    /// The same scrape in OpenMetrics text and in protobuf (native histograms), bytes.
+    #[serde(default)]
+    pub openmetrics_bytes: usize,
+    #[serde(default)]
+    pub protobuf_bytes: usize,
     /// Lines mentioning `podstat_cpu_periods_total` (what `grep -c` counts).
     pub periods_lines: usize,
     /// Bench containers with a `podstat_cpu_periods_total` series.
@@ -145,17 +150,39 @@ pub struct E2eResult {
 }
 
 /// One net program's totals over the runs with the agent.
-#[derive(Default, Serialize, Deserialize)]
+#[derive(Default, Clone, Serialize, Deserialize)]
 pub struct ProgTotals {
     pub run_time_ns: u64,
     pub run_cnt: u64,
 }
 
-/// `bench-net`: received bits/s of each round without and with the probes, and the agent's
-/// `net_*` programs over the runs with it.
+/// `bench-net`: one iperf3 run.
+#[derive(Serialize, Deserialize, Clone)]
+pub struct NetRun {
+    /// `udp64` (64-byte UDP datagrams) or `tcp1400` (1400-byte TCP segments).
+    pub workload: String,
+    /// `none` (no programs), `floor` (an empty `sock_recv_length` program), `read` (the agent,
+    /// read-time steering) or `per_packet` (the agent with `--probe.net.per-packet`).
+    pub arm: String,
+    pub round: usize,
+    /// Whether `kernel.bpf_stats_enabled` was on (the cost runs; throughput runs have it off).
+    pub stats: bool,
+    pub secs: f64,
+    /// Packets the receiving veth counted (`rx_packets` delta).
+    pub rx_packets: u64,
+    /// Packets delivered to the reader: UDP datagrams iperf3 received; TCP segments
+    /// (= `rx_packets`, TCP delivers what arrives).
+    pub delivered: f64,
+    /// Received bits per second (iperf3).
+    pub bits_per_second: f64,
+    /// The arm's programs over the run (cost runs only), by program name.
+    pub programs: BTreeMap<String, ProgTotals>,
+}
+
+/// `bench-net`: every run of the interleaved rounds.
 #[derive(Serialize, Deserialize)]
 pub struct NetResult {
-    pub base: Vec<f64>,
-    pub with: Vec<f64>,
-    pub programs: BTreeMap<String, ProgTotals>,
+    /// `--probe.net.sample-every` of the read-time agent.
+    pub sample_every: u32,
+    pub runs: Vec<NetRun>,
 }

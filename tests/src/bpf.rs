@@ -117,3 +117,58 @@ pub fn owned_progs<S: BuildHasher>(
     }
     Ok(ids)
 }
+
+/// Starts `podstat-test-floor` (next to the running binary) with the empty program on `hook`
+/// (`sched_switch` or `sock_recv_length`) alone, bounded to outlive no bench (900 s), its log
+/// in `dir`, and waits until it holds its program.
+///
+/// # Errors
+/// The loader missing, failing or not loading within 15 s.
+pub fn start_floor(
+    dir: &std::path::Path,
+    name: &'static str,
+    hook: &str,
+) -> std::io::Result<crate::Logged> {
+    let bin = std::env::current_exe()?.with_file_name("podstat-test-floor");
+    if !bin.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!(
+                "{} not found (`cargo xtask bench` builds it)",
+                bin.display()
+            ),
+        ));
+    }
+    let floor = crate::Logged::spawn(name, Command::new(&bin).args(["--hook", hook, "900"]), dir)?;
+    wait_for_progs(floor, 1)
+}
+
+/// Waits (at most 15 s) until `p` holds at least `n` BPF programs.
+///
+/// # Errors
+/// The process exits first, or the deadline passes.
+pub fn wait_for_progs(mut p: crate::Logged, n: usize) -> std::io::Result<crate::Logged> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        if let Some(s) = p.proc.exited() {
+            return Err(std::io::Error::other(format!(
+                "{} exited with {s}:\n{}",
+                p.name,
+                p.tail()
+            )));
+        }
+        let pid = u32::try_from(p.proc.pid())
+            .map_err(|_| std::io::Error::other(format!("{} has no pid", p.name)))?;
+        if owned_progs(pid, &HashMap::new())?.len() >= n {
+            return Ok(p);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(std::io::Error::other(format!(
+                "{} loaded fewer than {n} programs in 15 s:\n{}",
+                p.name,
+                p.tail()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -17,12 +17,12 @@ use podstat::metadata::cri::{
     Client,
     api::{
         ContainerConfig, ContainerMetadata, CreateContainerRequest, CreateContainerResponse,
-        ImageSpec, ImageStatusRequest, ImageStatusResponse, LinuxContainerConfig,
-        LinuxContainerResources, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode,
-        NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest,
-        RemovePodSandboxResponse, RunPodSandboxRequest, RunPodSandboxResponse,
-        StartContainerRequest, StartContainerResponse, StopPodSandboxRequest,
-        StopPodSandboxResponse, VersionRequest, VersionResponse,
+        ExecSyncRequest, ExecSyncResponse, ImageSpec, ImageStatusRequest, ImageStatusResponse,
+        LinuxContainerConfig, LinuxContainerResources, LinuxPodSandboxConfig,
+        LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
+        PodSandboxMetadata, RemovePodSandboxRequest, RemovePodSandboxResponse,
+        RunPodSandboxRequest, RunPodSandboxResponse, StartContainerRequest, StartContainerResponse,
+        StopPodSandboxRequest, StopPodSandboxResponse, VersionRequest, VersionResponse,
     },
 };
 use prost::Message;
@@ -53,7 +53,9 @@ pub struct Containerd {
     pub socket: PathBuf,
     /// The cgroup parent every pod goes below (relative to each hierarchy's root).
     pub cgroup_root: String,
+    /// Our containerd, or none when connected to the node's own ([`Containerd::connect`]).
     daemon: Proc,
+    owned: bool,
     rt: tokio::runtime::Runtime,
     client: Client,
     sandboxes: Vec<String>,
@@ -140,6 +142,7 @@ state = "{d}/state"
             dir,
             socket,
             daemon: Proc(Some(child)),
+            owned: true,
             rt,
             sandboxes: Vec::new(),
         };
@@ -168,13 +171,52 @@ state = "{d}/state"
         me
     }
 
+    /// The node's own containerd at `socket` (its CRI answering within `within`), for the
+    /// node scenario; `dir` holds the pods' logs and the images built here. `Drop` removes
+    /// the pods this guard ran and nothing else.
+    pub fn connect(socket: PathBuf, dir: PathBuf, within: Duration) -> Self {
+        fs::create_dir_all(&dir).expect("creating the scenario directory");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let mut me = Self {
+            cgroup_root: String::new(),
+            client: Client::new(socket.clone()),
+            dir,
+            socket,
+            daemon: Proc(None),
+            owned: false,
+            rt,
+            sandboxes: Vec::new(),
+        };
+        let deadline = Instant::now() + within;
+        loop {
+            match me.call::<_, VersionResponse>("Version", &VersionRequest::default()) {
+                Ok(_) => break,
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "containerd's CRI at {} did not answer within {within:?}: {e}",
+                    me.socket.display()
+                ),
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+        me
+    }
+
     pub fn log_tail(&self) -> String {
+        if !self.owned {
+            return "(the node's containerd: see its journal)".into();
+        }
         let log = fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
-    /// One RuntimeService call, bounded to 30 s.
+    /// One RuntimeService call, bounded to 2 minutes: the kubelet's default
+    /// `--runtime-request-timeout` (CreateContainer unpacks the image, which under the node's
+    /// software emulation takes longer than 30 s).
     pub fn call<Req: Message, Resp: Message + Default>(
         &mut self,
         method: &str,
@@ -191,14 +233,15 @@ state = "{d}/state"
         let client = &mut self.client;
         self.rt
             .block_on(async {
-                tokio::time::timeout(Duration::from_secs(30), client.unary(path, req)).await
+                tokio::time::timeout(Duration::from_secs(120), client.unary(path, req)).await
             })
             .map_err(|_| format!("{path}: timed out"))?
             .map_err(|e| podstat::util::chain(&e))
     }
 
-    /// Builds two single-layer OCI images from the host's busybox-static and imports them.
-    fn import_images(&mut self) {
+    /// Builds two single-layer OCI images from the host's busybox-static and imports them
+    /// ([`IMAGE`] for the workloads and [`PAUSE_IMAGE`] for the sandboxes).
+    pub fn import_images(&mut self) {
         let work = self.dir.join("image");
         let layer_dir = work.join("layer");
         fs::create_dir_all(layer_dir.join("bin")).expect("image dirs");
@@ -257,14 +300,20 @@ state = "{d}/state"
             .arg("-cf")
             .arg(&tar)
             .arg("."));
+        self.import_archive(&tar, &[IMAGE, PAUSE_IMAGE]);
+    }
+
+    /// `ctr images import` of an OCI archive into the CRI's namespace, then waits until the
+    /// CRI plugin knows every one of `images`.
+    pub fn import_archive(&mut self, tar: &Path, images: &[&str]) {
         run(Command::new("ctr")
             .arg("--address")
             .arg(&self.socket)
             .args(["--namespace", "k8s.io", "images", "import", "--no-unpack"])
-            .arg(&tar));
+            .arg(tar));
         // The CRI plugin learns about imported images from events, a moment later.
         let deadline = Instant::now() + Duration::from_secs(20);
-        for image in [IMAGE, PAUSE_IMAGE] {
+        for &image in images {
             loop {
                 let status: Result<ImageStatusResponse, String> = self.call_path(
                     "/runtime.v1.ImageService/ImageStatus",
@@ -316,6 +365,39 @@ state = "{d}/state"
             }),
             ..PodSandboxConfig::default()
         };
+        let container = ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: spec.container.into(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image: IMAGE.into(),
+                ..ImageSpec::default()
+            }),
+            command: vec!["/bin/sh".into()],
+            args: vec!["-c".into(), spec.script.into()],
+            log_path: format!("{}.log", spec.container),
+            linux: Some(LinuxContainerConfig {
+                resources: Some(LinuxContainerResources {
+                    cpu_period: 100_000,
+                    cpu_quota: spec.quota_us,
+                    cpu_shares: 102,
+                    ..LinuxContainerResources::default()
+                }),
+                ..LinuxContainerConfig::default()
+            }),
+            ..ContainerConfig::default()
+        };
+        self.run_pod_with(sandbox_config, container)
+    }
+
+    /// Runs a pod as the kubelet does: `RunPodSandbox`, `CreateContainer`, `StartContainer`;
+    /// returns (sandbox id, container id). Panics with containerd's log (when it is ours).
+    pub fn run_pod_with(
+        &mut self,
+        sandbox_config: PodSandboxConfig,
+        container: ContainerConfig,
+    ) -> (String, String) {
         let sandbox: RunPodSandboxResponse = self
             .call(
                 "RunPodSandbox",
@@ -324,40 +406,26 @@ state = "{d}/state"
                     ..RunPodSandboxRequest::default()
                 },
             )
-            .unwrap_or_else(|e| panic!("{e}\ncontainerd log:\n{}", self.log_tail()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "RunPodSandbox {:?}: {e}\ncontainerd log:\n{}",
+                    sandbox_config.metadata,
+                    self.log_tail()
+                )
+            });
         self.sandboxes.push(sandbox.pod_sandbox_id.clone());
         let created: CreateContainerResponse = self
             .call(
                 "CreateContainer",
                 &CreateContainerRequest {
                     pod_sandbox_id: sandbox.pod_sandbox_id.clone(),
-                    config: Some(ContainerConfig {
-                        metadata: Some(ContainerMetadata {
-                            name: spec.container.into(),
-                            attempt: 0,
-                        }),
-                        image: Some(ImageSpec {
-                            image: IMAGE.into(),
-                            ..ImageSpec::default()
-                        }),
-                        command: vec!["/bin/sh".into()],
-                        args: vec!["-c".into(), spec.script.into()],
-                        log_path: format!("{}.log", spec.container),
-                        linux: Some(LinuxContainerConfig {
-                            resources: Some(LinuxContainerResources {
-                                cpu_period: 100_000,
-                                cpu_quota: spec.quota_us,
-                                cpu_shares: 102,
-                                ..LinuxContainerResources::default()
-                            }),
-                            ..LinuxContainerConfig::default()
-                        }),
-                        ..ContainerConfig::default()
-                    }),
+                    config: Some(container),
                     sandbox_config: Some(sandbox_config),
                 },
             )
-            .unwrap_or_else(|e| panic!("{e}\ncontainerd log:\n{}", self.log_tail()));
+            .unwrap_or_else(|e| {
+                panic!("CreateContainer: {e}\ncontainerd log:\n{}", self.log_tail())
+            });
         let _: StartContainerResponse = self
             .call(
                 "StartContainer",
@@ -365,8 +433,31 @@ state = "{d}/state"
                     container_id: created.container_id.clone(),
                 },
             )
-            .unwrap_or_else(|e| panic!("{e}\ncontainerd log:\n{}", self.log_tail()));
+            .unwrap_or_else(|e| {
+                panic!("StartContainer: {e}\ncontainerd log:\n{}", self.log_tail())
+            });
         (sandbox.pod_sandbox_id, created.container_id)
+    }
+
+    /// `ExecSync`: runs `cmd` in a running container, as `kubectl exec` would; (exit code,
+    /// stdout, stderr).
+    pub fn exec_sync(
+        &mut self,
+        container_id: &str,
+        cmd: &[&str],
+        timeout_secs: i64,
+    ) -> (i32, Vec<u8>, Vec<u8>) {
+        let r: ExecSyncResponse = self
+            .call(
+                "ExecSync",
+                &ExecSyncRequest {
+                    container_id: container_id.into(),
+                    cmd: cmd.iter().map(|c| (*c).to_owned()).collect(),
+                    timeout: timeout_secs,
+                },
+            )
+            .unwrap_or_else(|e| panic!("ExecSync {cmd:?} in {container_id}: {e}"));
+        (r.exit_code, r.stdout, r.stderr)
     }
 
     /// Every cgroup and cgroup2 mount of this host (the runtime creates pods in each).
@@ -447,6 +538,9 @@ impl Drop for Containerd {
             if let Err(e) = self.call::<_, RemovePodSandboxResponse>("RemovePodSandbox", &remove) {
                 eprintln!("warning: {e}");
             }
+        }
+        if !self.owned {
+            return;
         }
         self.daemon.stop(libc::SIGTERM, Duration::from_secs(10));
         // Shims of our containerd carry its socket path (-address) on their command line.

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 /// The shipped dashboard.
 pub fn dashboard_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/podstat.json")
+    crate::deploy::deploy_dir().join("grafana/podstat.json")
 }
 
 /// Values Grafana gives its built-in interval variables when the caller does not.

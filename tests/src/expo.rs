@@ -64,14 +64,29 @@ impl Hist {
         })
     }
 
-    /// `self - earlier`, bucket by bucket (same bounds).
+    /// `self - earlier`, at the bounds of both: a native histogram's populated buckets grow
+    /// between scrapes, and the cumulative count at a bound a scrape lacks is that of its
+    /// largest bucket below it.
     #[must_use]
     pub fn minus(&self, earlier: &Self) -> Self {
-        let buckets = self
+        let at = |h: &Self, le: f64| {
+            h.buckets
+                .iter()
+                .take_while(|(b, _)| *b <= le)
+                .last()
+                .map_or(0.0, |(_, n)| *n)
+        };
+        let mut bounds: Vec<f64> = self
             .buckets
             .iter()
-            .zip(&earlier.buckets)
-            .map(|((le, a), (_, b))| (*le, a - b))
+            .chain(&earlier.buckets)
+            .map(|(le, _)| *le)
+            .collect();
+        bounds.sort_by(f64::total_cmp);
+        bounds.dedup_by(|x, y| x.total_cmp(y).is_eq());
+        let buckets = bounds
+            .into_iter()
+            .map(|le| (le, at(self, le) - at(earlier, le)))
             .collect();
         Self {
             buckets,

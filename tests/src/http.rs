@@ -65,9 +65,30 @@ pub fn http_get(
     })
 }
 
-/// Scrapes `/metrics` and parses it, panicking with context on failure.
+/// What [`scrape`] asks for: protobuf, whose native histograms carry every kernel bucket (the
+/// tests' quantiles need them), the text format otherwise.
+pub const SCRAPE_ACCEPT: &str = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.9,text/plain;version=0.0.4;q=0.5";
+
+/// The samples of a `/metrics` answer, protobuf or text (by its content type); a native
+/// histogram reads as classic buckets at every kernel edge ([`podstat::view::expo`]).
+///
+/// # Errors
+/// If a protobuf body does not decode.
+pub fn samples_of(r: &Response) -> std::io::Result<Vec<Sample>> {
+    if r.header("content-type")
+        .is_some_and(|t| t.starts_with("application/vnd.google.protobuf"))
+    {
+        podstat::view::expo::parse_protobuf(&r.body).map_err(std::io::Error::other)
+    } else {
+        Ok(parse_exposition(&r.text()))
+    }
+}
+
+/// Scrapes `/metrics` (protobuf, see [`SCRAPE_ACCEPT`]) and parses it, panicking with context
+/// on failure.
 pub fn scrape(addr: SocketAddr) -> Vec<Sample> {
-    let r = http_get(addr, "/metrics", &[]).unwrap_or_else(|e| panic!("scraping {addr}: {e}"));
+    let r = http_get(addr, "/metrics", &[("accept", SCRAPE_ACCEPT)])
+        .unwrap_or_else(|e| panic!("scraping {addr}: {e}"));
     assert_eq!(r.status, 200, "/metrics answered {}", r.status);
-    parse_exposition(&r.text())
+    samples_of(&r).unwrap_or_else(|e| panic!("scraping {addr}: {e}"))
 }

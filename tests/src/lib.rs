@@ -24,8 +24,11 @@ pub mod dashboard;
 pub mod deploy;
 pub mod expo;
 pub mod http;
+pub mod kernel;
+pub mod kubelet;
 pub mod netns;
 pub mod proc;
+pub mod prometheus;
 pub mod rules;
 
 use std::{thread, time::Instant};

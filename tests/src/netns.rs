@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{Proc, Sample, agent_command, cpus, free_addr, http_get, parse_exposition, proc::run};
+use crate::{Proc, Sample, agent_command, cpus, free_addr, http_get, proc::run};
 
 const SOCK_FLOW: &str = "/proc/sys/net/core/rps_sock_flow_entries";
 
@@ -111,6 +111,16 @@ impl NetPair {
         net
     }
 
+    /// Sets every receive queue's RPS mask on the receiver's end to the CPUs of `cpus` (RFS
+    /// stays as configured).
+    pub fn set_rps_cpus(&self, cpus: &[usize]) {
+        let mask: u64 = cpus.iter().fold(0, |m, c| m | (1u64 << c));
+        let script = format!(
+            "for q in /sys/class/net/podstat-test-b/queues/rx-*; do echo {mask:x} > $q/rps_cpus; done"
+        );
+        run(Command::new("ip").args(["netns", "exec", &self.rx, "sh", "-c", &script]));
+    }
+
     /// The receiver's address.
     pub fn rx_ip(&self) -> String {
         format!("{}.2", self.subnet)
@@ -181,8 +191,8 @@ pub fn scrape_in(ns: &str, addr: SocketAddr) -> std::io::Result<Vec<Sample>> {
             if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            let r = http_get(addr, "/metrics", &[])?;
-            Ok(parse_exposition(&r.text()))
+            let r = http_get(addr, "/metrics", &[("accept", crate::http::SCRAPE_ACCEPT)])?;
+            crate::http::samples_of(&r)
         })
         .join()
         .unwrap_or_else(|_| Err(std::io::Error::other("scrape thread panicked")))

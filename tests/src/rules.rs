@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 /// `deploy/prometheus/podstat.rules.yaml`.
 pub fn rules_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/podstat.rules.yaml")
+    crate::deploy::deploy_dir().join("prometheus/podstat.rules.yaml")
 }
 
 /// The rules file with every alert's `for:` replaced by `for_` (e.g. `"10s"`), so that a test

@@ -3,8 +3,12 @@
 //! on the receiving side, the receiver in a `podstat-test` pod cgroup, TCP traffic from
 //! `podstat-test-net`. The agent runs in the receiver's network namespace (so the veth is its
 //! device) with a sysfs mounted from there, and is scraped from a thread inside it.
+//!
+//! Both steering designs are tested: the per-packet one (`--probe.net.per-packet`) with the
+//! assertions it always had, and the default read-time one, whose locality is also compared with
+//! what the test's own reader gets from the kernel (`SO_INCOMING_CPU`) under two RPS settings.
 
-use std::{net::SocketAddr, thread, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, thread, time::Duration};
 
 use podstat_tests::{
     CgroupTree, NetPair, Proc, Sample, cpus, find, free_port,
@@ -12,7 +16,12 @@ use podstat_tests::{
     require_root, test_ids, v1_hierarchies,
 };
 
-const NET: &str = env!("CARGO_BIN_EXE_podstat-test-net");
+/// The traffic binary: `PODSTAT_TEST_NET` when set (a copy that a concurrent build of a shared
+/// target directory cannot replace mid-run), else the one cargo built for these tests.
+fn net_bin() -> String {
+    std::env::var("PODSTAT_TEST_NET")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_podstat-test-net").to_owned())
+}
 
 /// The agent in the receiver's namespace with the flags every scenario here uses.
 fn start_agent_in(net: &NetPair, extra: &[&str]) -> (Proc, SocketAddr) {
@@ -52,7 +61,7 @@ fn scenario(
     let before = scrape_in(&net.rx, agent).expect("scrape before");
     let mut rx_cmd = enter(&net.rx);
     rx_cmd.args([
-        NET,
+        &net_bin(),
         "recv",
         &port,
         &flows.to_string(),
@@ -63,7 +72,7 @@ fn scenario(
     let mut receiver = Proc(Some(tree.spawn(cgroup, &mut rx_cmd)));
     let sent = enter(&net.tx)
         .args([
-            NET,
+            &net_bin(),
             "send",
             &format!("{}:{port}", net.rx_ip()),
             &flows.to_string(),
@@ -121,12 +130,12 @@ fn udp_scenario(
     let port = free_port().to_string();
     let before = scrape_in(&net.rx, agent).expect("scrape before");
     let mut rx_cmd = enter(&net.rx);
-    rx_cmd.args([NET, "urecv", &port, "8", "1"]);
+    rx_cmd.args([&net_bin(), "urecv", &port, "8", "1"]);
     let mut receiver = Proc(Some(tree.spawn(cgroup, &mut rx_cmd)));
     thread::sleep(Duration::from_millis(300));
     let sent = enter(&net.tx)
         .args([
-            NET,
+            &net_bin(),
             "usend",
             &format!("{}:{port}", net.rx_ip()),
             "100",
@@ -168,6 +177,8 @@ fn udp_scenario(
     out
 }
 
+/// The per-packet design (`--probe.net.per-packet`): every packet matched to its socket's
+/// reader, unconnected UDP included.
 #[test]
 #[expect(
     clippy::float_cmp,
@@ -191,7 +202,7 @@ fn steering_locality_and_flow_migrations_per_pod() {
     let cg = format!("{root}/kubepods/burstable/pod{uid}/{cid}");
     let mut tree = CgroupTree::new(&[&v1.cpu, &v1.cpuacct]);
     tree.mkdir(&cg);
-    let (_agent, addr) = start_agent_in(&net, &[]);
+    let (_agent, addr) = start_agent_in(&net, &["--probe.net.per-packet"]);
     thread::sleep(Duration::from_millis(500)); // one tracker refresh
     let labels = [("pod_uid", uid.as_str()), ("container_id", cid.as_str())];
 
@@ -254,8 +265,9 @@ fn steering_locality_and_flow_migrations_per_pod() {
     eprintln!("{text}");
 }
 
-/// The hooks older kernels have (tcp_rcv_space_adjust, tcp_probe), forced on this kernel, with
-/// RFS off: no flow hash is recorded for the socket, so the per-socket path counts.
+/// The per-packet design on the hooks older kernels have (tcp_rcv_space_adjust, tcp_probe),
+/// forced on this kernel, with RFS off: no flow hash is recorded for the socket, so the
+/// per-socket path counts.
 #[test]
 #[expect(
     clippy::float_cmp,
@@ -275,7 +287,10 @@ fn legacy_hooks_count_tcp_steering_without_rfs() {
     let cg = format!("{root}/kubepods/burstable/pod{uid}/{cid}");
     let mut tree = CgroupTree::new(&[&v1.cpu, &v1.cpuacct]);
     tree.mkdir(&cg);
-    let (_agent, addr) = start_agent_in(&net, &["--probe.net.legacy-hooks"]);
+    let (_agent, addr) = start_agent_in(
+        &net,
+        &["--probe.net.per-packet", "--probe.net.legacy-hooks"],
+    );
     thread::sleep(Duration::from_millis(500));
     let labels = [("pod_uid", uid.as_str()), ("container_id", cid.as_str())];
     let pinned = scenario(&net, &tree, &cg, addr, &labels, (1, 1, "pin1"));
@@ -350,4 +365,310 @@ fn assert_node_side(s: &[Sample], text: &str) {
             "probe {probe}:\n{text}"
         );
     }
+}
+
+/// The CPU topology the agent exports (`podstat_node_cpu_topology_info`): cpu → (llc, node).
+fn topology(s: &[Sample]) -> BTreeMap<i32, (String, String)> {
+    find(s, "podstat_node_cpu_topology_info", &[])
+        .iter()
+        .filter_map(|x| {
+            Some((
+                x.label("cpu").parse().ok()?,
+                (x.label("llc").to_owned(), x.label("numa_node").to_owned()),
+            ))
+        })
+        .collect()
+}
+
+/// The locality class (index into `LOCALITIES`) of incoming CPU `i` to reader CPU `r`, as
+/// podstat defines it; `None` when the kernel recorded no incoming CPU.
+fn class_of(r: i32, i: i32, topo: &BTreeMap<i32, (String, String)>) -> Option<usize> {
+    if i < 0 {
+        return None;
+    }
+    if r == i {
+        return Some(0);
+    }
+    Some(match (topo.get(&r), topo.get(&i)) {
+        (Some(a), Some(b)) if a.0 == b.0 => 1,
+        (Some(a), Some(b)) if a.1 == b.1 => 2,
+        _ => 3,
+    })
+}
+
+const LOCALITIES: [&str; 4] = ["same_cpu", "same_llc", "same_node", "remote_node"];
+
+/// One run of the oracle reader (`podstat-test-net orecv`, pinned to `reader_cpu` in `cgroup`)
+/// against a sender pinned to `sender_cpu`: podstat's locality shares for the pod, the reader's
+/// own shares from `SO_INCOMING_CPU` after each read, and podstat's count.
+fn oracle_run(
+    net: &NetPair,
+    tree: &CgroupTree,
+    cgroup: &str,
+    agent: SocketAddr,
+    labels: &[(&str, &str)],
+    (proto, reader_cpu, sender_cpu): (&str, usize, usize),
+) -> ([f64; 4], [f64; 4], f64) {
+    let port = free_port().to_string();
+    let before = scrape_in(&net.rx, agent).expect("scrape before");
+    let topo = topology(&before);
+    let mut rx_cmd = enter(&net.rx);
+    rx_cmd.args([
+        &net_bin(),
+        "orecv",
+        proto,
+        &port,
+        "8",
+        &reader_cpu.to_string(),
+    ]);
+    let receiver = tree
+        .place(cgroup, &mut rx_cmd)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning the oracle reader");
+    thread::sleep(Duration::from_millis(300));
+    let dest = format!("{}:{port}", net.rx_ip());
+    let cpu = sender_cpu.to_string();
+    let mut send = enter(&net.tx);
+    if proto == "tcp" {
+        send.args([&net_bin(), "send", &dest, "1", "400", "2", &cpu]);
+    } else {
+        send.args([&net_bin(), "usend", &dest, "100", "2", &cpu]);
+    }
+    let sender = send.output().expect("running the sender");
+    assert!(
+        sender.status.success(),
+        "{proto} sender failed: {}",
+        String::from_utf8_lossy(&sender.stderr)
+    );
+    let out = receiver.wait_with_output().expect("oracle reader");
+    assert!(out.status.success(), "oracle reader failed: {out:?}");
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let mut oracle = [0.0; 4];
+    let pairs = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("pairs="))
+        .unwrap_or_else(|| panic!("oracle printed no pairs: {line}"));
+    for p in pairs.split(',').filter(|p| !p.is_empty()) {
+        let v: Vec<i64> = p.split(':').filter_map(|x| x.parse().ok()).collect();
+        let [r, i, n] = v[..] else {
+            panic!("bad pair {p} in {line}")
+        };
+        let (r, i) = (
+            i32::try_from(r).expect("cpu"),
+            i32::try_from(i).expect("cpu"),
+        );
+        if let Some(c) = class_of(r, i, &topo) {
+            #[expect(clippy::cast_precision_loss, reason = "read counts far below 2^53")]
+            let n = n as f64;
+            oracle[c] += n;
+        }
+    }
+    let after = scrape_in(&net.rx, agent).expect("scrape after");
+    let mut got = [0.0; 4];
+    for (c, loc) in LOCALITIES.iter().enumerate() {
+        let mut want = labels.to_vec();
+        want.push(("locality", loc));
+        got[c] = value(&after, "podstat_net_rx_steering_packets_total", &want)
+            - value(&before, "podstat_net_rx_steering_packets_total", &want);
+    }
+    let counted: f64 = got.iter().sum();
+    let norm = |v: [f64; 4]| {
+        let t: f64 = v.iter().sum::<f64>().max(1.0);
+        v.map(|x| x / t)
+    };
+    eprintln!(
+        "{proto}, reader on CPU {reader_cpu}, sender on CPU {sender_cpu}: oracle {line}\n  podstat {got:?}"
+    );
+    (norm(got), norm(oracle), counted)
+}
+
+/// The read-time design's locality against the kernel's own record, read by the test's reader
+/// itself: RFS off, RPS sending every packet first to the reader's CPU, then to another one;
+/// TCP and (connected) UDP each time. podstat's share of each locality class must be within
+/// 0.15 of the share of the reader's reads whose `SO_INCOMING_CPU` falls in that class.
+#[test]
+fn read_time_locality_agrees_with_so_incoming_cpu_under_two_rps_settings() {
+    require_root();
+    assert!(
+        cpus() >= 2,
+        "this test needs at least 2 CPUs to tell CPUs apart"
+    );
+    let net = NetPair::new(
+        &format!("podstat-test-{}", std::process::id()),
+        "10.211.7",
+        false,
+        true,
+    );
+    let v1 = v1_hierarchies();
+    let root = format!("podstat-test-{}-netoracle", std::process::id());
+    let (uid, cid) = test_ids(43);
+    let cg = format!("{root}/kubepods/burstable/pod{uid}/{cid}");
+    let mut tree = CgroupTree::new(&[&v1.cpu, &v1.cpuacct]);
+    tree.mkdir(&cg);
+    let (_agent, addr) = start_agent_in(&net, &[]);
+    thread::sleep(Duration::from_millis(500));
+    let labels = [("pod_uid", uid.as_str()), ("container_id", cid.as_str())];
+    let (reader, other) = (1, 0);
+    for (setting, rps_cpu, same) in [
+        ("RPS to the reader's CPU", reader, true),
+        ("RPS to another CPU", other, false),
+    ] {
+        net.set_rps_cpus(&[rps_cpu]);
+        for proto in ["tcp", "udp"] {
+            let (got, want, counted) =
+                oracle_run(&net, &tree, &cg, addr, &labels, (proto, reader, other));
+            // The setting did what it should (a check of the setup, read from the oracle).
+            assert!(
+                if same {
+                    want[0] >= 0.85
+                } else {
+                    want[0] <= 0.15
+                },
+                "{setting}, {proto}: the reader's own SO_INCOMING_CPU shares {want:?} do not show the RPS setting"
+            );
+            assert!(
+                counted > 100.0,
+                "{setting}, {proto}: podstat counted only {counted} for the pod"
+            );
+            for (c, loc) in LOCALITIES.iter().enumerate() {
+                assert!(
+                    (got[c] - want[c]).abs() <= 0.15,
+                    "{setting}, {proto}: podstat's {loc} share {:.3} vs SO_INCOMING_CPU's {:.3} (podstat {got:?}, oracle {want:?})",
+                    got[c],
+                    want[c]
+                );
+            }
+        }
+    }
+}
+
+/// The default read-time design with RFS on: a pinned reader, hopping readers and a connected
+/// UDP reader, as in the per-packet test; no packet-side program attached.
+#[test]
+#[expect(
+    clippy::float_cmp,
+    reason = "the gauges compared are small integers, exact in f64"
+)]
+fn read_time_steering_locality_and_flow_migrations_per_pod() {
+    require_root();
+    assert!(
+        cpus() >= 2,
+        "this test needs at least 2 CPUs to tell CPUs apart"
+    );
+    let net = NetPair::new(
+        &format!("podstat-test-{}", std::process::id()),
+        "10.211.7",
+        true,
+        true,
+    );
+    let v1 = v1_hierarchies();
+    let root = format!("podstat-test-{}-netread", std::process::id());
+    let (uid, cid) = test_ids(44);
+    let cg = format!("{root}/kubepods/burstable/pod{uid}/{cid}");
+    let mut tree = CgroupTree::new(&[&v1.cpu, &v1.cpuacct]);
+    tree.mkdir(&cg);
+    let (_agent, addr) = start_agent_in(&net, &[]);
+    thread::sleep(Duration::from_millis(500));
+    let labels = [("pod_uid", uid.as_str()), ("container_id", cid.as_str())];
+    let pinned = scenario(&net, &tree, &cg, addr, &labels, (1, 1, "pin1"));
+    let hopping = scenario(&net, &tree, &cg, addr, &labels, (4, 8, "hop2"));
+    let (_, _, udp) = oracle_run(&net, &tree, &cg, addr, &labels, ("udp", 1, 0));
+    let s = scrape_in(&net.rx, addr).expect("final scrape");
+    let text: Vec<String> = s
+        .iter()
+        .filter(|x| x.name.starts_with("podstat_net_") || x.name == "podstat_probe_attached")
+        .map(|x| format!("{} {:?} {}", x.name, x.labels, x.value))
+        .collect();
+    let text = text.join("\n");
+    assert!(
+        pinned.packets > 100.0 && hopping.packets > 100.0,
+        "too little counted: {pinned:?} {hopping:?}\n{text}"
+    );
+    assert!(udp > 100.0, "connected UDP: only {udp} counted:\n{text}");
+    assert!(
+        pinned.share_not_same_cpu() < 0.2,
+        "pinned reader (RFS): {:.1}% not on the reader's CPU",
+        100.0 * pinned.share_not_same_cpu()
+    );
+    assert!(
+        pinned.migrations <= 5.0,
+        "{} flow migrations for one pinned reader",
+        pinned.migrations
+    );
+    assert!(
+        hopping.share_not_same_cpu() > pinned.share_not_same_cpu() + 0.1,
+        "hopping readers' not-same_cpu share {:.3} is not clearly above the pinned reader's {:.3}",
+        hopping.share_not_same_cpu(),
+        pinned.share_not_same_cpu()
+    );
+    assert!(
+        hopping.migrations > 50.0 && hopping.migrations > 10.0 * pinned.migrations.max(1.0),
+        "hopping migrations {} not clearly above the pinned reader's {}",
+        hopping.migrations,
+        pinned.migrations
+    );
+    assert_eq!(
+        value(&s, "podstat_probe_attached", &[("probe", "net_reader")]),
+        1.0,
+        "net_reader:\n{text}"
+    );
+    for probe in ["net_softirq", "net_rx_queue"] {
+        assert!(
+            find(&s, "podstat_probe_attached", &[("probe", probe)]).is_empty(),
+            "{probe} is not needed in the read-time design, yet exported:\n{text}"
+        );
+    }
+    eprintln!("{text}");
+}
+
+/// The read-time design on the hook older kernels have (tcp_rcv_space_adjust, TCP only), forced
+/// on this kernel, RFS off.
+#[test]
+#[expect(
+    clippy::float_cmp,
+    reason = "the gauges compared are small integers, exact in f64"
+)]
+fn read_time_legacy_hook_counts_tcp_steering() {
+    require_root();
+    let net = NetPair::new(
+        &format!("podstat-test-{}", std::process::id()),
+        "10.211.7",
+        false,
+        true,
+    );
+    let v1 = v1_hierarchies();
+    let root = format!("podstat-test-{}-netreadlegacy", std::process::id());
+    let (uid, cid) = test_ids(45);
+    let cg = format!("{root}/kubepods/burstable/pod{uid}/{cid}");
+    let mut tree = CgroupTree::new(&[&v1.cpu, &v1.cpuacct]);
+    tree.mkdir(&cg);
+    let (_agent, addr) = start_agent_in(&net, &["--probe.net.legacy-hooks"]);
+    thread::sleep(Duration::from_millis(500));
+    let labels = [("pod_uid", uid.as_str()), ("container_id", cid.as_str())];
+    let pinned = scenario(&net, &tree, &cg, addr, &labels, (1, 1, "pin1"));
+    let hopping = scenario(&net, &tree, &cg, addr, &labels, (2, 4, "hop2"));
+    assert!(
+        pinned.packets > 100.0 && hopping.packets > 100.0,
+        "tcp_rcv_space_adjust counted too little: {pinned:?} {hopping:?}"
+    );
+    assert!(
+        pinned.migrations <= 5.0,
+        "one pinned reader migrated {} times",
+        pinned.migrations
+    );
+    assert!(
+        hopping.migrations > 20.0 && hopping.migrations > 10.0 * pinned.migrations.max(1.0),
+        "hopping readers: only {} migrations",
+        hopping.migrations
+    );
+    let s = scrape_in(&net.rx, addr).expect("scrape");
+    let reader = find(&s, "podstat_probe_attached", &[("probe", "net_reader")]);
+    assert!(
+        reader
+            .iter()
+            .any(|x| x.value == 1.0 && x.label("via").starts_with("tp_btf/tcp_rcv_space_adjust")),
+        "net_reader not on tcp_rcv_space_adjust: {reader:?}"
+    );
 }

@@ -156,8 +156,13 @@ fn explain_noisy_neighbour_names_the_hog_pod() {
     let mut sc = Scenario::new("explain-noisy");
     let (uid_a, _, a) = sc.container(42);
     let (uid_b, _, b) = sc.container(43);
-    let (_agent, addr) =
-        start_agent(&["--no-collector.cgroup", "--probe.refresh-interval", "200ms"]);
+    // The per-pod preemption counts are off by default (series budget); this test reads them.
+    let (_agent, addr) = start_agent(&[
+        "--no-collector.cgroup",
+        "--probe.refresh-interval",
+        "200ms",
+        "--collector.sched.preempted-by-pod",
+    ]);
     thread::sleep(Duration::from_millis(500));
     let hogs = (podstat_tests::cpus() * 2).to_string();
     let mut victim = sc
@@ -208,6 +213,126 @@ fn explain_noisy_neighbour_names_the_hog_pod() {
         "the main preemptor is not the hog pod {uid_b}: {main}"
     );
     assert!(out.contains("run-queue latency p50"), "{out}");
+}
+
+/// `podstat_runqueue_wait_seconds_total` of `uid`'s cgroups by `by`, summed.
+fn waited(samples: &[podstat_tests::Sample], uid: &str, by: &str) -> f64 {
+    find(
+        samples,
+        "podstat_runqueue_wait_seconds_total",
+        &[("pod_uid", uid), ("by", by)],
+    )
+    .iter()
+    .map(|s| s.value)
+    .sum()
+}
+
+/// The case: a request/response-like victim in a low-weight pod works 1 ms and sleeps
+/// 1 ms, so it is rarely preempted and its waits are wakeup waits, beside a heavy pod (high
+/// cpu.shares) running twice as many busy threads as CPUs. Whose work it waited behind is the
+/// heavy pod's, and explain says so by name.
+#[test]
+fn explain_sleep_heavy_victim_waits_behind_the_heavy_pod() {
+    require_root();
+    let mut sc = Scenario::new("explain-waits");
+    let (uid_a, _, a) = sc.container(44);
+    let (uid_b, _, b) = sc.container(45);
+    let pod_of = |uid: &str| format!("{}/kubepods/burstable/pod{uid}", sc.root);
+    sc.tree.write(0, &pod_of(&uid_a), "cpu.shares", "102");
+    sc.tree.write(0, &pod_of(&uid_b), "cpu.shares", "10240");
+    let (_agent, addr) =
+        start_agent(&["--no-collector.cgroup", "--probe.refresh-interval", "200ms"]);
+    thread::sleep(Duration::from_millis(500));
+    let hogs = (podstat_tests::cpus() * 2).to_string();
+    let mut hog = sc
+        .tree
+        .spawn(&b, Command::new(LOAD).args(["busy", &hogs, "30"]));
+    let mut victim = sc
+        .tree
+        .spawn(&a, Command::new(LOAD).args(["spin-sleep", "1", "1", "30"]));
+    thread::sleep(Duration::from_millis(700)); // the tracker has seen both
+    let s0 = scrape(addr);
+    let url = format!("http://{addr}/metrics");
+    let out = explain(
+        &[
+            &uid_a,
+            "--from",
+            &url,
+            "--duration",
+            "6s",
+            "--output",
+            "json",
+        ],
+        Duration::from_mins(1),
+    );
+    let s1 = scrape(addr);
+    sc.tree.kill_all(&a);
+    sc.tree.kill_all(&b);
+    let _ = (victim.wait(), hog.wait());
+
+    let by = |by: &str| waited(&s1, &uid_a, by) - waited(&s0, &uid_a, by);
+    let (same, other, system) = (by("same_pod"), by("other_pod"), by("system"));
+    let total = same + other + system;
+    let preempted = |s: &[podstat_tests::Sample]| -> f64 {
+        find(
+            s,
+            "podstat_cpu_preemptions_total",
+            &[("pod_uid", uid_a.as_str())],
+        )
+        .iter()
+        .map(|x| x.value)
+        .sum()
+    };
+    eprintln!(
+        "victim waited {total:.3} s: behind other pods {other:.3} s, its own pod {same:.3} s, the system {system:.3} s; preempted {} times",
+        preempted(&s1) - preempted(&s0)
+    );
+    assert!(
+        total > 0.5,
+        "the victim waited only {total} s in 6 s beside the hogs"
+    );
+    assert!(
+        other >= 0.7 * total,
+        "only {other:.3} of the victim's {total:.3} s of waiting is attributed to other pods"
+    );
+    // The heavy pod is its top neighbour by waiting time, in the agent's export...
+    let mut behind: Vec<(String, f64)> = find(
+        &s1,
+        "podstat_runqueue_wait_by_pod_seconds_total",
+        &[("pod_uid", uid_a.as_str())],
+    )
+    .iter()
+    .map(|s| (s.label("preemptor_pod_uid").to_owned(), s.value))
+    .collect();
+    behind.sort_by(|x, y| y.1.total_cmp(&x.1));
+    assert_eq!(
+        behind.first().map(|b| b.0.as_str()),
+        Some(uid_b.as_str()),
+        "the heavy pod is not the top neighbour by waiting time: {behind:?}"
+    );
+    let full = find(&s1, "podstat_bpf_map_full_total", &[("map", "wait_pairs")]);
+    assert!(
+        full.first().is_some_and(|s| s.value == 0.0),
+        "the wait_pairs map reports overflow or is missing: {full:?}"
+    );
+    // ...and explain names it, and calls it noisy neighbours.
+    let d: serde_json::Value = serde_json::from_str(&out).expect("explain --output json");
+    let n = &d["neighbours"];
+    assert_eq!(
+        n["waited_behind"][0]["pod_uid"],
+        uid_b.as_str(),
+        "explain does not name the heavy pod first: {d:#}"
+    );
+    assert!(
+        num(n, "/waited_behind/0/share_of_waiting") >= 0.5,
+        "explain gives the heavy pod a small share: {d:#}"
+    );
+    assert!(
+        d["causes"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|x| x == "noisy_neighbours")),
+        "explain does not find noisy neighbours: {d:#}"
+    );
 }
 
 #[test]

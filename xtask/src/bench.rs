@@ -426,9 +426,11 @@ fn render_scrape(r: &mut String, c: &Config, setup: &Setup, s: &ScrapeResult) {
     let mib = |k: u64| k as f64 / 1024.0;
     let _ = writeln!(
         r,
-        "- body: {} bytes; `grep -c podstat_cpu_periods_total`: {}; bench containers with a \
+        "- body: {} bytes (text), {} (OpenMetrics), {} (protobuf); `grep -c podstat_cpu_periods_total`: {}; bench containers with a \
          `podstat_cpu_periods_total` series: {} of {} ({})",
         s.body_bytes,
+        s.openmetrics_bytes,
+        s.protobuf_bytes,
         s.periods_lines,
         s.matched_containers,
         s.created_containers,

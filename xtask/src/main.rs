@@ -6,6 +6,8 @@ mod bench;
 #[path = "../../tests/src/bench_json.rs"]
 mod bench_json;
 mod bench_net;
+mod image;
+mod node;
 mod setup;
 mod vm;
 
@@ -62,6 +64,20 @@ enum Task {
         /// Kernel names from xtask/vm-kernels.toml; all when none is given.
         kernels: Vec<String>,
     },
+    /// The agent's container image without docker: the static (musl) podstat FROM scratch, as
+    /// the final stage of deploy/kubernetes/Dockerfile describes it, written as an OCI archive
+    /// to target/podstat-image.oci.tar (push it with skopeo or crane, or `ctr images import`).
+    Image {
+        /// Only build the static binary (the Dockerfile's build stage uses this).
+        #[arg(long)]
+        binary_only: bool,
+    },
+    /// A real node in a VM: a Debian rootfs (mmdebstrap: systemd, containerd, runc, Prometheus;
+    /// cached in target/node-cache) booted on a pinned kernel with systemd as PID 1 on pure
+    /// cgroup v2, containerd's systemd cgroup driver, and the DaemonSet's pod run from
+    /// deploy/kubernetes/daemonset.yaml through CRI beside workload pods. Not yet a tier of
+    /// `cargo xtask test`: its scenario has not run to the end here (docs/testing.md).
+    Node,
     /// Benchmarks, all in one run, each against a baseline measured in that run: scrape cost
     /// (300 pods x 3 containers of real cgroups) against plain loops reading the same files;
     /// per-event cost of every probe program against libbpf-tools runqlat during a
@@ -100,17 +116,21 @@ enum Task {
         #[arg(long, default_value_t = 3000)]
         churn: usize,
     },
-    /// Receive-path cost of the steering probes: iperf3 TCP over a veth pair between two
-    /// network namespaces (RPS/RFS on, server in a pod cgroup), without and with the agent's
-    /// net probes, interleaved; ns per event of each net program (bpf_stats). Needs root.
-    /// Writes target/bench/net.md.
+    /// Receive-path cost of the steering probes: iperf3 64-byte UDP and 1400-byte TCP over a
+    /// veth pair between two network namespaces (RPS/RFS on, server in a pod cgroup), with no
+    /// programs, an empty sock_recv_length program, the agent (read-time steering) and the
+    /// agent with --probe.net.per-packet, interleaved; ns per received packet of each net
+    /// program (bpf_stats). Needs root. Writes target/bench/net.md.
     BenchNet {
         /// Seconds per iperf3 run.
         #[arg(long, default_value_t = 5)]
         secs: u64,
-        /// Rounds (each: one run without, one with the probes).
+        /// Rounds (each: every arm, both workloads).
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+        /// --probe.net.sample-every of the read-time agent.
+        #[arg(long, default_value_t = podstat_common::net::DEFAULT_SAMPLE_EVERY)]
+        sample_every: u32,
     },
 }
 
@@ -133,6 +153,11 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
         bail!("{cmd:?} failed with {status}");
     }
     Ok(())
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR`, else `target/` in the workspace.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from)
 }
 
 /// `cargo` with the eBPF object required (build.rs fails instead of embedding nothing).
@@ -202,6 +227,14 @@ fn main() -> anyhow::Result<()> {
             }
             return Ok(());
         }
+        Task::Image { binary_only } => {
+            setup::toolchain(start)?;
+            image::image(start, binary_only)?;
+        }
+        Task::Node => {
+            setup::toolchain(start)?;
+            node::node(start)?;
+        }
         Task::Bench {
             pods,
             scrapes,
@@ -235,15 +268,26 @@ fn main() -> anyhow::Result<()> {
                 },
             )?;
         }
-        Task::BenchNet { secs, rounds } => {
+        Task::BenchNet {
+            secs,
+            rounds,
+            sample_every,
+        } => {
             setup::toolchain(start)?;
             setup::debian_packages(start, setup::BENCH_PACKAGES)?;
             step(
                 start,
                 "building podstat and the bench-net scenario (release)",
             );
-            build_scenarios(&["podstat-test-bench-net"])?;
-            bench_net::all(start, &bench_net::Config { secs, rounds })?;
+            build_scenarios(&["podstat-test-bench-net", "podstat-test-floor"])?;
+            bench_net::all(
+                start,
+                &bench_net::Config {
+                    secs,
+                    rounds,
+                    sample_every,
+                },
+            )?;
         }
     }
     eprintln!("\n==> done in {:.0}s", start.elapsed().as_secs_f64());

@@ -34,6 +34,7 @@ pub const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("runqlat", "libbpf-tools"),
     ("bpftool", "bpftool"),
     ("iperf3", "iperf3"),
+    ("ethtool", "ethtool"),
 ];
 
 fn have(cmd: &str) -> bool {
@@ -183,8 +184,14 @@ pub fn debian_packages(start: Instant, wanted: &[(&str, &str)]) -> anyhow::Resul
             missing.join(", ")
         );
     }
-    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    // Another apt run (unattended-upgrades, a second checkout's setup) holds the dpkg lock for a
+    // while; wait for it rather than fail.
+    let lock_wait = ["-o", "DPkg::Lock::Timeout=600"];
     run(Command::new("apt-get")
+        .args(lock_wait)
+        .args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(lock_wait)
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))?;

@@ -132,8 +132,18 @@ impl Kernel {
         Ok(())
     }
 
-    /// The expectations file the guest's runner reads (format in podstat-test-vm.rs).
-    fn expect_file(&self) -> String {
+    /// What `uname -r` prints in the guest.
+    pub fn release(&self) -> &str {
+        &self.release
+    }
+
+    /// The package and version, for messages.
+    pub fn pin(&self) -> String {
+        format!("{} {}", self.package, self.version)
+    }
+
+    /// The expectations file the guest's runner reads (format in tests/src/kernel.rs).
+    pub fn expect_file(&self) -> String {
         let mut out = format!("release {}\n", self.release);
         for (probe, want) in &self.probes {
             let _ = writeln!(out, "probe {probe} {want}");
@@ -163,14 +173,14 @@ impl Kernel {
     }
 }
 
-fn cache() -> PathBuf {
+pub fn cache() -> PathBuf {
     root().join("target/vm-cache")
 }
 
 /// The Debian mirrors this machine's own apt uses: (main archive, security archive). Read
 /// from /etc/apt (deb822 `.sources` and one-line `.list` files), never written.
 /// `PODSTAT_VM_MIRROR` and `PODSTAT_VM_SECURITY_MIRROR` override them.
-fn mirrors() -> anyhow::Result<(String, String)> {
+pub fn mirrors() -> anyhow::Result<(String, String)> {
     let mut entries: Vec<(String, Vec<String>)> = Vec::new();
     let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
     if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {
@@ -370,6 +380,39 @@ pub fn fetch(start: Instant, kernels: &[Kernel]) -> anyhow::Result<Vec<PathBuf>>
     kernels.iter().map(|k| vmlinuz(k, &debs)).collect()
 }
 
+/// The kernel's modules (`lib/modules/<release>` of the pinned package, already fetched),
+/// extracted once to target/vm-cache/kernels/<release>/modules; for a guest with a real root.
+pub fn modules(k: &Kernel) -> anyhow::Result<PathBuf> {
+    let out = cache().join("kernels").join(&k.release).join("modules");
+    if out.join("modules.order").is_file() {
+        return Ok(out);
+    }
+    let tmp = cache().join("extract-modules");
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp)?;
+    run(Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(cache().join("debs").join(k.deb_name()))
+        .arg(&tmp))
+    .with_context(|| format!("kernel {}: extracting {}", k.name, k.deb_name()))?;
+    let found = ["lib/modules", "usr/lib/modules"]
+        .iter()
+        .map(|d| tmp.join(d).join(&k.release))
+        .find(|p| p.join("modules.order").is_file())
+        .with_context(|| {
+            format!(
+                "kernel {}: no modules for {} in {}",
+                k.name,
+                k.release,
+                k.deb_name()
+            )
+        })?;
+    let _ = fs::remove_dir_all(&out);
+    fs::rename(&found, &out)?;
+    let _ = fs::remove_dir_all(&tmp);
+    Ok(out)
+}
+
 /// Extracts the kernel image from the package once (to target/vm-cache/kernels/<release>).
 fn vmlinuz(k: &Kernel, debs: &Path) -> anyhow::Result<PathBuf> {
     let out = cache().join("kernels").join(&k.release).join("vmlinuz");
@@ -408,9 +451,25 @@ fn vmlinuz(k: &Kernel, debs: &Path) -> anyhow::Result<PathBuf> {
 /// Builds the static guest binaries: podstat (with its eBPF object), the load generator and
 /// the scenario runner. Returns the directory they are in.
 pub fn build_guest_binaries(start: Instant) -> anyhow::Result<PathBuf> {
+    build_static(
+        start,
+        &[
+            ("podstat", "podstat"),
+            ("podstat-tests", "podstat-test-load"),
+            ("podstat-tests", "podstat-test-vm"),
+        ],
+    )
+}
+
+/// Builds `(package, binary)` pairs for the musl target (static, release), adding the target
+/// with rustup if it is missing. Returns the directory the binaries are in.
+pub fn build_static(start: Instant, bins: &[(&str, &str)]) -> anyhow::Result<PathBuf> {
     step(
         start,
-        &format!("building podstat and the scenario runner for {MUSL} (static)"),
+        &format!(
+            "building {} for {MUSL} (static)",
+            bins.iter().map(|(_, b)| *b).collect::<Vec<_>>().join(", ")
+        ),
     );
     let installed = Command::new("rustup")
         .args(["target", "list", "--installed"])
@@ -422,23 +481,18 @@ pub fn build_guest_binaries(start: Instant) -> anyhow::Result<PathBuf> {
     {
         run(Command::new("rustup").args(["target", "add", MUSL]))?;
     }
-    run(crate::cargo().args([
-        "build",
-        "--release",
-        "--target",
-        MUSL,
-        "-p",
-        "podstat",
-        "-p",
-        "podstat-tests",
-        "--bin",
-        "podstat",
-        "--bin",
-        "podstat-test-load",
-        "--bin",
-        "podstat-test-vm",
-    ]))?;
-    Ok(root().join("target").join(MUSL).join("release"))
+    let mut cmd = crate::cargo();
+    cmd.args(["build", "--release", "--target", MUSL]);
+    let mut packages: Vec<&str> = bins.iter().map(|(p, _)| *p).collect();
+    packages.dedup();
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    for (_, b) in bins {
+        cmd.args(["--bin", b]);
+    }
+    run(&mut cmd)?;
+    Ok(crate::target_dir().join(MUSL).join("release"))
 }
 
 /// The guest's `/init`: mounts, pure cgroup v2 with the cpu controller delegated, loopback,
@@ -566,40 +620,40 @@ fn initramfs(k: &Kernel, bins: &Path, busybox: &Path) -> anyhow::Result<Vec<u8>>
     c.finish()
 }
 
-/// Boots one kernel and reads its verdict from the serial console. The console is kept in
-/// target/vm-cache/logs/<name>.log.
-/// The verdict: passed, what the console said, and whether the guest reached `/init` at all.
-fn boot(
-    k: &Kernel,
-    vmlinuz: &Path,
-    initrd: &Path,
+/// What to look for on a guest's serial console.
+pub struct Console<'a> {
+    /// Shown in front of echoed lines (`[6.1]`).
+    pub name: &'a str,
+    /// The line that says the guest's own program runs (the kernel and init are up).
+    pub up: &'a str,
+    /// How long the guest may take to print `up`.
+    pub up_within: Duration,
+    /// The verdict line's prefix; what follows it is the verdict.
+    pub result: &'a str,
+    /// How long the guest may take from qemu's start to its verdict.
+    pub within: Duration,
+    /// Lines starting with one of these are echoed to stderr (progress).
+    pub echo: &'a [&'a str],
+}
+
+/// What the console said: the verdict (None: none within the time), when `up` was seen (s
+/// after qemu started; None: never) and whether qemu was killed.
+pub struct Seen {
+    pub verdict: Option<String>,
+    pub up_at: Option<f64>,
+}
+
+/// Runs qemu (`cmd`, its serial console on stdout) and reads the console into `log`, calling
+/// `line` on every line, until the verdict, qemu's exit or a time limit. A guest that hangs
+/// is killed (our own child).
+pub fn run_console(
+    cmd: &mut Command,
+    c: &Console<'_>,
     log: &Path,
-) -> anyhow::Result<(bool, String, bool)> {
-    let mut child = Command::new("qemu-system-x86_64")
-        .args([
-            "-accel",
-            "tcg",
-            "-cpu",
-            "max",
-            "-smp",
-            "2",
-            "-m",
-            "1024",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-serial",
-            "stdio",
-            "-no-reboot",
-            "-kernel",
-        ])
-        .arg(vmlinuz)
-        .arg("-initrd")
-        .arg(initrd)
-        .args([
-            "-append",
-            "console=ttyS0 cgroup_no_v1=all panic=-1 rdinit=/init loglevel=4",
-        ])
+    mut line_fn: impl FnMut(&str),
+) -> anyhow::Result<Seen> {
+    let t0 = Instant::now();
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -616,22 +670,29 @@ fn boot(
         }
     });
     let mut file = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    let deadline = Instant::now() + GUEST_TIMEOUT;
     let mut verdict = None;
-    let mut reached_init = false;
+    let mut up_at = None;
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let limit = if up_at.is_some() {
+            c.within
+        } else {
+            c.up_within.min(c.within)
+        };
+        let left = (t0 + limit).saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(line) => {
                 let line = line.trim_end_matches('\r').to_owned();
                 writeln!(file, "{line}")?;
-                reached_init |= line.starts_with("podstat-vm: guest up");
-                if line.starts_with("podstat-vm:") || line.contains("panicked") {
-                    eprintln!("  [{}] {line}", k.name);
+                if up_at.is_none() && line.contains(c.up) {
+                    up_at = Some(t0.elapsed().as_secs_f64());
                 }
+                if c.echo.iter().any(|e| line.starts_with(e)) || line.contains("panicked") {
+                    eprintln!("  [{}] {line}", c.name);
+                }
+                line_fn(&line);
                 // Kernel messages can land on the same console line; the verdict is what follows.
-                if let Some(at) = line.find(RESULT) {
-                    verdict = Some(line[at + RESULT.len()..].trim().to_owned());
+                if let Some(at) = line.find(c.result) {
+                    verdict = Some(line[at + c.result.len()..].trim().to_owned());
                 }
             }
             // qemu exited, or the guest is out of time.
@@ -639,7 +700,7 @@ fn boot(
         }
     }
     // The guest powers off after its verdict; a guest that hangs is killed (our own child).
-    let wait_until = Instant::now() + Duration::from_secs(20);
+    let wait_until = Instant::now() + Duration::from_secs(30);
     while child.try_wait()?.is_none() {
         if Instant::now() > wait_until || verdict.is_none() {
             let _ = child.kill();
@@ -656,7 +717,59 @@ fn boot(
     if !stderr.trim().is_empty() {
         writeln!(file, "--- qemu stderr ---\n{stderr}")?;
     }
-    Ok(match verdict {
+    Ok(Seen { verdict, up_at })
+}
+
+/// qemu under software emulation (see GUEST_TIMEOUT), 2 CPUs, serial console on stdout.
+pub fn qemu(memory_mib: u32, kernel: &Path, append: &str) -> Command {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m"])
+        .arg(memory_mib.to_string())
+        .args([
+            "-nodefaults",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+            "-kernel",
+        ])
+        .arg(kernel)
+        .arg("-append")
+        .arg(append);
+    cmd
+}
+
+/// Boots one kernel and reads its verdict from the serial console. The console is kept in
+/// target/vm-cache/logs/<name>.log.
+/// The verdict: passed, what the console said, and whether the guest reached `/init` at all.
+fn boot(
+    k: &Kernel,
+    vmlinuz: &Path,
+    initrd: &Path,
+    log: &Path,
+) -> anyhow::Result<(bool, String, bool)> {
+    let mut cmd = qemu(
+        1024,
+        vmlinuz,
+        "console=ttyS0 cgroup_no_v1=all panic=-1 rdinit=/init loglevel=4",
+    );
+    cmd.arg("-initrd").arg(initrd);
+    let seen = run_console(
+        &mut cmd,
+        &Console {
+            name: &k.name,
+            up: "podstat-vm: guest up",
+            up_within: GUEST_TIMEOUT,
+            result: RESULT,
+            within: GUEST_TIMEOUT,
+            echo: &["podstat-vm:"],
+        },
+        log,
+        |_| {},
+    )?;
+    let reached_init = seen.up_at.is_some();
+    Ok(match seen.verdict {
         Some(v) if v == "PASS" => (true, "PASS".into(), reached_init),
         Some(v) => (false, v, reached_init),
         None => (

@@ -34,6 +34,12 @@ pub struct Options {
     /// How long the limits read from cpu.max, cpu.max.burst and cpu.weight (v1: cfs_quota_us,
     /// cfs_period_us, cfs_burst_us, shares) are reused before they are read again. Counters are
     /// read on every scrape; limits change only when a pod is resized. `0s` reads them every scrape.
+    /// Also export the series left out by default to keep the series budget per container
+    /// (README, "Series budget"): user and system time, core-scheduling forced idle, the locally
+    /// caused throttled time, the CPU weight, CPU pressure "full", and the burst families for
+    /// cgroups without a burst allowance (with one they are always exported).
+    #[arg(long = "collector.cgroup.extended")]
+    pub extended: bool,
     #[arg(long = "collector.cgroup.limits-refresh", value_name = "DURATION", default_value = "10s", value_parser = crate::util::parse_duration_or_zero)]
     pub limits_refresh: Duration,
 }
@@ -51,6 +57,7 @@ impl Options {
 #[derive(Debug)]
 pub struct CgroupCollector {
     targets: Scanner,
+    extended: bool,
     limits_refresh: Duration,
     /// cgroup id → limits and when they were read; pruned to live cgroups every scrape.
     limits: Mutex<HashMap<u64, (Instant, Limits)>>,
@@ -71,6 +78,7 @@ impl CgroupCollector {
         tracing::info!(mode = ?layout.mode, cpu = %layout.cpu.display(), version = ?layout.cpu_version, "cgroup layout");
         Ok(Box::new(Self {
             targets,
+            extended: ctx.cgroup.extended,
             limits_refresh: ctx.cgroup.limits_refresh,
             limits: Mutex::new(HashMap::new()),
             presence: Mutex::new(Presence::default()),
@@ -265,22 +273,48 @@ pub const FAMILIES: &[(Family, Getter)] = &[
     }),
 ];
 
-/// Encodes the rows, family by family. Families with no value at all are left out.
+/// Families exported only with `--collector.cgroup.extended`: none of `explain`, `top`, the
+/// alerts or the dashboard reads them.
+pub const EXTENDED: &[Family] = &[
+    CPU_USER_SECONDS,
+    CPU_SYSTEM_SECONDS,
+    CPU_CORE_SCHED_FORCE_IDLE_SECONDS,
+    CPU_THROTTLED_LOCAL_SECONDS,
+    CPU_WEIGHT,
+    CPU_PRESSURE_STALLED_SECONDS,
+];
+
+/// Families exported by default only for cgroups with a burst allowance: without one they are 0.
+pub const BURST: &[Family] = &[CPU_BURSTS, CPU_BURST_SECONDS, CPU_BURST_LIMIT_SECONDS];
+
+/// Whether `family` is exported for `sample`: every family with `extended`, else the default
+/// ones, and the burst families where a burst allowance is set.
+fn exported(family: &Family, sample: &CgroupSample, extended: bool) -> bool {
+    extended
+        || !(EXTENDED.iter().any(|f| f.name == family.name)
+            || (BURST.iter().any(|f| f.name == family.name)
+                && sample.burst_us.is_none_or(|b| b == 0)))
+}
+
+/// Encodes the rows, family by family. Families with no value at all are left out, and those
+/// [`exported`] does not want.
 pub fn encode_rows(
     enc: &mut DescriptorEncoder,
     rows: &[(Target, CgroupSample)],
+    extended: bool,
 ) -> Result<(), fmt::Error> {
     use prometheus_client::{
         encoding::EncodeMetric as _,
         metrics::{counter::ConstCounter, gauge::ConstGauge},
     };
     for (family, get) in FAMILIES {
-        if !rows.iter().any(|(_, s)| get(s).is_some()) {
+        let value = |s: &CgroupSample| get(s).filter(|_| exported(family, s, extended));
+        if !rows.iter().any(|(_, s)| value(s).is_some()) {
             continue;
         }
         let mut m = family.encode(enc)?;
         for (target, sample) in rows {
-            let Some(v) = get(sample) else { continue };
+            let Some(v) = value(sample) else { continue };
             let f = m.encode_family(target)?;
             match family.kind {
                 MetricType::Counter => ConstCounter::new(v).encode(f)?,
@@ -304,7 +338,7 @@ impl Collect for CgroupCollector {
         let t0 = Instant::now();
         let rows = self.gather(errors);
         let t1 = Instant::now();
-        encode_rows(enc, &rows)?;
+        encode_rows(enc, &rows, self.extended)?;
         tracing::debug!(gather = ?(t1 - t0), encode = ?t1.elapsed(), rows = rows.len(), "cgroup collector");
         Ok(())
     }

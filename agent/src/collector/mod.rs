@@ -66,6 +66,7 @@ pub const BUILD: Family = crate::info_family!(
 pub struct Context<'a> {
     pub paths: &'a crate::Paths,
     pub cgroup: &'a cgroup::Options,
+    pub sched: &'a sched::Options,
     pub probes: &'a Arc<Probes>,
     pub identity: &'a Arc<IdMap>,
     pub metadata: &'a Arc<crate::metadata::Store>,
@@ -171,10 +172,12 @@ pub const COLLECTORS: &[Spec] = &[
         name: "net",
         default_enabled: true,
         reads: "/proc/net/softnet_stat, /proc/interrupts, /proc/irq/*/smp_affinity_list, sysfs rps_cpus, rps_flow_cnt, \
-                net.core.rps_sock_flow_entries, CPU topology; ethtool netlink (ntuple); with the net probes, \
-                receive steering locality and flow migrations per pod, packets per receive queue, aRFS rule churn",
+                net.core.rps_sock_flow_entries, CPU topology; ethtool netlink (ntuple); packets per receive queue \
+                from netdev netlink queue stats or ethtool -S; with the net probes, receive steering locality and \
+                flow migrations per pod (sampled reads; per packet with --probe.net.per-packet), aRFS rule churn",
         requires: "any kernel (softnet_stat 11 to 15 columns, 2.6 to 6.18); ethtool netlink 5.6+ for ntuple; \
-                   probes: BTF, tp_btf sk_data_ready (6.3+) or tcp_probe, sock_recv_length (6.3+) or tcp_rcv_space_adjust",
+                   queue stats 6.9+; probes: BTF, tp_btf sock_recv_length (6.3+) or tcp_rcv_space_adjust \
+                   (per packet also sk_data_ready (6.3+) or tcp_probe, netif_receive_skb)",
         build: net::NetCollector::build,
     },
 ];

@@ -25,17 +25,20 @@ use std::{
 
 use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
-    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    metrics::{counter::ConstCounter, gauge::ConstGauge},
 };
 
 use super::{Collect, CollectError, Context, Unsupported};
 use crate::{
     cgroup::ErrorCounts,
     identity::IdMap,
+    metric::Family,
     netdev::{
         Device, Error as NetdevError, Softnet, Topology,
         ethtool::{Ethtool, EthtoolError},
-        irq, netdev, softnet, topology,
+        irq, netdev,
+        qstats::QueueCounts,
+        softnet, topology,
     },
     probe::Probes,
     util::chain,
@@ -72,25 +75,91 @@ struct IrqLabels {
     cpu: u32,
 }
 
-/// The metric families this collector can export (README reference test).
-pub const FAMILIES: &[&str] = &[
-    "podstat_node_softnet_processed_total",
-    "podstat_node_softnet_dropped_total",
-    "podstat_node_softnet_time_squeeze_total",
-    "podstat_node_softnet_received_rps_total",
-    "podstat_node_softnet_flow_limit_total",
-    "podstat_node_cpu_topology_info",
-    "podstat_net_rx_queue_irq_cpu",
-    "podstat_net_rps_cpus",
-    "podstat_net_rps_flow_entries",
-    "podstat_net_rps_sock_flow_entries",
-    "podstat_net_arfs_enabled",
-    "podstat_net_rx_steering_packets_total",
-    "podstat_net_flow_migrations_total",
-    "podstat_net_rx_queue_packets_total",
-    "podstat_net_arfs_steer_requests_total",
-    "podstat_net_arfs_expiries_total",
+/// The metric families this collector can export.
+pub const FAMILIES: &[Family] = &[
+    NODE_SOFTNET_PROCESSED,
+    NODE_SOFTNET_DROPPED,
+    NODE_SOFTNET_TIME_SQUEEZE,
+    NODE_SOFTNET_RECEIVED_RPS,
+    NODE_SOFTNET_FLOW_LIMIT,
+    NODE_CPU_TOPOLOGY,
+    NET_RX_QUEUE_IRQ_CPU,
+    NET_RPS_CPUS,
+    NET_RPS_FLOW_ENTRIES,
+    NET_RPS_SOCK_FLOW_ENTRIES,
+    NET_ARFS_ENABLED,
+    steering::NET_RX_STEERING_PACKETS,
+    steering::NET_FLOW_MIGRATIONS,
+    steering::NET_RX_QUEUE_PACKETS,
+    steering::NET_ARFS_STEER_REQUESTS,
+    steering::NET_ARFS_EXPIRIES,
 ];
+
+/// `podstat_node_softnet_processed_total`.
+pub const NODE_SOFTNET_PROCESSED: Family = crate::counter!(
+    "podstat_node_softnet_processed",
+    "Packets this CPU took off its backlog or a NAPI poll in the receive softirq (/proc/net/softnet_stat column 1; a 32-bit kernel counter that wraps)."
+);
+
+/// `podstat_node_softnet_dropped_total`.
+pub const NODE_SOFTNET_DROPPED: Family = crate::counter!(
+    "podstat_node_softnet_dropped",
+    "Packets dropped because this CPU's backlog was over net.core.netdev_max_backlog (softnet_stat column 2)."
+);
+
+/// `podstat_node_softnet_time_squeeze_total`.
+pub const NODE_SOFTNET_TIME_SQUEEZE: Family = crate::counter!(
+    "podstat_node_softnet_time_squeeze",
+    "Times the receive softirq on this CPU stopped with work left, out of net.core.netdev_budget or time (softnet_stat column 3)."
+);
+
+/// `podstat_node_softnet_received_rps_total`.
+pub const NODE_SOFTNET_RECEIVED_RPS: Family = crate::counter!(
+    "podstat_node_softnet_received_rps",
+    "Inter-processor interrupts this CPU received to process packets that RPS/RFS steered to it (softnet_stat column 10)."
+);
+
+/// `podstat_node_softnet_flow_limit_total`.
+pub const NODE_SOFTNET_FLOW_LIMIT: Family = crate::counter!(
+    "podstat_node_softnet_flow_limit",
+    "Packets dropped on this CPU by RPS flow limiting (net.core.flow_limit_cpu_bitmap; softnet_stat column 11)."
+);
+
+/// `podstat_node_cpu_topology_info`.
+pub const NODE_CPU_TOPOLOGY: Family = crate::info_family!(
+    "podstat_node_cpu_topology",
+    "Where each online CPU sits: its last-level cache (named by the lowest CPU sharing it) and NUMA node; the steering locality classes use this."
+);
+
+/// `podstat_net_rx_queue_irq_cpu`.
+pub const NET_RX_QUEUE_IRQ_CPU: Family = crate::gauge!(
+    "podstat_net_rx_queue_irq_cpu",
+    "1 for each CPU the receive queue's IRQ is affine to (/proc/interrupts matched by driver naming, /proc/irq/<irq>/smp_affinity_list)."
+);
+
+/// `podstat_net_rps_cpus`.
+pub const NET_RPS_CPUS: Family = crate::gauge!(
+    "podstat_net_rps_cpus",
+    "CPUs in the receive queue's RPS mask (queues/rx-<n>/rps_cpus); 0 means RPS is off for the queue."
+);
+
+/// `podstat_net_rps_flow_entries`.
+pub const NET_RPS_FLOW_ENTRIES: Family = crate::gauge!(
+    "podstat_net_rps_flow_entries",
+    "Entries of the queue's RFS flow table (queues/rx-<n>/rps_flow_cnt); 0 means RFS is off for the queue."
+);
+
+/// `podstat_net_rps_sock_flow_entries`.
+pub const NET_RPS_SOCK_FLOW_ENTRIES: Family = crate::gauge!(
+    "podstat_net_rps_sock_flow_entries",
+    "Entries of the global RFS socket flow table (net.core.rps_sock_flow_entries); 0 means RFS is off."
+);
+
+/// `podstat_net_arfs_enabled`.
+pub const NET_ARFS_ENABLED: Family = crate::gauge!(
+    "podstat_net_arfs_enabled",
+    "1 if ntuple filtering (rx-ntuple-filter, which aRFS needs) is active on the device, from ethtool netlink ETHTOOL_MSG_FEATURES_GET."
+);
 
 /// A source that fails as a whole fails the scrape as a read of its file.
 impl From<NetdevError> for CollectError {
@@ -114,6 +183,9 @@ pub struct NetCollector {
     /// The ethtool netlink socket, opened on first use; `Err` (why, already logged) once it is
     /// known not to work, so opening is tried once.
     ethtool: Mutex<Option<Result<Ethtool, EthtoolError>>>,
+    /// The drivers' per-queue counters (qstats, ethtool -S), read when no per-packet probe
+    /// counts the queues.
+    queues: Mutex<QueueCounts>,
     probes: Arc<Probes>,
     identity: Arc<IdMap>,
 }
@@ -130,6 +202,7 @@ impl NetCollector {
             procfs: ctx.paths.procfs.clone(),
             sysfs: ctx.paths.sysfs.clone(),
             ethtool: Mutex::new(None),
+            queues: Mutex::new(QueueCounts::default()),
             probes: Arc::clone(ctx.probes),
             identity: Arc::clone(ctx.identity),
         }))
@@ -141,7 +214,7 @@ impl NetCollector {
         let mut guard = self.ethtool.lock().unwrap_or_else(PoisonError::into_inner);
         let slot = guard.get_or_insert_with(|| {
             Ethtool::open().inspect_err(|e| {
-                tracing::info!(reason = %chain(e), "ethtool netlink unavailable: podstat_net_arfs_enabled not exported");
+                tracing::info!(reason = %chain(e), "ethtool netlink unavailable: {} not exported", NET_ARFS_ENABLED.exposed);
             })
         });
         let Ok(e) = slot else {
@@ -159,10 +232,6 @@ impl NetCollector {
 }
 
 impl Collect for NetCollector {
-    #[expect(
-        clippy::too_many_lines,
-        reason = "one family after the other, in exposition order"
-    )]
     fn collect(
         &self,
         enc: &mut DescriptorEncoder,
@@ -171,35 +240,15 @@ impl Collect for NetCollector {
         type Field = fn(&Softnet) -> u64;
         let online = topology::online_cpus(&self.sysfs);
         let softnet = softnet::read(&self.procfs, &online, errors)?;
-        let fields: [(&str, &str, Field); 5] = [
-            (
-                "podstat_node_softnet_processed",
-                "Packets this CPU took off its backlog or a NAPI poll in the receive softirq (/proc/net/softnet_stat column 1; a 32-bit kernel counter that wraps).",
-                |s| s.processed,
-            ),
-            (
-                "podstat_node_softnet_dropped",
-                "Packets dropped because this CPU's backlog was over net.core.netdev_max_backlog (softnet_stat column 2).",
-                |s| s.dropped,
-            ),
-            (
-                "podstat_node_softnet_time_squeeze",
-                "Times the receive softirq on this CPU stopped with work left, out of net.core.netdev_budget or time (softnet_stat column 3).",
-                |s| s.time_squeeze,
-            ),
-            (
-                "podstat_node_softnet_received_rps",
-                "Inter-processor interrupts this CPU received to process packets that RPS/RFS steered to it (softnet_stat column 10).",
-                |s| s.received_rps,
-            ),
-            (
-                "podstat_node_softnet_flow_limit",
-                "Packets dropped on this CPU by RPS flow limiting (net.core.flow_limit_cpu_bitmap; softnet_stat column 11).",
-                |s| s.flow_limit_count,
-            ),
+        let fields: [(&Family, Field); 5] = [
+            (&NODE_SOFTNET_PROCESSED, |s| s.processed),
+            (&NODE_SOFTNET_DROPPED, |s| s.dropped),
+            (&NODE_SOFTNET_TIME_SQUEEZE, |s| s.time_squeeze),
+            (&NODE_SOFTNET_RECEIVED_RPS, |s| s.received_rps),
+            (&NODE_SOFTNET_FLOW_LIMIT, |s| s.flow_limit_count),
         ];
-        for (name, help, get) in fields {
-            let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (family, get) in fields {
+            let mut m = family.encode(enc)?;
             for row in &softnet {
                 ConstCounter::new(get(row)).encode(m.encode_family(&CpuLabel { cpu: row.cpu })?)?;
             }
@@ -207,12 +256,7 @@ impl Collect for NetCollector {
 
         let topo = Topology::read(&self.sysfs);
         if !topo.cpus.is_empty() {
-            let mut m = enc.encode_descriptor(
-                "podstat_node_cpu_topology",
-                "Where each online CPU sits: its last-level cache (named by the lowest CPU sharing it) and NUMA node; the steering locality classes use this.",
-                None,
-                MetricType::Info,
-            )?;
+            let mut m = NODE_CPU_TOPOLOGY.encode(enc)?;
             for p in &topo.cpus {
                 m.encode_info(&PlaceLabels {
                     cpu: p.cpu,
@@ -228,12 +272,7 @@ impl Collect for NetCollector {
         });
         let devices = netdev::read_devices(&self.sysfs, &self.procfs, &interrupts, errors);
 
-        let mut m = enc.encode_descriptor(
-            "podstat_net_rx_queue_irq_cpu",
-            "1 for each CPU the receive queue's IRQ is affine to (/proc/interrupts matched by driver naming, /proc/irq/<irq>/smp_affinity_list).",
-            None,
-            MetricType::Gauge,
-        )?;
+        let mut m = NET_RX_QUEUE_IRQ_CPU.encode(enc)?;
         for d in &devices {
             for q in &d.queues {
                 for a in &q.irqs {
@@ -248,12 +287,7 @@ impl Collect for NetCollector {
                 }
             }
         }
-        let mut m = enc.encode_descriptor(
-            "podstat_net_rps_cpus",
-            "CPUs in the receive queue's RPS mask (queues/rx-<n>/rps_cpus); 0 means RPS is off for the queue.",
-            None,
-            MetricType::Gauge,
-        )?;
+        let mut m = NET_RPS_CPUS.encode(enc)?;
         for d in &devices {
             for q in &d.queues {
                 if let Some(cpus) = &q.rps_cpus {
@@ -266,12 +300,7 @@ impl Collect for NetCollector {
                 }
             }
         }
-        let mut m = enc.encode_descriptor(
-            "podstat_net_rps_flow_entries",
-            "Entries of the queue's RFS flow table (queues/rx-<n>/rps_flow_cnt); 0 means RFS is off for the queue.",
-            None,
-            MetricType::Gauge,
-        )?;
+        let mut m = NET_RPS_FLOW_ENTRIES.encode(enc)?;
         for d in &devices {
             for q in &d.queues {
                 if let Some(n) = q.rps_flow_cnt {
@@ -285,12 +314,7 @@ impl Collect for NetCollector {
             }
         }
         if let Some(n) = netdev::rps_sock_flow_entries(&self.procfs) {
-            let m = enc.encode_descriptor(
-                "podstat_net_rps_sock_flow_entries",
-                "Entries of the global RFS socket flow table (net.core.rps_sock_flow_entries); 0 means RFS is off.",
-                None,
-                MetricType::Gauge,
-            )?;
+            let m = NET_RPS_SOCK_FLOW_ENTRIES.encode(enc)?;
             ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX)).encode(m)?;
         }
         let arfs: Vec<(String, bool)> = devices
@@ -298,18 +322,38 @@ impl Collect for NetCollector {
             .filter_map(|d| self.ntuple(d).map(|on| (d.ids.name.clone(), on)))
             .collect();
         if !arfs.is_empty() {
-            let mut m = enc.encode_descriptor(
-                "podstat_net_arfs_enabled",
-                "1 if ntuple filtering (rx-ntuple-filter, which aRFS needs) is active on the device, from ethtool netlink ETHTOOL_MSG_FEATURES_GET.",
-                None,
-                MetricType::Gauge,
-            )?;
+            let mut m = NET_ARFS_ENABLED.encode(enc)?;
             for (device, on) in arfs {
                 ConstGauge::new(i64::from(on)).encode(m.encode_family(&DeviceLabel { device })?)?;
             }
         }
 
         steering::encode(enc, &self.probes, &self.identity, &devices)?;
+        if !self.probes.attached(crate::probe::ProbeId::NetRxQueue) {
+            self.encode_driver_queues(enc, &devices)?;
+        }
         Ok(())
+    }
+}
+
+impl NetCollector {
+    /// Per-queue packets from the drivers' counters, when no per-packet probe counts them.
+    fn encode_driver_queues(
+        &self,
+        enc: &mut DescriptorEncoder,
+        devices: &[Device],
+    ) -> Result<(), std::fmt::Error> {
+        let named: Vec<(String, u32)> = devices
+            .iter()
+            .filter_map(|d| d.ifindex.map(|i| (d.ids.name.clone(), i)))
+            .collect();
+        let counts = self
+            .queues
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .read(&named, |what, e| {
+                tracing::debug!(source = what, error = %chain(e), "per-queue packet counts");
+            });
+        steering::encode_driver_queues(enc, &counts)
     }
 }

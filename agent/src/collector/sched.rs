@@ -1,10 +1,11 @@
 //! `sched` collector: what the scheduler probe (`ebpf/src/sched.rs`) aggregated in the kernel:
-//! run-queue latency and preemptions per pod and container, context switches per CPU.
+//! run-queue latency, whose work it was spent waiting behind, and preemptions per pod and
+//! container; context switches per CPU.
 
 use std::{collections::HashMap, sync::Arc};
 
 use podstat_common::sched::{
-    BY_OTHER_POD, BY_SAME_POD, BY_SYSTEM, PreemptPair, RUNQ_BOUNDS_NS, SWITCH_COUNT_MAP, SchedStats,
+    BY_OTHER_POD, BY_SAME_POD, BY_SYSTEM, PreemptPair, RUNQ_LAYOUT, SWITCH_COUNT_MAP, SchedStats,
 };
 use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
@@ -13,7 +14,7 @@ use prometheus_client::{
 
 use super::{
     Collect, CollectError, Context, Unsupported,
-    family::{PromHist, encode_hists, join, to_prom},
+    family::{Classic, PromHist, encode_hists, join, to_prom},
 };
 use crate::{
     cgroup::ErrorCounts,
@@ -40,24 +41,72 @@ pub const CPU_PREEMPTED_BY_POD: Family = crate::counter!(
     "Involuntary switch-outs of the container's tasks while still runnable because a task of another pod took the CPU, by that pod; the 3 pods with the most per container."
 );
 
-/// `podstat_runqueue_latency_seconds`.
+/// `podstat_runqueue_wait_seconds_total`.
+pub const RUNQUEUE_WAIT_SECONDS: Family = crate::counter!(
+    "podstat_runqueue_wait_seconds",
+    "Time the container's tasks waited on a run queue, by who ran on the CPU just before the waiting task got it: a task of the same pod, of another pod, or anything else (system). Adds up to podstat_runqueue_latency_seconds_sum."
+);
+
+/// `podstat_runqueue_wait_by_pod_seconds_total`.
+pub const RUNQUEUE_WAIT_BY_POD_SECONDS: Family = crate::counter!(
+    "podstat_runqueue_wait_by_pod_seconds",
+    "Time the container's tasks waited on a run queue before getting the CPU from a task of another pod, by that pod; the 3 pods with the most per container."
+);
+
 /// The families this collector exports.
 pub const FAMILIES: &[Family] = &[
     NODE_CONTEXT_SWITCHES,
     RUNQUEUE_LATENCY_SECONDS,
+    RUNQUEUE_WAIT_SECONDS,
+    RUNQUEUE_WAIT_BY_POD_SECONDS,
     CPU_PREEMPTIONS,
     CPU_PREEMPTED_BY_POD,
 ];
 
+/// `podstat_runqueue_latency_seconds`.
 pub const RUNQUEUE_LATENCY_SECONDS: Family = crate::histogram!(
     "podstat_runqueue_latency_seconds",
     "Time the container's tasks waited on a run queue: from wakeup, or from an involuntary switch-out while runnable, to the next switch-in (eBPF sched_switch reading the kernel's sched_info, or sched_wakeup/sched_switch)."
 );
 
+/// The `by` label of the preemption and waiting-time families, and its slot in the kernel's
+/// arrays.
+const BY: [(&str, usize); 3] = [
+    ("same_pod", BY_SAME_POD),
+    ("other_pod", BY_OTHER_POD),
+    ("system", BY_SYSTEM),
+];
+
+/// Kernel nanoseconds as exported seconds.
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "a counter of ns; f64 keeps 2^53 ns exactly"
+)]
+fn ns_to_seconds(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+/// Classic buckets of `podstat_runqueue_latency_seconds` (text formats, and protobuf with
+/// `--web.histograms=classic|both`): 2^-12 s (244 µs), 2^-8 s (3.9 ms), 2^-4 s (62.5 ms) and
+/// 1 s, every one an edge of the kernel's buckets (four, to keep the series budget).
+pub const RUNQ_CLASSIC: Classic = Classic(&[-48, -32, -16, 0]);
+
 #[derive(Debug)]
 pub struct SchedCollector {
     probes: Arc<Probes>,
     identity: Arc<IdMap>,
+    preempted_by_pod: bool,
+}
+
+/// Options of the sched collector.
+#[derive(Debug, Clone, Default, clap::Args)]
+#[group(id = "SchedOptions")]
+pub struct Options {
+    /// Also export `podstat_cpu_preempted_by_pod_total`: the 3 pods whose tasks preempted each
+    /// container's most often. Off by default to keep the series budget per container (README,
+    /// "Series budget"): `podstat_runqueue_wait_by_pod_seconds_total` names the pods a container
+    /// waited behind, which is what `explain`, `top`, the alerts and the dashboard use.
+    #[arg(long = "collector.sched.preempted-by-pod")]
+    pub preempted_by_pod: bool,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -78,14 +127,16 @@ pub struct PreemptorLabel {
     pub preemptor_pod_uid: String,
 }
 
-/// Preemptor pods exported per victim cgroup: the ones with the most preemptions. Bounds the
-/// family at this many series per pod or container, whatever the node runs.
+/// Preemptor pods exported per victim cgroup: the ones with the most preemptions (or the most
+/// waiting time behind them). Bounds the families at this many series per pod or container,
+/// whatever the node runs.
 pub const TOP_PREEMPTORS: usize = 3;
 
 /// Adds up the kernel's (victim cgroup, preemptor cgroup) counts per victim and preemptor pod
 /// (a pod's containers and its pod cgroup are one preemptor), keeps the [`TOP_PREEMPTORS`]
 /// largest per victim, and labels them. Pairs with a cgroup the identity does not know are
-/// dropped. Rows come out sorted by victim, then by count, largest first.
+/// dropped. Rows come out sorted by victim, then by count, largest first. The same for the
+/// waiting time behind other pods (`WAIT_PAIRS`, ns).
 pub fn preemptor_rows(
     identity: &IdMap,
     pairs: impl IntoIterator<Item = (PreemptPair, u64)>,
@@ -130,6 +181,7 @@ impl SchedCollector {
         Ok(Box::new(Self {
             probes: Arc::clone(ctx.probes),
             identity: Arc::clone(ctx.identity),
+            preempted_by_pod: ctx.sched.preempted_by_pod,
         }))
     }
 }
@@ -157,8 +209,11 @@ impl Collect for SchedCollector {
                 })?;
             let pairs: Vec<(PreemptPair, u64)> =
                 maps.preempt_pairs.iter().filter_map(Result::ok).collect();
-            (per_cpu, pairs)
+            let waits: Vec<(PreemptPair, u64)> =
+                maps.wait_pairs.iter().filter_map(Result::ok).collect();
+            (per_cpu, (pairs, waits))
         };
+        let (pairs, waits) = pairs;
         let stats = join(
             &self.identity,
             // A cgroup's stats live in its KNOWN entry; one without a wait or a preemption
@@ -171,8 +226,10 @@ impl Collect for SchedCollector {
         );
         let runq: Vec<(Target, PromHist)> = stats
             .iter()
-            .map(|(t, s)| (t.clone(), to_prom(&s.runq, &RUNQ_BOUNDS_NS, 1e9)))
+            .map(|(t, s)| (t.clone(), to_prom(&s.runq, &RUNQ_LAYOUT, RUNQ_CLASSIC, 1e9)))
             .collect();
+        let wait_by: Vec<(Target, [u64; 3])> =
+            stats.iter().map(|(t, s)| (t.clone(), s.wait_by)).collect();
         let preempt: Vec<(Target, [u64; 3])> = stats
             .into_iter()
             .map(|(t, s)| (t, s.preempted_by))
@@ -183,20 +240,37 @@ impl Collect for SchedCollector {
             ConstCounter::new(*n).encode(m.encode_family(&CpuLabel { cpu })?)?;
         }
         encode_hists(enc, &RUNQUEUE_LATENCY_SECONDS, &runq)?;
+        if !wait_by.is_empty() {
+            let mut m = RUNQUEUE_WAIT_SECONDS.encode(enc)?;
+            for (target, by) in &wait_by {
+                for (label, idx) in BY {
+                    ConstCounter::new(ns_to_seconds(by[idx]))
+                        .encode(m.encode_family(&(target.clone(), ByLabel { by: label }))?)?;
+                }
+            }
+        }
+        let wait_by_pod = preemptor_rows(&self.identity, waits);
+        if !wait_by_pod.is_empty() {
+            let mut m = RUNQUEUE_WAIT_BY_POD_SECONDS.encode(enc)?;
+            for (victim, by, ns) in &wait_by_pod {
+                ConstCounter::new(ns_to_seconds(*ns))
+                    .encode(m.encode_family(&(victim.clone(), by.clone()))?)?;
+            }
+        }
         if !preempt.is_empty() {
             let mut m = CPU_PREEMPTIONS.encode(enc)?;
             for (target, by) in &preempt {
-                for (label, idx) in [
-                    ("same_pod", BY_SAME_POD),
-                    ("other_pod", BY_OTHER_POD),
-                    ("system", BY_SYSTEM),
-                ] {
+                for (label, idx) in BY {
                     ConstCounter::new(by[idx])
                         .encode(m.encode_family(&(target.clone(), ByLabel { by: label }))?)?;
                 }
             }
         }
-        let by_pod = preemptor_rows(&self.identity, pairs);
+        let by_pod = if self.preempted_by_pod {
+            preemptor_rows(&self.identity, pairs)
+        } else {
+            Vec::new()
+        };
         if !by_pod.is_empty() {
             let mut m = CPU_PREEMPTED_BY_POD.encode(enc)?;
             for (victim, by, n) in &by_pod {
@@ -210,8 +284,6 @@ impl Collect for SchedCollector {
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
-
-    use podstat_common::kernel::{BUCKETS, Hist, INF_SLOT, SUM_SLOT};
 
     use super::*;
 
@@ -287,18 +359,52 @@ mod tests {
     }
 
     #[test]
-    fn kernel_hist_converts_to_seconds() {
-        let mut h: Hist = [0; podstat_common::kernel::HIST_SLOTS];
-        h[0] = 2; // ≤ 5 µs
-        h[3] = 1; // ≤ 50 µs
-        h[INF_SLOT] = 1;
-        h[SUM_SLOT] = 2_000_000_000 + 40_000 + 6_000;
-        let p = to_prom(&h, &RUNQ_BOUNDS_NS, 1e9);
-        assert_eq!(p.count, 4);
-        assert!((p.sum - 2.000_046).abs() < 1e-9);
-        assert_eq!(p.buckets.len(), BUCKETS + 1);
-        assert!((p.buckets[0].0 - 5e-6).abs() < 1e-15);
-        assert_eq!(p.buckets[0].1, 2);
-        assert!(p.buckets[BUCKETS].0.is_infinite());
+    fn waits_behind_pods_keep_the_three_longest_in_seconds() {
+        let identity = IdMap::default();
+        let target = |uid: &str, cid: &str| Target {
+            pod_uid: uid.into(),
+            container_id: cid.into(),
+            pod: uid.into(),
+            namespace: "ns".into(),
+            qos: "burstable",
+            ..Target::default()
+        };
+        identity.replace(HashMap::from([
+            (1, target("victim", "c")),
+            (2, target("hog", "c1")),
+            (3, target("hog", "c2")),
+            (4, target("a", "c")),
+            (5, target("b", "c")),
+            (6, target("z", "c")),
+        ]));
+        let pair = |victim, preemptor| PreemptPair { victim, preemptor };
+        // ns waited behind each holder cgroup; hog's two containers are one pod; a and z tie.
+        let rows = preemptor_rows(
+            &identity,
+            [
+                (pair(1, 2), 1_500_000_000),
+                (pair(1, 3), 500_000_000),
+                (pair(1, 4), 250_000_000),
+                (pair(1, 5), 1_000),
+                (pair(1, 6), 250_000_000),
+            ],
+        );
+        let got: Vec<(&str, f64)> = rows
+            .iter()
+            .map(|(_, by, ns)| (by.preemptor_pod.as_str(), ns_to_seconds(*ns)))
+            .collect();
+        assert_eq!(got, vec![("hog", 2.0), ("a", 0.25), ("z", 0.25)]);
+    }
+
+    #[test]
+    fn runq_classic_edges_are_kernel_edges() {
+        let l = RUNQ_LAYOUT;
+        let edges: Vec<i32> = (1..=l.buckets()).map(|s| l.native_index(s)).collect();
+        for e in RUNQ_CLASSIC.0 {
+            assert!(edges.contains(e), "{e} is not a kernel edge");
+        }
+        assert!(RUNQ_CLASSIC.0.windows(2).all(|w| w[0] < w[1]));
+        // The run-queue alert's threshold (50 ms) lies below the top classic edge.
+        assert!(Classic::bound(*RUNQ_CLASSIC.0.last().expect("edges")) > 0.05);
     }
 }

@@ -4,12 +4,12 @@
 
 use std::sync::Arc;
 
-use podstat_common::throttle::{PERIOD_BOUNDS_NS, THREAD_BOUNDS};
+use podstat_common::throttle::{PERIOD_LAYOUT, THREAD_LAYOUT};
 use prometheus_client::encoding::DescriptorEncoder;
 
 use super::{
     Collect, CollectError, Context, Unsupported,
-    family::{encode_hists, join, to_prom},
+    family::{Classic, encode_hists, join, to_prom},
 };
 use crate::{
     cgroup::ErrorCounts,
@@ -42,6 +42,14 @@ pub const CPU_THROTTLE_RUNNABLE_THREADS: Family = crate::histogram!(
     "podstat_cpu_throttle_runnable_threads",
     "Threads of the cgroup that were running or runnable when its quota ran out (sum over the run queues that throttled in the episode)."
 );
+
+/// Classic buckets of the pause and quota-exhausted-after histograms: 2^-7 s (7.8 ms), 2^-5 s
+/// (31.25 ms) and 2^-3 s (125 ms, above the default 100 ms period); three, to keep the series
+/// budget.
+pub const PERIOD_CLASSIC: Classic = Classic(&[-28, -20, -12]);
+
+/// Classic buckets of the runnable-threads histogram: 2 and 8 threads.
+pub const THREAD_CLASSIC: Classic = Classic(&[4, 12]);
 
 #[derive(Debug)]
 pub struct ThrottleCollector {
@@ -76,14 +84,19 @@ impl Collect for ThrottleCollector {
         drop(map);
         let pause: Vec<_> = stats
             .iter()
-            .map(|(t, st)| (t.clone(), to_prom(&st.pause, &PERIOD_BOUNDS_NS, 1e9)))
+            .map(|(t, st)| {
+                (
+                    t.clone(),
+                    to_prom(&st.pause, &PERIOD_LAYOUT, PERIOD_CLASSIC, 1e9),
+                )
+            })
             .collect();
         let after: Vec<_> = stats
             .iter()
             .map(|(t, st)| {
                 (
                     t.clone(),
-                    to_prom(&st.exhausted_after, &PERIOD_BOUNDS_NS, 1e9),
+                    to_prom(&st.exhausted_after, &PERIOD_LAYOUT, PERIOD_CLASSIC, 1e9),
                 )
             })
             .collect();
@@ -92,7 +105,7 @@ impl Collect for ThrottleCollector {
             .map(|(t, st)| {
                 (
                     t.clone(),
-                    to_prom(&st.runnable_threads, &THREAD_BOUNDS, 1.0),
+                    to_prom(&st.runnable_threads, &THREAD_LAYOUT, THREAD_CLASSIC, 1.0),
                 )
             })
             .collect();
@@ -100,5 +113,27 @@ impl Collect for ThrottleCollector {
         encode_hists(enc, &CPU_QUOTA_EXHAUSTED_AFTER_SECONDS, &after)?;
         encode_hists(enc, &CPU_THROTTLE_RUNNABLE_THREADS, &runnable)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use podstat_common::kernel::Layout;
+
+    use super::*;
+
+    #[test]
+    fn classic_edges_are_kernel_edges() {
+        let check = |l: &Layout, c: Classic| {
+            let edges: Vec<i32> = (1..=l.buckets()).map(|s| l.native_index(s)).collect();
+            for e in c.0 {
+                assert!(edges.contains(e), "{e} is not a kernel edge of {l:?}");
+            }
+            assert!(c.0.windows(2).all(|w| w[0] < w[1]));
+        };
+        check(&PERIOD_LAYOUT, PERIOD_CLASSIC);
+        check(&THREAD_LAYOUT, THREAD_CLASSIC);
+        assert!((Classic::bound(THREAD_CLASSIC.0[0]) - 2.0).abs() < f64::EPSILON);
+        assert!((Classic::bound(PERIOD_CLASSIC.0[1]) - 0.031_25).abs() < f64::EPSILON);
     }
 }

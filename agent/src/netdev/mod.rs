@@ -9,6 +9,9 @@
 //! - [`topology`]: CPU lists and masks, the online CPUs, and the last-level cache and NUMA node
 //!   of each (the steering probe's locality classes use it too).
 //! - [`ethtool`]: the one ethtool netlink question (is ntuple filtering on?).
+//! - [`genl`]: the generic netlink client both netlink sources use.
+//! - [`qstats`]: packets per receive queue from the driver's counters (netdev netlink queue
+//!   statistics, else ethtool statistics), with no program on the packet path.
 //!
 //! Every host path is the caller's (`--path.procfs`, `--path.sysfs`), so fixture trees stand in
 //! for the host. A file the caller cannot do without returns an [`Error`]; inside a walk over
@@ -16,12 +19,14 @@
 //! [`ErrorReason`] in [`ErrorCounts`] and skipped, as in [`crate::cgroup`].
 
 pub mod ethtool;
+pub mod genl;
 pub mod irq;
 #[expect(
     clippy::module_inception,
     reason = "the sysfs network devices are one of several sources here, named like the others"
 )]
 pub mod netdev;
+pub mod qstats;
 pub mod softnet;
 pub mod topology;
 

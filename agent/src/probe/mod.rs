@@ -131,6 +131,11 @@ pub struct Wanted {
     /// Use the pre-6.3 steering hooks (`tcp_rcv_space_adjust`, `tcp_probe`) even where
     /// `sock_recv_length` and `sk_data_ready` exist.
     pub net_legacy_hooks: bool,
+    /// The per-packet steering design (softirq-side programs on every packet) instead of the
+    /// read-time one.
+    pub net_per_packet: bool,
+    /// Read-time design: 1 read in this many is examined (a power of two; 1: every read).
+    pub net_sample_every: u32,
     /// Pod and container cgroups tracked at once (sizes KNOWN and the per-cgroup stats maps).
     pub max_cgroups: u32,
     /// Tasks waiting for a CPU at once (sizes WAIT_START).
@@ -148,6 +153,8 @@ impl Default for Wanted {
             throttle: true,
             net: true,
             net_legacy_hooks: false,
+            net_per_packet: false,
+            net_sample_every: podstat_common::net::DEFAULT_SAMPLE_EVERY,
             max_cgroups: DEFAULT_MAX_CGROUPS,
             max_waiting: DEFAULT_MAX_WAITING,
             max_preempt_pairs: DEFAULT_MAX_PREEMPT_PAIRS,

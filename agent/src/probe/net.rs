@@ -2,6 +2,11 @@
 //! processed each socket's packets, per pod; packets per receive queue; aRFS rule churn.
 //! Attach points are chosen by what the kernel offers; the aRFS driver is looked up in
 //! /proc/kallsyms.
+//!
+//! By default the read-time design runs: one program on the read path, no packet-side program
+//! (`net_softirq` and `net_rx_queue` are not needed: the socket's `sk_incoming_cpu` says where
+//! its packets were processed, and the `net` collector reads per-queue packet counts from the
+//! driver). `--probe.net.per-packet` loads the per-packet design instead.
 
 use std::{
     any::Any,
@@ -16,7 +21,7 @@ use aya::{
 };
 use podstat_common::{
     kernel::Offsets,
-    net::{self as common, ArfsStats, NetOffsets, NetStats, Place, RxQueueKey},
+    net::{self as common, ArfsStats, NetOffsets, NetSampling, NetStats, Place, RxQueueKey},
 };
 
 use super::{
@@ -53,9 +58,22 @@ pub struct NetMaps {
     pub full: PerCpuArray<MapData, u64>,
 }
 
+/// Which steering design is loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Design {
+    /// The reading CPU against `sk_incoming_cpu` on 1 read in `sample_every`, each counting
+    /// `sample_every` times.
+    #[default]
+    ReadTime,
+    /// Every packet matched to its socket's reader (`--probe.net.per-packet`).
+    PerPacket,
+}
+
 #[derive(Default)]
 pub struct NetProbe {
     offsets: Option<Result<NetOffsets, Arc<ProbeError>>>,
+    sampling: NetSampling,
+    design: Design,
     maps: Option<Mutex<NetMaps>>,
 }
 
@@ -67,7 +85,17 @@ impl std::fmt::Debug for NetProbe {
     }
 }
 
+/// Why `net_softirq` is not attached in the read-time design.
+const SOFTIRQ_NOT_NEEDED: &str = "read-time steering: the reader compares its CPU with the socket's sk_incoming_cpu, no packet-side program (--probe.net.per-packet attaches it)";
+/// Why `net_rx_queue` is not attached in the read-time design.
+const RXQ_NOT_NEEDED: &str = "per-queue packet counts come from the driver's queue statistics (netdev netlink qstats, else ethtool -S); --probe.net.per-packet attaches it";
+
 impl NetProbe {
+    /// The steering design this probe loaded.
+    pub fn design(&self) -> Design {
+        self.design
+    }
+
     /// The maps, locked, if they were taken.
     pub fn maps(&self) -> Option<MutexGuard<'_, NetMaps>> {
         self.maps
@@ -92,6 +120,7 @@ pub fn resolve_offsets(
             .offset_of_any("sock", &["sk_rxhash", "__sk_common.skc_rxhash"])
             .map_or(0, |(_, off)| off),
         sk_net: k.offset_of("sock", "__sk_common.skc_net.net")?,
+        sk_incoming_cpu: k.offset_of("sock", "__sk_common.skc_incoming_cpu")?,
         dev_ifindex: k.offset_of("net_device", "ifindex")?,
         dev_nd_net: k.offset_of("net_device", "nd_net.net")?,
         net_ns_inum: k.offset_of("net", "ns.inum")?,
@@ -193,6 +222,40 @@ fn attach_arfs(ebpf: &mut Ebpf, env: &AttachEnv<'_>) -> Status {
     }
 }
 
+impl NetProbe {
+    /// The read-time design: the reader program alone (`sock_recv_length`, else
+    /// `tcp_rcv_space_adjust`), described with its sampling.
+    fn attach_read_time(&self, ebpf: &mut Ebpf, env: &AttachEnv<'_>, report: &mut Report) {
+        if let Err(why) = fill_topology(ebpf, env.sysfs) {
+            let why = Arc::new(ProbeError::Topology(Box::new(why)));
+            report.fail(&[ProbeId::NetReader], &why);
+        } else {
+            let (all, tcp) = if self.sampling.weight == 1 {
+                (
+                    "tp_btf/sock_recv_length (read time: sk_incoming_cpu, every read)",
+                    "tp_btf/tcp_rcv_space_adjust (read time: sk_incoming_cpu, every read; TCP only)",
+                )
+            } else {
+                (
+                    "tp_btf/sock_recv_length (read time: sk_incoming_cpu, sampled reads)",
+                    "tp_btf/tcp_rcv_space_adjust (read time: sk_incoming_cpu, sampled reads; TCP only)",
+                )
+            };
+            let reader = first_of(
+                ebpf,
+                env,
+                &[
+                    (common::NET_READ_RECV_PROG, "sock_recv_length", all),
+                    (common::NET_READ_TCP_PROG, "tcp_rcv_space_adjust", tcp),
+                ],
+            );
+            report.record(ProbeId::NetReader, reader);
+        }
+        report.record(ProbeId::NetSoftirq, Status::NotNeeded(SOFTIRQ_NOT_NEEDED));
+        report.record(ProbeId::NetRxQueue, Status::NotNeeded(RXQ_NOT_NEEDED));
+    }
+}
+
 impl Probe for NetProbe {
     fn ids(&self) -> &'static [ProbeId] {
         IDS
@@ -202,7 +265,17 @@ impl Probe for NetProbe {
         wanted.net
     }
 
-    fn resolve(&mut self, k: &KernelBtf, offsets: &mut Offsets, _wanted: &Wanted) {
+    fn resolve(&mut self, k: &KernelBtf, offsets: &mut Offsets, wanted: &Wanted) {
+        self.design = if wanted.net_per_packet {
+            Design::PerPacket
+        } else {
+            Design::ReadTime
+        };
+        let every = wanted.net_sample_every.max(1).next_power_of_two();
+        self.sampling = NetSampling {
+            mask: every - 1,
+            weight: every,
+        };
         self.offsets = Some(
             resolve_offsets(k, offsets, own_netns_inum())
                 .map_err(|e| Arc::new(ProbeError::NetOffsets(e))),
@@ -214,6 +287,7 @@ impl Probe for NetProbe {
         if let Some(Ok(o)) = &self.offsets {
             loader.override_global(common::NET_OFFSETS_GLOBAL, o, true);
         }
+        loader.override_global(common::NET_SAMPLING_GLOBAL, &self.sampling, true);
     }
 
     fn attach(&mut self, ebpf: &mut Ebpf, env: &AttachEnv<'_>, report: &mut Report) {
@@ -221,6 +295,11 @@ impl Probe for NetProbe {
             Some(Ok(_)) => {}
             Some(Err(why)) => return report.fail(IDS, why),
             None => return,
+        }
+        if self.design == Design::ReadTime {
+            self.attach_read_time(ebpf, env, report);
+            report.record(ProbeId::Arfs, attach_arfs(ebpf, env));
+            return;
         }
         if let Err(why) = fill_topology(ebpf, env.sysfs) {
             let why = Arc::new(ProbeError::Topology(Box::new(why)));
@@ -326,6 +405,8 @@ mod tests {
         assert!(o.dev_ifindex < k.size_of("net_device").expect("net_device"));
         assert!(o.net_ns_inum < k.size_of("net").expect("net"));
         assert!(o.sk_rxhash > 0 && o.sk_rxhash < k.size_of("sock").expect("sock"));
+        assert!(o.sk_incoming_cpu > 0 && o.sk_incoming_cpu < k.size_of("sock").expect("sock"));
+        assert_ne!(o.sk_incoming_cpu, o.sk_rxhash);
         assert_eq!(o.task_cgroups, sched.task_cgroups);
     }
 

@@ -14,10 +14,11 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray},
 };
 use podstat_common::{
-    kernel::{MAP_PREEMPT_PAIRS, MAP_WAIT, Offsets},
+    kernel::{MAP_PREEMPT_PAIRS, MAP_WAIT, MAP_WAIT_PAIRS, Offsets},
     sched::{
-        PREEMPT_PAIRS_MAP, PreemptPair, RUNQ_MODE_SCHED_INFO, SCHED_EXIT_PROG, SCHED_SWITCH_PROG,
-        SCHED_WAKEUP_NEW_PROG, SCHED_WAKEUP_PROG, SWITCH_COUNT_MAP, WAIT_MAP,
+        PREEMPT_PAIRS_MAP, PreemptPair, RUNQ_MODE_SCHED_INFO, RUNQ_TASKS_MAP, SCHED_EXIT_PROG,
+        SCHED_SWITCH_PROG, SCHED_WAKEUP_NEW_PROG, SCHED_WAKEUP_PROG, SWITCH_COUNT_MAP, WAIT_MAP,
+        WAIT_PAIRS_MAP,
     },
     throttle::THROTTLED_TASKS_MAP,
 };
@@ -45,6 +46,8 @@ const IDS: &[ProbeId] = &[
 pub struct SchedMaps {
     pub switches: PerCpuArray<MapData, u64>,
     pub preempt_pairs: HashMap<MapData, PreemptPair, u64>,
+    /// {victim, holder} → ns waited behind the holder (another pod).
+    pub wait_pairs: HashMap<MapData, PreemptPair, u64>,
 }
 
 #[derive(Default)]
@@ -76,7 +79,7 @@ impl SchedProbe {
     }
 }
 
-/// The fields of sched_info mode: `task->sched_info.last_queued`, and the run queue's clock
+/// The fields of sched_info mode: `task->sched_info.last_queued` and `.run_delay`, and the run queue's clock
 /// through `task->se.cfs_rq->rq->clock`. Layouts:
 /// <https://github.com/torvalds/linux/blob/v6.18/include/linux/sched.h> (`struct sched_info`,
 /// `task_struct.sched_info`, `sched_entity.cfs_rq` under CONFIG_FAIR_GROUP_SCHED),
@@ -97,6 +100,9 @@ pub fn resolve_sched_info(k: &KernelBtf, o: &mut Offsets) -> Result<(), ProbeErr
         + k.offset_of("sched_entity", "cfs_rq").map_err(lacks)?;
     let cfs_rq_rq = k.offset_of("cfs_rq", "rq").map_err(lacks)?;
     let rq_clock = k.offset_of("rq", "clock").map_err(lacks)?;
+    o.task_run_delay = k
+        .offset_of("task_struct", "sched_info.run_delay")
+        .map_err(lacks)?;
     o.task_last_queued = last_queued;
     o.task_se_cfs_rq = task_se_cfs_rq;
     o.cfs_rq_rq = cfs_rq_rq;
@@ -199,7 +205,12 @@ impl Probe for SchedProbe {
                 THROTTLED_TASKS_MAP,
                 if sched_info { wanted.max_waiting } else { 1 },
             )
-            .map_max_entries(PREEMPT_PAIRS_MAP, wanted.max_preempt_pairs);
+            .map_max_entries(
+                RUNQ_TASKS_MAP,
+                if sched_info { wanted.max_waiting } else { 1 },
+            )
+            .map_max_entries(PREEMPT_PAIRS_MAP, wanted.max_preempt_pairs)
+            .map_max_entries(WAIT_PAIRS_MAP, wanted.max_preempt_pairs);
     }
 
     fn attach(&mut self, ebpf: &mut Ebpf, env: &AttachEnv<'_>, report: &mut Report) {
@@ -245,6 +256,7 @@ impl Probe for SchedProbe {
         self.maps = Some(Mutex::new(SchedMaps {
             switches: kernel::take(ebpf, SWITCH_COUNT_MAP)?,
             preempt_pairs: kernel::take(ebpf, PREEMPT_PAIRS_MAP)?,
+            wait_pairs: kernel::take(ebpf, WAIT_PAIRS_MAP)?,
         }));
         Ok(())
     }
@@ -255,13 +267,13 @@ impl Probe for SchedProbe {
         let Some(mut maps) = self.maps() else {
             return;
         };
-        kernel::sweep(&mut maps.preempt_pairs, |p| {
-            diff.is_live(p.victim) && diff.is_live(p.preemptor)
-        });
+        let live = |p: &PreemptPair| diff.is_live(p.victim) && diff.is_live(p.preemptor);
+        kernel::sweep(&mut maps.preempt_pairs, live);
+        kernel::sweep(&mut maps.wait_pairs, live);
     }
 
     fn overflows(&self, shared: &Shared) -> Vec<(&'static str, u64)> {
-        shared.map_full(&[MAP_WAIT, MAP_PREEMPT_PAIRS])
+        shared.map_full(&[MAP_WAIT, MAP_PREEMPT_PAIRS, MAP_WAIT_PAIRS])
     }
 
     fn as_any(&self) -> &dyn Any {

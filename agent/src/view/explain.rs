@@ -25,9 +25,10 @@ pub const EARLY_IN_PERIOD: f64 = 0.5;
 pub const RUNQ_WAIT_SHARE_MIN: f64 = 0.05;
 /// …with a p99 wait of at least this (seconds)…
 pub const RUNQ_P99_MIN: f64 = 0.005;
-/// …and at least this share of its preemptions came from other pods (from other pods or the
-/// system when the pod is not throttled: a throttled task's switch-out hands the CPU to
-/// whatever runs next, which is not a neighbour's doing).
+/// …and at least this share of its waiting time was spent behind other pods' tasks (behind
+/// other pods or the system when the pod is not throttled: a throttled task's wait ends
+/// whenever its quota is refilled, whoever ran before). Without waiting-time data (an older
+/// agent), the same share of its preemptions.
 pub const NEIGHBOUR_PREEMPT_SHARE_MIN: f64 = 0.25;
 /// Steering is a finding when at least this share of received packets was handled outside
 /// the reading thread's LLC…
@@ -49,7 +50,7 @@ wrong.\n\n\
 Findings (below all of them: nothing wrong): throttling when the cgroup was throttled in at \
 least {}% of its periods or lost at least {}% of wall time to pauses; noisy neighbours when its \
 threads waited at least {} s per second in all, with a run-queue p99 of at least {} ms, and at \
-least {}% of its preemptions came from other pods (or the system, when not throttled); \
+least {}% of that waiting was behind other pods' tasks (or the system's, when not throttled); \
 steering when at least {}% of {}+ packets were handled outside the reader's LLC, or flows moved \
 CPUs {}+ times a second.\n\n\
 Recommendation, with N threads runnable when a quota of L cores ran out: N > L: size the \
@@ -203,7 +204,17 @@ pub struct NamedPreemptor {
     pub share_of_other_pod: f64,
 }
 
-/// Run-queue waiting and who took the CPU.
+/// A pod the victim's tasks waited behind.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WaitedBehind {
+    pub name: String,
+    pub pod_uid: String,
+    pub seconds: f64,
+    /// Of all the pod's run-queue waiting time.
+    pub share_of_waiting: f64,
+}
+
+/// Run-queue waiting, whose work it waited behind, and who took the CPU.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Neighbours {
     pub waits: f64,
@@ -217,6 +228,10 @@ pub struct Neighbours {
     pub by_other_pods: f64,
     pub by_system: f64,
     pub preemptors: Vec<NamedPreemptor>,
+    /// Waiting seconds by who held the CPU (same pod, other pods, system), if measured.
+    pub waited_seconds: Option<[f64; 3]>,
+    /// The pods waited behind, most seconds first (at most 3 per container).
+    pub waited_behind: Vec<WaitedBehind>,
     pub problem: bool,
 }
 
@@ -371,6 +386,8 @@ pub fn diagnose(sel: &Selection, rows: &[Row], snap: &Snapshot, seconds: f64) ->
     let mut runq: Option<Hist> = None;
     let mut preempted: Option<[f64; 3]> = None;
     let mut by_pod: Vec<NamedPreemptor> = Vec::new();
+    let mut waited: Option<[f64; 3]> = None;
+    let mut behind: Vec<WaitedBehind> = Vec::new();
     let mut packets: Option<[f64; 4]> = None;
     let mut migrations: Option<f64> = None;
     for r in &mine {
@@ -381,6 +398,23 @@ pub fn diagnose(sel: &Selection, rows: &[Row], snap: &Snapshot, seconds: f64) ->
             let acc = preempted.get_or_insert([0.0; 3]);
             for i in 0..3 {
                 acc[i] += p[i];
+            }
+        }
+        if let Some(w) = r.waited {
+            let acc = waited.get_or_insert([0.0; 3]);
+            for i in 0..3 {
+                acc[i] += w[i];
+            }
+        }
+        for p in &r.waited_by_pod {
+            match behind.iter_mut().find(|x| x.pod_uid == p.pod_uid) {
+                Some(x) => x.seconds += p.count,
+                None => behind.push(WaitedBehind {
+                    name: pod_display(&p.namespace, &p.pod, &p.pod_uid),
+                    pod_uid: p.pod_uid.clone(),
+                    seconds: p.count,
+                    share_of_waiting: 0.0,
+                }),
             }
         }
         for p in &r.preempted_by_pod {
@@ -428,10 +462,34 @@ pub fn diagnose(sel: &Selection, rows: &[Row], snap: &Snapshot, seconds: f64) ->
         } else {
             p[OTHER_POD] + p[SYSTEM]
         };
+        let waited_total: f64 = waited.map_or(0.0, |w| w.iter().sum());
+        behind.sort_by(|a, b| {
+            b.seconds
+                .total_cmp(&a.seconds)
+                .then_with(|| a.name.cmp(&b.name))
+        });
+        for x in &mut behind {
+            x.share_of_waiting = if waited_total > 0.0 {
+                x.seconds / waited_total
+            } else {
+                0.0
+            };
+        }
+        // Whose work the pod waited behind decides; preemptions only without that data.
+        let from_outside = match waited {
+            Some(w) if waited_total > 0.0 => {
+                let outside = if throttled {
+                    w[OTHER_POD]
+                } else {
+                    w[OTHER_POD] + w[SYSTEM]
+                };
+                outside / waited_total >= NEIGHBOUR_PREEMPT_SHARE_MIN
+            }
+            _ => total > 0.0 && outside / total >= NEIGHBOUR_PREEMPT_SHARE_MIN,
+        };
         let problem = wait_share >= RUNQ_WAIT_SHARE_MIN
             && p99.is_some_and(|v| v >= RUNQ_P99_MIN)
-            && total > 0.0
-            && outside / total >= NEIGHBOUR_PREEMPT_SHARE_MIN;
+            && from_outside;
         Neighbours {
             waits: h.count,
             runq_p50_seconds: h.quantile(0.5),
@@ -443,6 +501,8 @@ pub fn diagnose(sel: &Selection, rows: &[Row], snap: &Snapshot, seconds: f64) ->
             by_other_pods: p[OTHER_POD],
             by_system: p[SYSTEM],
             preemptors: std::mem::take(&mut by_pod),
+            waited_seconds: waited,
+            waited_behind: std::mem::take(&mut behind),
             problem,
         }
     });
@@ -656,6 +716,38 @@ pub fn render_text(d: &Diagnosis) -> String {
                 n.waits,
                 n.wait_share
             );
+            if let Some(w) = n.waited_seconds {
+                let total: f64 = w.iter().sum();
+                let share = |x: f64| pct(if total > 0.0 { x / total } else { 0.0 });
+                let _ = writeln!(
+                    o,
+                    "  - waited behind other pods {:.2} s ({}), the same pod {:.2} s ({}), the system {:.2} s ({})",
+                    w[OTHER_POD],
+                    share(w[OTHER_POD]),
+                    w[SAME_POD],
+                    share(w[SAME_POD]),
+                    w[SYSTEM],
+                    share(w[SYSTEM])
+                );
+            }
+            if let Some(main) = n.waited_behind.first() {
+                let _ = writeln!(
+                    o,
+                    "  - waited longest behind pod {}: {:.2} s ({} of the waiting time)",
+                    main.name,
+                    main.seconds,
+                    pct(main.share_of_waiting)
+                );
+                for p in n.waited_behind.iter().skip(1) {
+                    let _ = writeln!(
+                        o,
+                        "    then pod {}: {:.2} s ({})",
+                        p.name,
+                        p.seconds,
+                        pct(p.share_of_waiting)
+                    );
+                }
+            }
             if n.preemptions > 0.0 {
                 let _ = writeln!(
                     o,
@@ -743,6 +835,90 @@ pub fn render_text(d: &Diagnosis) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A victim row over 10 s: 1 s of waiting in 100 waits, all of them long, with the given
+    /// waiting seconds and preemptions by (same pod, other pods, system).
+    fn victim(waited: Option<[f64; 3]>, preempted: [f64; 3], behind: &[(&str, f64)]) -> Row {
+        Row {
+            key: Key {
+                pod_uid: "victim".into(),
+                container_id: "c".into(),
+            },
+            seconds: 10.0,
+            runq: Some(Hist {
+                buckets: vec![(0.001, 0.0), (0.1, 100.0), (f64::INFINITY, 100.0)],
+                sum: 1.0,
+                count: 100.0,
+            }),
+            preempted: Some(preempted),
+            waited,
+            waited_by_pod: behind
+                .iter()
+                .map(|(uid, secs)| super::super::model::Preemptor {
+                    namespace: "ns".into(),
+                    pod: (*uid).into(),
+                    pod_uid: (*uid).into(),
+                    count: *secs,
+                })
+                .collect(),
+            ..Row::default()
+        }
+    }
+
+    fn neighbours(r: Row) -> Neighbours {
+        let sel = Selection {
+            pod_uid: "victim".into(),
+            container_id: None,
+        };
+        diagnose(&sel, &[r], &Snapshot::default(), 10.0)
+            .neighbours
+            .expect("run-queue data")
+    }
+
+    #[test]
+    fn noisy_neighbours_are_judged_by_waiting_time() {
+        // A sleeping victim is rarely preempted (8 times, 1 by another pod) but waited 0.8 s
+        // of its 1 s behind other pods: noisy neighbours, named with seconds and shares.
+        let n = neighbours(victim(
+            Some([0.1, 0.8, 0.1]),
+            [0.0, 1.0, 7.0],
+            &[("small", 0.2), ("hog", 0.6)],
+        ));
+        assert!(n.problem, "{n:?}");
+        let names: Vec<(&str, f64, f64)> = n
+            .waited_behind
+            .iter()
+            .map(|w| (w.name.as_str(), w.seconds, w.share_of_waiting))
+            .collect();
+        assert_eq!(names[0].0, "ns/hog");
+        assert!((names[0].1 - 0.6).abs() < 1e-9 && (names[0].2 - 0.6).abs() < 1e-9);
+        assert_eq!(names[1].0, "ns/small");
+        let text = render_text(&diagnose(
+            &Selection {
+                pod_uid: "victim".into(),
+                container_id: None,
+            },
+            &[victim(
+                Some([0.1, 0.8, 0.1]),
+                [0.0, 1.0, 7.0],
+                &[("hog", 0.6)],
+            )],
+            &Snapshot::default(),
+            10.0,
+        ));
+        assert!(
+            text.contains("waited longest behind pod ns/hog: 0.60 s (60% of the waiting time)"),
+            "{text}"
+        );
+        // Preempted mostly by other pods, but it waited behind its own pod's threads: not a
+        // neighbour's doing.
+        let n = neighbours(victim(Some([0.9, 0.05, 0.05]), [1.0, 90.0, 9.0], &[]));
+        assert!(!n.problem, "{n:?}");
+        // Without waiting-time data (an older agent), the preemptions decide as before.
+        let n = neighbours(victim(None, [1.0, 90.0, 9.0], &[]));
+        assert!(n.problem, "{n:?}");
+        assert!(n.waited_behind.is_empty() && n.waited_seconds.is_none());
+    }
 
     #[test]
     fn recommendation_rules() {

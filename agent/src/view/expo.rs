@@ -1,6 +1,9 @@
-//! A small parser for the Prometheus text format and OpenMetrics text: what `podstat top` and
+//! A small parser for the Prometheus text format and OpenMetrics text, and a reader of the
+//! Prometheus protobuf format (prometheus-client's generated messages): what `podstat top` and
 //! `podstat explain` read from `--from URL` (and from the in-process registry), and what the
-//! integration tests read from the agent.
+//! integration tests read from the agent. Both give the same [`Sample`]s: a native histogram
+//! reads as classic buckets at every one of its bucket edges, so the views see the kernel's
+//! full resolution whichever way the histogram came.
 
 use std::collections::BTreeMap;
 
@@ -52,6 +55,141 @@ pub fn parse(text: &str) -> Vec<Sample> {
         });
     }
     out
+}
+
+/// Decodes length-delimited `io.prometheus.client.MetricFamily` messages into the samples the
+/// text format would have: counters, gauges and untyped values under the family's name, and
+/// histograms as `_sum`, `_count` and cumulative `_bucket{le}`. A native histogram's buckets
+/// become `le` buckets at its zero threshold and at the upper edge of each populated bucket
+/// (and +Inf); classic buckets are taken as they are.
+///
+/// # Errors
+/// If the body is not such messages.
+pub fn parse_protobuf(body: &[u8]) -> Result<Vec<Sample>, prost::DecodeError> {
+    let mut out = Vec::new();
+    for family in decode_families(body)? {
+        for m in &family.metric {
+            let labels = labels_of(m);
+            let mut push = |suffix: &str, extra: Option<(&str, String)>, value: f64| {
+                let mut labels = labels.clone();
+                if let Some((k, v)) = extra {
+                    labels.insert(k.to_owned(), v);
+                }
+                out.push(Sample {
+                    name: format!("{}{suffix}", family.name),
+                    labels,
+                    value,
+                });
+            };
+            if let Some(h) = &m.histogram {
+                #[expect(clippy::cast_precision_loss, reason = "counts below 2^53")]
+                let count = h.sample_count as f64;
+                push("_sum", None, h.sample_sum);
+                push("_count", None, count);
+                for (le, cum) in histogram_buckets(h) {
+                    push("_bucket", Some(("le", format_le(le))), cum);
+                }
+            } else if let Some(c) = &m.counter {
+                push("", None, c.value);
+            } else if let Some(g) = &m.gauge {
+                push("", None, g.value);
+            } else if let Some(u) = &m.untyped {
+                push("", None, u.value);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A series' label set, `__name__` included.
+pub type Labels = BTreeMap<String, String>;
+
+/// The series a protobuf body holds as Prometheus stores them, each as its label set with
+/// `__name__`: one per counter, gauge or native histogram; a classic histogram gives one per
+/// bucket (`_bucket` with `le`) plus `_sum` and `_count`. What the series budget counts.
+///
+/// # Errors
+/// If the body is not length-delimited `MetricFamily` messages.
+pub fn protobuf_series(body: &[u8]) -> Result<Vec<Labels>, prost::DecodeError> {
+    let mut out = Vec::new();
+    for family in decode_families(body)? {
+        for m in &family.metric {
+            let labels = labels_of(m);
+            let named = |name: String, le: Option<String>| {
+                let mut l = labels.clone();
+                l.insert("__name__".into(), name);
+                if let Some(le) = le {
+                    l.insert("le".into(), le);
+                }
+                l
+            };
+            match &m.histogram {
+                Some(h)
+                    if h.positive_span.is_empty()
+                        && h.zero_threshold == 0.0
+                        && h.zero_count == 0 =>
+                {
+                    for b in &h.bucket {
+                        out.push(named(
+                            format!("{}_bucket", family.name),
+                            Some(format_le(b.upper_bound)),
+                        ));
+                    }
+                    out.push(named(format!("{}_sum", family.name), None));
+                    out.push(named(format!("{}_count", family.name), None));
+                }
+                _ => out.push(named(family.name.clone(), None)),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Cumulative buckets `(upper bound, count)` of a protobuf histogram, +Inf last.
+fn histogram_buckets(
+    h: &prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::Histogram,
+) -> Vec<(f64, f64)> {
+    #[expect(clippy::cast_precision_loss, reason = "counts below 2^53")]
+    let f = |n: u64| n as f64;
+    let native = !h.positive_span.is_empty() || h.zero_threshold > 0.0 || h.zero_count > 0;
+    let mut out = Vec::new();
+    if native {
+        let mut cum = h.zero_count;
+        out.push((h.zero_threshold, f(cum)));
+        let (mut index, mut count, mut deltas) = (0i32, 0i64, h.positive_delta.iter());
+        for span in &h.positive_span {
+            index += span.offset;
+            for _ in 0..span.length {
+                count += deltas.next().copied().unwrap_or(0);
+                cum += u64::try_from(count).unwrap_or(0);
+                out.push((
+                    crate::collector::family::native_bound(h.schema, index),
+                    f(cum),
+                ));
+                index += 1;
+            }
+        }
+        out.push((f64::INFINITY, f(h.sample_count)));
+    } else {
+        out.extend(
+            h.bucket
+                .iter()
+                .map(|b| (b.upper_bound, f(b.cumulative_count))),
+        );
+        if out.last().is_none_or(|b| b.0 != f64::INFINITY) {
+            out.push((f64::INFINITY, f(h.sample_count)));
+        }
+    }
+    out
+}
+
+/// An `le` label value as the text format writes it.
+fn format_le(le: f64) -> String {
+    if le == f64::INFINITY {
+        "+Inf".into()
+    } else {
+        format!("{le:?}")
+    }
 }
 
 fn parse_value(v: &str) -> Option<f64> {
@@ -106,9 +244,120 @@ fn parse_labels(s: &str, out: &mut BTreeMap<String, String>) {
     }
 }
 
+/// The length-delimited `MetricFamily` messages of a protobuf body.
+fn decode_families(
+    mut body: &[u8],
+) -> Result<
+    Vec<prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::MetricFamily>,
+    prost::DecodeError,
+> {
+    use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::MetricFamily;
+    use prost::Message as _;
+    let mut families = Vec::new();
+    while !body.is_empty() {
+        families.push(MetricFamily::decode_length_delimited(&mut body)?);
+    }
+    Ok(families)
+}
+
+/// A protobuf metric's labels.
+fn labels_of(
+    m: &prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::Metric,
+) -> Labels {
+    m.label
+        .iter()
+        .map(|l| (l.name.clone(), l.value.clone()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn protobuf_reads_like_text() {
+        use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::{
+            BucketSpan, Counter, Histogram, LabelPair, Metric, MetricFamily, MetricType,
+        };
+        use prost::Message as _;
+        let label = |k: &str, v: &str| LabelPair {
+            name: k.into(),
+            value: v.into(),
+        };
+        let families = [
+            MetricFamily {
+                name: "x_total".into(),
+                r#type: MetricType::Counter as i32,
+                metric: vec![Metric {
+                    label: vec![label("a", "1")],
+                    counter: Some(Counter {
+                        value: 5.0,
+                        ..Counter::default()
+                    }),
+                    ..Metric::default()
+                }],
+                ..MetricFamily::default()
+            },
+            MetricFamily {
+                name: "h_seconds".into(),
+                r#type: MetricType::Histogram as i32,
+                metric: vec![Metric {
+                    histogram: Some(Histogram {
+                        sample_count: 7,
+                        sample_sum: 0.5,
+                        schema: 2,
+                        zero_threshold: 2f64.powi(-20),
+                        zero_count: 1,
+                        // Buckets -4 (2^-1 s) and -3, then 0 (1 s): counts 2, 1, 3.
+                        positive_span: vec![
+                            BucketSpan {
+                                offset: -4,
+                                length: 2,
+                            },
+                            BucketSpan {
+                                offset: 2,
+                                length: 1,
+                            },
+                        ],
+                        positive_delta: vec![2, -1, 2],
+                        ..Histogram::default()
+                    }),
+                    ..Metric::default()
+                }],
+                ..MetricFamily::default()
+            },
+        ];
+        let mut body = Vec::new();
+        for f in &families {
+            f.encode_length_delimited(&mut body).expect("encode");
+        }
+        let s = parse_protobuf(&body).expect("decode");
+        assert_eq!(s[0].name, "x_total");
+        assert_eq!(s[0].label("a"), "1");
+        let buckets: Vec<(String, f64)> = s
+            .iter()
+            .filter(|s| s.name == "h_seconds_bucket")
+            .map(|s| (s.label("le").to_owned(), s.value))
+            .collect();
+        let want: Vec<(String, f64)> = [
+            (format_le(2f64.powi(-20)), 1.0),
+            ("0.5".into(), 3.0),
+            (
+                format_le(crate::collector::family::native_bound(2, -3)),
+                4.0,
+            ),
+            ("1.0".into(), 7.0),
+            ("+Inf".into(), 7.0),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(buckets, want);
+        assert!(
+            s.iter()
+                .any(|s| s.name == "h_seconds_count" && (s.value - 7.0).abs() < f64::EPSILON)
+        );
+        assert!(parse_protobuf(b"\x05garbage").is_err());
+    }
 
     #[test]
     fn parses_both_formats() {

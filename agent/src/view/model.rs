@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::expo::Sample;
 use crate::{
-    collector::{cgroup, net::steering, sched, throttle},
+    collector::{cgroup, net, net::steering, sched, throttle},
     probe::metrics::PROBE_ATTACHED,
 };
 
@@ -26,8 +26,12 @@ const LIMIT_CORES: &str = cgroup::CPU_LIMIT_CORES.exposed;
 const PERIOD_SECONDS: &str = cgroup::CPU_PERIOD_SECONDS.exposed;
 const PREEMPTIONS: &str = sched::CPU_PREEMPTIONS.exposed;
 const PREEMPTED_BY_POD: &str = sched::CPU_PREEMPTED_BY_POD.exposed;
+const WAITED: &str = sched::RUNQUEUE_WAIT_SECONDS.exposed;
+const WAITED_BY_POD: &str = sched::RUNQUEUE_WAIT_BY_POD_SECONDS.exposed;
 const STEERING: &str = steering::NET_RX_STEERING_PACKETS.exposed;
 const MIGRATIONS: &str = steering::NET_FLOW_MIGRATIONS.exposed;
+const RPS_CPUS: &str = net::NET_RPS_CPUS.exposed;
+const ARFS_ENABLED: &str = net::NET_ARFS_ENABLED.exposed;
 
 /// A histogram from the exposition: (upper bound, cumulative count) sorted by bound, sum, count.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -38,40 +42,62 @@ pub struct Hist {
 }
 
 impl Hist {
-    /// `self - earlier`, bucket by bucket (a histogram that restarted counts from zero).
+    /// The cumulative count at `le`: that of the largest bucket at or below it (0 below all).
+    /// Exact for the sparse buckets of a native histogram, which leave out only empty ones.
+    pub fn cumulative_at(&self, le: f64) -> f64 {
+        self.buckets
+            .iter()
+            .take_while(|(b, _)| *b <= le)
+            .last()
+            .map_or(0.0, |(_, n)| *n)
+    }
+
+    /// The bounds of `self` and `other` together, sorted, each once.
+    fn bounds_with(&self, other: &Self) -> Vec<f64> {
+        let mut b: Vec<f64> = self
+            .buckets
+            .iter()
+            .chain(&other.buckets)
+            .map(|(le, _)| *le)
+            .collect();
+        b.sort_by(f64::total_cmp);
+        b.dedup_by(|x, y| x.total_cmp(y).is_eq());
+        b
+    }
+
+    /// `self - earlier`, at the bounds of both (a native histogram's populated buckets grow
+    /// between scrapes); a histogram that restarted counts from zero.
     #[must_use]
     pub fn minus(&self, earlier: &Self) -> Self {
-        if earlier.count > self.count || earlier.buckets.len() != self.buckets.len() {
+        if earlier.count > self.count {
             return self.clone();
         }
         Self {
             buckets: self
-                .buckets
-                .iter()
-                .zip(&earlier.buckets)
-                .map(|((le, a), (_, b))| (*le, (a - b).max(0.0)))
+                .bounds_with(earlier)
+                .into_iter()
+                .map(|le| {
+                    (
+                        le,
+                        (self.cumulative_at(le) - earlier.cumulative_at(le)).max(0.0),
+                    )
+                })
                 .collect(),
             sum: (self.sum - earlier.sum).max(0.0),
             count: self.count - earlier.count,
         }
     }
 
-    /// Adds `other` (same bounds) into `self`; bounds that differ are merged by bound.
+    /// Adds `other` into `self`, at the bounds of both.
     pub fn add(&mut self, other: &Self) {
         if self.buckets.is_empty() {
             self.buckets.clone_from(&other.buckets);
         } else {
-            for (le, n) in &other.buckets {
-                match self
-                    .buckets
-                    .iter_mut()
-                    .find(|(b, _)| b.total_cmp(le).is_eq())
-                {
-                    Some(slot) => slot.1 += n,
-                    None => self.buckets.push((*le, *n)),
-                }
-            }
-            self.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+            self.buckets = self
+                .bounds_with(other)
+                .into_iter()
+                .map(|le| (le, self.cumulative_at(le) + other.cumulative_at(le)))
+                .collect();
         }
         self.sum += other.sum;
         self.count += other.count;
@@ -125,7 +151,8 @@ pub struct Names {
     pub qos: String,
 }
 
-/// A pod that took the CPU from this cgroup's tasks.
+/// A pod that took the CPU from this cgroup's tasks (`count`: preemptions), or that this
+/// cgroup's tasks waited behind (`count`: seconds waited).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Preemptor {
     pub namespace: String,
@@ -156,6 +183,10 @@ pub struct Cgroup {
     pub preempted: Option<[f64; 3]>,
     /// By preemptor pod uid.
     pub preempted_by_pod: BTreeMap<String, Preemptor>,
+    /// Run-queue waiting seconds by who held the CPU: same pod, other pods, the system.
+    pub waited: Option<[f64; 3]>,
+    /// Seconds waited behind another pod, by its uid.
+    pub waited_by_pod: BTreeMap<String, Preemptor>,
     pub runq: Option<Hist>,
     pub pause: Option<Hist>,
     pub exhausted_after: Option<Hist>,
@@ -212,7 +243,7 @@ impl Snapshot {
                 continue;
             }
             match s.name.as_str() {
-                "podstat_net_rps_cpus" => {
+                RPS_CPUS => {
                     let d = snap
                         .devices
                         .entry(s.label("device").to_owned())
@@ -223,7 +254,7 @@ impl Snapshot {
                     }
                     continue;
                 }
-                "podstat_net_arfs_enabled" => {
+                ARFS_ENABLED => {
                     let d = snap
                         .devices
                         .entry(s.label("device").to_owned())
@@ -277,27 +308,10 @@ fn record(c: &mut Cgroup, s: &Sample) {
         THROTTLED_SECONDS => c.throttled_seconds = Some(v),
         LIMIT_CORES => c.limit_cores = Some(v),
         PERIOD_SECONDS => c.period_seconds = Some(v),
-        PREEMPTIONS => {
-            let by = c.preempted.get_or_insert([0.0; 3]);
-            match s.label("by") {
-                "same_pod" => by[SAME_POD] = v,
-                "other_pod" => by[OTHER_POD] = v,
-                "system" => by[SYSTEM] = v,
-                _ => {}
-            }
-        }
-        PREEMPTED_BY_POD => {
-            let uid = s.label("preemptor_pod_uid").to_owned();
-            c.preempted_by_pod.insert(
-                uid.clone(),
-                Preemptor {
-                    namespace: s.label("preemptor_namespace").to_owned(),
-                    pod: s.label("preemptor_pod").to_owned(),
-                    pod_uid: uid,
-                    count: v,
-                },
-            );
-        }
+        PREEMPTIONS => record_by(c.preempted.get_or_insert([0.0; 3]), s),
+        WAITED => record_by(c.waited.get_or_insert([0.0; 3]), s),
+        PREEMPTED_BY_POD => record_pod(&mut c.preempted_by_pod, s),
+        WAITED_BY_POD => record_pod(&mut c.waited_by_pod, s),
         STEERING => {
             if let Some(i) = LOCALITIES.iter().position(|l| *l == s.label("locality")) {
                 c.steering.get_or_insert([0.0; 4])[i] = v;
@@ -329,6 +343,55 @@ fn record(c: &mut Cgroup, s: &Sample) {
     }
 }
 
+/// A `by="same_pod|other_pod|system"` sample into its slot.
+fn record_by(by: &mut [f64; 3], s: &Sample) {
+    match s.label("by") {
+        "same_pod" => by[SAME_POD] = s.value,
+        "other_pod" => by[OTHER_POD] = s.value,
+        "system" => by[SYSTEM] = s.value,
+        _ => {}
+    }
+}
+
+/// A `preemptor_*` sample into the map by preemptor pod uid.
+fn record_pod(pods: &mut BTreeMap<String, Preemptor>, s: &Sample) {
+    let uid = s.label("preemptor_pod_uid").to_owned();
+    pods.insert(
+        uid.clone(),
+        Preemptor {
+            namespace: s.label("preemptor_namespace").to_owned(),
+            pod: s.label("preemptor_pod").to_owned(),
+            pod_uid: uid,
+            count: s.value,
+        },
+    );
+}
+
+/// What each pod in `later` added since `earlier`, largest first (then by uid); pods that
+/// added nothing are left out.
+fn delta_pods(
+    later: &BTreeMap<String, Preemptor>,
+    earlier: Option<&BTreeMap<String, Preemptor>>,
+) -> Vec<Preemptor> {
+    let mut pods: Vec<Preemptor> = later
+        .values()
+        .map(|p| {
+            let before = earlier.and_then(|e| e.get(&p.pod_uid)).map(|b| b.count);
+            Preemptor {
+                count: delta(Some(p.count), before).unwrap_or(0.0),
+                ..p.clone()
+            }
+        })
+        .filter(|p| p.count > 0.0)
+        .collect();
+    pods.sort_by(|a, b| {
+        b.count
+            .total_cmp(&a.count)
+            .then_with(|| a.pod_uid.cmp(&b.pod_uid))
+    });
+    pods
+}
+
 /// One cgroup over an interval: rates and histograms of what happened in it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Row {
@@ -350,6 +413,10 @@ pub struct Row {
     pub preempted: Option<[f64; 3]>,
     /// Preemptor pods, most preemptions first.
     pub preempted_by_pod: Vec<Preemptor>,
+    /// Run-queue waiting seconds by who held the CPU (same pod, other pods, system).
+    pub waited: Option<[f64; 3]>,
+    /// Pods waited behind, most seconds first (`count` in seconds).
+    pub waited_by_pod: Vec<Preemptor>,
     pub steering: Option<[f64; 4]>,
     pub flow_migrations: Option<f64>,
 }
@@ -388,25 +455,6 @@ impl Row {
     pub fn between(key: &Key, later: &Cgroup, earlier: Option<&Cgroup>, seconds: f64) -> Self {
         let e = earlier;
         let seconds = seconds.max(1e-3);
-        let mut by_pod: Vec<Preemptor> = later
-            .preempted_by_pod
-            .values()
-            .map(|p| {
-                let before = e
-                    .and_then(|e| e.preempted_by_pod.get(&p.pod_uid))
-                    .map(|b| b.count);
-                Preemptor {
-                    count: delta(Some(p.count), before).unwrap_or(0.0),
-                    ..p.clone()
-                }
-            })
-            .filter(|p| p.count > 0.0)
-            .collect();
-        by_pod.sort_by(|a, b| {
-            b.count
-                .total_cmp(&a.count)
-                .then_with(|| a.pod_uid.cmp(&b.pod_uid))
-        });
         let pause = delta_hist(later.pause.as_ref(), e.and_then(|e| e.pause.as_ref()));
         Self {
             key: key.clone(),
@@ -427,7 +475,9 @@ impl Row {
             runnable: delta_hist(later.runnable.as_ref(), e.and_then(|e| e.runnable.as_ref())),
             runq: delta_hist(later.runq.as_ref(), e.and_then(|e| e.runq.as_ref())),
             preempted: delta_arr(later.preempted, e.and_then(|e| e.preempted)),
-            preempted_by_pod: by_pod,
+            preempted_by_pod: delta_pods(&later.preempted_by_pod, e.map(|e| &e.preempted_by_pod)),
+            waited: delta_arr(later.waited, e.and_then(|e| e.waited)),
+            waited_by_pod: delta_pods(&later.waited_by_pod, e.map(|e| &e.waited_by_pod)),
             steering: delta_arr(later.steering, e.and_then(|e| e.steering)),
             flow_migrations: delta(later.flow_migrations, e.and_then(|e| e.flow_migrations)),
         }
@@ -465,6 +515,18 @@ impl Row {
     /// Preemptions by other pods per second.
     pub fn preempted_by_others_rate(&self) -> Option<f64> {
         self.preempted.map(|p| p[OTHER_POD] / self.seconds)
+    }
+
+    /// Seconds waited behind other pods' tasks per second of the interval.
+    pub fn waited_behind_others_rate(&self) -> Option<f64> {
+        self.waited.map(|w| w[OTHER_POD] / self.seconds)
+    }
+
+    /// Share of the run-queue waiting time spent behind other pods' tasks.
+    pub fn waited_behind_others_share(&self) -> Option<f64> {
+        let w = self.waited?;
+        let total: f64 = w.iter().sum();
+        (total > 0.0).then(|| w[OTHER_POD] / total)
     }
 
     /// Share of received packets handled on the reading thread's CPU or its LLC.
@@ -576,6 +638,28 @@ podstat_net_arfs_enabled{device="eth0"} 0
         assert_eq!(h.quantile(0.5), Some(3.5));
         assert_eq!(h.mean(), Some(4.0));
         assert_eq!(Hist::default().quantile(0.5), None);
+        // Sparse native buckets: the later scrape has a bucket the earlier one had not.
+        let earlier = Hist {
+            buckets: vec![(0.5, 2.0), (f64::INFINITY, 2.0)],
+            sum: 0.8,
+            count: 2.0,
+        };
+        let later = Hist {
+            buckets: vec![(0.5, 3.0), (1.0, 5.0), (f64::INFINITY, 5.0)],
+            sum: 3.0,
+            count: 5.0,
+        };
+        let d = later.minus(&earlier);
+        assert_eq!(
+            d.buckets,
+            vec![(0.5, 1.0), (1.0, 3.0), (f64::INFINITY, 3.0)]
+        );
+        let mut sum = earlier.clone();
+        sum.add(&later);
+        assert_eq!(
+            sum.buckets,
+            vec![(0.5, 5.0), (1.0, 7.0), (f64::INFINITY, 7.0)]
+        );
         let mut sum = h.clone();
         sum.add(&h);
         assert!((sum.count - 20.0).abs() < 1e-9);

@@ -1,8 +1,9 @@
 //! Where the operator views get their samples: this host's kernel through the agent's own
 //! collectors (probes loaded in-process when root), or a running agent's `/metrics`.
 //!
-//! Both end in exposition text parsed by [`super::expo::parse`], so the views have one input
-//! and the collectors are never re-implemented.
+//! Both end in samples from the exposition ([`super::expo`]), so the views have one input and
+//! the collectors are never re-implemented. They read the protobuf format when they can: its
+//! native histograms carry every kernel bucket, where the text formats carry a subset.
 
 use std::time::Duration;
 
@@ -11,8 +12,9 @@ use hyper::StatusCode;
 use super::{expo, model::Snapshot};
 use crate::{agent::Agent, collector, http, probe::Status};
 
-/// What `--from` asks for: Prometheus text, never compressed (this client does not gunzip).
-const ACCEPT: &str = "text/plain;version=0.0.4";
+/// What `--from` asks for: protobuf (native histograms) first, else Prometheus text; never
+/// compressed (this client does not gunzip).
+const ACCEPT: &str = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.9,text/plain;version=0.0.4;q=0.5";
 /// Time limit of one scrape of `--from` (connect, request and body).
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -31,6 +33,12 @@ pub enum SourceError {
     Status { url: String, status: StatusCode },
     #[error("encoding the local collectors' metrics failed")]
     Encode,
+    #[error("{url} answered protobuf that does not decode")]
+    Decode {
+        url: String,
+        #[source]
+        source: prost::DecodeError,
+    },
     #[error("starting the in-process agent")]
     Start(#[source] crate::agent::StartError),
 }
@@ -98,16 +106,18 @@ impl Source {
 
     /// Takes one snapshot.
     pub fn snapshot(&self) -> Result<Snapshot, SourceError> {
-        let text = match self {
+        let samples = match self {
             Self::Local(local) => {
-                let mut om = String::with_capacity(64 * 1024);
-                prometheus_client::encoding::text::encode(&mut om, &local.running.registry)
-                    .map_err(|_| SourceError::Encode)?;
-                om
+                let body = crate::exposition::encode_protobuf(
+                    &local.running.registry,
+                    crate::exposition::Histograms::Native,
+                )
+                .map_err(|_| SourceError::Encode)?;
+                expo::parse_protobuf(&body).map_err(|_| SourceError::Encode)?
             }
             Self::Remote { target, .. } => fetch(target)?,
         };
-        Ok(Snapshot::from_samples(&expo::parse(&text)))
+        Ok(Snapshot::from_samples(&samples))
     }
 }
 
@@ -124,8 +134,8 @@ fn target_url(url: &str) -> Result<String, SourceError> {
     Ok(target)
 }
 
-/// GET `url` as Prometheus text, bounded by [`FETCH_TIMEOUT`].
-fn fetch(url: &str) -> Result<String, SourceError> {
+/// GET `url` (protobuf or Prometheus text, whichever it answers), bounded by [`FETCH_TIMEOUT`].
+fn fetch(url: &str) -> Result<Vec<expo::Sample>, SourceError> {
     let resp = http::get_blocking(url, &[("accept", ACCEPT)], FETCH_TIMEOUT).map_err(|source| {
         SourceError::Fetch {
             url: url.into(),
@@ -138,7 +148,19 @@ fn fetch(url: &str) -> Result<String, SourceError> {
             status: resp.status,
         });
     }
-    Ok(String::from_utf8_lossy(&resp.body).into_owned())
+    let protobuf = resp
+        .headers
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/vnd.google.protobuf"));
+    if protobuf {
+        expo::parse_protobuf(&resp.body).map_err(|source| SourceError::Decode {
+            url: url.into(),
+            source,
+        })
+    } else {
+        Ok(expo::parse(&String::from_utf8_lossy(&resp.body)))
+    }
 }
 
 #[cfg(test)]
@@ -178,6 +200,56 @@ mod tests {
         assert_eq!(
             snap.cgroups.values().next().and_then(|c| c.limit_cores),
             Some(2.0)
+        );
+    }
+
+    #[test]
+    fn remote_source_reads_protobuf_when_answered_so() {
+        use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::{
+            Gauge, LabelPair, Metric, MetricFamily,
+        };
+        use prost::Message as _;
+        let label = |k: &str, v: &str| LabelPair {
+            name: k.into(),
+            value: v.into(),
+        };
+        let family = MetricFamily {
+            name: collector::cgroup::CPU_LIMIT_CORES.exposed.into(),
+            metric: vec![Metric {
+                label: vec![
+                    label("pod_uid", "u"),
+                    label("container_id", ""),
+                    label("qos", "guaranteed"),
+                ],
+                gauge: Some(Gauge { value: 3.0 }),
+                ..Metric::default()
+            }],
+            ..MetricFamily::default()
+        };
+        let mut body = Vec::new();
+        family.encode_length_delimited(&mut body).expect("encode");
+        let addr = http::test_server::serve_once(move |head| {
+            assert!(
+                head.to_ascii_lowercase()
+                    .contains("accept: application/vnd.google.protobuf;proto=io.prometheus.client.metricfamily;encoding=delimited;q=0.9"),
+                "{head}"
+            );
+            let mut r = format!(
+                "HTTP/1.0 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n",
+                crate::exposition::PROTOBUF_CONTENT_TYPE,
+                body.len()
+            )
+            .into_bytes();
+            r.extend_from_slice(&body);
+            r
+        });
+        let snap = Source::remote(&format!("http://{addr}/metrics"))
+            .expect("url")
+            .snapshot()
+            .expect("snapshot");
+        assert_eq!(
+            snap.cgroups.values().next().and_then(|c| c.limit_cores),
+            Some(3.0)
         );
     }
 }

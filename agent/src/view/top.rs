@@ -68,7 +68,7 @@ impl SortKey {
             Self::Throttled => "throttled",
             Self::Cpu => "cpu",
             Self::Runq => "runq p99",
-            Self::Preempt => "preemptions",
+            Self::Preempt => "waited behind other pods",
             Self::Name => "name",
         }
     }
@@ -80,14 +80,16 @@ impl SortKey {
                 .or_else(|| r.throttled_period_share()),
             Self::Cpu => r.cpu_cores,
             Self::Runq => r.runq_p99(),
-            Self::Preempt => r.preempted_by_others_rate(),
+            Self::Preempt => r
+                .waited_behind_others_rate()
+                .or_else(|| r.preempted_by_others_rate()),
             Self::Name => None,
         }
     }
 }
 
 /// The keys line shown under the header.
-pub const KEYS_HELP: &str = "keys: t throttled  c cpu  r runq p99  p preemptions  n name  / filter  Esc clear filter  q quit";
+pub const KEYS_HELP: &str = "keys: t throttled  c cpu  r runq p99  p neighbours  n name  / filter  Esc clear filter  q quit";
 
 /// Whether `r` matches `filter`: a substring of its namespace, pod, container, pod uid or
 /// container id; `namespace/` matches a namespace exactly. Empty matches everything.
@@ -151,7 +153,7 @@ const COLUMNS: [(&str, usize); 8] = [
     ("EXH50", 7),
     ("RUN@T", 5),
     ("RUNQ99", 7),
-    ("PRE/s", 6),
+    ("NBR/s", 6),
     ("LOCAL", 5),
 ];
 
@@ -171,7 +173,7 @@ fn cells(r: &Row) -> [String; 8] {
         short_dur(r.exhausted_after_p50()),
         opt(r.runnable_at_throttle(), |n| format!("{n:.1}")),
         short_dur(r.runq_p99()),
-        opt(r.preempted_by_others_rate(), |n| format!("{n:.1}")),
+        opt(r.waited_behind_others_rate(), |n| format!("{n:.2}")),
         opt(r.local_share(), |s| format!("{:.0}%", s * 100.0)),
     ]
 }
@@ -252,6 +254,7 @@ pub struct JsonRow<'a> {
     pub runnable_threads_at_throttle: Option<f64>,
     pub runqueue_latency_p99_seconds: Option<f64>,
     pub preemptions_by_other_pods_per_second: Option<f64>,
+    pub waited_behind_other_pods_seconds_per_second: Option<f64>,
     pub steering_local_share: Option<f64>,
 }
 
@@ -275,6 +278,7 @@ pub fn render_json(rows: &[&Row]) -> String {
             runnable_threads_at_throttle: r.runnable_at_throttle(),
             runqueue_latency_p99_seconds: r.runq_p99(),
             preemptions_by_other_pods_per_second: r.preempted_by_others_rate(),
+            waited_behind_other_pods_seconds_per_second: r.waited_behind_others_rate(),
             steering_local_share: r.local_share(),
         })
         .collect();

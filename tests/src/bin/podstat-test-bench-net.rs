@@ -1,17 +1,22 @@
 //! The measuring half of `cargo xtask bench-net`, on the test harness: what the
 //! receive-steering probes cost on the receive path. `cargo xtask bench-net` builds this in
 //! release, runs it as root with `PODSTAT_BIN` set, and renders `target/bench/net.md` from the
-//! JSON line it prints on stdout (`{"net": {base, with, programs}}`).
+//! JSON line it prints on stdout (`{"net": {sample_every, runs}}`).
 //!
 //! Two hosts in network namespaces (`podstat-test-bench-<pid>-tx`/`-rx`) joined by a 4-queue
 //! veth pair with RPS and RFS on the receiver; an iperf3 server in a kubelet-style pod cgroup in
-//! the receiver; iperf3 TCP runs from the sender, alternately with no agent and with the agent
-//! running only the `net` collector (its steering probes attached), interleaved. From
-//! `kernel.bpf_stats_enabled`, the run time and events of each of the agent's net programs
-//! during the runs with it.
+//! the receiver. Two workloads from the sender: 64-byte UDP datagrams at full speed (`-u -l 64
+//! -b 0`: request-sized packets, the receiver the bottleneck) and 1400-byte TCP segments (`-l
+//! 1400 -M 1400`, TSO/GSO off on the sender's veth so every segment is one packet). Four arms,
+//! interleaved in every round (the order rotates from round to round): no programs; the floor
+//! (an empty `sock_recv_length` program, `podstat-test-floor`); the agent with the default
+//! read-time steering design; the agent with `--probe.net.per-packet` (the old design). Both
+//! agents run only the `net` collector. Throughput runs have `kernel.bpf_stats_enabled` off;
+//! each arm with programs then does one cost run per workload with it on, from which the run
+//! time and events of each of its programs come (by the process holding them).
 //!
-//! `podstat-test-bench-net --out-dir DIR [--secs N] [--rounds N]`. Everything it creates
-//! (namespaces, cgroups, processes, the `bpf_stats_enabled` and
+//! `podstat-test-bench-net --out-dir DIR [--secs N] [--rounds N] [--sample-every N]`.
+//! Everything it creates (namespaces, cgroups, processes, the `bpf_stats_enabled` and
 //! `net.core.rps_sock_flow_entries` sysctls) is undone by the harness's guards, also on error.
 
 use std::{
@@ -23,8 +28,8 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 use podstat_tests::{
     CgroupTree, Logged, NetPair, agent_command,
-    bench_json::NetResult,
-    bpf::{BpfStats, owned_progs, prog_snapshot},
+    bench_json::{NetResult, NetRun, ProgTotals},
+    bpf::{BpfStats, owned_progs, prog_snapshot, start_floor},
     free_addr,
     netns::enter,
     proc::run,
@@ -33,21 +38,27 @@ use podstat_tests::{
 
 const HIERARCHIES: [&str; 2] = ["/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpuacct"];
 const SUBNET: &str = "10.211.9";
+const WORKLOADS: [&str; 2] = ["udp64", "tcp1400"];
+const ARMS: [&str; 4] = ["none", "floor", "read", "per_packet"];
 
 struct Config {
     secs: u64,
     rounds: usize,
+    sample_every: u32,
     out_dir: PathBuf,
 }
 
 fn usage() -> anyhow::Error {
-    anyhow::anyhow!("usage: podstat-test-bench-net --out-dir DIR [--secs N] [--rounds N]")
+    anyhow::anyhow!(
+        "usage: podstat-test-bench-net --out-dir DIR [--secs N] [--rounds N] [--sample-every N]"
+    )
 }
 
 fn parse_args() -> anyhow::Result<Config> {
     let mut c = Config {
         secs: 5,
         rounds: 5,
+        sample_every: podstat_common::net::DEFAULT_SAMPLE_EVERY,
         out_dir: PathBuf::new(),
     };
     let mut args = std::env::args().skip(1);
@@ -56,6 +67,7 @@ fn parse_args() -> anyhow::Result<Config> {
         match a.as_str() {
             "--secs" => c.secs = value()?.parse().context("--secs")?,
             "--rounds" => c.rounds = value()?.parse().context("--rounds")?,
+            "--sample-every" => c.sample_every = value()?.parse().context("--sample-every")?,
             "--out-dir" => c.out_dir = PathBuf::from(value()?),
             _ => return Err(usage()),
         }
@@ -72,14 +84,176 @@ fn step(start: Instant, what: &str) {
     eprintln!("\n==> [{:>5.0}s] {what}", start.elapsed().as_secs_f64());
 }
 
-/// One iperf3 run from the sender: received bits per second.
-fn iperf(net: &NetPair, secs: u64) -> anyhow::Result<f64> {
-    let out =
-        run(enter(&net.tx).args(["iperf3", "-c", &net.rx_ip(), "-t", &secs.to_string(), "-J"]));
+/// `rx_packets` of the receiver's veth.
+fn rx_packets(net: &NetPair) -> anyhow::Result<u64> {
+    let out = run(std::process::Command::new("ip").args([
+        "-n",
+        &net.rx,
+        "-j",
+        "-s",
+        "link",
+        "show",
+        "podstat-test-b",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&out).context("parsing ip -j -s link")?;
+    v[0]["stats64"]["rx"]["packets"]
+        .as_u64()
+        .context("no stats64.rx.packets in ip's JSON")
+}
+
+/// One iperf3 run of `workload` from the sender: (received bits/s, packets delivered to the
+/// reader, veth rx packets).
+fn iperf(net: &NetPair, workload: &str, secs: u64) -> anyhow::Result<(f64, f64, u64)> {
+    let t = secs.to_string();
+    let ip = net.rx_ip();
+    let mut args = vec!["iperf3", "-c", &ip, "-t", &t, "-J"];
+    match workload {
+        "udp64" => args.extend(["-u", "-l", "64", "-b", "0"]),
+        "tcp1400" => args.extend(["-l", "1400", "-M", "1400"]),
+        other => bail!("unknown workload {other}"),
+    }
+    let before = rx_packets(net)?;
+    let out = run(enter(&net.tx).args(&args));
+    let after = rx_packets(net)?;
     let v: serde_json::Value = serde_json::from_str(&out).context("parsing iperf3 -J")?;
-    v["end"]["sum_received"]["bits_per_second"]
+    let r = &v["end"]["sum_received"];
+    let bps = r["bits_per_second"]
         .as_f64()
-        .context("no end.sum_received.bits_per_second in iperf3's JSON")
+        .context("no end.sum_received.bits_per_second in iperf3's JSON")?;
+    let packets = after.saturating_sub(before);
+    #[expect(clippy::cast_precision_loss, reason = "packet counts far below 2^53")]
+    let delivered = if workload == "udp64" {
+        r["bytes"].as_f64().context("no end.sum_received.bytes")? / 64.0
+    } else {
+        packets as f64
+    };
+    Ok((bps, delivered, packets))
+}
+
+/// The programs `pid` holds, deltas between two snapshots, by name.
+fn program_deltas(
+    pid: u32,
+    before: &std::collections::HashMap<u64, podstat_tests::bpf::Prog>,
+    after: &std::collections::HashMap<u64, podstat_tests::bpf::Prog>,
+) -> anyhow::Result<BTreeMap<String, ProgTotals>> {
+    let mut out: BTreeMap<String, ProgTotals> = BTreeMap::new();
+    for id in owned_progs(pid, after)? {
+        let (Some(a), b) = (after.get(&id), before.get(&id)) else {
+            continue;
+        };
+        let t = out.entry(a.name.clone()).or_default();
+        t.run_time_ns += a.run_time_ns - b.map_or(0, |b| b.run_time_ns);
+        t.run_cnt += a.run_cnt - b.map_or(0, |b| b.run_cnt);
+    }
+    // Programs that never ran (another design's, the aRFS ones) are left out.
+    out.retain(|_, t| t.run_cnt > 0);
+    Ok(out)
+}
+
+/// The agent with only the `net` collector, `extra` flags, once its reader probe is attached
+/// and the identity refresh knows the pod.
+fn start_agent(c: &Config, name: &'static str, extra: &[&str]) -> anyhow::Result<Logged> {
+    let addr = free_addr();
+    let every = c.sample_every.to_string();
+    let mut flags = vec![
+        "--probe.refresh-interval",
+        "500ms",
+        "--no-collector.cgroup",
+        "--no-collector.sched",
+        "--no-collector.throttle",
+        "--collector.net",
+        "--probe.net.sample-every",
+        &every,
+    ];
+    flags.extend_from_slice(extra);
+    let mut agent = Logged::spawn(name, &mut agent_command(None, addr, &flags), &c.out_dir)?;
+    if let Err(e) = wait_metrics(&mut agent.proc, addr, |b| {
+        // `podstat_probe_attached{probe="net_reader",via="…"} 1`
+        b.lines().map(str::trim_end).any(|l| {
+            l.starts_with(r#"podstat_probe_attached{probe="net_reader""#) && l.ends_with(" 1")
+        })
+    }) {
+        bail!("{e}; its log:\n{}", agent.tail());
+    }
+    std::thread::sleep(Duration::from_millis(1500)); // the identity refresh knows the pod
+    Ok(agent)
+}
+
+/// One arm of one round: its programs (if any) loaded, a throughput run of each workload with
+/// bpf_stats off, then (arms with programs) a cost run of each with it on.
+fn arm(
+    start: Instant,
+    c: &Config,
+    net: &NetPair,
+    (round, name): (usize, &str),
+    runs: &mut Vec<NetRun>,
+) -> anyhow::Result<()> {
+    let mut holder: Option<Logged> = match name {
+        "none" => None,
+        "floor" => Some(start_floor(&c.out_dir, "floor-recv", "sock_recv_length")?),
+        "read" => Some(start_agent(c, "agent-net-read", &[])?),
+        "per_packet" => Some(start_agent(
+            c,
+            "agent-net-per-packet",
+            &["--probe.net.per-packet"],
+        )?),
+        other => bail!("unknown arm {other}"),
+    };
+    let passes: &[bool] = if holder.is_some() {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    for &stats in passes {
+        for workload in WORKLOADS {
+            step(
+                start,
+                &format!(
+                    "round {}/{}: {workload}, {name}{}",
+                    round + 1,
+                    c.rounds,
+                    if stats {
+                        " (cost run, bpf_stats on)"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+            let guard = if stats {
+                Some(BpfStats::enable().context("enabling kernel.bpf_stats_enabled")?)
+            } else {
+                None
+            };
+            let before = prog_snapshot()?;
+            let t0 = Instant::now();
+            let (bps, delivered, rx) = iperf(net, workload, c.secs)?;
+            let secs = t0.elapsed().as_secs_f64();
+            let after = prog_snapshot()?;
+            drop(guard);
+            let programs = match (&holder, stats) {
+                (Some(h), true) => {
+                    let pid = u32::try_from(h.proc.pid()).context("no pid")?;
+                    program_deltas(pid, &before, &after)?
+                }
+                _ => BTreeMap::new(),
+            };
+            runs.push(NetRun {
+                workload: workload.to_owned(),
+                arm: name.to_owned(),
+                round,
+                stats,
+                secs,
+                rx_packets: rx,
+                delivered,
+                bits_per_second: bps,
+                programs,
+            });
+        }
+    }
+    if let Some(h) = holder.as_mut() {
+        h.stop(libc::SIGTERM);
+    }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -93,6 +267,16 @@ fn main() -> anyhow::Result<()> {
     step(start, "network namespaces, veth, RPS/RFS, pod cgroup");
     let pid = std::process::id();
     let net = NetPair::new(&format!("podstat-test-bench-{pid}"), SUBNET, true, false);
+    // 1400-byte segments on the wire: no TSO/GSO on the sender's end.
+    run(enter(&net.tx).args([
+        "ethtool",
+        "-K",
+        "podstat-test-a",
+        "tso",
+        "off",
+        "gso",
+        "off",
+    ]));
     let mut tree = CgroupTree::new(&HIERARCHIES.map(Path::new));
     let pod = format!(
         "podstat-test-bench-{pid}/kubepods/burstable/pod6c1e2d3c-4b5a-4968-8776-a5b4c3d2e1f9/6c1e2d3c4b5a49688776a5b4c3d2e1f96c1e2d3c4b5a49688776a5b4c3d2e1f9"
@@ -109,71 +293,19 @@ fn main() -> anyhow::Result<()> {
         bail!("iperf3 -s exited with {s}: {}", server.tail());
     }
     // Warm-up.
-    let _ = iperf(&net, 1)?;
+    for w in WORKLOADS {
+        let _ = iperf(&net, w, 1)?;
+    }
 
     let mut result = NetResult {
-        base: Vec::new(),
-        with: Vec::new(),
-        programs: BTreeMap::new(),
+        sample_every: c.sample_every,
+        runs: Vec::new(),
     };
     for round in 0..c.rounds {
-        step(
-            start,
-            &format!("round {}/{}: iperf3 without probes", round + 1, c.rounds),
-        );
-        result.base.push(iperf(&net, c.secs)?);
-        step(
-            start,
-            &format!(
-                "round {}/{}: iperf3 with the net probes",
-                round + 1,
-                c.rounds
-            ),
-        );
-        let addr = free_addr();
-        let mut agent = Logged::spawn(
-            "agent-net",
-            &mut agent_command(
-                None,
-                addr,
-                &[
-                    "--probe.refresh-interval",
-                    "500ms",
-                    "--no-collector.cgroup",
-                    "--no-collector.sched",
-                    "--no-collector.throttle",
-                    "--collector.net",
-                ],
-            ),
-            &c.out_dir,
-        )?;
-        if let Err(e) = wait_metrics(&mut agent.proc, addr, |b| {
-            // `podstat_probe_attached{probe="net_rx_queue",via="…"} 1`
-            b.lines().map(str::trim_end).any(|l| {
-                l.starts_with(r#"podstat_probe_attached{probe="net_rx_queue""#) && l.ends_with(" 1")
-            })
-        }) {
-            bail!("{e}; its log:\n{}", agent.tail());
+        for k in 0..ARMS.len() {
+            let name = ARMS[(k + round) % ARMS.len()];
+            arm(start, &c, &net, (round, name), &mut result.runs)?;
         }
-        std::thread::sleep(Duration::from_millis(1500)); // the tracker knows the pod
-        let stats = BpfStats::enable().context("enabling kernel.bpf_stats_enabled")?;
-        let before = prog_snapshot()?;
-        result.with.push(iperf(&net, c.secs)?);
-        let after = prog_snapshot()?;
-        drop(stats);
-        let agent_pid = u32::try_from(agent.proc.pid()).context("the agent has no pid")?;
-        for id in owned_progs(agent_pid, &after)? {
-            let (Some(a), b) = (after.get(&id), before.get(&id)) else {
-                continue;
-            };
-            if !a.name.starts_with("net_") {
-                continue;
-            }
-            let t = result.programs.entry(a.name.clone()).or_default();
-            t.run_time_ns += a.run_time_ns - b.map_or(0, |b| b.run_time_ns);
-            t.run_cnt += a.run_cnt - b.map_or(0, |b| b.run_cnt);
-        }
-        agent.stop(libc::SIGTERM);
     }
     server.stop(libc::SIGTERM);
     let line = serde_json::to_string(&serde_json::json!({ "net": result }))

@@ -400,6 +400,15 @@ fn scrape_bench(c: &Config) -> anyhow::Result<ScrapeResult> {
         times.push(t.elapsed());
     }
     let (rss_kib, hwm_kib) = vm_rss_hwm(agent_pid(&agent)?)?;
+    let size_of = |accept: &str| -> anyhow::Result<usize> {
+        let r = http_get(addr, "/metrics", &[("Accept", accept)]).context("scrape")?;
+        anyhow::ensure!(r.status == 200, "/metrics answered {}", r.status);
+        Ok(r.body.len())
+    };
+    let openmetrics_bytes = size_of("application/openmetrics-text;version=1.0.0")?;
+    let protobuf_bytes = size_of(
+        "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited",
+    )?;
     agent.stop(libc::SIGTERM);
 
     let collect_ms = text
@@ -444,6 +453,8 @@ fn scrape_bench(c: &Config) -> anyhow::Result<ScrapeResult> {
         agent: summarize(times),
         floor: summarize(floor),
         body_bytes: text.len(),
+        openmetrics_bytes,
+        protobuf_bytes,
         periods_lines,
         collect_ms,
         matched_containers: matched.len(),
@@ -454,34 +465,27 @@ fn scrape_bench(c: &Config) -> anyhow::Result<ScrapeResult> {
 }
 
 fn vm_rss_hwm(pid: u32) -> anyhow::Result<(u64, u64)> {
-    let p = format!("/proc/{pid}/status");
-    let status = fs::read_to_string(&p).with_context(|| format!("reading {p}"))?;
-    let field = |name: &str| -> anyhow::Result<u64> {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .with_context(|| format!("no {name} in {p}"))
-    };
-    Ok((field("VmRSS:")?, field("VmHWM:")?))
+    let status = process(pid)?
+        .status()
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let kib =
+        |v: Option<u64>, name: &str| v.with_context(|| format!("no {name} in /proc/{pid}/status"));
+    Ok((kib(status.vmrss, "VmRSS")?, kib(status.vmhwm, "VmHWM")?))
 }
 
 /// CPU time (user + system, all threads) the process `pid` has used so far.
 fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
-    let p = format!("/proc/{pid}/stat");
-    let stat = fs::read_to_string(&p).with_context(|| format!("reading {p}"))?;
-    cpu_time_of(&stat).with_context(|| format!("no utime/stime in {p}"))
+    let stat = process(pid)?
+        .stat()
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    let ticks = stat.utime + stat.stime;
+    let hz = procfs::ticks_per_second().max(1);
+    Ok(Duration::from_secs(ticks / hz) + Duration::from_nanos((ticks % hz) * 1_000_000_000 / hz))
 }
 
-/// utime + stime from a `/proc/<pid>/stat` line (fields 14 and 15, after the `(comm)`, which
-/// may hold spaces), in clock ticks of 1/100 s (USER_HZ on every Linux architecture we run).
-fn cpu_time_of(stat: &str) -> Option<Duration> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut f = rest.split_whitespace().skip(11);
-    let utime: u64 = f.next()?.parse().ok()?;
-    let stime: u64 = f.next()?.parse().ok()?;
-    Some(Duration::from_millis((utime + stime) * 10))
+fn process(pid: u32) -> anyhow::Result<procfs::process::Process> {
+    let pid = i32::try_from(pid).context("pid out of range")?;
+    procfs::process::Process::new(pid).with_context(|| format!("opening /proc/{pid}"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -783,42 +787,16 @@ fn prog_deltas(
 fn start_runqlat(c: &Config, name: &'static str) -> anyhow::Result<Logged> {
     let runqlat = Logged::spawn(name, &mut Command::new("runqlat"), &c.out_dir)
         .context("starting runqlat (Debian package libbpf-tools)")?;
-    wait_for_progs(runqlat, 3)
+    Ok(podstat_tests::bpf::wait_for_progs(runqlat, 3)?)
 }
 
-/// Starts `podstat-test-floor` (the empty `sched_switch` program alone; next to this binary),
-/// bounded to outlive no bench, and waits until it holds its program.
+/// Starts `podstat-test-floor` (the empty `sched_switch` program alone; next to this binary).
 fn start_floor(c: &Config, name: &'static str) -> anyhow::Result<Logged> {
-    let bin = std::env::current_exe()
-        .context("this binary's path")?
-        .with_file_name("podstat-test-floor");
-    ensure!(
-        bin.is_file(),
-        "{} not found (`cargo xtask bench` builds it)",
-        bin.display()
-    );
-    let floor = Logged::spawn(name, Command::new(&bin).arg("900"), &c.out_dir)?;
-    wait_for_progs(floor, 1)
-}
-
-/// Waits (at most 15 s) until `p` holds at least `n` BPF programs.
-fn wait_for_progs(mut p: Logged, n: usize) -> anyhow::Result<Logged> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(s) = p.proc.exited() {
-            bail!("{} exited with {s}:\n{}", p.name, p.tail());
-        }
-        if owned_progs(pid_of(&p)?, &HashMap::new())?.len() >= n {
-            return Ok(p);
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "{} loaded fewer than {n} programs in 15 s:\n{}",
-            p.name,
-            p.tail()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    Ok(podstat_tests::bpf::start_floor(
+        &c.out_dir,
+        name,
+        "sched_switch",
+    )?)
 }
 
 /// The agent's `podstat_runqueue_latency_seconds_count` for `container_id` (0 if absent).
@@ -979,10 +957,31 @@ stress-ng: metrc: [15449] switch              6401.73 nanosecs per context switc
     }
 
     #[test]
-    fn parses_cpu_time() {
-        let stat = "4242 (podstat (x) y) S 1 4242 4242 0 -1 4194560 1200 0 0 0 37 12 0 0 20 0 9 0";
-        assert_eq!(cpu_time_of(stat), Some(Duration::from_millis(490)));
-        assert_eq!(cpu_time_of("4242 (podstat) S 1"), None);
+    fn reads_own_cpu_time_and_memory() -> anyhow::Result<()> {
+        let me = std::process::id();
+        let before = cpu_time(me)?;
+        // Spin until /proc says 100 ms more were used; a reader that did not see this process's
+        // time grow would spin until the 20 s bound and fail.
+        let start = Instant::now();
+        let mut x = 0u64;
+        while cpu_time(me)?.saturating_sub(before) < Duration::from_millis(100) {
+            ensure!(
+                start.elapsed() < Duration::from_secs(20),
+                "cpu time did not grow"
+            );
+            for _ in 0..1_000_000 {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
+        // CPU time cannot exceed wall time for this single spinning thread (plus one tick).
+        let used = cpu_time(me)?.saturating_sub(before);
+        ensure!(
+            used <= start.elapsed() + Duration::from_millis(20),
+            "{used:?}"
+        );
+        let (rss, hwm) = vm_rss_hwm(me)?;
+        ensure!(rss > 0 && hwm >= rss, "{rss} {hwm}");
+        Ok(())
     }
 
     #[test]

@@ -1,14 +1,21 @@
-//! The benchmark's floor: attaches podstat's empty `sched_switch` program (`ebpf/src/floor.rs`)
-//! and nothing else, so `cargo xtask bench` can measure what any program on that tracepoint
-//! costs, against which podstat's and runqlat's costs are read.
+//! The benchmarks' floor: attaches one of podstat's empty programs (`ebpf/src/floor.rs`) and
+//! nothing else, so `cargo xtask bench` (`sched_switch`) and `bench-net` (`sock_recv_length`)
+//! can measure what any program on that tracepoint costs, against which the probes' costs are
+//! read.
 //!
-//! `podstat-test-floor [MAX_SECS]`: attaches, prints `attached`, and detaches on SIGTERM or
-//! SIGINT, or after MAX_SECS (default 600) so that it never outlives a bench that died.
+//! `podstat-test-floor [--hook sched_switch|sock_recv_length] [MAX_SECS]`: attaches (default
+//! `sched_switch`), prints `attached`, and detaches on SIGTERM or SIGINT, or after MAX_SECS
+//! (default 600) so that it never outlives a bench that died.
 use std::{process::ExitCode, time::Duration};
 
 use aya::{Btf, EbpfLoader};
 
-fn run(max: Duration) -> Result<(), String> {
+fn run(hook: &str, max: Duration) -> Result<(), String> {
+    let prog = match hook {
+        "sched_switch" => "bench_floor",
+        "sock_recv_length" => "floor_recv",
+        other => return Err(format!("no floor program for hook {other}")),
+    };
     let object = podstat::probe::object();
     if object.is_empty() {
         return Err("this build has no eBPF object (run it through `cargo xtask`)".into());
@@ -17,8 +24,8 @@ fn run(max: Duration) -> Result<(), String> {
     let mut ebpf = EbpfLoader::new()
         .load(object)
         .map_err(|e| format!("loading the eBPF object: {}", podstat::util::chain(&e)))?;
-    podstat::probe::attach_tp_btf(&mut ebpf, "bench_floor", "sched_switch", &btf)
-        .map_err(|e| format!("bench_floor: {e}"))?;
+    podstat::probe::attach_tp_btf(&mut ebpf, prog, hook, &btf)
+        .map_err(|e| format!("{prog}: {e}"))?;
     println!("attached");
     wait_for_signal(max);
     Ok(())
@@ -43,15 +50,23 @@ fn wait_for_signal(max: Duration) {
 }
 
 fn main() -> ExitCode {
-    let max = match std::env::args().nth(1).map(|a| a.parse::<u64>()) {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let mut hook = "sched_switch".to_owned();
+    if args.first().map(String::as_str) == Some("--hook") && args.len() >= 2 {
+        hook = args.remove(1);
+        args.remove(0);
+    }
+    let max = match args.first().map(|a| a.parse::<u64>()) {
         None => Duration::from_mins(10),
         Some(Ok(s)) => Duration::from_secs(s),
         Some(Err(_)) => {
-            eprintln!("usage: podstat-test-floor [MAX_SECS]");
+            eprintln!(
+                "usage: podstat-test-floor [--hook sched_switch|sock_recv_length] [MAX_SECS]"
+            );
             return ExitCode::from(2);
         }
     };
-    match run(max) {
+    match run(&hook, max) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("podstat-test-floor: {e}");

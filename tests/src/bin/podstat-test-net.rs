@@ -9,6 +9,13 @@
 //!   CPU N, reading its flows with blocking reads; `free`: unpinned threads that all read every
 //!   flow (non-blocking); `hop<N>`: like `free`, and each thread moves to the next CPU every N
 //!   reads (64 without N). Prints `bytes=<n> reads=<n>` at the end.
+//! - `orecv tcp|udp PORT SECS CPU`: the oracle reader. One socket (TCP: the one accepted
+//!   connection; UDP: bound, then connected to the sender of the first datagram, as iperf3's
+//!   server does, so the kernel records its incoming CPU) read by one thread pinned to CPU until
+//!   the flow ends, SECS pass, or (UDP) nothing came for a second. After every read that returned
+//!   data it asks the kernel where the socket's last packet was processed (`SO_INCOMING_CPU`)
+//!   and which CPU it runs on (`sched_getcpu`), and prints the tally as
+//!   `reads=<n> pairs=<reader cpu>:<incoming cpu>:<reads>,...` (incoming -1: none recorded).
 use std::{
     io::{ErrorKind, Read as _, Write as _},
     net::{TcpListener, TcpStream, UdpSocket},
@@ -19,7 +26,7 @@ use std::{
 
 fn usage() -> ! {
     eprintln!(
-        "usage: podstat-test-net send ADDR FLOWS MBYTES SECS CPU | recv PORT FLOWS THREADS SECS pin<N>|free|hop[N] | usend ADDR MBYTES SECS CPU | urecv PORT SECS CPU"
+        "usage: podstat-test-net send ADDR FLOWS MBYTES SECS CPU | recv PORT FLOWS THREADS SECS pin<N>|free|hop[N] | usend ADDR MBYTES SECS CPU | urecv PORT SECS CPU | orecv tcp|udp PORT SECS CPU"
     );
     std::process::exit(2)
 }
@@ -288,6 +295,100 @@ fn urecv(args: &[String]) {
     println!("bytes={bytes}");
 }
 
+/// `SO_INCOMING_CPU` of `fd`: the CPU that processed the socket's last packet (-1: none).
+fn incoming_cpu(fd: std::os::fd::RawFd) -> i32 {
+    let mut v: libc::c_int = -1;
+    let mut len = libc::socklen_t::try_from(size_of::<libc::c_int>()).unwrap_or(4);
+    // SAFETY: `v` and `len` are valid for the int-sized option getsockopt writes.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_INCOMING_CPU,
+            (&raw mut v).cast(),
+            &raw mut len,
+        )
+    };
+    if r == 0 { v } else { -1 }
+}
+
+/// The CPU this thread runs on.
+fn current_cpu() -> i32 {
+    // SAFETY: no preconditions.
+    unsafe { libc::sched_getcpu() }
+}
+
+fn orecv(args: &[String]) {
+    use std::{collections::BTreeMap, os::fd::AsRawFd as _};
+    let proto: String = arg(args, 2);
+    let port: u16 = arg(args, 3);
+    let secs: u64 = arg(args, 4);
+    let cpu: usize = arg(args, 5);
+    pin(cpu);
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut tally: BTreeMap<(i32, i32), u64> = BTreeMap::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut reads = 0u64;
+    let mut count = |fd, tally: &mut BTreeMap<(i32, i32), u64>| {
+        reads += 1;
+        *tally.entry((current_cpu(), incoming_cpu(fd))).or_default() += 1;
+    };
+    match proto.as_str() {
+        "tcp" => {
+            let listener = TcpListener::bind(("0.0.0.0", port)).unwrap_or_else(|e| {
+                eprintln!("bind {port}: {e}");
+                std::process::exit(1)
+            });
+            let (mut s, _) = listener.accept().unwrap_or_else(|e| {
+                eprintln!("accept: {e}");
+                std::process::exit(1)
+            });
+            let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+            while Instant::now() < end {
+                match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(_) => count(s.as_raw_fd(), &mut tally),
+                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                    Err(e) => {
+                        eprintln!("read: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        "udp" => {
+            let sock = UdpSocket::bind(("0.0.0.0", port)).unwrap_or_else(|e| {
+                eprintln!("bind {port}: {e}");
+                std::process::exit(1)
+            });
+            let _ = sock.set_read_timeout(Some(Duration::from_secs(1)));
+            let mut connected = false;
+            while Instant::now() < end {
+                match sock.recv_from(&mut buf) {
+                    Ok((_, from)) => {
+                        count(sock.as_raw_fd(), &mut tally);
+                        if !connected {
+                            if let Err(e) = sock.connect(from) {
+                                eprintln!("connect {from}: {e}");
+                                std::process::exit(1);
+                            }
+                            connected = true;
+                        }
+                    }
+                    Err(_) if connected => break,
+                    Err(_) => {}
+                }
+            }
+        }
+        _ => usage(),
+    }
+    let pairs: Vec<String> = tally
+        .iter()
+        .map(|((r, i), n)| format!("{r}:{i}:{n}"))
+        .collect();
+    println!("reads={reads} pairs={}", pairs.join(","));
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
@@ -295,6 +396,7 @@ fn main() {
         Some("recv") => recv(&args),
         Some("usend") => usend(&args),
         Some("urecv") => urecv(&args),
+        Some("orecv") => orecv(&args),
         _ => usage(),
     }
 }

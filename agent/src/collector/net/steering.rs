@@ -14,25 +14,28 @@ use crate::{
     collector::family::join,
     identity::IdMap,
     metric::Family,
-    probe::{ProbeId, Probes, net::NetProbe},
+    probe::{
+        ProbeId, Probes,
+        net::{Design, NetProbe},
+    },
 };
 
 /// `podstat_net_rx_steering_packets_total`.
 pub const NET_RX_STEERING_PACKETS: Family = crate::counter!(
     "podstat_net_rx_steering_packets",
-    "Packets queued to the container's sockets, by where the softirq that queued them ran relative to the CPU the socket's reader last consumed data on: same_cpu, same_llc (another CPU sharing the last-level cache), same_node, remote_node (eBPF sk_data_ready or tcp_probe vs sock_recv_length or tcp_rcv_space_adjust)."
+    "By default (read-time steering) reads, not packets: reads by the container that returned data, 1 in N per CPU examined and counted N times (--probe.net.sample-every, default 16), by where the socket's last packet was processed (sk_incoming_cpu, what SO_INCOMING_CPU returns) relative to the reading CPU: same_cpu, same_llc (another CPU sharing the last-level cache), same_node, remote_node (eBPF sock_recv_length or tcp_rcv_space_adjust; unconnected UDP sockets, which record no incoming CPU, are not counted). With --probe.net.per-packet: packets queued to the container's sockets, by where the softirq that queued them ran relative to the CPU the socket's reader last consumed data on (eBPF sk_data_ready or tcp_probe vs sock_recv_length or tcp_rcv_space_adjust)."
 );
 
 /// `podstat_net_flow_migrations_total`.
 pub const NET_FLOW_MIGRATIONS: Family = crate::counter!(
     "podstat_net_flow_migrations",
-    "Reads by the container on a socket that happened on another CPU than the socket's previous read: the thread movement that makes RFS and aRFS re-steer the flow."
+    "Reads by the container on a socket that happened on another CPU than the socket's previous read: the thread movement that makes RFS and aRFS re-steer the flow. By default among the sampled reads only (a sampled read on another CPU than the socket's previous sampled read, not scaled); with --probe.net.per-packet, every read."
 );
 
 /// `podstat_net_rx_queue_packets_total`.
 pub const NET_RX_QUEUE_PACKETS: Family = crate::counter!(
     "podstat_net_rx_queue_packets",
-    "Packets the CPU processed from the device's receive queue (eBPF netif_receive_skb; queue \"none\" when the driver records none), devices of podstat's network namespace."
+    "Packets received on the device's receive queue, devices of podstat's network namespace. By default from the driver's own counters with cpu=\"all\": netdev netlink queue statistics rx-packets (6.9+, drivers with queue stats), else the driver's per-queue ethtool statistics; devices with neither are absent. With --probe.net.per-packet: by the CPU that processed them (eBPF netif_receive_skb; queue \"none\" when the driver records none)."
 );
 
 /// `podstat_net_arfs_steer_requests_total`.
@@ -56,7 +59,8 @@ struct LocalityLabel {
 struct QueueCpuLabels {
     device: String,
     queue: String,
-    cpu: u32,
+    /// The CPU that processed the packets (per-packet probe), or `all` (driver counters).
+    cpu: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -74,6 +78,28 @@ fn device_name(devices: &[Device], ifindex: u32) -> String {
         .iter()
         .find(|d| d.ifindex == Some(ifindex))
         .map_or_else(|| format!("ifindex{ifindex}"), |d| d.ids.name.clone())
+}
+
+/// Encodes the per-queue packets the drivers count (`cpu="all"`: the driver does not know
+/// which CPU processed them), when no per-packet probe counts them.
+pub fn encode_driver_queues(
+    enc: &mut DescriptorEncoder,
+    counts: &[crate::netdev::qstats::DeviceQueues],
+) -> Result<(), std::fmt::Error> {
+    if counts.is_empty() {
+        return Ok(());
+    }
+    let mut m = NET_RX_QUEUE_PACKETS.encode(enc)?;
+    for d in counts {
+        for (q, n) in &d.packets {
+            ConstCounter::new(*n).encode(m.encode_family(&QueueCpuLabels {
+                device: d.device.clone(),
+                queue: q.to_string(),
+                cpu: "all".to_owned(),
+            })?)?;
+        }
+    }
+    Ok(())
 }
 
 /// Encodes the steering families, if the probes are loaded.
@@ -104,9 +130,13 @@ pub fn encode(
     let arfs: Vec<(u32, podstat_common::net::ArfsStats)> =
         maps.arfs.iter().filter_map(Result::ok).collect();
     drop(maps);
+    let read_time = probes
+        .unit::<NetProbe>()
+        .is_some_and(|p| p.design() == Design::ReadTime);
 
     let reader = probes.attached(ProbeId::NetReader);
-    if reader && probes.attached(ProbeId::NetSoftirq) {
+    // Read time: the reader program alone counts locality; per packet it needs the softirq side.
+    if reader && (read_time || probes.attached(ProbeId::NetSoftirq)) {
         let mut m = NET_RX_STEERING_PACKETS.encode(enc)?;
         for (target, s) in &stats {
             for (locality, n) in LOCALITY_NAMES.iter().zip(s.locality) {
@@ -127,7 +157,7 @@ pub fn encode(
             ConstCounter::new(n).encode(m.encode_family(&QueueCpuLabels {
                 device,
                 queue,
-                cpu,
+                cpu: cpu.to_string(),
             })?)?;
         }
     }
