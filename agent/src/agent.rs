@@ -18,7 +18,8 @@ use crate::{
     collector::{self, Gatherer},
     identity::{IdMap, Refresher, Scanner, Subscriber},
     metadata::{self, Store},
-    probe::{Probes, Wanted, metrics::ProbeMetrics},
+    privilege,
+    probe::{Probes, Wanted, kernel::Shared, metrics::ProbeMetrics},
 };
 
 /// What to run.
@@ -35,6 +36,9 @@ pub struct Config {
     pub refresh_interval: Duration,
     /// Names from the metadata provider; the caller decides what fills it.
     pub metadata: Arc<Store>,
+    /// Drop every capability and set `no_new_privs` once the probes are attached, before any
+    /// thread starts (`podstat agent` and `podstat check` do; the views and tests do not).
+    pub drop_privileges: bool,
 }
 
 /// Why the agent could not start.
@@ -51,6 +55,8 @@ pub struct Running {
     pub gatherer: Arc<Gatherer>,
     pub probes: Arc<Probes>,
     pub metadata: Arc<Store>,
+    /// What was done about capabilities after attach.
+    pub privilege: privilege::Outcome,
     stop: Arc<AtomicBool>,
     refresher: Option<JoinHandle<()>>,
 }
@@ -75,7 +81,24 @@ impl Agent {
             Some(wanted) => Probes::load(wanted, &config.paths.sysfs),
             None => Probes::none(),
         });
-        release_startup_memory();
+        // Loading the probes parses the kernel's BTF (several MiB, twice: ours and aya's); that
+        // memory is free again, but glibc keeps it in its heap.
+        crate::util::release_free_memory();
+        let privilege = if config.drop_privileges {
+            let read = |shared: &Shared| shared.readable();
+            let outcome = match probes.shared() {
+                Some(shared) => privilege::drop_all(Some(&|| read(shared))),
+                None => privilege::drop_all::<aya::maps::MapError>(None),
+            };
+            if let privilege::Outcome::Dropped { .. } = &outcome {
+                tracing::info!("{outcome}");
+            } else {
+                tracing::warn!("{outcome}");
+            }
+            outcome
+        } else {
+            privilege::Outcome::NotAsked
+        };
         let identity = Arc::new(IdMap::default());
         let stop = Arc::new(AtomicBool::new(false));
         let mut refresher = None;
@@ -122,19 +145,9 @@ impl Agent {
             gatherer,
             probes,
             metadata: config.metadata,
+            privilege,
             stop,
             refresher,
         })
-    }
-}
-
-/// Loading the probes parses the kernel's BTF (several MiB, twice: ours and aya's); that memory
-/// is free again, but glibc keeps it in its heap. Give it back so the agent's RSS reflects what
-/// it uses while running.
-fn release_startup_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only releases free heap memory; no pointer is invalidated.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }

@@ -192,11 +192,13 @@ pub fn report(args: &CheckArgs, enabled: &[&'static str]) -> Vec<Item> {
 
     // The agent as `podstat agent` would start it, names left empty: the provider is asked
     // once below, on its own.
-    let running = crate::agent::Agent::start(args.host.config(
-        enabled,
-        true,
-        Arc::new(crate::metadata::Store::default()),
-    ));
+    // It drops its capabilities after attach as the agent does, so what follows (the
+    // metadata provider, the collectors) runs as the agent would.
+    let mut config = args
+        .host
+        .config(enabled, true, Arc::new(crate::metadata::Store::default()));
+    config.drop_privileges = true;
+    let running = crate::agent::Agent::start(config);
     let running = match running {
         Ok(r) => r,
         Err(e) => {
@@ -222,6 +224,20 @@ pub fn report(args: &CheckArgs, enabled: &[&'static str]) -> Vec<Item> {
         };
         push("probe", probe.name().to_string(), outcome, detail);
     }
+
+    let outcome = match &running.privilege {
+        crate::privilege::Outcome::Dropped { .. } => Outcome::Ok,
+        crate::privilege::Outcome::KeptBpf { .. } => Outcome::Unsupported,
+        crate::privilege::Outcome::Failed(_) | crate::privilege::Outcome::NotAsked => {
+            Outcome::Inconclusive
+        }
+    };
+    push(
+        "permission",
+        "after attach".into(),
+        outcome,
+        running.privilege.to_string(),
+    );
 
     let (outcome, detail) = check_metadata(&args.host.metadata);
     push("metadata", "provider".to_string(), outcome, detail);

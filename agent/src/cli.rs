@@ -96,6 +96,7 @@ impl HostArgs {
             probes: load_probes.then(|| self.probe.wanted(enabled)),
             refresh_interval: self.probe.refresh_interval,
             metadata,
+            drop_privileges: false,
         }
     }
 }
@@ -179,6 +180,32 @@ pub struct AgentArgs {
         env = "PODSTAT_LISTEN_ADDRESS"
     )]
     pub listen: SocketAddr,
+    /// Scrapes that arrive while a collection runs, or within this long after it ended, get
+    /// that collection's result (encoded once per format and encoding): an HA pair of
+    /// Prometheus servers costs one collection, and no client can make the agent collect back
+    /// to back. `0` disables the window (scrapes that arrive during a collection still share it).
+    #[arg(long = "web.scrape-window", value_name = "DURATION", default_value = "1s", value_parser = crate::util::parse_duration_or_zero)]
+    pub scrape_window: std::time::Duration,
+    /// Scrapes of /metrics served at once; more are answered 503. `0`: no limit.
+    #[arg(long = "web.max-requests", value_name = "N", default_value_t = 40)]
+    pub max_requests: usize,
+    /// HTTP connections open at once; more are closed as soon as they are accepted. Keeps
+    /// file descriptors for the collectors however many clients connect. `0`: no limit.
+    #[arg(long = "web.max-connections", value_name = "N", default_value_t = 512)]
+    pub max_connections: usize,
+    /// TLS (server certificate, reloaded when it changes; client certificates) and basic auth
+    /// for every endpoint, in the exporter-toolkit format node_exporter reads (see
+    /// docs/deploying.md). Unknown keys are refused at start.
+    #[arg(
+        long = "web.config.file",
+        value_name = "FILE",
+        env = "PODSTAT_WEB_CONFIG_FILE"
+    )]
+    pub web_config_file: Option<std::path::PathBuf>,
+    /// With --web.config.file: /healthz and /readyz answer without a password or a client
+    /// certificate (for the kubelet's probes); /metrics still needs them.
+    #[arg(long = "web.health-open", requires = "web_config_file")]
+    pub health_open: bool,
     /// Histograms in the protobuf exposition (what Prometheus asks for with native histograms
     /// on): `native` (one series each, every kernel bucket), `classic` (the buckets the text
     /// formats carry) or `both`. The text formats always carry the classic buckets.
@@ -186,6 +213,26 @@ pub struct AgentArgs {
     pub histograms: crate::exposition::Histograms,
     #[command(flatten)]
     pub host: HostArgs,
+}
+
+impl AgentArgs {
+    /// How the endpoint is served, with the web config read and checked.
+    pub fn server_options(
+        &self,
+    ) -> Result<crate::server::Options, crate::webconfig::WebConfigError> {
+        let web = self
+            .web_config_file
+            .as_deref()
+            .map(|p| crate::webconfig::WebConfig::load(p, self.health_open))
+            .transpose()?;
+        Ok(crate::server::Options {
+            scrape_window: self.scrape_window,
+            max_requests: self.max_requests,
+            max_connections: self.max_connections,
+            web: web.map(std::sync::Arc::new),
+            health_open: self.health_open,
+        })
+    }
 }
 
 /// Sizing and refresh of the eBPF probes.
@@ -382,6 +429,14 @@ mod tests {
             panic!("not agent")
         };
         assert_eq!(a.listen.to_string(), "0.0.0.0:9977");
+        let o = a.server_options().expect("no web config");
+        assert_eq!(o.scrape_window, std::time::Duration::from_secs(1));
+        assert_eq!((o.max_requests, o.max_connections), (40, 512));
+        let p = parse_from(["podstat", "agent", "--web.scrape-window", "0"]).expect("parse");
+        let Cmd::Agent(a) = &p.cli.command else {
+            panic!("not agent")
+        };
+        assert_eq!(a.scrape_window, std::time::Duration::ZERO);
         assert_eq!(a.host.paths.cgroupfs.to_str(), Some("/sys/fs/cgroup"));
         assert!(p.enabled.contains(&"cgroup") && p.enabled.contains(&"sched"));
 
@@ -448,6 +503,11 @@ mod tests {
             "--collector.cgroup",
             "--no-collector.sched",
             "--log.format",
+            "--web.scrape-window",
+            "--web.max-requests",
+            "--web.max-connections",
+            "--web.config.file",
+            "--web.health-open",
         ] {
             assert!(
                 help.contains(flag),

@@ -14,10 +14,12 @@ pub mod identity;
 pub mod metadata;
 pub mod metric;
 pub mod netdev;
+pub mod privilege;
 pub mod probe;
 pub mod server;
 pub mod util;
 pub mod view;
+pub mod webconfig;
 
 use std::path::PathBuf;
 

@@ -12,6 +12,8 @@ use podstat::{
 use tokio::signal::unix::{SignalKind, signal};
 
 fn main() -> ExitCode {
+    // Before any thread: see util::one_malloc_arena.
+    podstat::util::one_malloc_arena();
     let parsed = match cli::parse_from(std::env::args_os()) {
         Ok(p) => p,
         Err(e) => e.exit(),
@@ -65,6 +67,16 @@ fn init_logging(log: &LogArgs, quiet: Option<&str>) -> anyhow::Result<()> {
 
 fn run_agent(args: &AgentArgs, enabled: &[&'static str]) -> anyhow::Result<()> {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), collectors = ?enabled, "starting podstat agent");
+    // Read before the probes load: a bad web config stops the agent at once.
+    let server_options = args.server_options().context("--web.config.file")?;
+    if let Some(web) = &server_options.web {
+        tracing::info!(
+            tls = web.tls.is_some(),
+            basic_auth_users = web.users.len(),
+            health_open = args.health_open,
+            "web config loaded"
+        );
+    }
     let provider = metadata::select(&args.host.metadata)?;
     if provider.is_none() {
         tracing::info!(
@@ -74,8 +86,9 @@ fn run_agent(args: &AgentArgs, enabled: &[&'static str]) -> anyhow::Result<()> {
     }
     let store = Arc::new(metadata::Store::default());
     podstat::exposition::set_histograms(args.histograms);
-    let running = Agent::start(args.host.config(enabled, true, Arc::clone(&store)))
-        .context("starting the agent")?;
+    let mut config = args.host.config(enabled, true, Arc::clone(&store));
+    config.drop_privileges = true;
+    let running = Agent::start(config).context("starting the agent")?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -102,9 +115,14 @@ fn run_agent(args: &AgentArgs, enabled: &[&'static str]) -> anyhow::Result<()> {
                 _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
             }
         };
-        server::serve(listener, Arc::clone(&running.registry), shutdown)
-            .await
-            .context("serving HTTP")
+        server::serve(
+            listener,
+            Arc::clone(&running.registry),
+            &server_options,
+            shutdown,
+        )
+        .await
+        .context("serving HTTP")
     })?;
     drop(running);
     tracing::info!("stopped");

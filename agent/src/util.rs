@@ -67,6 +67,31 @@ pub fn kernel_release() -> String {
     )
 }
 
+/// Makes every thread allocate from one glibc arena. By default glibc gives threads arenas of
+/// their own (up to 8 per CPU); the tokio blocking pool's threads come and go, and freed memory
+/// stays behind in arenas no thread uses any more: under pod churn the RSS grew by about
+/// 140 bytes per container cgroup (10,000 churned, tests/churn.rs), and with one arena it is
+/// flat. The agent's few threads barely contend for it. Call before any thread starts; a no-op
+/// on other C libraries.
+pub fn one_malloc_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter; called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// Gives the heap's free memory back to the kernel (glibc keeps freed memory in each thread's
+/// arena, and a long-running process that frees as much as it allocates still grows its RSS
+/// that way). A no-op on other C libraries.
+pub fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free heap memory; no pointer is invalidated.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,6 +55,7 @@ fn render_with(name: &str, non_pod: bool, extended: bool, collectors: &[&'static
         probes: None,
         refresh_interval: Duration::from_secs(5),
         metadata: Arc::new(podstat::metadata::Store::default()),
+        drop_privileges: false,
     })
     .expect("agent starts");
     let (body, _) = render(&running.registry, Format::Text, false).expect("render");

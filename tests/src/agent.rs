@@ -30,6 +30,8 @@ pub fn free_addr() -> SocketAddr {
 
 /// `podstat agent --web.listen-address <addr> --log.level warn <extra>`, stdin null, run in
 /// network namespace `netns` when given (through `nsenter --net`, see [`netns::enter`]).
+/// Unless `extra` sets `--web.scrape-window`, it is `0`: a test (or the scrape bench) that
+/// scrapes twice wants two collections, not the first one shared.
 pub fn agent_command(netns: Option<&str>, addr: SocketAddr, extra: &[&str]) -> Command {
     let mut cmd = match netns {
         None => Command::new(podstat_bin()),
@@ -44,6 +46,13 @@ pub fn agent_command(netns: Option<&str>, addr: SocketAddr, extra: &[&str]) -> C
         .arg(addr.to_string())
         .args(["--log.level", "warn"])
         .args(extra)
+        .args(
+            if extra.iter().any(|f| f.starts_with("--web.scrape-window")) {
+                &[][..]
+            } else {
+                &["--web.scrape-window", "0"][..]
+            },
+        )
         .env("NO_COLOR", "1")
         .stdin(Stdio::null());
     cmd

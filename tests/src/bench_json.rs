@@ -53,6 +53,40 @@ pub struct ScrapeResult {
     pub collect_ms: Option<f64>,
 }
 
+/// The scrape flood: `scrapers` concurrent clients scraping as fast as they are answered.
+#[derive(Serialize, Deserialize)]
+pub struct FloodRow {
+    /// Which agent: `window 1s`, `window 0`, or `baseline` (another binary, its defaults).
+    pub agent: String,
+    pub scrapers: usize,
+    pub secs: f64,
+    /// Scrapes answered 200.
+    pub answered: usize,
+    /// Scrapes answered otherwise, or not at all.
+    pub failed: usize,
+    /// The agent's CPU time over the flood, divided by its wall time.
+    pub cpu_cores: f64,
+    pub latency: Summary,
+}
+
+/// The scrape flood over `pods` x 3 container cgroups.
+#[derive(Serialize, Deserialize)]
+pub struct FloodResult {
+    pub pods: usize,
+    pub containers: usize,
+    pub rows: Vec<FloodRow>,
+}
+
+/// Pod churn: the agent's RSS as container cgroups are created and removed.
+#[derive(Serialize, Deserialize)]
+pub struct ChurnResult {
+    /// (container cgroups churned so far, VmRSS KiB).
+    pub rss: Vec<(usize, u64)>,
+    pub leftover_series: usize,
+    pub maps_before: BTreeMap<String, usize>,
+    pub maps_after: BTreeMap<String, usize>,
+}
+
 /// One program's deltas over a storm.
 #[derive(Serialize, Deserialize)]
 pub struct ProbeRow {

@@ -172,24 +172,43 @@ fn kill_cgroup(dir: &Path) {
     }
 }
 
+impl CgroupTree {
+    /// Removes `rel` and everything created below it (killing what runs there), deepest first,
+    /// in every hierarchy; the tree forgets them.
+    pub fn remove(&mut self, rel: &str) {
+        let below = format!("{rel}/");
+        let (gone, kept): (Vec<String>, Vec<String>) = std::mem::take(&mut self.dirs)
+            .into_iter()
+            .partition(|d| d == rel || d.starts_with(&below));
+        self.dirs = kept;
+        for d in gone.iter().rev() {
+            self.remove_dir(d);
+        }
+    }
+
+    fn remove_dir(&self, rel: &str) {
+        for h in &self.hierarchies {
+            let dir = h.join(rel);
+            if !dir.exists() {
+                continue;
+            }
+            kill_cgroup(&dir);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while let Err(e) = fs::remove_dir(&dir) {
+                if Instant::now() > deadline {
+                    eprintln!("warning: could not remove {}: {e}", dir.display());
+                    break;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
 impl Drop for CgroupTree {
     fn drop(&mut self) {
         for rel in self.dirs.iter().rev() {
-            for h in &self.hierarchies {
-                let dir = h.join(rel);
-                if !dir.exists() {
-                    continue;
-                }
-                kill_cgroup(&dir);
-                let deadline = Instant::now() + Duration::from_secs(5);
-                while let Err(e) = fs::remove_dir(&dir) {
-                    if Instant::now() > deadline {
-                        eprintln!("warning: could not remove {}: {e}", dir.display());
-                        break;
-                    }
-                    thread::sleep(Duration::from_millis(20));
-                }
-            }
+            self.remove_dir(rel);
         }
     }
 }

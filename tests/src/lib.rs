@@ -18,6 +18,7 @@ pub mod agent;
 pub mod bench_json;
 pub mod bpf;
 pub mod cgroup;
+pub mod churn;
 pub mod cri;
 pub mod dashboard;
 pub mod deploy;

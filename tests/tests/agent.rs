@@ -1,6 +1,11 @@
 //! The agent as a process: eBPF probe attached, HTTP behaviour, shutdown, `podstat check`.
 
-use std::{io::Read as _, process::Command, time::Duration};
+use std::{
+    io::Read as _,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
 
 use podstat_tests::{
     CgroupTree, find, http_get, parse_exposition, podstat_bin, probe_attached, require_root,
@@ -23,7 +28,7 @@ fn sched_switch_probe_attaches_and_counts() {
             .map(|x| x.value)
             .sum()
     };
-    std::thread::sleep(Duration::from_millis(300));
+    thread::sleep(Duration::from_millis(300));
     let second = parse_exposition(&http_get(addr, "/metrics", &[]).expect("scrape").text());
     assert!(
         total(&second) > total(&first),
@@ -165,6 +170,78 @@ fn flate2_free_gunzip(body: &[u8], out: &mut String) {
     );
 }
 
+/// A field of `/proc/<pid>/task/<tid>/status`.
+fn status_field(status: &str, key: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in:\n{status}"))
+        .trim()
+        .to_owned()
+}
+
+/// Once the probes are attached the agent holds no capability in any set, on any of its
+/// threads, and has `no_new_privs`; yet a container cgroup created afterwards is tracked (the
+/// refresh writes `KNOWN` without `CAP_BPF`) and its run-queue series are read from the maps.
+#[test]
+fn agent_holds_no_capability_after_attach() {
+    require_root();
+    let v1 = v1_hierarchies();
+    let root = format!("podstat-test-{}-caps", std::process::id());
+    let (uid, cid) = test_ids(41);
+    let ctr = format!("{root}/kubepods/besteffort/pod{uid}/{cid}");
+    let mut tree = CgroupTree::new(&[&v1.cpu, &v1.cpuacct]);
+    tree.mkdir(&format!("{root}/kubepods/besteffort"));
+    let (agent, addr) =
+        start_agent(&["--no-collector.cgroup", "--probe.refresh-interval", "200ms"]);
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", agent.pid())).expect("agent tasks");
+    let mut seen = 0;
+    for t in tasks {
+        let t = t.expect("task entry").path();
+        let status = std::fs::read_to_string(t.join("status")).expect("task status");
+        for key in ["CapEff:", "CapPrm:", "CapInh:", "CapAmb:"] {
+            assert_eq!(
+                u64::from_str_radix(&status_field(&status, key), 16).expect("hex"),
+                0,
+                "{} {key} is not empty:\n{status}",
+                t.display()
+            );
+        }
+        assert_eq!(status_field(&status, "NoNewPrivs:"), "1", "{status}");
+        seen += 1;
+    }
+    assert!(seen >= 2, "the agent runs its refresh thread: {seen} tasks");
+    // Root on this host has CAP_SETPCAP, so the bounding set goes too.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).expect("status");
+    assert_eq!(
+        u64::from_str_radix(&status_field(&status, "CapBnd:"), 16).expect("hex"),
+        0,
+        "{status}"
+    );
+
+    tree.mkdir(&ctr);
+    let mut load = tree.spawn(&ctr, Command::new(LOAD).args(["spin-sleep", "1", "1", "1"]));
+    let _ = load.wait();
+    let labels = [("pod_uid", uid.as_str()), ("container_id", cid.as_str())];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = scrape(addr);
+        if find(&s, "podstat_runqueue_latency_seconds_count", &labels)
+            .iter()
+            .any(|x| x.value > 0.0)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no run-queue series for a cgroup created after the drop: the maps are not usable without capabilities"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+const LOAD: &str = env!("CARGO_BIN_EXE_podstat-test-load");
+
 #[test]
 fn check_reports_this_host() {
     require_root();
@@ -179,6 +256,8 @@ fn check_reports_this_host() {
         String::from_utf8_lossy(&out.stderr)
     );
     for want in [
+        "\"after attach\"",
+        "every capability dropped",
         "\"cpu controller\"",
         "\"BTF\"",
         "\"sched_switch\"",
@@ -229,7 +308,7 @@ fn live_scrape_passes_promtool_lint() {
     tree.mkdir(&ctr);
     tree.write(0, &ctr, "cpu.cfs_quota_us", "20000");
     let (_agent, addr) = start_agent(&["--probe.refresh-interval", "200ms"]);
-    std::thread::sleep(Duration::from_millis(500));
+    thread::sleep(Duration::from_millis(500));
     let mut load = tree.spawn(
         &ctr,
         Command::new(env!("CARGO_BIN_EXE_podstat-test-load")).args(["busy", "2", "1"]),

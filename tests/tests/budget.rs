@@ -113,6 +113,12 @@ fn active_container_stays_within_the_series_budget() {
     tree.mkdir(&hog);
     tree.write(0, &ctr, "cpu.cfs_period_us", "100000");
     tree.write(0, &ctr, "cpu.cfs_quota_us", "20000");
+    // The hog has a quota too: unlimited, its 2 busy threads under the test root's weight
+    // (262144 against the agent's 1024) left the agent ~0.4% of the 2 CPUs, and a scrape of
+    // the debug build took longer than the harness's 10 s bound. One core keeps it
+    // preempting the container and leaves the agent the other.
+    tree.write(0, &hog, "cpu.cfs_period_us", "100000");
+    tree.write(0, &hog, "cpu.cfs_quota_us", "100000");
     let (_agent, addr) = start_agent(&["--probe.refresh-interval", "1s"]);
     let secs = "70";
     let mut kids = vec![

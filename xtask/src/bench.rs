@@ -13,7 +13,9 @@ use std::{
 };
 
 use crate::{
-    bench_json::{E2eResult, ProbeResult, ScrapeResult, Setup, StormRows},
+    bench_json::{
+        ChurnResult, E2eResult, FloodResult, ProbeResult, ScrapeResult, Setup, StormRows,
+    },
     step,
 };
 use anyhow::{Context as _, ensure};
@@ -26,6 +28,10 @@ pub struct Config {
     pub skip_scrape: bool,
     /// Skip part 3 (end-to-end cost): for quick A/B runs of the per-event cost.
     pub skip_e2e: bool,
+    pub flood_pods: usize,
+    pub flood_secs: u64,
+    pub flood_baseline: Option<PathBuf>,
+    pub churn: usize,
 }
 
 const TARGET_RATIO: f64 = 2.0;
@@ -148,6 +154,17 @@ pub fn all(start: Instant, c: &Config) -> anyhow::Result<()> {
     if c.skip_e2e {
         args.push("--skip-e2e".to_owned());
     }
+    args.extend([
+        "--flood-pods".to_owned(),
+        c.flood_pods.to_string(),
+        "--flood-secs".to_owned(),
+        c.flood_secs.to_string(),
+    ]);
+    args.extend(["--churn".to_owned(), c.churn.to_string()]);
+    if let Some(b) = &c.flood_baseline {
+        args.push("--flood-baseline".to_owned());
+        args.push(b.display().to_string());
+    }
     step(start, "running podstat-test-bench");
     let lines = run_scenario("podstat-test-bench", &bin, &out_dir, &args)?;
     let setup: Setup = part(&lines, "setup")?.context("podstat-test-bench printed no setup")?;
@@ -155,8 +172,10 @@ pub fn all(start: Instant, c: &Config) -> anyhow::Result<()> {
     let probe: ProbeResult =
         part(&lines, "probe")?.context("podstat-test-bench printed no probe result")?;
     let e2e: Option<E2eResult> = part(&lines, "e2e")?;
+    let flood: Option<FloodResult> = part(&lines, "flood")?;
+    let churn: Option<ChurnResult> = part(&lines, "churn")?;
 
-    let report = render(
+    let mut report = render(
         c,
         &bin,
         &bin_source,
@@ -164,7 +183,11 @@ pub fn all(start: Instant, c: &Config) -> anyhow::Result<()> {
         scrape.as_ref(),
         &probe,
         e2e.as_ref(),
+        flood.as_ref(),
     );
+    if let Some(churn) = &churn {
+        render_churn(&mut report, churn);
+    }
     println!("{report}");
     let path = out_dir.join("report.md");
     fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
@@ -213,6 +236,10 @@ fn verdict(ok: bool) -> &'static str {
 // ---------------------------------------------------------------------------------------------
 // Report
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one argument per part of the report"
+)]
 fn render(
     c: &Config,
     bin: &std::path::Path,
@@ -221,6 +248,7 @@ fn render(
     scrape: Option<&ScrapeResult>,
     probe: &ProbeResult,
     e2e: Option<&E2eResult>,
+    flood: Option<&FloodResult>,
 ) -> String {
     let mut r = String::new();
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -247,7 +275,102 @@ fn render(
     if let Some(e2e) = e2e {
         render_e2e(&mut r, setup, e2e, cpus);
     }
+    if let Some(flood) = flood {
+        render_flood(&mut r, flood);
+    }
     r
+}
+
+fn render_churn(r: &mut String, ch: &ChurnResult) {
+    let _ = writeln!(r, "## 5. Pod churn\n");
+    let _ = writeln!(
+        r,
+        "Container cgroups created and removed in batches of 50 (25 pods x 2), each running \
+         `sleep 0.01` once the agent tracks it, probes on, the agent reading only the bench's \
+         tree. Target: RSS grows at most 5% from after the first 1,000 to the end.\n"
+    );
+    let _ = writeln!(r, "| cgroups churned | agent VmRSS |\n|---:|---:|");
+    for (n, kib) in ch.rss.iter().filter(|(n, _)| n % 1000 == 0) {
+        let _ = writeln!(r, "| {n} | {kib} KiB |");
+    }
+    let first = ch.rss.iter().find(|(n, _)| *n >= 1000).map(|x| x.1);
+    if let (Some(first), Some(last)) = (first, ch.rss.last().map(|x| x.1)) {
+        #[expect(clippy::cast_precision_loss, reason = "KiB figures are small")]
+        let growth = (last as f64 - first as f64) / first as f64 * 100.0;
+        let _ = writeln!(
+            r,
+            "\nGrowth from 1,000 to the end: {growth:.1}% (target ≤ 5%: {}). Series of removed \
+             cgroups left: {}. Per-cgroup maps before {:?}, after {:?}.\n",
+            verdict(growth <= 5.0),
+            ch.leftover_series,
+            ch.maps_before,
+            ch.maps_after
+        );
+    }
+}
+
+/// Agent CPU in a flood of 32 scrapers over 200 pods x 3 containers, with the window on.
+const TARGET_FLOOD_CORES: f64 = 0.6;
+
+fn render_flood(r: &mut String, f: &FloodResult) {
+    let _ = writeln!(
+        r,
+        "## 4. Scrape flood
+"
+    );
+    let _ = writeln!(
+        r,
+        "{} pods x 3 containers ({} container cgroups); the agent with its default collectors \
+         (probes on); N threads each scraping back to back (Prometheus' `Accept`, gzip, a new \
+         connection per scrape). CPU: the agent's utime + stime over the flood divided by its \
+         wall time. `baseline`: the binary given with `--flood-baseline`, at its defaults.\n",
+        f.pods, f.containers
+    );
+    let _ = writeln!(
+        r,
+        "| agent | scrapers | answered | failed | agent CPU (cores) | p50 | p99 |"
+    );
+    let _ = writeln!(r, "|---|---:|---:|---:|---:|---:|---:|");
+    for row in &f.rows {
+        let _ = writeln!(
+            r,
+            "| {} | {} | {} | {} | {:.2} | {:.1} ms | {:.1} ms |",
+            row.agent,
+            row.scrapers,
+            row.answered,
+            row.failed,
+            row.cpu_cores,
+            row.latency.median_ms,
+            row.latency.p99_ms
+        );
+    }
+    if let Some(top) = f
+        .rows
+        .iter()
+        .find(|x| x.agent == "window 1s" && x.scrapers == 32)
+    {
+        let _ = writeln!(
+            r,
+            "\n32 scrapers, window 1s: {:.2} cores (target ≤ {TARGET_FLOOD_CORES}: {}), {} failed (target 0: {})",
+            top.cpu_cores,
+            verdict(top.cpu_cores <= TARGET_FLOOD_CORES),
+            top.failed,
+            verdict(top.failed == 0)
+        );
+        if let Some(base) = f
+            .rows
+            .iter()
+            .find(|x| x.agent == "baseline" && x.scrapers == 32)
+        {
+            let _ = writeln!(
+                r,
+                "against the baseline's {:.2} cores: {:.2}x",
+                base.cpu_cores,
+                top.cpu_cores / base.cpu_cores
+            );
+        }
+    }
+    let _ = writeln!(r);
 }
 
 fn render_scrape(r: &mut String, c: &Config, setup: &Setup, s: &ScrapeResult) {

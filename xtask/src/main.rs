@@ -82,7 +82,8 @@ enum Task {
     /// (300 pods x 3 containers of real cgroups) against plain loops reading the same files;
     /// per-event cost of every probe program against libbpf-tools runqlat during a
     /// context-switch storm, inside a pod and outside; end-to-end storm throughput with no
-    /// probe, with an empty sched_switch program (the floor), with podstat and with runqlat.
+    /// probe, with an empty sched_switch program (the floor), with podstat and with runqlat;
+    /// the scrape flood (agent CPU and latency at 1, 8 and 32 concurrent scrapers).
     /// Needs root. Writes target/bench/report.md.
     Bench {
         /// Pods in the scrape benchmark (3 containers each).
@@ -101,6 +102,19 @@ enum Task {
         /// the per-event cost.
         #[arg(long)]
         skip_e2e: bool,
+        /// Pods in the scrape flood (3 containers each).
+        #[arg(long, default_value_t = 200)]
+        flood_pods: usize,
+        /// Seconds per flood (1, 8 and 32 concurrent scrapers, with and without the window).
+        #[arg(long, default_value_t = 10)]
+        flood_secs: u64,
+        /// Another podstat binary (e.g. the main branch's release build) to flood with its
+        /// defaults, as a baseline.
+        #[arg(long, value_name = "BIN")]
+        flood_baseline: Option<PathBuf>,
+        /// Container cgroups in the churn part (RSS curve); 0 skips it.
+        #[arg(long, default_value_t = 3000)]
+        churn: usize,
     },
     /// Receive-path cost of the steering probes: iperf3 64-byte UDP and 1400-byte TCP over a
     /// veth pair between two network namespaces (RPS/RFS on, server in a pod cgroup), with no
@@ -227,6 +241,10 @@ fn main() -> anyhow::Result<()> {
             storm_secs,
             skip_scrape,
             skip_e2e,
+            flood_pods,
+            flood_secs,
+            flood_baseline,
+            churn,
         } => {
             setup::toolchain(start)?;
             setup::debian_packages(start, setup::BENCH_PACKAGES)?;
@@ -243,6 +261,10 @@ fn main() -> anyhow::Result<()> {
                     storm_secs,
                     skip_scrape,
                     skip_e2e,
+                    flood_pods,
+                    flood_secs,
+                    flood_baseline,
+                    churn,
                 },
             )?;
         }

@@ -164,6 +164,7 @@ impl Refresher {
             .filter(|id| !next.contains_key(id))
             .copied()
             .collect();
+        let gone = removed.len();
         let diff = Diff {
             added,
             removed,
@@ -179,6 +180,13 @@ impl Refresher {
         drop(tracked);
         let n = next.len();
         self.map.replace(next);
+        if gone > 0 {
+            // What the removed cgroups' entries (labels, scans, map keys) took is free now: give
+            // the free pages back to the kernel. Costs well under a millisecond on this heap,
+            // once per refresh that saw cgroups go. (The growth under churn itself was glibc's
+            // per-thread arenas: see util::one_malloc_arena.)
+            crate::util::release_free_memory();
+        }
         n
     }
 

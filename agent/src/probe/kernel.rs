@@ -275,6 +275,14 @@ impl Shared {
             .collect()
     }
 
+    /// Whether the kernel lets this thread read `KNOWN` (a lookup of an absent key).
+    pub fn readable(&self) -> Result<(), MapError> {
+        match self.lock().known.get(&0, 0) {
+            Ok(_) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// `KNOWN` inserts that failed because the map was full.
     pub fn known_full(&self) -> u64 {
         self.known_full.load(Ordering::Relaxed)

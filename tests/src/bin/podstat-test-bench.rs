@@ -14,8 +14,18 @@
 //!    with the empty program alone (the floor), with the podstat agent, and with runqlat alone,
 //!    interleaved.
 //!
+//! 4. Scrape flood: 1, 8 and 32 concurrent scrapers (Prometheus' `Accept` and gzip, a new
+//!    connection each) for `--flood-secs` against `--flood-pods` × 3 container cgroups: every
+//!    scrape answered, the agent's CPU (cores) and the latency p50/p99, with the default
+//!    `--web.scrape-window`, with `0`, and with `--flood-baseline BIN` (another build, e.g. the
+//!    main branch's) when given.
+//!
 //! `podstat-test-bench --out-dir DIR [--pods N] [--scrapes N] [--storm-secs N] [--skip-scrape]
-//! [--skip-e2e]`. Processes' logs go to DIR. Everything it creates (cgroups below
+//! [--skip-probe] [--skip-e2e] [--skip-flood] [--flood-pods N] [--flood-secs N]
+//! [--flood-baseline BIN] [--churn N]`.
+//! 5. Pod churn: `--churn N` container cgroups (0 skips it) created and removed in batches,
+//!    each briefly running a task, probes on (the harness of `tests/churn.rs`): the agent's
+//!    RSS curve, the series and map entries left. Processes' logs go to DIR. Everything it creates (cgroups below
 //! `podstat-test-bench-<pid>`, processes, the `bpf_stats_enabled` sysctl) is undone by the
 //! harness's guards, also on error and on panic.
 
@@ -31,10 +41,13 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 use podstat_tests::{
     CgroupTree, Logged, agent_command,
-    bench_json::{E2eResult, ProbeResult, ProbeRow, ScrapeResult, Setup, StormRows, Summary},
+    bench_json::{
+        ChurnResult, E2eResult, FloodResult, FloodRow, ProbeResult, ProbeRow, ScrapeResult, Setup,
+        StormRows, Summary,
+    },
     bpf::{BpfStats, Prog, owned_progs, prog_snapshot},
     cgroup::reap_stale,
-    free_addr, http_get, wait_metrics,
+    churn, free_addr, http_get, wait_metrics,
 };
 use serde::Serialize;
 
@@ -53,18 +66,28 @@ const PROBE_REFRESH: &str = "500ms";
 /// storm's cgroup.
 const TRACKER_WAIT: Duration = Duration::from_millis(1500);
 
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "one switch per part of the bench"
+)]
 struct Config {
     pods: usize,
     scrapes: usize,
     storm_secs: u64,
     skip_scrape: bool,
+    skip_probe: bool,
     skip_e2e: bool,
+    skip_flood: bool,
+    flood_pods: usize,
+    flood_secs: u64,
+    flood_baseline: Option<PathBuf>,
+    churn: usize,
     out_dir: PathBuf,
 }
 
 fn usage() -> anyhow::Error {
     anyhow::anyhow!(
-        "usage: podstat-test-bench --out-dir DIR [--pods N] [--scrapes N] [--storm-secs N] [--skip-scrape] [--skip-e2e]"
+        "usage: podstat-test-bench --out-dir DIR [--pods N] [--scrapes N] [--storm-secs N] [--skip-scrape] [--skip-probe] [--skip-e2e] [--skip-flood] [--flood-pods N] [--flood-secs N] [--flood-baseline BIN] [--churn N]"
     )
 }
 
@@ -74,7 +97,13 @@ fn parse_args() -> anyhow::Result<Config> {
         scrapes: 200,
         storm_secs: 10,
         skip_scrape: false,
+        skip_probe: false,
         skip_e2e: false,
+        skip_flood: false,
+        flood_pods: 200,
+        flood_secs: 10,
+        flood_baseline: None,
+        churn: 3000,
         out_dir: PathBuf::new(),
     };
     let mut args = std::env::args().skip(1);
@@ -87,6 +116,12 @@ fn parse_args() -> anyhow::Result<Config> {
             "--out-dir" => c.out_dir = PathBuf::from(value()?),
             "--skip-scrape" => c.skip_scrape = true,
             "--skip-e2e" => c.skip_e2e = true,
+            "--skip-probe" => c.skip_probe = true,
+            "--skip-flood" => c.skip_flood = true,
+            "--flood-pods" => c.flood_pods = value()?.parse().context("--flood-pods")?,
+            "--flood-secs" => c.flood_secs = value()?.parse().context("--flood-secs")?,
+            "--flood-baseline" => c.flood_baseline = Some(PathBuf::from(value()?)),
+            "--churn" => c.churn = value()?.parse().context("--churn")?,
             _ => return Err(usage()),
         }
     }
@@ -146,27 +181,45 @@ fn main() -> anyhow::Result<()> {
         emit("scrape", &scrape_bench(&c)?)?;
     }
 
-    step(
-        start,
-        &format!(
-            "per-event probe cost: podstat and runqlat during a {}s context-switch storm in a pod, \
-             then a {}s one outside pods",
-            c.storm_secs,
-            c.storm_secs.div_ceil(2)
-        ),
-    );
-    let pod = StormPod::new();
-    emit("probe", &probe_bench(start, &c, &pod)?)?;
-
-    if !c.skip_e2e {
+    if !c.skip_probe {
         step(
             start,
             &format!(
-                "end-to-end cost: stress-ng --switch in the pod, {E2E_ROUNDS} rounds x {E2E_SECS}s: \
-                 no probe, an empty sched_switch program, podstat, runqlat"
+                "per-event probe cost: podstat and runqlat during a {}s context-switch storm in a pod, \
+                 then a {}s one outside pods",
+                c.storm_secs,
+                c.storm_secs.div_ceil(2)
             ),
         );
-        emit("e2e", &e2e_bench(start, &c, &pod)?)?;
+        let pod = StormPod::new();
+        emit("probe", &probe_bench(start, &c, &pod)?)?;
+
+        if !c.skip_e2e {
+            step(
+                start,
+                &format!(
+                    "end-to-end cost: stress-ng --switch in the pod, {E2E_ROUNDS} rounds x {E2E_SECS}s: \
+                     no probe, an empty sched_switch program, podstat, runqlat"
+                ),
+            );
+            emit("e2e", &e2e_bench(start, &c, &pod)?)?;
+        }
+    }
+
+    if !c.skip_flood {
+        step(
+            start,
+            &format!(
+                "scrape flood: {:?} concurrent scrapers for {}s each against {} pods x {CONTAINERS_PER_POD} containers",
+                FLOOD_SCRAPERS, c.flood_secs, c.flood_pods
+            ),
+        );
+        emit("flood", &flood_bench(start, &c)?)?;
+    }
+
+    if c.churn > 0 {
+        step(start, &format!("pod churn: {} container cgroups", c.churn));
+        emit("churn", &churn_bench(&c)?)?;
     }
     Ok(())
 }
@@ -433,6 +486,158 @@ fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
 fn process(pid: u32) -> anyhow::Result<procfs::process::Process> {
     let pid = i32::try_from(pid).context("pid out of range")?;
     procfs::process::Process::new(pid).with_context(|| format!("opening /proc/{pid}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Scrape flood
+
+/// Concurrent scrapers in each flood.
+const FLOOD_SCRAPERS: [usize; 3] = [1, 8, 32];
+/// What Prometheus 3 sends.
+const PROM_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+fn flood_bench(start: Instant, c: &Config) -> anyhow::Result<FloodResult> {
+    let b = create_pods(c.flood_pods);
+    let ours = podstat_tests::podstat_bin();
+    let mut agents: Vec<(&'static str, PathBuf, Vec<&str>)> = vec![
+        ("window 1s", ours.clone(), vec!["--web.scrape-window", "1s"]),
+        ("window 0", ours, vec!["--web.scrape-window", "0"]),
+    ];
+    if let Some(base) = &c.flood_baseline {
+        agents.push(("baseline", base.clone(), Vec::new()));
+    }
+    let mut rows = Vec::new();
+    for (name, bin, flags) in &agents {
+        let addr = free_addr();
+        let mut cmd = Command::new(bin);
+        cmd.arg("agent")
+            .args([
+                "--web.listen-address",
+                &addr.to_string(),
+                "--log.level",
+                "warn",
+            ])
+            .args(["--probe.refresh-interval", PROBE_REFRESH])
+            .args(flags)
+            .stdin(std::process::Stdio::null());
+        let log = match *name {
+            "window 1s" => "agent-flood-window-1s",
+            "window 0" => "agent-flood-window-0",
+            _ => "agent-flood-baseline",
+        };
+        let mut agent = Logged::spawn(log, &mut cmd, &c.out_dir)?;
+        if let Err(e) = wait_metrics(&mut agent.proc, addr, |_| true) {
+            bail!("{e}; its log:\n{}", agent.tail());
+        }
+        let pid = agent_pid(&agent)?;
+        for &n in &FLOOD_SCRAPERS {
+            step(start, &format!("  {name}: {n} scrapers"));
+            rows.push(flood(
+                name,
+                pid,
+                addr,
+                n,
+                Duration::from_secs(c.flood_secs),
+            )?);
+        }
+        agent.stop(libc::SIGTERM);
+    }
+    Ok(FloodResult {
+        pods: c.flood_pods,
+        containers: b.container_ids.len(),
+        rows,
+    })
+}
+
+/// `n` threads scraping `addr` back to back for `secs`; the agent `pid`'s CPU meanwhile.
+fn flood(
+    name: &str,
+    pid: u32,
+    addr: SocketAddr,
+    n: usize,
+    secs: Duration,
+) -> anyhow::Result<FloodRow> {
+    let cpu0 = cpu_time(pid)?;
+    let t0 = Instant::now();
+    let deadline = t0 + secs;
+    let results: Vec<(Vec<Duration>, usize)> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..n)
+            .map(|_| {
+                s.spawn(move || {
+                    let (mut times, mut failed) = (Vec::new(), 0);
+                    while Instant::now() < deadline {
+                        let t = Instant::now();
+                        match http_get(
+                            addr,
+                            "/metrics",
+                            &[("Accept", PROM_ACCEPT), ("Accept-Encoding", "gzip")],
+                        ) {
+                            Ok(r) if r.status == 200 && !r.body.is_empty() => {
+                                times.push(t.elapsed());
+                            }
+                            _ => failed += 1,
+                        }
+                    }
+                    (times, failed)
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().unwrap_or_default())
+            .collect()
+    });
+    let wall = t0.elapsed();
+    let cpu = cpu_time(pid)?.saturating_sub(cpu0);
+    let failed = results.iter().map(|r| r.1).sum();
+    let times: Vec<Duration> = results.into_iter().flat_map(|r| r.0).collect();
+    Ok(FloodRow {
+        agent: name.to_owned(),
+        scrapers: n,
+        secs: wall.as_secs_f64(),
+        answered: times.len(),
+        failed,
+        cpu_cores: cpu.as_secs_f64() / wall.as_secs_f64(),
+        latency: summarize(times),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Pod churn
+
+fn churn_bench(c: &Config) -> anyhow::Result<ChurnResult> {
+    let v1 = podstat_tests::v1_hierarchies();
+    let root = format!("{PREFIX}{}-churn", std::process::id());
+    let mut tree = v1_tree();
+    tree.mkdir(&format!("{root}/kubepods/besteffort"));
+    let view = churn::PrivateView::new(&v1, &root);
+    let (agent, addr) = start_agent(
+        c,
+        "agent-churn",
+        &[
+            "--probe.refresh-interval",
+            "100ms",
+            "--path.cgroupfs",
+            view.path(),
+        ],
+        |_| true,
+    )?;
+    let pid = agent.proc.pid();
+    let r = churn::churn(
+        &mut tree,
+        &format!("{root}/"),
+        pid,
+        addr,
+        c.churn,
+        Duration::from_millis(300),
+        &["/bin/sleep", "0.01"],
+    );
+    Ok(ChurnResult {
+        rss: r.rss,
+        leftover_series: r.leftover_series.len(),
+        maps_before: r.maps_before,
+        maps_after: r.maps_after,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

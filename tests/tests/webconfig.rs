@@ -1,0 +1,293 @@
+//! `--web.config.file` on the real agent: TLS with a client certificate required, basic auth
+//! with a bcrypt hash, the health checks left open, the server certificate reloaded when its
+//! file changes, and a config with an unknown key refused at start. Driven with curl and
+//! openssl (both prerequisites).
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use podstat_tests::{Proc, agent_command, free_addr, podstat_bin, require_root};
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("openssl is needed for the test certificates: {e}"));
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, and a certificate `name` it signs (`ext`: its extensions).
+fn ca(dir: &Path, ca: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            &format!("/CN=podstat-test-{ca}"),
+            "-keyout",
+            &format!("{ca}.key"),
+            "-out",
+            &format!("{ca}.crt"),
+        ],
+    );
+}
+
+fn signed(dir: &Path, ca: &str, name: &str, ext: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+        ],
+    );
+    fs::write(dir.join(format!("{name}.cnf")), ext).expect("ext");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.crt"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            &format!("{name}.cnf"),
+            "-out",
+            &format!("{name}.crt"),
+        ],
+    );
+}
+
+/// The HTTP status curl got (0: no HTTP answer, e.g. a refused handshake).
+fn curl(dir: &Path, url: &str, args: &[&str]) -> u16 {
+    let out = Command::new("curl")
+        .current_dir(dir)
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+            "--cacert",
+            "ca.crt",
+        ])
+        .args(args)
+        .arg(url)
+        .output()
+        .unwrap_or_else(|e| panic!("curl is needed: {e}"));
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// The serial number of the certificate the agent serves.
+fn served_serial(dir: &Path, addr: &str) -> String {
+    let s = Command::new("openssl")
+        .current_dir(dir)
+        .args(["s_client", "-connect", addr])
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl s_client");
+    let mut x = Command::new("openssl")
+        .args(["x509", "-noout", "-serial"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("openssl x509");
+    std::io::Write::write_all(x.stdin.as_mut().expect("stdin"), &s.stdout).expect("pipe");
+    let out = x.wait_with_output().expect("x509");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+struct TempDir(PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario: each refusal, then the reload, then a bad file"
+)]
+fn tls_client_certificates_and_basic_auth_guard_the_endpoint() {
+    require_root();
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("podstat-test-{}-web", std::process::id())));
+    let d = dir.0.as_path();
+    fs::create_dir_all(d).expect("dir");
+    ca(d, "ca");
+    ca(d, "rogue-ca");
+    let server_ext = "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n";
+    signed(d, "ca", "server", server_ext);
+    signed(
+        d,
+        "ca",
+        "client",
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    );
+    signed(
+        d,
+        "rogue-ca",
+        "rogue",
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    );
+    let hash = bcrypt::hash("s3cret", 6).expect("bcrypt");
+    fs::write(
+        d.join("web.yml"),
+        format!(
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n  min_version: TLS12\nbasic_auth_users:\n  prometheus: {hash}\n"
+        ),
+    )
+    .expect("web.yml");
+    let web = d.join("web.yml");
+    let addr = free_addr();
+    let mut agent = Proc(Some(
+        agent_command(
+            None,
+            addr,
+            &[
+                "--no-collector.sched",
+                "--no-collector.throttle",
+                "--no-collector.net",
+                "--web.config.file",
+                web.to_str().expect("utf-8"),
+                "--web.health-open",
+            ],
+        )
+        .spawn()
+        .expect("spawning the agent"),
+    ));
+    let base = format!("https://{addr}");
+    let cert = ["--cert", "client.crt", "--key", "client.key"];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while curl(d, &format!("{base}/healthz"), &[]) != 200 {
+        assert!(agent.exited().is_none(), "the agent exited at start");
+        assert!(
+            Instant::now() < deadline,
+            "/healthz over TLS did not answer within 30 s"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    let metrics = format!("{base}/metrics");
+    let ok_auth = ["-u", "prometheus:s3cret"];
+    assert_eq!(
+        curl(d, &metrics, &[&cert[..], &ok_auth[..]].concat()),
+        200,
+        "certificate and password"
+    );
+    assert_eq!(
+        curl(
+            d,
+            &metrics,
+            &[&cert[..], &["-u", "prometheus:wrong"][..]].concat()
+        ),
+        401,
+        "wrong password"
+    );
+    assert_eq!(curl(d, &metrics, &cert), 401, "no password");
+    assert_eq!(curl(d, &metrics, &ok_auth), 403, "no client certificate");
+    assert_eq!(
+        curl(
+            d,
+            &metrics,
+            &[
+                &["--cert", "rogue.crt", "--key", "rogue.key"][..],
+                &ok_auth[..]
+            ]
+            .concat()
+        ),
+        0,
+        "a certificate from another CA fails the handshake"
+    );
+    assert_eq!(
+        curl(d, &format!("{base}/readyz"), &[]),
+        200,
+        "--web.health-open"
+    );
+    assert_eq!(
+        curl(d, &format!("http://{addr}/healthz"), &[]),
+        0,
+        "plain HTTP on a TLS port"
+    );
+
+    // A renewed certificate is served without a restart.
+    let before = served_serial(d, &addr.to_string());
+    signed(d, "ca", "server2", server_ext);
+    fs::copy(d.join("server2.key"), d.join("server.key.new")).expect("key");
+    fs::copy(d.join("server2.crt"), d.join("server.crt.new")).expect("crt");
+    fs::rename(d.join("server.key.new"), d.join("server.key")).expect("key");
+    fs::rename(d.join("server.crt.new"), d.join("server.crt")).expect("crt");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut after = before.clone();
+    while after == before && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(500));
+        after = served_serial(d, &addr.to_string());
+    }
+    assert!(
+        before.starts_with("serial=") && after != before,
+        "the certificate was not reloaded: {before} then {after}"
+    );
+    assert_eq!(
+        curl(d, &metrics, &[&cert[..], &ok_auth[..]].concat()),
+        200,
+        "after the reload"
+    );
+    drop(agent);
+
+    // An unknown key stops the agent at start, naming it.
+    fs::write(
+        &web,
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  client_auth: x\n",
+    )
+    .expect("web.yml");
+    let out = Command::new(podstat_bin())
+        .args([
+            "agent",
+            "--web.listen-address",
+            &free_addr().to_string(),
+            "--web.config.file",
+            web.to_str().expect("utf-8"),
+        ])
+        .output()
+        .expect("podstat agent");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("unknown field `client_auth`"),
+        "{}: {err}",
+        out.status
+    );
+}
