@@ -57,19 +57,6 @@ pub const THREAD_LAYOUT: Layout = Layout {
 
 pub const THREAD_SLOTS: usize = THREAD_LAYOUT.slots();
 
-/// Throttle deficit, CPU time in the same kernel unit as times (2^-30 s): zero bucket up to
-/// 2^-10 s (about 1 ms of CPU), then four buckets per power of two up to 2 s (a 100 ms pause of
-/// 20 CPUs' worth of threads; [`ns_to_units`](crate::kernel::ns_to_units) saturates above
-/// 2^31 ns, so larger deficits land in the overflow slot, and the sum stays exact): 44
-/// buckets, 47 slots.
-pub const DEFICIT_LAYOUT: Layout = Layout {
-    zero_log2: 20,
-    top_log2: 31,
-    unit_log2: TIME_UNIT_LOG2,
-};
-
-pub const DEFICIT_SLOTS: usize = DEFICIT_LAYOUT.slots();
-
 /// Value of [`THROTTLE_STATS_MAP`]: the episode in progress and the histograms.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -91,9 +78,12 @@ pub struct ThrottleStats {
     pub exhausted_after: Hist<PERIOD_SLOTS>,
     /// Threads runnable when the quota ran out.
     pub runnable_threads: Hist<THREAD_SLOTS>,
-    /// CPU time the cgroup would have used in each episode without the quota: the pause
-    /// times the runnable threads, at most [`Offsets::nr_cpus`](crate::kernel::Offsets), CPU-ns.
-    pub deficit: Hist<DEFICIT_SLOTS>,
+    /// CPU time the cgroup would have used in its episodes without the quota, summed: each
+    /// pause times the runnable threads, at most [`Offsets::nr_cpus`](crate::kernel::Offsets),
+    /// CPU-ns. A sum, not a histogram: `explain` and the rules read only the rate, and a
+    /// histogram would cost the series budget (tests/tests/budget.rs) 1 series in protobuf
+    /// and 8 in text.
+    pub deficit_ns: u64,
 }
 
 impl ThrottleStats {
@@ -107,7 +97,7 @@ impl ThrottleStats {
         pause: [0; PERIOD_SLOTS],
         exhausted_after: [0; PERIOD_SLOTS],
         runnable_threads: [0; THREAD_SLOTS],
-        deficit: [0; DEFICIT_SLOTS],
+        deficit_ns: 0,
     };
 }
 

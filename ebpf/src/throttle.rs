@@ -32,10 +32,12 @@ use aya_ebpf::{
 };
 use podstat_common::{
     kernel::{DEFAULT_MAX_CGROUPS, MAP_THROTTLE_STATS, Offsets, ns_to_units},
-    throttle::{DEFICIT_LAYOUT, PERIOD_LAYOUT, THREAD_LAYOUT, THROTTLE_MODE_HOOKS, ThrottleStats},
+    throttle::{PERIOD_LAYOUT, THREAD_LAYOUT, THROTTLE_MODE_HOOKS, ThrottleStats},
 };
 
-use crate::kernel::{KNOWN, cgroup_kn_id, get_or_insert, now_ns, observe, offsets, read};
+use crate::kernel::{
+    KNOWN, atomic_add, cgroup_kn_id, get_or_insert, now_ns, observe, offsets, read,
+};
 
 /// cgroup id → episode in progress and histograms.
 #[map]
@@ -178,12 +180,7 @@ unsafe fn close_episode(st: *mut ThrottleStats, now: u64, nr_cpus: u32) {
             };
             // A pause is at most a few periods (< 2^33 ns) and threads at most nr_cpus: no overflow.
             let deficit = pause.wrapping_mul(threads);
-            observe(
-                core::ptr::addr_of_mut!((*st).deficit),
-                &DEFICIT_LAYOUT,
-                ns_to_units(deficit),
-                deficit,
-            );
+            atomic_add(core::ptr::addr_of_mut!((*st).deficit_ns), deficit);
         }
     }
 }

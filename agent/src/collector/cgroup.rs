@@ -293,13 +293,17 @@ pub const FAMILIES: &[(Family, Getter)] = &[
 ];
 
 /// Families exported only with `--collector.cgroup.extended`: none of `explain`, `top`, the
-/// alerts or the dashboard reads them.
+/// alerts or the dashboard reads them, and each would cost every container a series of the
+/// budget (tests/tests/budget.rs).
 pub const EXTENDED: &[Family] = &[
     CPU_USER_SECONDS,
     CPU_SYSTEM_SECONDS,
     CPU_CORE_SCHED_FORCE_IDLE_SECONDS,
     CPU_THROTTLED_LOCAL_SECONDS,
     CPU_WEIGHT,
+    // PSI: the kubelet exports the same files per container (cAdvisor's
+    // container_pressure_cpu_*, KubeletPSI, beta and on by default since Kubernetes 1.34).
+    CPU_PRESSURE_WAITING_SECONDS,
     CPU_PRESSURE_STALLED_SECONDS,
 ];
 

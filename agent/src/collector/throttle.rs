@@ -1,11 +1,14 @@
 //! `throttle` collector: CFS throttle episodes per pod and container, from the throttle probes
 //! (`ebpf/src/throttle.rs`): pause length, how far into the period the quota ran out, and the
-//! threads runnable then.
+//! threads runnable then, and the CPU time the quota kept from the cgroup.
 
 use std::sync::Arc;
 
-use podstat_common::throttle::{DEFICIT_LAYOUT, PERIOD_LAYOUT, THREAD_LAYOUT};
-use prometheus_client::encoding::DescriptorEncoder;
+use podstat_common::throttle::{PERIOD_LAYOUT, THREAD_LAYOUT};
+use prometheus_client::{
+    encoding::{DescriptorEncoder, EncodeMetric as _},
+    metrics::counter::ConstCounter,
+};
 
 use super::{
     Collect, CollectError, Context, Unsupported,
@@ -45,9 +48,9 @@ pub const CPU_THROTTLE_RUNNABLE_THREADS: Family = crate::histogram!(
 );
 
 /// `podstat_cpu_throttle_deficit_seconds`.
-pub const CPU_THROTTLE_DEFICIT_SECONDS: Family = crate::histogram!(
+pub const CPU_THROTTLE_DEFICIT_SECONDS: Family = crate::counter!(
     "podstat_cpu_throttle_deficit_seconds",
-    "Estimated CPU time the cgroup would have used during each CFS throttle episode without its quota: the episode's wall-clock pause times the threads runnable when the quota ran out, at most one per online CPU; an upper bound, since a thread may have finished its work before the pause ended (CPU-seconds, once per episode)."
+    "Estimated CPU time the cgroup would have used during its CFS throttle episodes without its quota, summed over the episodes: each episode's wall-clock pause times the threads runnable when the quota ran out, at most one per online CPU; an upper bound, since a thread may have finished its work before the pause ended (CPU-seconds)."
 );
 
 /// Classic buckets of the pause and quota-exhausted-after histograms: 2^-7 s (7.8 ms), 2^-5 s
@@ -57,10 +60,6 @@ pub const PERIOD_CLASSIC: Classic = Classic(&[-28, -20, -12]);
 
 /// Classic buckets of the runnable-threads histogram: 2 and 8 threads.
 pub const THREAD_CLASSIC: Classic = Classic(&[4, 12]);
-
-/// Classic buckets of the deficit histogram: 2^-7 s (7.8 ms), 2^-5 s (31.25 ms), 2^-3 s
-/// (125 ms), 2^-1 s and 2 s of CPU.
-pub const DEFICIT_CLASSIC: Classic = Classic(&[-28, -20, -12, -4, 4]);
 
 #[derive(Debug)]
 pub struct ThrottleCollector {
@@ -120,19 +119,18 @@ impl Collect for ThrottleCollector {
                 )
             })
             .collect();
-        let deficit: Vec<_> = stats
-            .iter()
-            .map(|(t, st)| {
-                (
-                    t.clone(),
-                    to_prom(&st.deficit, &DEFICIT_LAYOUT, DEFICIT_CLASSIC, 1e9),
-                )
-            })
-            .collect();
         encode_hists(enc, &CPU_THROTTLE_PAUSE_SECONDS, &pause)?;
         encode_hists(enc, &CPU_QUOTA_EXHAUSTED_AFTER_SECONDS, &after)?;
         encode_hists(enc, &CPU_THROTTLE_RUNNABLE_THREADS, &runnable)?;
-        encode_hists(enc, &CPU_THROTTLE_DEFICIT_SECONDS, &deficit)?;
+        if !stats.is_empty() {
+            let mut m = CPU_THROTTLE_DEFICIT_SECONDS.encode(enc)?;
+            for (t, st) in &stats {
+                // CPU-ns to CPU-seconds; exact below 2^53 ns (104 days of CPU).
+                #[expect(clippy::cast_precision_loss, reason = "see above")]
+                let secs = st.deficit_ns as f64 / 1e9;
+                ConstCounter::new(secs).encode(m.encode_family(t)?)?;
+            }
+        }
         Ok(())
     }
 }
@@ -154,7 +152,6 @@ mod tests {
         };
         check(&PERIOD_LAYOUT, PERIOD_CLASSIC);
         check(&THREAD_LAYOUT, THREAD_CLASSIC);
-        check(&DEFICIT_LAYOUT, DEFICIT_CLASSIC);
         assert!((Classic::bound(THREAD_CLASSIC.0[0]) - 2.0).abs() < f64::EPSILON);
         assert!((Classic::bound(PERIOD_CLASSIC.0[1]) - 0.031_25).abs() < f64::EPSILON);
     }

@@ -364,7 +364,7 @@ fn throttling_of(r: &Row, throttle_probe: bool) -> Option<Throttling> {
         quota_exhausted_after_p50_seconds: after,
         exhausted_early: early,
         runnable_threads: threads,
-        deficit_seconds: r.deficit.as_ref().map(|h| h.sum),
+        deficit_seconds: r.deficit_seconds,
         pod_level: false,
         lost_by_container: Vec::new(),
         problem,
@@ -382,7 +382,7 @@ fn observed(r: &Row, limit: f64) -> Option<Observed> {
         used_cores: r.cpu_cores?,
         episodes: pause.count,
         pause_seconds: pause.sum,
-        deficit_seconds: r.deficit.as_ref().map(|h| h.sum),
+        deficit_seconds: r.deficit_seconds,
         runnable_threads: r.runnable_at_throttle(),
         throttled_periods: r.throttled_periods,
         burst_supported: r.burst_limit_seconds.is_some(),
@@ -1062,8 +1062,7 @@ mod tests {
              podstat_cpu_throttle_pause_seconds_bucket{{{pod},le=\"+Inf\"}} {}\n\
              podstat_cpu_throttle_pause_seconds_sum{{{pod}}} {}\n\
              podstat_cpu_throttle_pause_seconds_count{{{pod}}} {}\n\
-             podstat_cpu_throttle_deficit_seconds_sum{{{pod}}} {}\n\
-             podstat_cpu_throttle_deficit_seconds_count{{{pod}}} {}\n\
+             podstat_cpu_throttle_deficit_seconds_total{{{pod}}} {}\n\
              podstat_cpu_usage_seconds_total{{{busy}}} {}\n\
              podstat_cpu_throttled_local_seconds_total{{{busy}}} {}\n\
              podstat_cpu_usage_seconds_total{{{idle}}} 0.01\n\
@@ -1076,7 +1075,6 @@ mod tests {
             0.75 * t,
             10.0 * t,
             1.5 * t,
-            10.0 * t,
             0.5 * t,
             1.5 * t,
             0.01 * t,

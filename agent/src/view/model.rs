@@ -27,6 +27,7 @@ const LIMIT_CORES: &str = cgroup::CPU_LIMIT_CORES.exposed;
 const PERIOD_SECONDS: &str = cgroup::CPU_PERIOD_SECONDS.exposed;
 const BURST_LIMIT_SECONDS: &str = cgroup::CPU_BURST_LIMIT_SECONDS.exposed;
 const THROTTLED_LOCAL_SECONDS: &str = cgroup::CPU_THROTTLED_LOCAL_SECONDS.exposed;
+const DEFICIT: &str = throttle::CPU_THROTTLE_DEFICIT_SECONDS.exposed;
 const PREEMPTIONS: &str = sched::CPU_PREEMPTIONS.exposed;
 const PREEMPTED_BY_POD: &str = sched::CPU_PREEMPTED_BY_POD.exposed;
 const WAITED: &str = sched::RUNQUEUE_WAIT_SECONDS.exposed;
@@ -199,7 +200,8 @@ pub struct Cgroup {
     pub pause: Option<Hist>,
     pub exhausted_after: Option<Hist>,
     pub runnable: Option<Hist>,
-    pub deficit: Option<Hist>,
+    /// The throttle episodes' summed deficit, CPU-seconds.
+    pub deficit_seconds: Option<f64>,
     /// Received packets by locality, in [`LOCALITIES`] order.
     pub steering: Option<[f64; 4]>,
     pub flow_migrations: Option<f64>,
@@ -228,12 +230,11 @@ pub struct Snapshot {
 }
 
 /// The histogram families, and which field of [`Cgroup`] each fills.
-const HISTS: [&str; 5] = [
+const HISTS: [&str; 4] = [
     sched::RUNQUEUE_LATENCY_SECONDS.exposed,
     throttle::CPU_THROTTLE_PAUSE_SECONDS.exposed,
     throttle::CPU_QUOTA_EXHAUSTED_AFTER_SECONDS.exposed,
     throttle::CPU_THROTTLE_RUNNABLE_THREADS.exposed,
-    throttle::CPU_THROTTLE_DEFICIT_SECONDS.exposed,
 ];
 
 fn hist_slot(c: &mut Cgroup, family: usize) -> &mut Option<Hist> {
@@ -241,8 +242,7 @@ fn hist_slot(c: &mut Cgroup, family: usize) -> &mut Option<Hist> {
         0 => &mut c.runq,
         1 => &mut c.pause,
         2 => &mut c.exhausted_after,
-        3 => &mut c.runnable,
-        _ => &mut c.deficit,
+        _ => &mut c.runnable,
     }
 }
 
@@ -328,6 +328,7 @@ fn record(c: &mut Cgroup, s: &Sample) {
         PERIOD_SECONDS => c.period_seconds = Some(v),
         BURST_LIMIT_SECONDS => c.burst_limit_seconds = Some(v),
         THROTTLED_LOCAL_SECONDS => c.throttled_local_seconds = Some(v),
+        DEFICIT => c.deficit_seconds = Some(v),
         PREEMPTIONS => record_by(c.preempted.get_or_insert([0.0; 3]), s),
         WAITED => record_by(c.waited.get_or_insert([0.0; 3]), s),
         PREEMPTED_BY_POD => record_pod(&mut c.preempted_by_pod, s),
@@ -432,7 +433,8 @@ pub struct Row {
     pub pause: Option<Hist>,
     pub exhausted_after: Option<Hist>,
     pub runnable: Option<Hist>,
-    pub deficit: Option<Hist>,
+    /// The throttle episodes' summed deficit, CPU-seconds.
+    pub deficit_seconds: Option<f64>,
     pub runq: Option<Hist>,
     pub preempted: Option<[f64; 3]>,
     /// Preemptor pods, most preemptions first.
@@ -502,7 +504,7 @@ impl Row {
                 e.and_then(|e| e.exhausted_after.as_ref()),
             ),
             runnable: delta_hist(later.runnable.as_ref(), e.and_then(|e| e.runnable.as_ref())),
-            deficit: delta_hist(later.deficit.as_ref(), e.and_then(|e| e.deficit.as_ref())),
+            deficit_seconds: delta(later.deficit_seconds, e.and_then(|e| e.deficit_seconds)),
             runq: delta_hist(later.runq.as_ref(), e.and_then(|e| e.runq.as_ref())),
             preempted: delta_arr(later.preempted, e.and_then(|e| e.preempted)),
             preempted_by_pod: delta_pods(&later.preempted_by_pod, e.map(|e| &e.preempted_by_pod)),
