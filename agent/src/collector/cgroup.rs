@@ -35,15 +35,16 @@ pub struct Options {
     /// no work and double the container series.
     #[arg(long = "collector.cgroup.sandbox")]
     pub sandbox: bool,
+    /// Also export the series left out by default to keep the series budget per container
+    /// (README, "Series budget"): user and system time, core-scheduling forced idle, the locally
+    /// caused throttled time, the CPU weight, CPU pressure (some and full; the kubelet exports
+    /// them too), and the burst families for cgroups without a burst allowance (with one they
+    /// are always exported).
+    #[arg(long = "collector.cgroup.extended")]
+    pub extended: bool,
     /// How long the limits read from cpu.max, cpu.max.burst and cpu.weight (v1: cfs_quota_us,
     /// cfs_period_us, cfs_burst_us, shares) are reused before they are read again. Counters are
     /// read on every scrape; limits change only when a pod is resized. `0s` reads them every scrape.
-    /// Also export the series left out by default to keep the series budget per container
-    /// (README, "Series budget"): user and system time, core-scheduling forced idle, the locally
-    /// caused throttled time, the CPU weight, CPU pressure "full", and the burst families for
-    /// cgroups without a burst allowance (with one they are always exported).
-    #[arg(long = "collector.cgroup.extended")]
-    pub extended: bool,
     #[arg(long = "collector.cgroup.limits-refresh", value_name = "DURATION", default_value = "10s", value_parser = crate::util::parse_duration_or_zero)]
     pub limits_refresh: Duration,
 }
