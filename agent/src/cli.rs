@@ -57,10 +57,73 @@ pub enum Cmd {
 pub struct SourceArgs {
     /// Read a running agent's metrics (e.g. http://127.0.0.1:9977/metrics) instead of loading
     /// probes here: no second set of probes on a node that runs the DaemonSet.
+    /// https:// needs --from.ca-file or --from.insecure-skip-verify; the port defaults to the
+    /// scheme's (80, 443) and the path to /metrics.
     #[arg(long = "from", value_name = "URL", env = "PODSTAT_FROM")]
     pub from: Option<String>,
     #[command(flatten)]
+    pub remote: RemoteArgs,
+    #[command(flatten)]
     pub host: HostArgs,
+}
+
+/// How `--from` reaches an agent served with `--web.config.file` (TLS, client certificates,
+/// basic auth).
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Reading a running agent (--from)")]
+pub struct RemoteArgs {
+    /// PEM bundle of the CAs that sign the agent's certificate, for an https:// --from (the
+    /// system's CAs: /etc/ssl/certs/ca-certificates.crt on Debian).
+    #[arg(
+        long = "from.ca-file",
+        value_name = "FILE",
+        env = "PODSTAT_FROM_CA_FILE",
+        requires = "from"
+    )]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) to show the agent, for a web config with client_auth_type
+    /// RequireAndVerifyClientCert; with --from.key-file.
+    #[arg(
+        long = "from.cert-file",
+        value_name = "FILE",
+        env = "PODSTAT_FROM_CERT_FILE",
+        requires_all = ["from", "key_file"]
+    )]
+    pub cert_file: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --from.cert-file.
+    #[arg(
+        long = "from.key-file",
+        value_name = "FILE",
+        env = "PODSTAT_FROM_KEY_FILE",
+        requires = "cert_file"
+    )]
+    pub key_file: Option<std::path::PathBuf>,
+    /// Do not verify the agent's certificate (the connection is encrypted, but anyone on the
+    /// path can pose as the agent).
+    #[arg(
+        long = "from.insecure-skip-verify",
+        requires = "from",
+        conflicts_with = "ca_file"
+    )]
+    pub insecure_skip_verify: bool,
+    /// Basic-auth user for an agent whose web config has basic_auth_users. The password is
+    /// read from --from.password-file, else from the environment variable
+    /// PODSTAT_FROM_PASSWORD; never from the command line.
+    #[arg(
+        long = "from.username",
+        value_name = "USER",
+        env = "PODSTAT_FROM_USERNAME",
+        requires = "from"
+    )]
+    pub username: Option<String>,
+    /// File holding the --from.username password (one line; a trailing newline is ignored).
+    #[arg(
+        long = "from.password-file",
+        value_name = "FILE",
+        env = "PODSTAT_FROM_PASSWORD_FILE",
+        requires = "username"
+    )]
+    pub password_file: Option<std::path::PathBuf>,
 }
 
 /// The host's paths, the cgroup scan, the probes and the metadata provider: the one argument
