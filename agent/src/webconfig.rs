@@ -260,8 +260,9 @@ impl WebConfig {
     /// by a keyed hash of user, password and stored hash, as the toolkit does, so a scrape
     /// every few seconds costs one verification every 90 s.
     pub fn authorized(&self, authorization: Option<&str>) -> bool {
-        use base64::Engine as _;
         use std::hash::BuildHasher as _;
+
+        use base64::Engine as _;
         static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> =
             std::sync::OnceLock::new();
         if self.users.is_empty() {
