@@ -14,82 +14,10 @@ use std::{
 };
 
 use podstat_tests::{
-    CgroupTree, Proc, agent_command, free_addr, podstat_bin, require_root, test_ids, v1_hierarchies,
+    CgroupTree, Proc, agent_command, free_addr, podstat_bin, require_root, test_ids,
+    tls::{SERVER_EXT, ca, signed},
+    v1_hierarchies,
 };
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("openssl is needed for the test certificates: {e}"));
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA, and a certificate `name` it signs (`ext`: its extensions).
-fn ca(dir: &Path, ca: &str) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            &format!("/CN=podstat-test-{ca}"),
-            "-keyout",
-            &format!("{ca}.key"),
-            "-out",
-            &format!("{ca}.crt"),
-        ],
-    );
-}
-
-fn signed(dir: &Path, ca: &str, name: &str, ext: &str) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            &format!("/CN={name}"),
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-        ],
-    );
-    fs::write(dir.join(format!("{name}.cnf")), ext).expect("ext");
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            &format!("{ca}.crt"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            &format!("{name}.cnf"),
-            "-out",
-            &format!("{name}.crt"),
-        ],
-    );
-}
 
 /// The HTTP status curl got (0: no HTTP answer, e.g. a refused handshake).
 fn curl(dir: &Path, url: &str, args: &[&str]) -> u16 {
@@ -189,8 +117,7 @@ fn tls_client_certificates_and_basic_auth_guard_the_endpoint() {
     fs::create_dir_all(d).expect("dir");
     ca(d, "ca");
     ca(d, "rogue-ca");
-    let server_ext = "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n";
-    signed(d, "ca", "server", server_ext);
+    signed(d, "ca", "server", SERVER_EXT);
     signed(
         d,
         "ca",
@@ -284,7 +211,7 @@ fn tls_client_certificates_and_basic_auth_guard_the_endpoint() {
 
     // A renewed certificate is served without a restart.
     let before = served_serial(d, &addr.to_string());
-    signed(d, "ca", "server2", server_ext);
+    signed(d, "ca", "server2", SERVER_EXT);
     fs::copy(d.join("server2.key"), d.join("server.key.new")).expect("key");
     fs::copy(d.join("server2.crt"), d.join("server.crt.new")).expect("crt");
     fs::rename(d.join("server.key.new"), d.join("server.key")).expect("key");

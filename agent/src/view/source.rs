@@ -377,6 +377,16 @@ mod tests {
         RemoteArgs::default()
     }
 
+    /// What taking a snapshot of `url` fails with, with its causes ("" if it succeeds).
+    fn fetch_error(url: &str, args: &RemoteArgs) -> String {
+        Source::remote(url, args)
+            .expect("url")
+            .snapshot()
+            .err()
+            .map(|e| crate::util::chain(&e))
+            .unwrap_or_default()
+    }
+
     #[test]
     fn tls_settings_must_fit_the_scheme() {
         let e = Source::remote("https://x/metrics", &args()).err();
@@ -441,12 +451,7 @@ mod tests {
             }
         };
         let addr = http::test_server::serve_once(reply("401 Unauthorized", "unauthorized\n"));
-        let e = Source::remote(&format!("http://{addr}"), &args())
-            .expect("url")
-            .snapshot()
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let e = fetch_error(&format!("http://{addr}"), &args());
         assert!(e.contains("401") && e.contains("--from.username"), "{e}");
 
         let (tx, rx) = std::sync::mpsc::channel();
@@ -462,12 +467,7 @@ mod tests {
             password_file: Some(dir.join("pw")),
             ..args()
         };
-        let e = Source::remote(&format!("http://{addr}/metrics"), &with_user)
-            .expect("url")
-            .snapshot()
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let e = fetch_error(&format!("http://{addr}/metrics"), &with_user);
         let _ = std::fs::remove_dir_all(&dir);
         assert!(
             e.contains("refused user \"prometheus\"") && e.contains("--from.password-file"),
@@ -486,12 +486,7 @@ mod tests {
             "403 Forbidden",
             "a client certificate is required\n",
         ));
-        let e = Source::remote(&format!("http://{addr}"), &args())
-            .expect("url")
-            .snapshot()
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let e = fetch_error(&format!("http://{addr}"), &args());
         assert!(
             e.contains("a client certificate is required") && e.contains("--from.cert-file"),
             "{e}"
@@ -500,12 +495,7 @@ mod tests {
             "400 Bad Request",
             "Client sent an HTTP request to an HTTPS server.\n",
         ));
-        let e = Source::remote(&format!("http://{addr}"), &args())
-            .expect("url")
-            .snapshot()
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let e = fetch_error(&format!("http://{addr}"), &args());
         assert!(
             e.ends_with("400 Bad Request: Client sent an HTTP request to an HTTPS server."),
             "{e}"
@@ -523,21 +513,11 @@ mod tests {
         let addr = http::test_server::serve_once(|_| {
             b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec()
         });
-        let e = Source::remote(&format!("https://{addr}"), &skip)
-            .expect("url")
-            .snapshot()
-            .err()
-            .map(|e| crate::util::chain(&e))
-            .unwrap_or_default();
+        let e = fetch_error(&format!("https://{addr}"), &skip);
         assert!(e.contains("plain HTTP (use http://)"), "{e}");
         // A TLS server answers "GET / HTTP/1.1" with an alert record.
         let addr = http::test_server::serve_once(|_| b"\x15\x03\x03\x00\x02\x02\x32".to_vec());
-        let e = Source::remote(&format!("http://{addr}"), &args())
-            .expect("url")
-            .snapshot()
-            .err()
-            .map(|e| crate::util::chain(&e))
-            .unwrap_or_default();
+        let e = fetch_error(&format!("http://{addr}"), &args());
         assert!(e.contains("use https://"), "{e}");
     }
 
