@@ -334,7 +334,7 @@ pub mod test_server {
             // Until the end of the head; bytes that are not HTTP (a TLS ClientHello) after
             // their first read.
             while !head.windows(4).any(|w| w == b"\r\n\r\n")
-                && !head.first().is_some_and(|b| !b.is_ascii_alphabetic())
+                && head.first().is_none_or(u8::is_ascii_alphabetic)
             {
                 match c.read(&mut buf) {
                     Ok(0) | Err(_) => break,
