@@ -57,10 +57,81 @@ pub enum Cmd {
 pub struct SourceArgs {
     /// Read a running agent's metrics (e.g. http://127.0.0.1:9977/metrics) instead of loading
     /// probes here: no second set of probes on a node that runs the DaemonSet.
+    /// https:// needs --from.ca-file or --from.insecure-skip-verify; the port defaults to the
+    /// scheme's (80, 443) and the path to /metrics.
     #[arg(long = "from", value_name = "URL", env = "PODSTAT_FROM")]
     pub from: Option<String>,
     #[command(flatten)]
+    pub remote: RemoteArgs,
+    #[command(flatten)]
     pub host: HostArgs,
+}
+
+/// The `--help` heading of [`RemoteArgs`].
+const REMOTE: &str = "Reading a running agent (--from)";
+
+/// How `--from` reaches an agent served with `--web.config.file` (TLS, client certificates,
+/// basic auth).
+#[derive(Debug, Clone, Default, Args)]
+pub struct RemoteArgs {
+    /// PEM bundle of the CAs that sign the agent's certificate, for an https:// --from (the
+    /// system's CAs: /etc/ssl/certs/ca-certificates.crt on Debian).
+    #[arg(
+        help_heading = REMOTE,
+        long = "from.ca-file",
+        value_name = "FILE",
+        env = "PODSTAT_FROM_CA_FILE",
+        requires = "from"
+    )]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) to show the agent, for a web config with client_auth_type
+    /// RequireAndVerifyClientCert; with --from.key-file.
+    #[arg(
+        help_heading = REMOTE,
+        long = "from.cert-file",
+        value_name = "FILE",
+        env = "PODSTAT_FROM_CERT_FILE",
+        requires_all = ["from", "key_file"]
+    )]
+    pub cert_file: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --from.cert-file.
+    #[arg(
+        help_heading = REMOTE,
+        long = "from.key-file",
+        value_name = "FILE",
+        env = "PODSTAT_FROM_KEY_FILE",
+        requires = "cert_file"
+    )]
+    pub key_file: Option<std::path::PathBuf>,
+    /// Do not verify the agent's certificate (the connection is encrypted, but anyone on the
+    /// path can pose as the agent).
+    #[arg(
+        help_heading = REMOTE,
+        long = "from.insecure-skip-verify",
+        requires = "from",
+        conflicts_with = "ca_file"
+    )]
+    pub insecure_skip_verify: bool,
+    /// Basic-auth user for an agent whose web config has basic_auth_users. The password is
+    /// read from --from.password-file, else from the environment variable
+    /// PODSTAT_FROM_PASSWORD; never from the command line.
+    #[arg(
+        help_heading = REMOTE,
+        long = "from.username",
+        value_name = "USER",
+        env = "PODSTAT_FROM_USERNAME",
+        requires = "from"
+    )]
+    pub username: Option<String>,
+    /// File holding the --from.username password (one line; a trailing newline is ignored).
+    #[arg(
+        help_heading = REMOTE,
+        long = "from.password-file",
+        value_name = "FILE",
+        env = "PODSTAT_FROM_PASSWORD_FILE",
+        requires = "username"
+    )]
+    pub password_file: Option<std::path::PathBuf>,
 }
 
 /// The host's paths, the cgroup scan, the probes and the metadata provider: the one argument
@@ -529,6 +600,18 @@ mod tests {
                 "explain",
                 &["--from", "--duration", "cgroup path", "--output"][..],
             ),
+            (
+                "top",
+                &[
+                    "--from.ca-file",
+                    "--from.cert-file",
+                    "--from.key-file",
+                    "--from.insecure-skip-verify",
+                    "--from.username",
+                    "--from.password-file",
+                    "PODSTAT_FROM_PASSWORD",
+                ][..],
+            ),
         ] {
             let help = cmd
                 .find_subcommand_mut(sub)
@@ -545,6 +628,62 @@ mod tests {
             panic!("not top")
         };
         assert!(t.once && t.sort == crate::view::top::SortKey::Cpu);
+    }
+
+    /// The `--from.*` flags: with `--from`, a certificate with its key, a CA or no
+    /// verification, and no password on the command line.
+    #[test]
+    fn remote_flags() {
+        let parse = |args: &[&str]| {
+            let mut v = vec!["podstat", "top", "--once"];
+            v.extend_from_slice(args);
+            parse_from(v)
+        };
+        let p = parse(&[
+            "--from",
+            "https://n:9977",
+            "--from.ca-file",
+            "ca.crt",
+            "--from.cert-file",
+            "c.crt",
+            "--from.key-file",
+            "c.key",
+            "--from.username",
+            "sre",
+            "--from.password-file",
+            "pw",
+        ])
+        .expect("parse");
+        let Cmd::Top(t) = p.cli.command else {
+            panic!("not top")
+        };
+        let r = &t.source.remote;
+        assert_eq!(r.ca_file.as_deref(), Some(std::path::Path::new("ca.crt")));
+        assert_eq!(r.username.as_deref(), Some("sre"));
+        assert!(r.key_file.is_some() && r.password_file.is_some() && !r.insecure_skip_verify);
+        for bad in [
+            &["--from.ca-file", "ca.crt"][..],
+            &["--from", "https://n", "--from.cert-file", "c.crt"],
+            &["--from", "https://n", "--from.key-file", "c.key"],
+            &["--from", "https://n", "--from.password-file", "pw"],
+            &[
+                "--from",
+                "https://n",
+                "--from.ca-file",
+                "c",
+                "--from.insecure-skip-verify",
+            ],
+            &[
+                "--from",
+                "https://n",
+                "--from.username",
+                "u",
+                "--from.password",
+                "x",
+            ],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -1,12 +1,11 @@
-//! A one-shot HTTP/1.1 GET over plain TCP on hyper's client (`client::conn::http1`), bounded
-//! in time and size: `podstat top/explain --from URL`, and the test and bench harnesses that
-//! scrape an agent.
+//! A one-shot HTTP/1.1 GET, over plain TCP or TLS, on hyper's client (`client::conn::http1`),
+//! bounded in time and size: `podstat top/explain --from URL`, the kubelet provider, and the
+//! test and bench harnesses that scrape an agent.
 //!
-//! A leaf: it imports no other podstat module. The connection is not pooled; each call
-//! connects, sends one request and reads the whole body. No TLS: the agent's endpoints that
-//! need it are read by Prometheus, not by this.
+//! Imports only [`crate::tls`] (the rustls client side). The connection is not pooled; each
+//! call connects, sends one request and reads the whole body.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use http_body_util::{BodyExt as _, Empty, LengthLimitError, Limited};
 use hyper::{
@@ -16,7 +15,10 @@ use hyper::{
     header::{self, HeaderName, HeaderValue},
 };
 use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
 use tokio::{net::TcpStream, task::JoinHandle};
+
+use crate::tls;
 
 /// Largest body accepted (an agent on a 300-pod node answers in a few MiB).
 pub const MAX_BODY: usize = 256 << 20;
@@ -24,8 +26,10 @@ pub const MAX_BODY: usize = 256 << 20;
 /// What failed, and where.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("{url:?}: not an http://HOST[:PORT][/PATH] URL")]
+    #[error("{url:?}: not an http(s)://HOST[:PORT][/PATH] URL")]
     BadUrl { url: String },
+    #[error("{url:?}: an https URL, and no TLS settings to reach it with")]
+    NoTls { url: String },
     #[error("header {name:?}: not a valid HTTP header")]
     Header { name: String },
     #[error("starting a runtime for the request")]
@@ -36,10 +40,24 @@ pub enum HttpError {
         #[source]
         source: std::io::Error,
     },
+    #[error("TLS with {authority}")]
+    Tls {
+        authority: String,
+        #[source]
+        source: tls::HandshakeError,
+    },
     #[error("timed out after {0:?}")]
     Timeout(Duration),
     #[error("HTTP/1.1 handshake with {authority}")]
     Handshake {
+        authority: String,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error(
+        "{authority} sent no HTTP answer (closed, or answered something else: if it serves TLS, use https://)"
+    )]
+    NotHttp {
         authority: String,
         #[source]
         source: hyper::Error,
@@ -61,7 +79,58 @@ pub struct Response {
     pub body: Bytes,
 }
 
-/// GET `url` with `Accept: accept`, all of it (connect, request, body) within `timeout`.
+/// How to reach servers: plain HTTP always, `https://` URLs with the TLS settings given.
+#[derive(Debug, Clone, Default)]
+pub struct Client {
+    tls: Option<Arc<ClientConfig>>,
+}
+
+impl Client {
+    /// `tls`: the settings for `https://` URLs (see [`tls::client_config`]); `None` takes
+    /// `http://` only.
+    pub fn new(tls: Option<Arc<ClientConfig>>) -> Self {
+        Self { tls }
+    }
+
+    /// GET `url` with extra request headers (`Host` and `User-Agent: podstat` are added unless
+    /// given; an `Authorization` value is marked sensitive), all of it (connect, TLS, request,
+    /// body) within `timeout`.
+    pub async fn get(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Result<Response, HttpError> {
+        let (uri, authority, https) = parse(url)?;
+        let tls = match (https, &self.tls) {
+            (false, _) => None,
+            (true, Some(cfg)) => Some(cfg),
+            (true, None) => return Err(HttpError::NoTls { url: url.into() }),
+        };
+        let req = request(&uri, &authority, headers)?;
+        tokio::time::timeout(timeout, exchange(&uri, authority, tls, req))
+            .await
+            .unwrap_or(Err(HttpError::Timeout(timeout)))
+    }
+
+    /// [`Client::get`] for callers without an async runtime: runs it on a current-thread
+    /// runtime of its own. Must not be called from within a runtime.
+    pub fn get_blocking(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Result<Response, HttpError> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(HttpError::Runtime)?
+            .block_on(self.get(url, headers, timeout))
+    }
+}
+
+/// GET `url` (plain HTTP) with `Accept: accept`, all of it (connect, request, body) within
+/// `timeout`.
 pub async fn get(
     url: &str,
     accept: &str,
@@ -71,46 +140,47 @@ pub async fn get(
     Ok((r.status, r.body))
 }
 
-/// GET `url` with extra request headers (`Host` and `User-Agent: podstat` are added unless
-/// given), all of it within `timeout`.
+/// [`Client::get`] over plain HTTP.
 pub async fn get_with(
     url: &str,
     headers: &[(&str, &str)],
     timeout: Duration,
 ) -> Result<Response, HttpError> {
-    let (uri, authority) = parse(url)?;
-    let req = request(&uri, &authority, headers)?;
-    tokio::time::timeout(timeout, exchange(&uri, authority, req))
-        .await
-        .unwrap_or(Err(HttpError::Timeout(timeout)))
+    Client::default().get(url, headers, timeout).await
 }
 
-/// [`get_with`] for callers without an async runtime: runs it on a current-thread runtime of
-/// its own. Must not be called from within a runtime.
+/// [`Client::get_blocking`] over plain HTTP.
 pub fn get_blocking(
     url: &str,
     headers: &[(&str, &str)],
     timeout: Duration,
 ) -> Result<Response, HttpError> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(HttpError::Runtime)?
-        .block_on(get_with(url, headers, timeout))
+    Client::default().get_blocking(url, headers, timeout)
 }
 
-/// Whether `url` is one [`get`] takes: `http://HOST[:PORT][/PATH]`.
-pub fn parse_url(url: &str) -> Result<(), HttpError> {
-    parse(url).map(drop)
+/// Whether `url` is one [`Client::get`] takes: `http(s)://HOST[:PORT][/PATH]`; `true` for
+/// `https`.
+pub fn parse_url(url: &str) -> Result<bool, HttpError> {
+    parse(url).map(|(_, _, https)| https)
 }
 
-/// The URI and its `host[:port]`; only `http://` with a host.
-fn parse(url: &str) -> Result<(Uri, String), HttpError> {
+/// The value of an `Authorization` header for basic auth.
+pub fn basic_auth(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {pair}")
+}
+
+/// The URI, its `host[:port]`, and whether it is `https`; only `http(s)://` with a host and no
+/// user part (credentials go in headers).
+fn parse(url: &str) -> Result<(Uri, String, bool), HttpError> {
     let bad = || HttpError::BadUrl { url: url.into() };
     let uri: Uri = url.parse().map_err(|_| bad())?;
-    if uri.scheme_str() != Some("http") {
-        return Err(bad());
-    }
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(bad()),
+    };
     let authority = uri
         .authority()
         .filter(|a| !a.host().is_empty())
@@ -120,7 +190,7 @@ fn parse(url: &str) -> Result<(Uri, String), HttpError> {
     if authority.contains('@') {
         return Err(bad());
     }
-    Ok((uri, authority))
+    Ok((uri, authority, https))
 }
 
 fn request(
@@ -140,7 +210,8 @@ fn request(
             name: (*name).to_owned(),
         };
         let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad())?;
-        let v = HeaderValue::from_str(value).map_err(|_| bad())?;
+        let mut v = HeaderValue::from_str(value).map_err(|_| bad())?;
+        v.set_sensitive(n == header::AUTHORIZATION);
         map.append(n, v);
     }
     if !map.contains_key(header::HOST) {
@@ -167,15 +238,37 @@ impl Drop for AbortOnDrop {
 async fn exchange(
     uri: &Uri,
     authority: String,
+    tls: Option<&Arc<ClientConfig>>,
     req: Request<Empty<Bytes>>,
 ) -> Result<Response, HttpError> {
     let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
-    let port = uri.port_u16().unwrap_or(80);
+    let port = uri
+        .port_u16()
+        .unwrap_or(if tls.is_some() { 443 } else { 80 });
     let tcp = match TcpStream::connect((host, port)).await {
         Ok(s) => s,
         Err(source) => return Err(HttpError::Connect { authority, source }),
     };
-    let (mut send, conn) = match http1::handshake(TokioIo::new(tcp)).await {
+    match tls {
+        None => send(TokioIo::new(tcp), authority, false, req).await,
+        Some(cfg) => match tls::connect(cfg, host, tcp).await {
+            Ok(stream) => send(TokioIo::new(stream), authority, true, req).await,
+            Err(source) => Err(HttpError::Tls { authority, source }),
+        },
+    }
+}
+
+/// The HTTP/1.1 exchange on a connected stream.
+async fn send<IO>(
+    io: IO,
+    authority: String,
+    tls: bool,
+    req: Request<Empty<Bytes>>,
+) -> Result<Response, HttpError>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut send, conn) = match http1::handshake(io).await {
         Ok(h) => h,
         Err(source) => return Err(HttpError::Handshake { authority, source }),
     };
@@ -184,7 +277,21 @@ async fn exchange(
             tracing::debug!(error = %e, "HTTP connection ended");
         }
     }));
-    let resp = send.send_request(req).await.map_err(HttpError::Request)?;
+    let resp = match send.send_request(req).await {
+        Ok(r) => r,
+        // A TLS 1.3 server checks the client certificate after the handshake: its alert
+        // arrives on the first read.
+        Err(e) if tls && tls::rustls_cause(&e).is_some() => {
+            return Err(HttpError::Tls {
+                authority,
+                source: tls::classify(std::io::Error::other(e)),
+            });
+        }
+        Err(source) if !tls && (source.is_incomplete_message() || source.is_parse()) => {
+            return Err(HttpError::NotHttp { authority, source });
+        }
+        Err(e) => return Err(HttpError::Request(e)),
+    };
     let (parts, body) = resp.into_parts();
     let body = Limited::new(body, MAX_BODY)
         .collect()
@@ -214,7 +321,7 @@ pub mod test_server {
     };
 
     /// Serves one connection: reads the request head, hands it to `answer`, writes the reply
-    /// and closes.
+    /// and closes (the unread rest of a TLS ClientHello may make that a reset).
     pub fn serve_once(answer: impl FnOnce(&str) -> Vec<u8> + Send + 'static) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -222,9 +329,13 @@ pub mod test_server {
             let Ok((mut c, _)) = listener.accept() else {
                 return;
             };
-            let mut head = Vec::new();
+            let mut head: Vec<u8> = Vec::new();
             let mut buf = [0u8; 512];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            // Until the end of the head; bytes that are not HTTP (a TLS ClientHello) after
+            // their first read.
+            while !head.windows(4).any(|w| w == b"\r\n\r\n")
+                && head.first().is_none_or(u8::is_ascii_alphabetic)
+            {
                 match c.read(&mut buf) {
                     Ok(0) | Err(_) => break,
                     Ok(n) => head.extend_from_slice(&buf[..n]),
@@ -318,7 +429,12 @@ mod tests {
         // Not HTTP.
         let addr = serve_once(|_| b"SSH-2.0-OpenSSH\r\n\r\n".to_vec());
         let e = get_blocking(&format!("http://{addr}/"), &[], T).expect_err("garbage");
-        assert!(matches!(e, HttpError::Request(_)), "{e:?}");
+        assert!(matches!(e, HttpError::NotHttp { .. }), "{e:?}");
+        // Closed without an answer.
+        let addr = serve_once(|_| Vec::new());
+        let e = get_blocking(&format!("http://{addr}/"), &[], T).expect_err("closed");
+        assert!(matches!(e, HttpError::NotHttp { .. }), "{e:?}");
+        assert!(e.to_string().contains("use https://"), "{e}");
         // The body ends before its length.
         let addr = serve_once(|_| b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc".to_vec());
         let e = get_blocking(&format!("http://{addr}/"), &[], T).expect_err("short body");
@@ -326,30 +442,73 @@ mod tests {
     }
 
     #[test]
-    fn only_plain_http_urls_with_a_host() {
+    fn only_http_and_https_urls_with_a_host() {
         for bad in [
-            "https://x/metrics",
             "x:1/metrics",
             "http:///m",
             "http://",
+            "https://",
             "ftp://x/",
             "http://user@x/",
+            "https://user:pw@x/",
         ] {
             assert!(
                 matches!(parse(bad), Err(HttpError::BadUrl { .. })),
                 "{bad} accepted"
             );
         }
-        for (url, authority) in [
-            ("http://10.0.0.1:9977/metrics", "10.0.0.1:9977"),
-            ("http://node", "node"),
-            ("http://[::1]:9977/metrics", "[::1]:9977"),
+        for (url, authority, https) in [
+            ("http://10.0.0.1:9977/metrics", "10.0.0.1:9977", false),
+            ("http://node", "node", false),
+            ("http://[::1]:9977/metrics", "[::1]:9977", false),
+            ("https://node/metrics", "node", true),
+            ("https://10.0.0.1:9977", "10.0.0.1:9977", true),
         ] {
-            assert_eq!(parse(url).expect(url).1, authority);
+            let (_, a, s) = parse(url).expect(url);
+            assert_eq!((a.as_str(), s), (authority, https), "{url}");
         }
         assert!(matches!(
             get_blocking("http://127.0.0.1:1/", &[("bad header", "x")], T),
             Err(HttpError::Header { .. })
         ));
+        // https without TLS settings is refused before connecting.
+        assert!(matches!(
+            get_blocking("https://127.0.0.1:1/", &[], T),
+            Err(HttpError::NoTls { .. })
+        ));
+    }
+
+    #[test]
+    fn basic_auth_header() {
+        // RFC 7617's example.
+        assert_eq!(
+            basic_auth("Aladdin", "open sesame"),
+            "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
+        );
+    }
+
+    /// TLS to a port that answers plain HTTP: the handshake fails, and says so.
+    #[test]
+    fn tls_to_a_plain_http_port() {
+        let addr =
+            serve_once(|_| b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n".to_vec());
+        let cfg = tls::client_config(&tls::ClientOptions {
+            insecure_skip_verify: true,
+            ..tls::ClientOptions::default()
+        })
+        .expect("config");
+        let e = Client::new(Some(Arc::new(cfg)))
+            .get_blocking(&format!("https://{addr}/metrics"), &[], T)
+            .expect_err("not TLS");
+        assert!(
+            matches!(
+                e,
+                HttpError::Tls {
+                    source: tls::HandshakeError::NotTls(_),
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
     }
 }

@@ -17,6 +17,7 @@ pub mod netdev;
 pub mod privilege;
 pub mod probe;
 pub mod server;
+pub mod tls;
 pub mod util;
 pub mod view;
 pub mod webconfig;

@@ -30,9 +30,8 @@ use std::{
 };
 
 use rustls::{
-    RootCertStore, ServerConfig, SupportedCipherSuite, SupportedProtocolVersion,
+    ServerConfig, SupportedCipherSuite, SupportedProtocolVersion,
     crypto::{CryptoProvider, SupportedKxGroup, ring},
-    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _},
     server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier},
     sign::CertifiedKey,
 };
@@ -57,14 +56,8 @@ pub enum WebConfigError {
     Invalid { key: &'static str, why: String },
     #[error("basic_auth_users.{user}: not a bcrypt hash (make one with `htpasswd -nBC 10 {user}`)")]
     NotBcrypt { user: String },
-    #[error("reading the PEM in {path}")]
-    Pem {
-        path: PathBuf,
-        #[source]
-        source: rustls::pki_types::pem::Error,
-    },
-    #[error("{path}: no {what} in it")]
-    Empty { path: PathBuf, what: &'static str },
+    #[error(transparent)]
+    Pem(#[from] crate::tls::ConfigError),
     #[error("TLS configuration")]
     Tls(#[source] rustls::Error),
     #[error("client_ca_file {path}")]
@@ -267,8 +260,9 @@ impl WebConfig {
     /// by a keyed hash of user, password and stored hash, as the toolkit does, so a scrape
     /// every few seconds costs one verification every 90 s.
     pub fn authorized(&self, authorization: Option<&str>) -> bool {
-        use base64::Engine as _;
         use std::hash::BuildHasher as _;
+
+        use base64::Engine as _;
         static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> =
             std::sync::OnceLock::new();
         if self.users.is_empty() {
@@ -458,10 +452,7 @@ fn tls(t: &TlsFile, base: &Path, health_open: bool) -> Result<Tls, WebConfigErro
         }
         (auth, Some(ca)) => {
             let ca = resolve(ca);
-            let mut roots = RootCertStore::empty();
-            for cert in certs(&ca)? {
-                roots.add(cert).map_err(WebConfigError::Tls)?;
-            }
+            let roots = crate::tls::roots(&ca)?;
             let v =
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider));
             let v = if auth == ClientAuth::VerifyIfGiven || health_open {
@@ -484,24 +475,6 @@ fn tls(t: &TlsFile, base: &Path, health_open: bool) -> Result<Tls, WebConfigErro
         client_auth,
         server: Arc::new(server),
     })
-}
-
-fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, WebConfigError> {
-    let pem = |source| WebConfigError::Pem {
-        path: path.to_path_buf(),
-        source,
-    };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(pem)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(pem)?;
-    if certs.is_empty() {
-        return Err(WebConfigError::Empty {
-            path: path.to_path_buf(),
-            what: "certificate",
-        });
-    }
-    Ok(certs)
 }
 
 /// (modification time, length) of both files: what says they changed.
@@ -581,11 +554,8 @@ fn load_pair(
     key_file: &Path,
     provider: &CryptoProvider,
 ) -> Result<CertifiedKey, WebConfigError> {
-    let certs = certs(cert_file)?;
-    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|source| WebConfigError::Pem {
-        path: key_file.to_path_buf(),
-        source,
-    })?;
+    let certs = crate::tls::certs(cert_file)?;
+    let key = crate::tls::key(key_file)?;
     CertifiedKey::from_der(certs, key, provider).map_err(WebConfigError::Tls)
 }
 

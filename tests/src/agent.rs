@@ -70,9 +70,34 @@ pub fn start_agent(extra: &[&str]) -> (Proc, SocketAddr) {
 /// Waits (at most 20 s) until the agent `proc` answers /healthz on `addr`; panics if it exits
 /// first or does not answer in time.
 pub fn wait_healthy(proc: &mut Proc, addr: SocketAddr) {
+    wait_healthy_with(proc, addr, || http_get(addr, "/healthz", &[]));
+}
+
+/// Starts `podstat agent` behind `secure`'s web config (TLS and basic auth) on a free
+/// loopback port, and waits until /healthz answers over TLS with the password.
+pub fn start_secure_agent(secure: &crate::tls::Secure, extra: &[&str]) -> (Proc, SocketAddr) {
+    let addr = free_addr();
+    let web = secure.web_config();
+    let mut args = vec!["--web.config.file", web.to_str().expect("utf-8 path")];
+    args.extend_from_slice(extra);
+    let mut proc = Proc(Some(
+        agent_command(None, addr, &args)
+            .spawn()
+            .expect("spawning podstat agent"),
+    ));
+    wait_healthy_with(&mut proc, addr, || secure.get(addr, "/healthz", &[]));
+    (proc, addr)
+}
+
+/// [`wait_healthy`], asking with `get`.
+fn wait_healthy_with(
+    proc: &mut Proc,
+    addr: SocketAddr,
+    get: impl Fn() -> std::io::Result<crate::Response>,
+) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(r) = http_get(addr, "/healthz", &[])
+        if let Ok(r) = get()
             && r.status == 200
         {
             return;

@@ -46,8 +46,24 @@ pub fn http_get(
     path: &str,
     headers: &[(&str, &str)],
 ) -> std::io::Result<Response> {
-    let url = format!("http://{addr}{path}");
-    let r = podstat::http::get_blocking(&url, headers, Duration::from_secs(10))
+    get_url(
+        &podstat::http::Client::default(),
+        &format!("http://{addr}{path}"),
+        headers,
+    )
+}
+
+/// GET `url` through `client` (TLS for https URLs), bounded to 10 s, as [`http_get`].
+///
+/// # Errors
+/// Connecting, TLS, the exchange or the body failed, or took longer than 10 s.
+pub fn get_url(
+    client: &podstat::http::Client,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<Response> {
+    let r = client
+        .get_blocking(url, headers, Duration::from_secs(10))
         .map_err(|e| std::io::Error::other(podstat::util::chain(&e)))?;
     Ok(Response {
         status: r.status.as_u16(),

@@ -13,6 +13,7 @@
 //! - [`netns`]: [`NetPair`], two namespaces joined by a veth pair.
 //! - [`expo`]: reading a scrape ([`find`], [`probe_attached`], [`Hist`]).
 //! - [`bpf`]: `bpf_stats` and per-program run time, for the benches.
+//! - [`tls`]: test certificates, and [`tls::Secure`], an agent behind TLS and basic auth.
 
 pub mod agent;
 pub mod bench_json;
@@ -30,10 +31,14 @@ pub mod netns;
 pub mod proc;
 pub mod prometheus;
 pub mod rules;
+pub mod tls;
 
 use std::{thread, time::Instant};
 
-pub use agent::{agent_command, free_addr, podstat_bin, start_agent, wait_healthy, wait_metrics};
+pub use agent::{
+    agent_command, free_addr, podstat_bin, start_agent, start_secure_agent, wait_healthy,
+    wait_metrics,
+};
 pub use cgroup::{CgroupTree, V1, v1_hierarchies};
 pub use expo::{Hist, Sample, find, parse_exposition, probe_attached};
 pub use http::{Response, free_port, http_get, scrape};

@@ -35,6 +35,17 @@ impl Prometheus {
     /// `native`: with `--enable-feature=native-histograms` (Prometheus then asks for protobuf
     /// and stores native histograms); else the default text scrape with classic buckets.
     pub fn start(target: SocketAddr, native: bool) -> Self {
+        Self::start_with(target, native, None)
+    }
+
+    /// [`Prometheus::start`], scraping over HTTPS with basic auth when `secure` is given:
+    /// `scheme: https`, `tls_config.ca_file` and `basic_auth` with a `password_file`, as an
+    /// operator configures it for an agent with `--web.config.file`.
+    pub fn start_with(
+        target: SocketAddr,
+        native: bool,
+        secure: Option<&crate::tls::Secure>,
+    ) -> Self {
         let bin = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
             .into_iter()
             .find(|p| Path::new(p).is_file())
@@ -58,8 +69,14 @@ impl Prometheus {
         fs::write(
             dir.join("prometheus.yml"),
             format!(
-                "global:\n  scrape_interval: 2s\n  evaluation_interval: 2s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: podstat\n    static_configs:\n      - targets: ['{target}']\n",
-                dir.join("rules.yaml").display()
+                "global:\n  scrape_interval: 2s\n  evaluation_interval: 2s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: podstat\n{}    static_configs:\n      - targets: ['{target}']\n",
+                dir.join("rules.yaml").display(),
+                secure.map_or_else(String::new, |s| format!(
+                    "    scheme: https\n    tls_config:\n      ca_file: {}\n    basic_auth:\n      username: {}\n      password_file: {}\n",
+                    s.ca_file().display(),
+                    crate::tls::Secure::USER,
+                    s.password_file().display()
+                ))
             ),
         )
         .expect("writing prometheus.yml");

@@ -1,8 +1,10 @@
 //! End to end, as a cluster would run it: real pods from containerd's CRI (runc, cgroupfs
-//! driver, CPU quotas), the podstat agent naming them through the CRI provider, two real
-//! Prometheus servers scraping it every 2 s and evaluating the shipped rules (one with native
-//! histograms on, which scrapes protobuf; one without, which scrapes OpenMetrics text with
-//! classic buckets), and every query of the shipped Grafana dashboard asked of both.
+//! driver, CPU quotas), the podstat agent naming them through the CRI provider and serving
+//! over TLS with basic auth (`--web.config.file`), two real Prometheus servers scraping it
+//! every 2 s over HTTPS (`tls_config.ca_file`, `basic_auth`) and evaluating the shipped rules
+//! (one with native histograms on, which scrapes protobuf; one without, which scrapes
+//! OpenMetrics text with classic buckets), and every query of the shipped Grafana dashboard
+//! asked of both. Plain-HTTP scrapes are the other tests' (endpoint.rs, agent.rs, …).
 //!
 //! Everything is torn down by guards (pods, containerd and its shims, Prometheus, the agent,
 //! cgroups, directories), on success, failure and panic.
@@ -16,9 +18,10 @@ use std::{
 
 use podstat_tests::{
     cri::{Containerd, PodSpec},
-    dashboard, free_port, http_get,
+    dashboard, free_port,
     prometheus::{Prometheus, label},
-    require_root, start_agent,
+    require_root, start_secure_agent,
+    tls::Secure,
 };
 use serde_json::Value;
 
@@ -64,21 +67,25 @@ fn cri_pods_prometheus_alert_and_dashboard() {
         script: "while :; do sleep 1; done",
     });
     let socket = ctr.socket.display().to_string();
-    let (_agent, agent_addr) = start_agent(&[
-        "--metadata.provider",
-        "cri",
-        "--metadata.cri-socket",
-        &socket,
-        "--metadata.refresh-interval",
-        "5s",
-        "--probe.refresh-interval",
-        "1s",
-    ]);
+    let secure = Secure::new("e2e-web");
+    let (_agent, agent_addr) = start_secure_agent(
+        &secure,
+        &[
+            "--metadata.provider",
+            "cri",
+            "--metadata.cri-socket",
+            &socket,
+            "--metadata.refresh-interval",
+            "5s",
+            "--probe.refresh-interval",
+            "1s",
+        ],
+    );
     // Both at once: they scrape the same agent through the same minutes.
-    let native = Prometheus::start(agent_addr, true);
-    let classic = Prometheus::start(agent_addr, false);
+    let native = Prometheus::start_with(agent_addr, true, Some(&secure));
+    let classic = Prometheus::start_with(agent_addr, false, Some(&secure));
     for (prom, kind) in [(&native, "native"), (&classic, "classic")] {
-        check(prom, kind, agent_addr, &burner_cid, &idler_cid);
+        check(prom, kind, &secure, agent_addr, &burner_cid, &idler_cid);
     }
     drop(native);
     drop(classic);
@@ -88,7 +95,14 @@ fn cri_pods_prometheus_alert_and_dashboard() {
 /// What each Prometheus must see: the CRI names, its kind of histograms, the throttling alert
 /// for the busy pod and none for the idle one, and data for every dashboard query.
 #[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
-fn check(prom: &Prometheus, kind: &str, agent_addr: SocketAddr, burner_cid: &str, idler_cid: &str) {
+fn check(
+    prom: &Prometheus,
+    kind: &str,
+    secure: &Secure,
+    agent_addr: SocketAddr,
+    burner_cid: &str,
+    idler_cid: &str,
+) {
     // The agent names the pods from CRI.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -112,10 +126,12 @@ fn check(prom: &Prometheus, kind: &str, agent_addr: SocketAddr, burner_cid: &str
         }
         assert!(
             Instant::now() < deadline,
-            "Prometheus has no CRI-named series for both pods after 30 s: {pods:?}\nagent scrape:\n{}",
-            http_get(agent_addr, "/metrics", &[])
-                .map(|r| r.text())
-                .unwrap_or_default()
+            "Prometheus has no CRI-named series for both pods after 30 s: {pods:?}\nup: {:?}\nprometheus log:\n{}\nagent scrape:\n{}",
+            prom.query("up"),
+            prom.log(),
+            secure
+                .get(agent_addr, "/metrics", &[])
+                .map_or_else(|e| e.to_string(), |r| r.text())
         );
         thread::sleep(Duration::from_secs(1));
     }

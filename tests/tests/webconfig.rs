@@ -1,7 +1,9 @@
 //! `--web.config.file` on the real agent: TLS with a client certificate required, basic auth
 //! with a bcrypt hash, the health checks left open, the server certificate reloaded when its
 //! file changes, and a config with an unknown key refused at start. Driven with curl and
-//! openssl (both prerequisites).
+//! openssl (both prerequisites). Then `podstat explain --from https://…` reads the same agent
+//! with the CA, the client certificate and the password, and says which one is missing or
+//! wrong when one is.
 
 use std::{
     fs,
@@ -11,81 +13,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use podstat_tests::{Proc, agent_command, free_addr, podstat_bin, require_root};
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("openssl is needed for the test certificates: {e}"));
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA, and a certificate `name` it signs (`ext`: its extensions).
-fn ca(dir: &Path, ca: &str) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            &format!("/CN=podstat-test-{ca}"),
-            "-keyout",
-            &format!("{ca}.key"),
-            "-out",
-            &format!("{ca}.crt"),
-        ],
-    );
-}
-
-fn signed(dir: &Path, ca: &str, name: &str, ext: &str) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            &format!("/CN={name}"),
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-        ],
-    );
-    fs::write(dir.join(format!("{name}.cnf")), ext).expect("ext");
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            &format!("{ca}.crt"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            &format!("{name}.cnf"),
-            "-out",
-            &format!("{name}.crt"),
-        ],
-    );
-}
+use podstat_tests::{
+    CgroupTree, Proc, agent_command, free_addr, podstat_bin, require_root, test_ids,
+    tls::{SERVER_EXT, ca, signed},
+    v1_hierarchies,
+};
 
 /// The HTTP status curl got (0: no HTTP answer, e.g. a refused handshake).
 fn curl(dir: &Path, url: &str, args: &[&str]) -> u16 {
@@ -131,6 +63,40 @@ fn served_serial(dir: &Path, addr: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// `podstat explain` with `args` (run in `dir`, the environment cleared of `PODSTAT_FROM*`
+/// except `env`), bounded to 60 s: (success, stdout, stderr).
+fn explain(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut cmd = Command::new(podstat_bin());
+    cmd.current_dir(dir)
+        .arg("explain")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PODSTAT_FROM") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().copied());
+    let mut child = cmd.spawn().expect("spawning podstat explain");
+    let deadline = Instant::now() + Duration::from_mins(1);
+    while child.try_wait().ok().flatten().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("podstat explain {args:?} did not finish within 60 s");
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().expect("explain's output");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 struct TempDir(PathBuf);
 impl Drop for TempDir {
     fn drop(&mut self) {
@@ -151,8 +117,7 @@ fn tls_client_certificates_and_basic_auth_guard_the_endpoint() {
     fs::create_dir_all(d).expect("dir");
     ca(d, "ca");
     ca(d, "rogue-ca");
-    let server_ext = "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n";
-    signed(d, "ca", "server", server_ext);
+    signed(d, "ca", "server", SERVER_EXT);
     signed(
         d,
         "ca",
@@ -246,7 +211,7 @@ fn tls_client_certificates_and_basic_auth_guard_the_endpoint() {
 
     // A renewed certificate is served without a restart.
     let before = served_serial(d, &addr.to_string());
-    signed(d, "ca", "server2", server_ext);
+    signed(d, "ca", "server2", SERVER_EXT);
     fs::copy(d.join("server2.key"), d.join("server.key.new")).expect("key");
     fs::copy(d.join("server2.crt"), d.join("server.crt.new")).expect("crt");
     fs::rename(d.join("server.key.new"), d.join("server.key")).expect("key");
@@ -266,7 +231,150 @@ fn tls_client_certificates_and_basic_auth_guard_the_endpoint() {
         200,
         "after the reload"
     );
+
+    // `explain --from https://…` on a pod cgroup the agent exports.
+    let v1 = v1_hierarchies();
+    let mut tree = CgroupTree::new(&[&v1.cpu, &v1.cpuacct]);
+    let (uid, cid) = test_ids(61);
+    let ctr = format!(
+        "podstat-test-{}-web/kubepods/burstable/pod{uid}/{cid}",
+        std::process::id()
+    );
+    tree.mkdir(&ctr);
+    fs::write(d.join("password"), "s3cret\n").expect("password file");
+    fs::write(d.join("wrong"), "wrong\n").expect("password file");
+    let from = format!("https://{addr}");
+    let tls_flags = [
+        "--from.ca-file",
+        "ca.crt",
+        "--from.cert-file",
+        "client.crt",
+        "--from.key-file",
+        "client.key",
+    ];
+    let view = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut args = vec![
+            uid.as_str(),
+            "--duration",
+            "1s",
+            "--output",
+            "json",
+            "--from",
+        ];
+        args.push(&from);
+        args.extend_from_slice(extra);
+        explain(d, &args, env)
+    };
+    let (ok, out, err) = view(
+        &[
+            &tls_flags[..],
+            &[
+                "--from.username",
+                "prometheus",
+                "--from.password-file",
+                "password",
+            ],
+        ]
+        .concat(),
+        &[],
+    );
+    assert!(ok, "explain over TLS with basic auth failed: {err}");
+    let json: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("explain --output json: {e}: {out}"));
+    assert!(
+        json.to_string().contains(&uid),
+        "explain did not diagnose pod {uid}: {out}"
+    );
+    // The password from the environment works as well.
+    let (ok, _, err) = view(
+        &[&tls_flags[..], &["--from.username", "prometheus"]].concat(),
+        &[("PODSTAT_FROM_PASSWORD", "s3cret")],
+    );
+    assert!(ok, "password from PODSTAT_FROM_PASSWORD: {err}");
+    // Each credential missing or wrong, and the message that names it.
+    for (what, extra, needle) in [
+        (
+            "no CA",
+            vec![
+                "--from.username",
+                "prometheus",
+                "--from.password-file",
+                "password",
+            ],
+            "needs --from.ca-file",
+        ),
+        (
+            "another CA",
+            vec![
+                "--from.ca-file",
+                "rogue-ca.crt",
+                "--from.cert-file",
+                "client.crt",
+                "--from.key-file",
+                "client.key",
+                "--from.username",
+                "prometheus",
+                "--from.password-file",
+                "password",
+            ],
+            "certificate is not trusted",
+        ),
+        (
+            "no user",
+            tls_flags.to_vec(),
+            "401 Unauthorized: the agent wants a user and password",
+        ),
+        (
+            "wrong password",
+            [
+                &tls_flags[..],
+                &[
+                    "--from.username",
+                    "prometheus",
+                    "--from.password-file",
+                    "wrong",
+                ],
+            ]
+            .concat(),
+            "refused user \"prometheus\" with the password from --from.password-file",
+        ),
+        (
+            "no client certificate",
+            vec![
+                "--from.ca-file",
+                "ca.crt",
+                "--from.username",
+                "prometheus",
+                "--from.password-file",
+                "password",
+            ],
+            "--from.cert-file and --from.key-file",
+        ),
+    ] {
+        let (ok, _, err) = view(&extra, &[]);
+        assert!(!ok, "{what}: explain succeeded");
+        assert!(err.contains(needle), "{what}: {needle:?} not in: {err}");
+        eprintln!("{what}: {}", err.trim());
+    }
+    // Plain HTTP to the TLS port.
+    let (ok, _, err) = explain(
+        d,
+        &[
+            &uid,
+            "--duration",
+            "1s",
+            "--from",
+            &format!("http://{addr}"),
+        ],
+        &[],
+    );
+    assert!(
+        !ok && err.contains("use https://"),
+        "plain HTTP to TLS: {err}"
+    );
+    eprintln!("plain HTTP to TLS: {}", err.trim());
     drop(agent);
+    drop(tree);
 
     // An unknown key stops the agent at start, naming it.
     fs::write(

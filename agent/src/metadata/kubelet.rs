@@ -5,79 +5,32 @@
 //! container statuses' `containerID` (`containerd://<id>`, `cri-o://<id>`, `docker://<id>`),
 //! whose id part is the one in the cgroup path.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use http_body_util::{BodyExt as _, Empty};
-use hyper::{
-    Request, StatusCode, Uri, body::Bytes, client::conn::http1, header, http::uri::InvalidUri,
-};
-use hyper_util::rt::TokioIo;
-use rustls::{
-    ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-    pki_types::{
-        CertificateDer, InvalidDnsNameError, ServerName, UnixTime,
-        pem::{self, PemObject as _},
-    },
-};
+use hyper::{StatusCode, body::Bytes};
 use serde::Deserialize;
-use tokio::net::TcpStream;
 
 use super::{Options, PodMeta, Snapshot};
-
-/// Largest PodList accepted (a node's 110 pods take well under 1 MiB).
-const MAX_BODY: usize = 64 << 20;
+use crate::{http, tls};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeletError {
-    #[error("bad URL: {url:?}")]
-    Url {
-        url: String,
+    #[error("bad URL: {url:?}: not http(s)://host[:port]")]
+    Url { url: String },
+    #[error("TLS settings (CA file {ca_file}, or pass --metadata.kubelet-insecure-skip-verify)")]
+    TlsConfig {
+        ca_file: PathBuf,
         #[source]
-        source: InvalidUri,
+        source: tls::ConfigError,
     },
-    #[error("bad URL: {url:?}: not http(s)://host:port")]
-    Scheme { url: String },
-    #[error("bad URL: {url:?}: no host")]
-    NoHost { url: String },
-    #[error("bad URL: {host:?} is not a TLS server name")]
-    ServerName {
-        host: String,
-        #[source]
-        source: InvalidDnsNameError,
-    },
-    #[error("building the request")]
-    Request(#[source] hyper::http::Error),
-    #[error("TLS settings")]
-    TlsConfig(#[source] rustls::Error),
     #[error("reading {path}")]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("CA file {path} (or pass --metadata.kubelet-insecure-skip-verify)")]
-    CaRead {
-        path: PathBuf,
-        #[source]
-        source: pem::Error,
-    },
-    #[error("CA file {path}: a certificate")]
-    CaCert {
-        path: PathBuf,
-        #[source]
-        source: rustls::Error,
-    },
-    #[error("CA file {path}: no certificate in it")]
-    CaEmpty { path: PathBuf },
-    #[error("connecting")]
-    Connect(#[source] std::io::Error),
-    #[error("TLS")]
-    Tls(#[source] std::io::Error),
-    #[error("HTTP")]
-    Http(#[source] hyper::Error),
-    #[error("reading the body")]
-    Body(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("GET /pods")]
+    Get(#[source] http::HttpError),
     #[error("HTTP status {0} (401/403: the token lacks `get` on `nodes/proxy`)")]
     Status(StatusCode),
     #[error("malformed PodList: {0}")]
@@ -88,39 +41,41 @@ pub enum KubeletError {
 #[derive(Debug)]
 pub struct Client {
     url: String,
-    uri: Uri,
+    pods: String,
+    https: bool,
     token_file: PathBuf,
-    tls: Option<Arc<ClientConfig>>,
+    http: http::Client,
+    timeout: Duration,
 }
 
 impl Client {
     pub fn new(opts: &Options) -> Result<Self, KubeletError> {
         let base = opts.kubelet_url.trim_end_matches('/');
-        let uri: Uri = format!("{base}/pods")
-            .parse()
-            .map_err(|source| KubeletError::Url {
-                url: base.to_owned(),
+        let pods = format!("{base}/pods");
+        let https = http::parse_url(&pods).map_err(|_| KubeletError::Url {
+            url: base.to_owned(),
+        })?;
+        let tls = if https {
+            let cfg = tls::client_config(&tls::ClientOptions {
+                ca_file: Some(&opts.kubelet_ca_file),
+                client_cert: None,
+                insecure_skip_verify: opts.kubelet_insecure_skip_verify,
+            })
+            .map_err(|source| KubeletError::TlsConfig {
+                ca_file: opts.kubelet_ca_file.clone(),
                 source,
             })?;
-        let tls = match uri.scheme_str() {
-            Some("https") => Some(Arc::new(tls_config(opts)?)),
-            Some("http") => None,
-            _ => {
-                return Err(KubeletError::Scheme {
-                    url: base.to_owned(),
-                });
-            }
+            Some(Arc::new(cfg))
+        } else {
+            None
         };
-        if uri.host().is_none() {
-            return Err(KubeletError::NoHost {
-                url: base.to_owned(),
-            });
-        }
         Ok(Self {
             url: base.to_owned(),
-            uri,
+            pods,
+            https,
             token_file: opts.kubelet_token_file.clone(),
-            tls,
+            http: http::Client::new(tls),
+            timeout: opts.timeout,
         })
     }
 
@@ -134,19 +89,10 @@ impl Client {
     }
 
     async fn get(&self) -> Result<Bytes, KubeletError> {
-        let host = self
-            .uri
-            .host()
-            .unwrap_or("127.0.0.1")
-            .trim_matches(['[', ']']);
-        let port = self
-            .uri
-            .port_u16()
-            .unwrap_or(if self.tls.is_some() { 443 } else { 80 });
         let token = match std::fs::read_to_string(&self.token_file) {
-            Ok(t) => Some(t.trim().to_owned()),
+            Ok(t) => Some(format!("Bearer {}", t.trim())),
             // Plain http (tests, a local proxy) may go without a token.
-            Err(_) if self.tls.is_none() => None,
+            Err(_) if !self.https => None,
             Err(source) => {
                 return Err(KubeletError::Read {
                     path: self.token_file.clone(),
@@ -154,141 +100,19 @@ impl Client {
                 });
             }
         };
-        let tcp = TcpStream::connect((host, port))
+        let mut headers = vec![("accept", "application/json")];
+        if let Some(t) = &token {
+            headers.push(("authorization", t));
+        }
+        let r = self
+            .http
+            .get(&self.pods, &headers, self.timeout)
             .await
-            .map_err(KubeletError::Connect)?;
-        let mut req = Request::get(self.uri.path())
-            .header(header::HOST, format!("{host}:{port}"))
-            .header(header::ACCEPT, "application/json");
-        if let Some(t) = token {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+            .map_err(KubeletError::Get)?;
+        if r.status != StatusCode::OK {
+            return Err(KubeletError::Status(r.status));
         }
-        let req = req
-            .body(Empty::<Bytes>::new())
-            .map_err(KubeletError::Request)?;
-        match &self.tls {
-            Some(cfg) => {
-                let name = ServerName::try_from(host.to_owned()).map_err(|source| {
-                    KubeletError::ServerName {
-                        host: host.to_owned(),
-                        source,
-                    }
-                })?;
-                let stream = tokio_rustls::TlsConnector::from(Arc::clone(cfg))
-                    .connect(name, tcp)
-                    .await
-                    .map_err(KubeletError::Tls)?;
-                send(TokioIo::new(stream), req).await
-            }
-            None => send(TokioIo::new(tcp), req).await,
-        }
-    }
-}
-
-async fn send<IO>(io: IO, req: Request<Empty<Bytes>>) -> Result<Bytes, KubeletError>
-where
-    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (mut send, conn) = http1::handshake(io).await.map_err(KubeletError::Http)?;
-    let driver = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let resp = send.send_request(req).await.map_err(KubeletError::Http);
-    let result = match resp {
-        Ok(resp) if resp.status() == StatusCode::OK => {
-            http_body_util::Limited::new(resp.into_body(), MAX_BODY)
-                .collect()
-                .await
-                .map(http_body_util::Collected::to_bytes)
-                .map_err(KubeletError::Body)
-        }
-        Ok(resp) => Err(KubeletError::Status(resp.status())),
-        Err(e) => Err(e),
-    };
-    driver.abort();
-    result
-}
-
-fn tls_config(opts: &Options) -> Result<ClientConfig, KubeletError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .map_err(KubeletError::TlsConfig)?;
-    let cfg = if opts.kubelet_insecure_skip_verify {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
-            .with_no_client_auth()
-    } else {
-        let path = &opts.kubelet_ca_file;
-        let read_err = |source| KubeletError::CaRead {
-            path: path.clone(),
-            source,
-        };
-        let mut roots = RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(path).map_err(read_err)? {
-            roots
-                .add(cert.map_err(read_err)?)
-                .map_err(|source| KubeletError::CaCert {
-                    path: path.clone(),
-                    source,
-                })?;
-        }
-        if roots.is_empty() {
-            return Err(KubeletError::CaEmpty { path: path.clone() });
-        }
-        builder.with_root_certificates(roots).with_no_client_auth()
-    };
-    Ok(cfg)
-}
-
-/// `--metadata.kubelet-insecure-skip-verify`: accepts any certificate, still checks that the
-/// handshake is signed by it.
-#[derive(Debug)]
-struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for NoVerify {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        Ok(r.body)
     }
 }
 

@@ -544,15 +544,12 @@ mod tests {
         };
         let e = select(&opts).expect_err("not http(s)");
         assert!(
-            matches!(
-                e,
-                ChooseError::Kubelet(kubelet::KubeletError::Scheme { .. })
-            ),
+            matches!(e, ChooseError::Kubelet(kubelet::KubeletError::Url { .. })),
             "{e:?}"
         );
         assert_eq!(
             Some(crate::util::chain(&e)).as_deref(),
-            Some("--metadata.provider kubelet: bad URL: \"ftp://x\": not http(s)://host:port")
+            Some("--metadata.provider kubelet: bad URL: \"ftp://x\": not http(s)://host[:port]")
         );
     }
 }

@@ -39,7 +39,7 @@ pub enum ViewError {
 
 fn open(args: &SourceArgs) -> Result<Source, ViewError> {
     Ok(match &args.from {
-        Some(url) => Source::remote(url)?,
+        Some(url) => Source::remote(url, &args.remote)?,
         None => Source::local(&args.host, &mut |w| {
             eprintln!("podstat: {w}");
         })?,
