@@ -14,7 +14,13 @@ use std::{
 use crate::{CgroupTree, find, http_get, parse_exposition};
 
 /// The agent's eBPF maps keyed by cgroup id (bpftool shows names cut to 15 characters).
-pub const PER_CGROUP_MAPS: [&str; 4] = ["KNOWN", "PREEMPT_PAIRS", "THROTTLE_STATS", "NET_STATS"];
+pub const PER_CGROUP_MAPS: [&str; 5] = [
+    "KNOWN",
+    "PREEMPT_PAIRS",
+    "WAIT_PAIRS",
+    "THROTTLE_STATS",
+    "NET_STATS",
+];
 
 /// Container cgroups per batch: 25 pods of 2 containers.
 pub const PODS_PER_BATCH: usize = 25;

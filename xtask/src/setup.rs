@@ -19,6 +19,8 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
     ("runc", "runc"),
     ("busybox", "busybox-static"),
     ("tmux", "tmux"),
+    // The churn soak reads the per-cgroup maps' entry counts (tests/src/churn.rs).
+    ("bpftool", "bpftool"),
 ];
 /// What `cargo xtask vm` needs: qemu, a static busybox for the guest, sha256sum, and a musl C
 /// compiler for the C in the agent's dependencies (ring, for the kubelet's TLS).
