@@ -233,7 +233,7 @@ state = "{d}/state"
         let client = &mut self.client;
         self.rt
             .block_on(async {
-                tokio::time::timeout(Duration::from_secs(120), client.unary(path, req)).await
+                tokio::time::timeout(Duration::from_mins(2), client.unary(path, req)).await
             })
             .map_err(|_| format!("{path}: timed out"))?
             .map_err(|e| podstat::util::chain(&e))

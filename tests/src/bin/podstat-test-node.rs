@@ -80,13 +80,14 @@ fn status_field(pid: i32, field: &str) -> String {
     let s = fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/<pid>/status");
     s.lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .map(|v| v.trim().to_owned())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+        .map_or_else(
+            || panic!("no {field} in /proc/{pid}/status"),
+            |v| v.trim().to_owned(),
+        )
 }
 
 /// Capability names from a `CapEff` mask.
 fn cap_names(hex: &str) -> BTreeSet<String> {
-    let mask = u64::from_str_radix(hex, 16).expect("CapEff hex");
     // linux/capability.h
     const NAMES: &[(u32, &str)] = &[
         (0, "CHOWN"),
@@ -111,6 +112,7 @@ fn cap_names(hex: &str) -> BTreeSet<String> {
         (38, "PERFMON"),
         (39, "BPF"),
     ];
+    let mask = u64::from_str_radix(hex, 16).expect("CapEff hex");
     (0..64)
         .filter(|b| mask & (1 << b) != 0)
         .map(|b| {
@@ -194,7 +196,7 @@ fn main() {
     let mut ctr = Containerd::connect(
         SOCKET.into(),
         "/run/podstat-node".into(),
-        Duration::from_secs(120),
+        Duration::from_mins(2),
     );
     ctr.import_images();
     ctr.import_archive(&dir.join("podstat-image.oci.tar"), &[&image]);
@@ -225,13 +227,13 @@ fn main() {
     let agent_qos = t.qos;
     let log_dir = PathBuf::from(&t.sandbox.log_directory);
     let agent_container = spec["containers"][0].clone();
-    let (_, agent_id) = ctr.run_pod_with(t.sandbox, t.containers[0].clone());
+    let (_, podstat_container_id) = ctr.run_pod_with(t.sandbox, t.containers[0].clone());
     let agent = Pod {
         name: "podstat",
         container: "podstat",
         uid: agent_uid.into(),
         qos: agent_qos,
-        id: agent_id.clone(),
+        id: podstat_container_id.clone(),
     };
     // The readiness probe, as the kubelet runs it (hostNetwork: on the node's loopback).
     let port = agent_container["ports"][0]["containerPort"]
@@ -242,7 +244,7 @@ fn main() {
         .as_str()
         .expect("readinessProbe path")
         .to_owned();
-    let deadline = Instant::now() + Duration::from_secs(180);
+    let deadline = Instant::now() + Duration::from_mins(3);
     while !http_get(addr, &ready_path, &[]).is_ok_and(|r| r.status == 200) {
         assert!(
             Instant::now() < deadline,
@@ -352,30 +354,30 @@ fn main() {
 
     // The agent process: exactly the manifest's capabilities, no new privileges, its own
     // cgroup namespace.
-    let agent_pid = container_pid(&agent.scope());
+    let agent_proc = container_pid(&agent.scope());
     let wanted: BTreeSet<String> = agent_container["securityContext"]["capabilities"]["add"]
         .as_array()
         .expect("capabilities.add")
         .iter()
         .filter_map(|c| c.as_str().map(str::to_owned))
         .collect();
-    let eff = cap_names(&status_field(agent_pid, "CapEff"));
+    let eff = cap_names(&status_field(agent_proc, "CapEff"));
     check(
         eff == wanted,
         format!("agent CapEff {eff:?} == the manifest's {wanted:?}"),
     );
     check(
-        status_field(agent_pid, "NoNewPrivs") == "1",
+        status_field(agent_proc, "NoNewPrivs") == "1",
         "agent runs with no_new_privs".into(),
     );
     let cgns = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/cgroup")).ok();
     check(
-        cgns(&agent_pid.to_string()) != cgns("1") && cgns("1").is_some(),
+        cgns(&agent_proc.to_string()) != cgns("1") && cgns("1").is_some(),
         format!(
             "agent in its own cgroup namespace ({:?} vs the node's {:?}); its /proc/self/cgroup: {}",
-            cgns(&agent_pid.to_string()),
+            cgns(&agent_proc.to_string()),
             cgns("1"),
-            fs::read_to_string(format!("/proc/{agent_pid}/cgroup"))
+            fs::read_to_string(format!("/proc/{agent_proc}/cgroup"))
                 .unwrap_or_default()
                 .trim()
         ),
@@ -399,7 +401,7 @@ fn main() {
         "error".into(),
     ]);
     let argv: Vec<&str> = check_cmd.iter().map(String::as_str).collect();
-    let (code, out, err) = ctr.exec_sync(&agent_id, &argv, 120);
+    let (code, out, err) = ctr.exec_sync(&podstat_container_id, &argv, 120);
     let attached = compare_check("podstat-node", &out, &err, code == 0, &expect);
     let items: Value = serde_json::from_slice(&out).unwrap_or_default();
     let perm = items
@@ -426,7 +428,7 @@ fn main() {
     );
 
     // Named through CRI, sandboxes skipped.
-    let deadline = Instant::now() + Duration::from_secs(180);
+    let deadline = Instant::now() + Duration::from_mins(3);
     loop {
         let named = prom.query(&format!(
             "podstat_cpu_usage_seconds_total{{namespace=\"{NAMESPACE}\",container!=\"\"}}"
@@ -456,7 +458,7 @@ fn main() {
         thread::sleep(Duration::from_secs(2));
     }
     let own = prom.query(&format!(
-        "podstat_cpu_usage_seconds_total{{namespace=\"{ns}\",pod=\"{pod_name}\",container=\"podstat\",container_id=\"{agent_id}\"}}"
+        "podstat_cpu_usage_seconds_total{{namespace=\"{ns}\",pod=\"{pod_name}\",container=\"podstat\",container_id=\"{podstat_container_id}\"}}"
     ));
     check(
         !own.is_empty(),
@@ -471,7 +473,7 @@ fn main() {
     say(started, "every pod named through CRI");
 
     // The alert fires for the throttled pod only.
-    let deadline = Instant::now() + Duration::from_secs(300);
+    let deadline = Instant::now() + Duration::from_mins(5);
     loop {
         let firing = prom.firing(ALERT);
         if firing.iter().any(|v| label(v, "pod") == "throttled") {
@@ -665,23 +667,27 @@ fn main() {
             .as_str()
             .expect("memory request"),
     );
-    let rss_kib: u64 = status_field(agent_pid, "VmRSS")
+    let rss_kib: u64 = status_field(agent_proc, "VmRSS")
         .trim_end_matches("kB")
         .trim()
         .parse()
         .expect("VmRSS");
-    let hwm_kib: u64 = status_field(agent_pid, "VmHWM")
+    let hwm_kib: u64 = status_field(agent_proc, "VmHWM")
         .trim_end_matches("kB")
         .trim()
         .parse()
         .expect("VmHWM");
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "KiB and bytes of one process's memory, far below 2^52"
+    )]
     check(
         rss_kib * 1024 <= request,
         format!(
             "agent RSS {:.1} MiB (peak {:.1} MiB) <= the request {:.0} MiB",
             rss_kib as f64 / 1024.0,
             hwm_kib as f64 / 1024.0,
-            request as f64 / 1048576.0
+            request as f64 / 1_048_576.0
         ),
     );
 
