@@ -6,6 +6,7 @@ mod bench;
 #[path = "../../tests/src/bench_json.rs"]
 mod bench_json;
 mod bench_net;
+mod fuzz;
 mod image;
 mod node;
 mod setup;
@@ -47,15 +48,26 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run the whole test suite: unit and golden tests, promtool, then the privileged
-    /// integration tests against the real kernel (needs root).
+    /// Run the whole test suite: unit and golden tests, promtool, the fuzz targets (20 s each),
+    /// then the privileged integration tests against the real kernel (needs root).
     Test {
-        /// Only the unprivileged tiers (unit, golden, promtool).
+        /// Only the unprivileged tiers (unit, golden, promtool, fuzzing).
         #[arg(long)]
         unprivileged: bool,
         /// Filter passed to the integration test harness.
         #[arg(long)]
         filter: Option<String>,
+    },
+    /// Fuzz every parser of host or network input (the cargo-fuzz targets in fuzz/): build them
+    /// (nightly, libFuzzer, AddressSanitizer; cargo-fuzz is installed if missing), then run
+    /// each for --secs on a copy of its seed corpus fuzz/corpus/<target>. Fails if any target
+    /// crashes, naming the crash input. `cargo xtask test` runs every target for 20 s.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 20)]
+        secs: u64,
+        /// Targets (fuzz/fuzz_targets/<name>.rs); all when none is given.
+        targets: Vec<String>,
     },
     /// The kernel matrix: boot every kernel pinned in xtask/vm-kernels.toml (or the ones
     /// named, e.g. `6.1`) under qemu on pure cgroup v2 and run the podstat scenario in it.
@@ -216,6 +228,20 @@ fn main() -> anyhow::Result<()> {
             tally.report();
             return Ok(());
         }
+        Task::Fuzz { secs, targets } => {
+            setup::toolchain(start)?;
+            let targets = fuzz::targets(&targets)?;
+            let outcomes = fuzz::fuzz(start, &targets, secs)?;
+            eprintln!("\n==> done in {:.0}s", start.elapsed().as_secs_f64());
+            let failed: Vec<&str> = outcomes
+                .iter()
+                .filter_map(|o| o.failure.as_deref())
+                .collect();
+            if !failed.is_empty() {
+                bail!("{}", failed.join("\n"));
+            }
+            return Ok(());
+        }
         Task::Vm { kernels } => {
             setup::toolchain(start)?;
             let kernels = vm::kernels(&kernels)?;
@@ -372,6 +398,8 @@ fn test(start: Instant, unprivileged: bool, filter: Option<&str>) -> anyhow::Res
     );
     tally.run(cargo().args(["test", "-p", "podstat-tests", "--lib"]))?;
 
+    fuzz_tier(start, &mut tally)?;
+
     if unprivileged {
         return Ok(tally);
     }
@@ -408,6 +436,31 @@ fn test(start: Instant, unprivileged: bool, filter: Option<&str>) -> anyhow::Res
     tally.run(&mut cmd)?;
     matrix_tier(start, &mut tally)?;
     Ok(tally)
+}
+
+/// Seconds per fuzz target in `cargo xtask test`: 9 targets make three minutes.
+const FUZZ_TIER_SECS: u64 = 20;
+
+/// The fuzz targets as a tier of `cargo xtask test`: each for [`FUZZ_TIER_SECS`] on a copy of
+/// its seed corpus, one result per target.
+fn fuzz_tier(start: Instant, tally: &mut Tally) -> anyhow::Result<()> {
+    step(
+        start,
+        &format!("fuzzing every parser of host or network input ({FUZZ_TIER_SECS} s per target)"),
+    );
+    let targets = fuzz::all_targets()?;
+    let outcomes = fuzz::fuzz(start, &targets, FUZZ_TIER_SECS).inspect_err(|_| tally.report())?;
+    let failed: Vec<&str> = outcomes
+        .iter()
+        .filter_map(|o| o.failure.as_deref())
+        .collect();
+    tally.passed += (outcomes.len() - failed.len()) as u64;
+    tally.failed += failed.len() as u64;
+    if !failed.is_empty() {
+        tally.report();
+        bail!("{}", failed.join("\n"));
+    }
+    Ok(())
 }
 
 /// The kernel matrix as a tier of `cargo xtask test`: one result per pinned kernel.

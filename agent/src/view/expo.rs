@@ -331,6 +331,7 @@ mod tests {
         for f in &families {
             f.encode_length_delimited(&mut body).expect("encode");
         }
+        crate::util::fuzz_seed("expo_protobuf", "counter-and-native-histogram", &body);
         let s = parse_protobuf(&body).expect("decode");
         assert_eq!(s[0].name, "x_total");
         assert_eq!(s[0].label("a"), "1");
