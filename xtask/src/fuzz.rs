@@ -16,13 +16,6 @@ use anyhow::{Context as _, bail};
 
 use crate::{root, run, step, target_dir};
 
-/// What one target's run came to.
-pub struct Outcome {
-    pub target: String,
-    /// `None` if it ran clean; else what failed, with the crash input's path.
-    pub failure: Option<String>,
-}
-
 /// The fuzz targets: `fuzz/fuzz_targets/<name>.rs`, sorted.
 pub fn all_targets() -> anyhow::Result<Vec<String>> {
     let dir = root().join("fuzz/fuzz_targets");
@@ -120,10 +113,11 @@ fn binary(target: &str) -> PathBuf {
         .join(target)
 }
 
-/// Runs `target` for `secs` seconds on a fresh copy of its seed corpus. A crash, a leak, an
-/// input slower than 10 s or one that needs more than 2 GiB is a failure; libFuzzer writes
-/// that input under `<fuzz dir>/runs/artifacts/<target>/`, and the failure names it.
-pub fn run_target(target: &str, secs: u64) -> anyhow::Result<Outcome> {
+/// Runs `target` for `secs` seconds on a fresh copy of its seed corpus: `None` if it ran
+/// clean, else what failed. A crash, a leak, an input slower than 10 s or one that needs more
+/// than 2 GiB is a failure; libFuzzer writes that input under
+/// `<fuzz dir>/runs/artifacts/<target>/`, and the failure names it.
+pub fn run_target(target: &str, secs: u64) -> anyhow::Result<Option<String>> {
     let seeds = root().join("fuzz/corpus").join(target);
     let runs = fuzz_dir().join("runs");
     let corpus = runs.join("corpus").join(target);
@@ -146,6 +140,7 @@ pub fn run_target(target: &str, secs: u64) -> anyhow::Result<Outcome> {
     }
     let before: Vec<PathBuf> = list(&artifacts)?;
     let bin = binary(target);
+    let started = Instant::now();
     let mut child = Command::new(&bin)
         .arg(&corpus)
         .arg(format!("-max_total_time={secs}"))
@@ -164,37 +159,9 @@ pub fn run_target(target: &str, secs: u64) -> anyhow::Result<Outcome> {
     }
     let status = child.wait()?;
     fs::write(&log, lines.join("\n") + "\n")?;
-    let stat = |key: &str| -> Option<u64> {
-        lines.iter().find_map(|l| {
-            l.strip_prefix(&format!("stat::{key}:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
-    };
-    // The last status line ("#123 DONE cov: 456 ft: 789 corp: 12/3Kb ..."): coverage and corpus.
-    let last = lines
-        .iter()
-        .rev()
-        .find(|l| l.starts_with('#') && l.contains("cov:"))
-        .map_or("", String::as_str);
-    let field = |name: &str| {
-        last.split_whitespace()
-            .skip_while(|w| *w != name)
-            .nth(1)
-            .unwrap_or("?")
-            .to_owned()
-    };
-    let executed = stat("number_of_executed_units").unwrap_or(0);
-    eprintln!(
-        "fuzz {target}: {executed} inputs in {secs} s, coverage {} edges, corpus {} (from {seeded} seeds), peak RSS {} MB",
-        field("cov:"),
-        field("corp:"),
-        stat("peak_rss_mb").map_or_else(|| "?".into(), |m| m.to_string()),
-    );
+    summarize(target, started.elapsed().as_secs(), seeded, &lines);
     if status.success() {
-        return Ok(Outcome {
-            target: target.to_owned(),
-            failure: None,
-        });
+        return Ok(None);
     }
     let new: Vec<PathBuf> = list(&artifacts)?
         .into_iter()
@@ -221,14 +188,41 @@ pub fn run_target(target: &str, secs: u64) -> anyhow::Result<Outcome> {
         || "no crash input was written".to_owned(),
         |p| format!("crash input {}", p.display()),
     );
-    Ok(Outcome {
-        target: target.to_owned(),
-        failure: Some(format!(
-            "fuzz {target}: {why}; {input} (replay: {} <input>; log {}). Fix the parser, add the input to fuzz/corpus/{target}/ and a unit test that replays it",
-            bin.display(),
-            log.display()
-        )),
-    })
+    Ok(Some(format!(
+        "fuzz {target}: {why}; {input} (replay: {} <input>; log {}). Fix the parser, add the input to fuzz/corpus/{target}/ and a unit test that replays it",
+        bin.display(),
+        log.display()
+    )))
+}
+
+/// One line from libFuzzer's output: inputs run in `secs`, coverage, corpus, memory.
+fn summarize(target: &str, secs: u64, seeded: usize, lines: &[String]) {
+    let stat = |key: &str| -> Option<u64> {
+        lines.iter().find_map(|l| {
+            l.strip_prefix(&format!("stat::{key}:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+    };
+    // The last status line ("#123 DONE cov: 456 ft: 789 corp: 12/3Kb ..."): coverage and corpus.
+    let last = lines
+        .iter()
+        .rev()
+        .find(|l| l.starts_with('#') && l.contains("cov:"))
+        .map_or("", String::as_str);
+    let field = |name: &str| {
+        last.split_whitespace()
+            .skip_while(|w| *w != name)
+            .nth(1)
+            .unwrap_or("?")
+            .to_owned()
+    };
+    eprintln!(
+        "fuzz {target}: {} inputs in {secs} s, coverage {} edges, corpus {} (from {seeded} seeds), peak RSS {} MB",
+        stat("number_of_executed_units").unwrap_or(0),
+        field("cov:"),
+        field("corp:"),
+        stat("peak_rss_mb").map_or_else(|| "?".into(), |m| m.to_string()),
+    );
 }
 
 fn list(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
@@ -240,16 +234,16 @@ fn list(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 /// Builds, then runs each of `targets` for `secs` seconds in turn; every target runs even when
-/// an earlier one crashed.
-pub fn fuzz(start: Instant, targets: &[String], secs: u64) -> anyhow::Result<Vec<Outcome>> {
+/// an earlier one crashed. Returns what failed, one message per failed target.
+pub fn fuzz(start: Instant, targets: &[String], secs: u64) -> anyhow::Result<Vec<String>> {
     build(start)?;
-    let mut outcomes = Vec::new();
+    let mut failed = Vec::new();
     for (i, t) in targets.iter().enumerate() {
         step(
             start,
             &format!("fuzz target {t} ({}/{}) for {secs} s", i + 1, targets.len()),
         );
-        outcomes.push(run_target(t, secs)?);
+        failed.extend(run_target(t, secs)?);
     }
-    Ok(outcomes)
+    Ok(failed)
 }
