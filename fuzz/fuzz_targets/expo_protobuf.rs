@@ -8,14 +8,23 @@ use podstat::view::expo::{Sample, parse_protobuf, protobuf_series};
 use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::MetricFamily;
 use prost::Message as _;
 
-/// The same samples. Values compare as numbers: the encoder leaves out a field equal to its
-/// default, so a -0.0 read from the body comes back as 0.0.
+/// The same samples. Numbers compare as numbers (values, and `le` labels): the encoder leaves
+/// out a field equal to its default, so a -0.0 read from the body comes back as 0.0.
 fn same(a: &[Sample], b: &[Sample]) -> bool {
+    let number = |x: f64, y: f64| x == y || (x.is_nan() && y.is_nan());
+    let le = |x: &str, y: &str| match (x.parse::<f64>(), y.parse::<f64>()) {
+        (Ok(x), Ok(y)) => number(x, y),
+        _ => x == y,
+    };
     a.len() == b.len()
         && a.iter().zip(b).all(|(x, y)| {
             x.name == y.name
-                && x.labels == y.labels
-                && (x.value == y.value || (x.value.is_nan() && y.value.is_nan()))
+                && number(x.value, y.value)
+                && x.labels.len() == y.labels.len()
+                && x.labels
+                    .iter()
+                    .zip(&y.labels)
+                    .all(|((k, v), (k2, v2))| k == k2 && (v == v2 || (k == "le" && le(v, v2))))
         })
 }
 

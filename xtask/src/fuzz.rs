@@ -167,15 +167,27 @@ pub fn run_target(target: &str, secs: u64) -> anyhow::Result<Option<String>> {
         .into_iter()
         .filter(|p| !before.contains(p))
         .collect();
+    // The panic and its message (the line after), or the sanitizer's or libFuzzer's error.
     let why = lines
         .iter()
-        .find(|l| {
+        .position(|l| {
             l.contains("panicked at")
                 || l.contains("ERROR: libFuzzer")
                 || l.contains("ERROR: AddressSanitizer")
                 || l.contains("ERROR: LeakSanitizer")
         })
-        .map_or_else(|| format!("exited with {status}"), |l| l.trim().to_owned());
+        .map_or_else(
+            || format!("exited with {status}"),
+            |i| {
+                let mut why = lines[i].trim().to_owned();
+                if why.contains("panicked at")
+                    && let Some(msg) = lines.get(i + 1)
+                {
+                    why = format!("{why} {}", msg.trim());
+                }
+                why
+            },
+        );
     let tail: Vec<&str> = lines
         .iter()
         .rev()

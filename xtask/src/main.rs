@@ -443,13 +443,7 @@ fn fuzz_tier(start: Instant, tally: &mut Tally) -> anyhow::Result<()> {
     );
     let targets = fuzz::all_targets()?;
     let failed = fuzz::fuzz(start, &targets, FUZZ_TIER_SECS).inspect_err(|_| tally.report())?;
-    tally.passed += (targets.len() - failed.len()) as u64;
-    tally.failed += failed.len() as u64;
-    if !failed.is_empty() {
-        tally.report();
-        bail!("{}", failed.join("\n"));
-    }
-    Ok(())
+    tally.results(targets.len(), &failed, || failed.join("\n"))
 }
 
 /// The kernel matrix as a tier of `cargo xtask test`: one result per pinned kernel.
@@ -458,13 +452,9 @@ fn matrix_tier(start: Instant, tally: &mut Tally) -> anyhow::Result<()> {
     let kernels = vm::kernels(&[])?;
     let outcomes = vm::matrix(start, &kernels).inspect_err(|_| tally.report())?;
     let failed = vm::failed(&outcomes);
-    tally.passed += (outcomes.len() - failed.len()) as u64;
-    tally.failed += failed.len() as u64;
-    if !failed.is_empty() {
-        tally.report();
-        bail!("kernel matrix: {} failed", failed.join(" "));
-    }
-    Ok(())
+    tally.results(outcomes.len(), &failed, || {
+        format!("kernel matrix: {} failed", failed.join(" "))
+    })
 }
 
 /// `promtool check rules` on every rules file in deploy/prometheus and `promtool test rules` on
@@ -561,6 +551,22 @@ impl Tally {
         if !status.success() {
             self.report();
             bail!("{cmd:?} failed with {status}");
+        }
+        Ok(())
+    }
+
+    /// Counts a tier of `ran` results of which `failed` failed; fails with `why` if any did.
+    fn results<T>(
+        &mut self,
+        ran: usize,
+        failed: &[T],
+        why: impl FnOnce() -> String,
+    ) -> anyhow::Result<()> {
+        self.passed += (ran - failed.len()) as u64;
+        self.failed += failed.len() as u64;
+        if !failed.is_empty() {
+            self.report();
+            bail!("{}", why());
         }
         Ok(())
     }
