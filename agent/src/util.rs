@@ -92,6 +92,45 @@ pub fn release_free_memory() {
     }
 }
 
+/// The fuzz targets' seed corpus (`fuzz/corpus/<target>/<name>`): binary seeds are made by
+/// the unit tests that build them (a framed CRI response, BTF, netlink replies), and this keeps
+/// the files in the repository equal to what the tests build. `UPDATE_SNAPSHOTS=1 cargo test
+/// -p podstat` writes them.
+#[cfg(test)]
+pub fn fuzz_seed(target: &str, name: &str, bytes: &[u8]) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target)
+        .join(name);
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some_and(|v| v == "1") {
+        std::fs::create_dir_all(path.parent().expect("a corpus dir")).expect("corpus dir");
+        std::fs::write(&path, bytes).expect("writing the seed");
+        return;
+    }
+    let kept = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (UPDATE_SNAPSHOTS=1 cargo test -p podstat writes it)",
+            path.display()
+        )
+    });
+    assert!(
+        kept == bytes,
+        "{} differs from what the test builds (UPDATE_SNAPSHOTS=1 cargo test -p podstat rewrites it)",
+        path.display()
+    );
+}
+
+/// A crash input the fuzzer found, kept in the corpus, for the regression test that replays
+/// it: `fuzz/corpus/<target>/<name>`.
+#[cfg(test)]
+pub fn fuzz_input(target: &str, name: &str) -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target)
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -268,18 +268,11 @@ impl WebConfig {
         if self.users.is_empty() {
             return true;
         }
-        let Some(b64) = authorization.and_then(|a| a.strip_prefix("Basic ")) else {
+        let Some((user, password)) = authorization.and_then(basic_credentials) else {
             return false;
         };
-        let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else {
-            return false;
-        };
-        let Ok(raw) = String::from_utf8(raw) else {
-            return false;
-        };
-        let Some((user, password)) = raw.split_once(':') else {
-            return false;
-        };
+        let user = user.as_str();
+        let password = password.as_str();
         let Some(hash) = self.users.get(user) else {
             // As slow as a wrong password, so that a user name cannot be told from the timing.
             let _ = bcrypt::verify(password, DUMMY_HASH);
@@ -315,6 +308,19 @@ impl WebConfig {
         cache.insert(digest, Instant::now());
         true
     }
+}
+
+/// The user and password of an `Authorization: Basic <base64 of user:password>` header
+/// value, if it is one.
+pub fn basic_credentials(authorization: &str) -> Option<(String, String)> {
+    use base64::Engine as _;
+    let b64 = authorization.strip_prefix("Basic ")?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
+    let raw = String::from_utf8(raw).ok()?;
+    let (user, password) = raw.split_once(':')?;
+    Some((user.to_owned(), password.to_owned()))
 }
 
 const AUTH_CACHE_TTL: Duration = Duration::from_secs(90);

@@ -6,6 +6,7 @@ mod bench;
 #[path = "../../tests/src/bench_json.rs"]
 mod bench_json;
 mod bench_net;
+mod fuzz;
 mod image;
 mod node;
 mod setup;
@@ -47,15 +48,26 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run the whole test suite: unit and golden tests, promtool, then the privileged
-    /// integration tests against the real kernel (needs root).
+    /// Run the whole test suite: unit and golden tests, promtool, the fuzz targets (20 s each),
+    /// then the privileged integration tests against the real kernel (needs root).
     Test {
-        /// Only the unprivileged tiers (unit, golden, promtool).
+        /// Only the unprivileged tiers (unit, golden, promtool, fuzzing).
         #[arg(long)]
         unprivileged: bool,
         /// Filter passed to the integration test harness.
         #[arg(long)]
         filter: Option<String>,
+    },
+    /// Fuzz every parser of host or network input (the cargo-fuzz targets in fuzz/): build them
+    /// (nightly, libFuzzer, AddressSanitizer; cargo-fuzz is installed if missing), then run
+    /// each for --secs on a copy of its seed corpus fuzz/corpus/<target>. Fails if any target
+    /// crashes, naming the crash input. `cargo xtask test` runs every target for 20 s.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 20)]
+        secs: u64,
+        /// Targets (fuzz/fuzz_targets/<name>.rs); all when none is given.
+        targets: Vec<String>,
     },
     /// The kernel matrix: boot every kernel pinned in xtask/vm-kernels.toml (or the ones
     /// named, e.g. `6.1`) under qemu on pure cgroup v2 and run the podstat scenario in it.
@@ -220,6 +232,13 @@ fn main() -> anyhow::Result<()> {
             tally.report();
             return Ok(());
         }
+        Task::Fuzz { secs, targets } => {
+            setup::toolchain(start)?;
+            let failed = fuzz::fuzz(start, &fuzz::targets(&targets)?, secs)?;
+            if !failed.is_empty() {
+                bail!("{}", failed.join("\n"));
+            }
+        }
         Task::Vm { kernels } => {
             setup::toolchain(start)?;
             let kernels = vm::kernels(&kernels)?;
@@ -376,6 +395,8 @@ fn test(start: Instant, unprivileged: bool, filter: Option<&str>) -> anyhow::Res
     );
     tally.run(cargo().args(["test", "-p", "podstat-tests", "--lib"]))?;
 
+    fuzz_tier(start, &mut tally)?;
+
     if unprivileged {
         return Ok(tally);
     }
@@ -414,19 +435,30 @@ fn test(start: Instant, unprivileged: bool, filter: Option<&str>) -> anyhow::Res
     Ok(tally)
 }
 
+/// Seconds per fuzz target in `cargo xtask test`: 9 targets make three minutes.
+const FUZZ_TIER_SECS: u64 = 20;
+
+/// The fuzz targets as a tier of `cargo xtask test`: each for [`FUZZ_TIER_SECS`] on a copy of
+/// its seed corpus, one result per target.
+fn fuzz_tier(start: Instant, tally: &mut Tally) -> anyhow::Result<()> {
+    step(
+        start,
+        &format!("fuzzing every parser of host or network input ({FUZZ_TIER_SECS} s per target)"),
+    );
+    let targets = fuzz::all_targets()?;
+    let failed = fuzz::fuzz(start, &targets, FUZZ_TIER_SECS).inspect_err(|_| tally.report())?;
+    tally.results(targets.len(), &failed, || failed.join("\n"))
+}
+
 /// The kernel matrix as a tier of `cargo xtask test`: one result per pinned kernel.
 fn matrix_tier(start: Instant, tally: &mut Tally) -> anyhow::Result<()> {
     step(start, "kernel matrix in qemu (xtask/vm-kernels.toml)");
     let kernels = vm::kernels(&[])?;
     let outcomes = vm::matrix(start, &kernels).inspect_err(|_| tally.report())?;
     let failed = vm::failed(&outcomes);
-    tally.passed += (outcomes.len() - failed.len()) as u64;
-    tally.failed += failed.len() as u64;
-    if !failed.is_empty() {
-        tally.report();
-        bail!("kernel matrix: {} failed", failed.join(" "));
-    }
-    Ok(())
+    tally.results(outcomes.len(), &failed, || {
+        format!("kernel matrix: {} failed", failed.join(" "))
+    })
 }
 
 /// `promtool check rules` on every rules file in deploy/prometheus and `promtool test rules` on
@@ -523,6 +555,22 @@ impl Tally {
         if !status.success() {
             self.report();
             bail!("{cmd:?} failed with {status}");
+        }
+        Ok(())
+    }
+
+    /// Counts a tier of `ran` results of which `failed` failed; fails with `why` if any did.
+    fn results<T>(
+        &mut self,
+        ran: usize,
+        failed: &[T],
+        why: impl FnOnce() -> String,
+    ) -> anyhow::Result<()> {
+        self.passed += (ran - failed.len()) as u64;
+        self.failed += failed.len() as u64;
+        if !failed.is_empty() {
+            self.report();
+            bail!("{}", why());
         }
         Ok(())
     }

@@ -47,7 +47,7 @@ impl Classic {
 /// the powers of two, and the same float wherever it is computed.
 pub fn native_bound(schema: i32, index: i32) -> f64 {
     if schema <= 0 {
-        return 2f64.powi(index << (-schema).clamp(0, 8));
+        return 2f64.powi(index << schema.saturating_neg().clamp(0, 8));
     }
     let n = 1i32 << schema.min(8);
     2f64.powi(index.div_euclid(n)) * 2f64.powf(f64::from(index.rem_euclid(n)) / f64::from(n))

@@ -404,6 +404,8 @@ mod tests {
                 ..Container::default()
             }],
         };
+        crate::util::fuzz_seed("cri", "list-pod-sandbox", &frame(&sandboxes));
+        crate::util::fuzz_seed("cri", "list-containers", &frame(&containers));
         let snap = join(&sandboxes, &containers);
         assert_eq!(snap.pods.len(), 1);
         assert_eq!(snap.pods["u1"].name, "web-0");

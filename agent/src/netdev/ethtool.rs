@@ -134,6 +134,16 @@ mod tests {
     }
 
     #[test]
+    fn fuzz_seeds() {
+        let features = reply(&["rx-checksum", "rx-ntuple-filter", "rx-gro"]);
+        crate::util::fuzz_seed(
+            "netlink",
+            "ethtool-features",
+            &crate::netdev::genl::datagram(1, &[&features]),
+        );
+    }
+
+    #[test]
     fn ntuple_found_among_active_features() {
         let on =
             parse_features(&reply(&["rx-checksum", "rx-ntuple-filter", "rx-gro"])).expect("parse");

@@ -160,42 +160,61 @@ impl Genl {
             let n =
                 unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             let n = usize::try_from(n).map_err(|_| GenlError::Io(io::Error::last_os_error()))?;
-            let mut rest = &buf[..n];
-            while rest.len() >= 16 {
-                let mlen = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-                let mtype = u16::from_ne_bytes([rest[4], rest[5]]);
-                let mseq = u32::from_ne_bytes([rest[8], rest[9], rest[10], rest[11]]);
-                if mlen < 16 || mlen > rest.len() {
-                    return Err(GenlError::Malformed("netlink message length"));
-                }
-                let body = &rest[16..mlen];
-                rest = &rest[align4(mlen).min(rest.len())..];
-                if mseq != self.seq {
-                    continue;
-                }
-                match mtype {
-                    NLMSG_ERROR => {
-                        let code = body
-                            .get(..4)
-                            .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-                            .ok_or(GenlError::Malformed("short NLMSG_ERROR"))?;
-                        if code != 0 {
-                            return Err(GenlError::Kernel(io::Error::from_raw_os_error(-code)));
-                        }
-                        // The ACK: the replies came before it.
-                        return Ok(payloads);
-                    }
-                    NLMSG_DONE => return Ok(payloads),
-                    _ => {
-                        let genl = body
-                            .get(4..)
-                            .ok_or(GenlError::Malformed("short genl message"))?;
-                        payloads.push(genl.to_vec());
-                    }
-                }
+            if read_datagram(&buf[..n], self.seq, &mut payloads)? {
+                return Ok(payloads);
             }
         }
     }
+}
+
+/// Reads one datagram of the kernel's answer to request `seq`: appends the payload (after the
+/// genl header) of each of its messages to `payloads`, skipping other requests' messages.
+/// `Ok(true)` when the answer is complete (the ACK or `NLMSG_DONE`), `Ok(false)` when more
+/// datagrams follow.
+pub fn read_datagram(
+    datagram: &[u8],
+    seq: u32,
+    payloads: &mut Vec<Vec<u8>>,
+) -> Result<bool, GenlError> {
+    let mut rest = datagram;
+    while rest.len() >= 16 {
+        let mlen = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let mtype = u16::from_ne_bytes([rest[4], rest[5]]);
+        let mseq = u32::from_ne_bytes([rest[8], rest[9], rest[10], rest[11]]);
+        if mlen < 16 || mlen > rest.len() {
+            return Err(GenlError::Malformed("netlink message length"));
+        }
+        let body = &rest[16..mlen];
+        rest = &rest[align4(mlen).min(rest.len())..];
+        if mseq != seq {
+            continue;
+        }
+        match mtype {
+            NLMSG_ERROR => {
+                let code = body
+                    .get(..4)
+                    .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                    .ok_or(GenlError::Malformed("short NLMSG_ERROR"))?;
+                if code != 0 {
+                    // A negative errno; i32::MIN has no positive counterpart.
+                    let errno = code
+                        .checked_neg()
+                        .ok_or(GenlError::Malformed("NLMSG_ERROR code"))?;
+                    return Err(GenlError::Kernel(io::Error::from_raw_os_error(errno)));
+                }
+                // The ACK: the replies came before it.
+                return Ok(true);
+            }
+            NLMSG_DONE => return Ok(true),
+            _ => {
+                let genl = body
+                    .get(4..)
+                    .ok_or(GenlError::Malformed("short genl message"))?;
+                payloads.push(genl.to_vec());
+            }
+        }
+    }
+    Ok(false)
 }
 
 const fn align4(n: usize) -> usize {
@@ -242,5 +261,102 @@ pub fn uint(v: &[u8]) -> Option<u64> {
             v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7],
         ])),
         _ => None,
+    }
+}
+
+/// A datagram as the kernel sends it: each payload as a genl message (`nlmsghdr` and genl
+/// header) of request `seq`, then `NLMSG_DONE`. For the parsers' tests and fuzz seeds.
+#[cfg(test)]
+pub fn datagram(seq: u32, payloads: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut message = |kind: u16, body: &[u8]| {
+        let len = u32::try_from(16 + body.len()).expect("a small message");
+        out.extend_from_slice(&len.to_ne_bytes());
+        out.extend_from_slice(&kind.to_ne_bytes());
+        out.extend_from_slice(&0u16.to_ne_bytes());
+        out.extend_from_slice(&seq.to_ne_bytes());
+        out.extend_from_slice(&0u32.to_ne_bytes());
+        out.extend_from_slice(body);
+        out.resize(align4(out.len()), 0);
+    };
+    for p in payloads {
+        let mut body = vec![1, 1, 0, 0];
+        body.extend_from_slice(p);
+        message(0x20, &body);
+    }
+    message(NLMSG_DONE, &0i32.to_ne_bytes());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A netlink message header and body, as `datagram` writes them.
+    fn message(kind: u16, seq: u32, body: &[u8]) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&u32::try_from(16 + body.len()).expect("small").to_ne_bytes());
+        m.extend_from_slice(&kind.to_ne_bytes());
+        m.extend_from_slice(&[0, 0]);
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&[0; 4]);
+        m.extend_from_slice(body);
+        m
+    }
+
+    #[test]
+    fn datagrams_split_into_payloads() {
+        let mut payloads = Vec::new();
+        assert!(read_datagram(&datagram(7, &[b"ab\0\0", b""]), 7, &mut payloads).expect("done"));
+        assert_eq!(payloads, [b"ab\0\0".to_vec(), Vec::new()]);
+
+        // Another request's messages are skipped; without DONE or an ACK, more follow.
+        let mut payloads = Vec::new();
+        let other = message(0x20, 6, &[1, 1, 0, 0, 9, 9, 9, 9]);
+        assert!(!read_datagram(&other, 7, &mut payloads).expect("more"));
+        assert!(payloads.is_empty());
+
+        // The ACK ends the answer; an error code is the kernel's errno.
+        let ack = message(NLMSG_ERROR, 7, &0i32.to_ne_bytes());
+        assert!(read_datagram(&ack, 7, &mut payloads).expect("ack"));
+        let enoent = message(NLMSG_ERROR, 7, &(-libc::ENOENT).to_ne_bytes());
+        let e = read_datagram(&enoent, 7, &mut payloads).expect_err("errno");
+        assert!(
+            matches!(&e, GenlError::Kernel(k) if k.raw_os_error() == Some(libc::ENOENT)),
+            "{e:?}"
+        );
+
+        for (bad, what) in [
+            (message(NLMSG_ERROR, 7, &[0, 0]), "short NLMSG_ERROR"),
+            (
+                message(NLMSG_ERROR, 7, &i32::MIN.to_ne_bytes()),
+                "NLMSG_ERROR code",
+            ),
+            (message(0x20, 7, &[1, 1]), "short genl message"),
+            (
+                [&[8, 0, 0, 0][..], &[0; 12]].concat(),
+                "netlink message length",
+            ),
+            (
+                [&[255, 0, 0, 0][..], &[0; 12]].concat(),
+                "netlink message length",
+            ),
+        ] {
+            let e = read_datagram(&bad, 7, &mut payloads).expect_err(what);
+            assert!(matches!(e, GenlError::Malformed(m) if m == what), "{what}");
+        }
+    }
+
+    /// Found by the `netlink` fuzz target: an `NLMSG_ERROR` with code `i32::MIN`, whose
+    /// negation overflowed.
+    #[test]
+    fn fuzz_crash_error_code_min() {
+        let input =
+            crate::util::fuzz_input("netlink", "crash-6e6b3b792778c816b85d222516e9d7b7035c897b");
+        let e = read_datagram(&input, 1, &mut Vec::new()).expect_err("malformed");
+        assert!(
+            matches!(e, GenlError::Malformed("NLMSG_ERROR code")),
+            "{e:?}"
+        );
     }
 }

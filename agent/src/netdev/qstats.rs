@@ -55,7 +55,7 @@ pub fn open_netdev() -> Result<Genl, GenlError> {
 }
 
 /// The rx queues' `rx-packets` of a qstats dump's messages.
-fn parse_qstats(replies: &[Vec<u8>]) -> BTreeMap<(u32, u32), u64> {
+pub fn parse_qstats(replies: &[Vec<u8>]) -> BTreeMap<(u32, u32), u64> {
     let mut out = BTreeMap::new();
     for msg in replies {
         let (mut ifindex, mut kind, mut queue, mut packets) = (None, None, None, None);
@@ -392,6 +392,12 @@ mod tests {
             msg(3, 0, 0, None),     // no rx-packets from this driver
         ]);
         assert_eq!(got, BTreeMap::from([((2, 0), 1 << 40), ((2, 1), 7)]));
+        let (a, b) = (msg(2, 0, 0, Some(1 << 40)), msg(2, 1, 0, Some(99)));
+        crate::util::fuzz_seed(
+            "netlink",
+            "qstats-dump",
+            &crate::netdev::genl::datagram(1, &[&a, &b]),
+        );
     }
 
     /// The running kernel answers a queue-scoped qstats dump (6.9+), and every answer is an rx

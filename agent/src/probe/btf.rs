@@ -993,6 +993,11 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn fuzz_seed() {
+        crate::util::fuzz_seed("btf", "sample", &sample());
+    }
+
+    #[test]
     fn offset_of_sample() {
         use Want::{Err, Off};
         let btf = KernelBtf::parse(&sample()).expect("sample parses");

@@ -125,7 +125,7 @@ pub fn sched_info_live(schedstat: &Path) -> Result<(), ProbeError> {
 
 /// `Ok` if a `/proc/<pid>/schedstat` line (`<run ns> <wait ns> <run count>`) shows a live
 /// `sched_info`.
-fn parse_schedstat_live(path: &Path, text: &str) -> Result<(), ProbeError> {
+pub fn parse_schedstat_live(path: &Path, text: &str) -> Result<(), ProbeError> {
     let unexpected = || ProbeError::Unexpected {
         path: path.to_path_buf(),
         content: text.trim().to_owned(),

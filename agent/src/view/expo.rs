@@ -156,17 +156,23 @@ fn histogram_buckets(
     if native {
         let mut cum = h.zero_count;
         out.push((h.zero_threshold, f(cum)));
+        // The body is the agent's or anyone's: saturate rather than overflow, and end the
+        // buckets with the deltas (spans longer than the deltas they come with are malformed,
+        // and a span of 2^32 - 1 buckets would otherwise be filled in one by one).
         let (mut index, mut count, mut deltas) = (0i32, 0i64, h.positive_delta.iter());
-        for span in &h.positive_span {
-            index += span.offset;
+        'spans: for span in &h.positive_span {
+            index = index.saturating_add(span.offset);
             for _ in 0..span.length {
-                count += deltas.next().copied().unwrap_or(0);
-                cum += u64::try_from(count).unwrap_or(0);
+                let Some(delta) = deltas.next() else {
+                    break 'spans;
+                };
+                count = count.saturating_add(*delta);
+                cum = cum.saturating_add(u64::try_from(count).unwrap_or(0));
                 out.push((
                     crate::collector::family::native_bound(h.schema, index),
                     f(cum),
                 ));
-                index += 1;
+                index = index.saturating_add(1);
             }
         }
         out.push((f64::INFINITY, f(h.sample_count)));
@@ -331,6 +337,7 @@ mod tests {
         for f in &families {
             f.encode_length_delimited(&mut body).expect("encode");
         }
+        crate::util::fuzz_seed("expo_protobuf", "counter-and-native-histogram", &body);
         let s = parse_protobuf(&body).expect("decode");
         assert_eq!(s[0].name, "x_total");
         assert_eq!(s[0].label("a"), "1");
@@ -357,6 +364,27 @@ mod tests {
                 .any(|s| s.name == "h_seconds_count" && (s.value - 7.0).abs() < f64::EPSILON)
         );
         assert!(parse_protobuf(b"\x05garbage").is_err());
+    }
+
+    /// Found reading `histogram_buckets` with the `expo_protobuf` target's harness, replayed
+    /// by the fuzz binary: native histograms whose bucket index or count overflowed, whose
+    /// schema overflowed `native_bound`, and a span of 2^32 - 1 buckets with one delta (kept in
+    /// `fuzz/corpus/expo_protobuf/crash-*`).
+    #[test]
+    fn fuzz_crash_native_histograms() {
+        for (name, buckets) in [
+            ("crash-index-overflow", 2),
+            ("crash-delta-overflow", 2),
+            ("crash-schema-min", 1),
+            ("crash-span-length-max", 1),
+        ] {
+            let body = crate::util::fuzz_input("expo_protobuf", name);
+            let s = parse_protobuf(&body).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let got = s.iter().filter(|s| s.name == "h_bucket").count();
+            // The zero bucket, one per delta, and +Inf.
+            assert_eq!(got, 1 + buckets + 1, "{name}");
+            assert!(protobuf_series(&body).is_ok(), "{name}");
+        }
     }
 
     #[test]
