@@ -262,7 +262,6 @@ impl WebConfig {
     pub fn authorized(&self, authorization: Option<&str>) -> bool {
         use std::hash::BuildHasher as _;
 
-        use base64::Engine as _;
         static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> =
             std::sync::OnceLock::new();
         if self.users.is_empty() {
