@@ -106,70 +106,9 @@ fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> Option<String>
 /// A cluster CA and a kubelet serving certificate it signed, for 127.0.0.1; returns
 /// (CA certificate, server certificate, server key).
 fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    podstat_tests::tls::ca(dir, "ca");
+    podstat_tests::tls::signed(dir, "ca", "kubelet", podstat_tests::tls::SERVER_EXT);
     let p = |f: &str| dir.join(f);
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .current_dir(dir)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| {
-                panic!("openssl is needed to make the fake kubelet's certificates: {e}")
-            });
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=podstat-test-ca",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        "kubelet.key",
-        "-out",
-        "kubelet.csr",
-    ]);
-    fs::write(
-        p("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-    )
-    .expect("ext.cnf");
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "kubelet.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "kubelet.crt",
-    ]);
     (p("ca.crt"), p("kubelet.crt"), p("kubelet.key"))
 }
 
