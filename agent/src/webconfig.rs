@@ -187,6 +187,22 @@ fn version(key: &'static str, v: &str) -> Result<u8, WebConfigError> {
     }
 }
 
+/// A stored hash in the modular crypt form the toolkit's Go bcrypt accepts:
+/// `$2a$`, `$2b$`, `$2x$` or `$2y$`, a two-digit cost, then 53 characters of salt and hash
+/// (60 in all). The `bcrypt` crate alone is laxer (it skips empty `$` fields, so
+/// `2b$04$...` without the leading `$` parses): a config the toolkit refuses is refused here.
+fn is_bcrypt(hash: &str) -> bool {
+    let b = hash.as_bytes();
+    b.len() == 60
+        && b.starts_with(b"$2")
+        && matches!(b[2], b'a' | b'b' | b'x' | b'y')
+        && b[3] == b'$'
+        && b[4].is_ascii_digit()
+        && b[5].is_ascii_digit()
+        && b[6] == b'$'
+        && hash.parse::<bcrypt::HashParts>().is_ok()
+}
+
 fn invalid(key: &'static str, why: impl Into<String>) -> WebConfigError {
     WebConfigError::Invalid {
         key,
@@ -218,7 +234,7 @@ impl WebConfig {
         };
         let base = path.parent().unwrap_or(Path::new("."));
         for (user, hash) in &file.basic_auth_users {
-            if hash.parse::<bcrypt::HashParts>().is_err() {
+            if !is_bcrypt(hash) {
                 return Err(WebConfigError::NotBcrypt { user: user.clone() });
             }
         }
@@ -613,6 +629,12 @@ mod tests {
             ),
             (
                 "basic_auth_users:\n  alice: plaintext\n",
+                "not a bcrypt hash",
+            ),
+            // Found by the fuzzer (fuzz/corpus/webconfig/key-swallows-dollar.yml): the `$`
+            // went to the key, and the `bcrypt` crate parsed the rest as a hash.
+            (
+                "basic_auth_users:\n  prometheus$: 2b$04$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy\n",
                 "not a bcrypt hash",
             ),
             (
