@@ -327,8 +327,8 @@ pub struct ProbeArgs {
     pub max_preempt_pairs: u32,
     /// How the run-queue latency probe measures: `sched-info` reads the kernel's own
     /// `task_struct.sched_info.last_queued` in sched_switch alone (CONFIG_SCHED_INFO, on every
-    /// distribution kernel); `wakeup` adds sched_wakeup, sched_wakeup_new and
-    /// sched_process_exit programs and a per-task map; `auto` takes sched-info when the
+    /// distribution kernel); `wakeup` adds sched_wakeup, sched_wakeup_new,
+    /// sched_process_exit and sched_migrate_task programs and a per-task map; `auto` takes sched-info when the
     /// kernel has it. `podstat check` says which runs.
     #[arg(
         long = "probe.runqueue-mode",

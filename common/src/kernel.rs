@@ -233,6 +233,9 @@ pub struct Offsets {
     pub task_pid: u32,
     /// `task_struct.__state` (5.14+) or `.state`: low 32 bits, 0 = TASK_RUNNING.
     pub task_state: u32,
+    /// `task_struct.on_rq` (int): non-zero while the task is queued on a run queue, or
+    /// `TASK_ON_RQ_MIGRATING` between two (wakeup mode's `sched_migrate_task`).
+    pub task_on_rq: u32,
     /// `cfs_rq.tg` (struct task_group *).
     pub cfs_rq_tg: u32,
     /// Byte holding `cfs_rq.throttled` (an `int` on older kernels, a one-bit bitfield in 6.18).

@@ -15,6 +15,9 @@ pub const SCHED_WAKEUP_NEW_PROG: &str = "sched_wakeup_new";
 
 pub const SCHED_EXIT_PROG: &str = "sched_process_exit";
 
+/// Wakeup mode: a queued task that no wait record covers moves to another run queue.
+pub const SCHED_MIGRATE_PROG: &str = "sched_migrate_task";
+
 /// pid → [`Wait`]: when a tracked task became runnable (wakeup mode only).
 pub const WAIT_MAP: &str = "WAIT_START";
 

@@ -24,6 +24,7 @@ static OFFSETS: Offsets = Offsets {
     kn_id: 0,
     task_pid: 0,
     task_state: 0,
+    task_on_rq: 0,
     cfs_rq_tg: 0,
     cfs_rq_throttled: 0,
     cfs_rq_throttled_mask: 0,

@@ -42,23 +42,20 @@ fn assert_runqueue_mode(samples: &[podstat_tests::Sample], via: &str) {
         (switch.value - 1.0).abs() < f64::EPSILON && switch.label("via") == via,
         "sched_switch should be attached via {via:?}: {switch:?}"
     );
-    let wakeup = find(
-        samples,
-        "podstat_probe_attached",
-        &[("probe", "sched_wakeup")],
-    );
-    if via == SCHED_INFO_VIA {
-        assert!(
-            wakeup.is_empty(),
-            "sched_info mode attaches no sched_wakeup program: {wakeup:?}"
-        );
-    } else {
-        assert!(
-            wakeup
-                .first()
-                .is_some_and(|w| (w.value - 1.0).abs() < f64::EPSILON),
-            "wakeup mode needs sched_wakeup attached: {wakeup:?}"
-        );
+    for probe in ["sched_wakeup", "sched_migrate_task"] {
+        let p = find(samples, "podstat_probe_attached", &[("probe", probe)]);
+        if via == SCHED_INFO_VIA {
+            assert!(
+                p.is_empty(),
+                "sched_info mode attaches no {probe} program: {p:?}"
+            );
+        } else {
+            assert!(
+                p.first()
+                    .is_some_and(|w| (w.value - 1.0).abs() < f64::EPSILON),
+                "wakeup mode needs {probe} attached: {p:?}"
+            );
+        }
     }
     eprintln!("run-queue latency mode: sched_switch via {via:?}");
 }
@@ -414,6 +411,8 @@ struct Oracle {
     hogs_per_cpu: usize,
     /// cpu.shares of the victim's pod and of the other pod.
     shares: (&'static str, &'static str),
+    /// Busy threads per CPU outside the pod cgroups (system daemons, a batch job).
+    system_hogs_per_cpu: usize,
 }
 
 /// Runs `podstat-test-load gated` in a container beside a pod of busy threads and compares the
@@ -488,6 +487,21 @@ fn oracle(mode_flags: &[&str], via: &str, ids: u32, work: &Oracle) -> (f64, f64)
             &(secs + 3).to_string(),
         ]),
     );
+    // Busy threads outside the pod cgroups: the load balancer then also moves queued pod
+    // threads that no wakeup started a wait for, which wakeup mode missed before its
+    // sched_migrate_task program (docs/probes.md).
+    let system = (work.system_hogs_per_cpu > 0).then(|| {
+        podstat_tests::Proc(Some(
+            Command::new(LOAD)
+                .args([
+                    "busy",
+                    &(cpus() * work.system_hogs_per_cpu).to_string(),
+                    &(secs + 3).to_string(),
+                ])
+                .spawn()
+                .expect("spawning the busy threads outside the pods"),
+        ))
+    });
     thread::sleep(Duration::from_millis(200));
     drop(s0);
     let (k0, s0) = quiet_reading(pid, addr);
@@ -505,6 +519,7 @@ fn oracle(mode_flags: &[&str], via: &str, ids: u32, work: &Oracle) -> (f64, f64)
     drop(stdin);
     let _ = hog.kill();
     let _ = hog.wait();
+    drop(system);
     assert_eq!(
         k0.keys().collect::<Vec<_>>(),
         k1.keys().collect::<Vec<_>>(),
@@ -602,6 +617,7 @@ const ORACLE_WORKLOADS: [Oracle; 4] = [
         migrate_every: "0",
         hogs_per_cpu: 1,
         shares: ("1024", "1024"),
+        system_hogs_per_cpu: 0,
     },
     // Eight threads each working 50 µs and sleeping 50 µs beside one busy thread per CPU:
     // about 100 000 short wakeup waits.
@@ -611,6 +627,7 @@ const ORACLE_WORKLOADS: [Oracle; 4] = [
         migrate_every: "0",
         hogs_per_cpu: 1,
         shares: ("1024", "1024"),
+        system_hogs_per_cpu: 0,
     },
     // A low-weight victim (2 threads) that works 200 µs and sleeps 1 ms beside a heavy pod
     // with twice as many busy threads as CPUs: long waits, which the load balancer ends by
@@ -621,6 +638,7 @@ const ORACLE_WORKLOADS: [Oracle; 4] = [
         migrate_every: "0",
         hogs_per_cpu: 2,
         shares: ("102", "10240"),
+        system_hogs_per_cpu: 0,
     },
     // Four threads each working 300 µs and sleeping 200 µs (thousands of wakeup waits),
     // pinning themselves to the next CPU every 10 rounds (migrations of a runnable task),
@@ -631,8 +649,18 @@ const ORACLE_WORKLOADS: [Oracle; 4] = [
         migrate_every: "10",
         hogs_per_cpu: 1,
         shares: ("1024", "1024"),
+        system_hogs_per_cpu: 0,
     },
 ];
+
+/// The eight-thread workload again, with three more busy threads per CPU outside the pod
+/// cgroups: sched_info mode stays exact (sums 1.0000x). Wakeup mode counted 0.984-0.987x the
+/// kernel's switch-ins here before its `sched_migrate_task` program and 0.9936-0.9998x after,
+/// too close to the ±1% bound for a CI test (docs/probes.md), so only sched_info mode runs it.
+const LOADED_WORKLOAD: Oracle = Oracle {
+    system_hogs_per_cpu: 3,
+    ..ORACLE_WORKLOADS[1]
+};
 
 fn assert_agrees(sum_ratio: f64, count_ratio: f64) {
     assert!(
@@ -649,7 +677,10 @@ fn assert_agrees(sum_ratio: f64, count_ratio: f64) {
 fn runqueue_latency_agrees_with_schedstat_in_sched_info_mode() {
     require_root();
     assert!(kernel_keeps_sched_info(), "this test host keeps sched_info");
-    for (ids, w) in (40..).step_by(2).zip(&ORACLE_WORKLOADS) {
+    for (ids, w) in (40..)
+        .step_by(2)
+        .zip(ORACLE_WORKLOADS.iter().chain([&LOADED_WORKLOAD]))
+    {
         let (sum, count) = oracle(
             &["--probe.runqueue-mode", "sched-info"],
             SCHED_INFO_VIA,
@@ -660,11 +691,12 @@ fn runqueue_latency_agrees_with_schedstat_in_sched_info_mode() {
     }
 }
 
-// Wakeup mode agrees on a host with no other load (2026-12-02, 6.18, the 4 workloads: sums
-// 0.9956-1.0000x run_delay, counts 0.9970-0.9998x pcount), which is how this suite runs. With 6
-// CPU hogs outside the pod cgroups it still misses switch-ins the kernel counts (counts 0.984-
-// 0.987x, sums 0.980-0.982x on the 8-thread 50 us/50 us workload; docs/probes.md), where
-// sched_info mode, the default, stays exact to the ns: an open part of issue 13.
+// Wakeup mode on the 4 workloads (2026-12-03, 6.18): sums 0.9892-1.0000x run_delay, counts
+// 0.9969-1.0000x pcount; on the loaded one, see LOADED_WORKLOAD. With 6 busy threads outside the pods during every
+// workload it still loses a few long waits on the timer workload (sums 0.74-0.95x there; counts
+// within 0.1%): tasks whose last event was a voluntary switch-out get a CPU with the kernel's
+// last_queued set and no sched_wakeup or migration seen for them. Not found yet (issue 13);
+// sched_info mode, the default, stays exact to the ns under the same load.
 #[test]
 fn runqueue_latency_agrees_with_schedstat_in_wakeup_mode() {
     require_root();

@@ -157,7 +157,7 @@ pub const COLLECTORS: &[Spec] = &[
     Spec {
         name: "sched",
         default_enabled: true,
-        reads: "eBPF tp_btf sched_switch, reading the kernel's sched_info (CONFIG_SCHED_INFO; else also sched_wakeup, sched_wakeup_new, sched_process_exit): run-queue latency and preemptions per pod, context switches per CPU",
+        reads: "eBPF tp_btf sched_switch, reading the kernel's sched_info (CONFIG_SCHED_INFO; else also sched_wakeup, sched_wakeup_new, sched_process_exit, sched_migrate_task): run-queue latency and preemptions per pod, context switches per CPU",
         requires: "BTF (/sys/kernel/btf/vmlinux), tp_btf (5.5+), CAP_BPF + CAP_PERFMON (5.8+) or CAP_SYS_ADMIN",
         build: sched::SchedCollector::build,
     },

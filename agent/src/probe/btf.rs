@@ -878,6 +878,7 @@ pub(crate) mod tests {
             false,
             &[
                 ("__state", int, 0),
+                ("on_rq", int, 128),
                 ("pid", int, 256),
                 ("cgroups", void_ptr, 384),
             ],

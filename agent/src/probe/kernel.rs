@@ -44,6 +44,7 @@ pub fn resolve_offsets(k: &KernelBtf) -> Result<Offsets, super::btf::BtfError> {
         kn_id: k.offset_of("kernfs_node", "id")?,
         task_pid: k.offset_of("task_struct", "pid")?,
         task_state: k.offset_of_any("task_struct", &["__state", "state"])?.1,
+        task_on_rq: k.offset_of("task_struct", "on_rq")?,
         valid: 1,
         ..Offsets::default()
     })

@@ -56,6 +56,7 @@ pub enum ProbeId {
     SchedWakeup,
     SchedWakeupNew,
     SchedProcessExit,
+    SchedMigrateTask,
     CfsThrottle,
     CfsUnthrottle,
     NetReader,
@@ -72,6 +73,7 @@ impl ProbeId {
             Self::SchedWakeup => "sched_wakeup",
             Self::SchedWakeupNew => "sched_wakeup_new",
             Self::SchedProcessExit => "sched_process_exit",
+            Self::SchedMigrateTask => "sched_migrate_task",
             Self::CfsThrottle => "cfs_throttle",
             Self::CfsUnthrottle => "cfs_unthrottle",
             Self::NetReader => "net_reader",
@@ -475,6 +477,7 @@ mod tests {
             ("cgroups", o.task_cgroups),
             ("pid", o.task_pid),
             ("state", o.task_state),
+            ("on_rq", o.task_on_rq),
             ("se.cfs_rq", o.task_se_cfs_rq),
             ("se.parent", o.task_se_parent),
         ] {
@@ -570,7 +573,7 @@ mod tests {
         sorted.sort();
         sorted.dedup();
         assert_eq!(sorted.len(), ids.len(), "{ids:?}");
-        assert_eq!(ids.len(), 10);
+        assert_eq!(ids.len(), 11);
         assert!(probes.overflows().is_empty());
         assert!(!probes.loaded());
         assert!(probes.unit::<sched::SchedProbe>().is_none());

@@ -17,8 +17,8 @@ use podstat_common::{
     kernel::{MAP_PREEMPT_PAIRS, MAP_WAIT, MAP_WAIT_PAIRS, Offsets},
     sched::{
         PREEMPT_PAIRS_MAP, PreemptPair, RUNQ_MODE_SCHED_INFO, RUNQ_TASKS_MAP, SCHED_EXIT_PROG,
-        SCHED_SWITCH_PROG, SCHED_WAKEUP_NEW_PROG, SCHED_WAKEUP_PROG, SWITCH_COUNT_MAP, WAIT_MAP,
-        WAIT_PAIRS_MAP,
+        SCHED_MIGRATE_PROG, SCHED_SWITCH_PROG, SCHED_WAKEUP_NEW_PROG, SCHED_WAKEUP_PROG,
+        SWITCH_COUNT_MAP, WAIT_MAP, WAIT_PAIRS_MAP,
     },
     throttle::THROTTLED_TASKS_MAP,
 };
@@ -40,6 +40,7 @@ const IDS: &[ProbeId] = &[
     ProbeId::SchedWakeup,
     ProbeId::SchedWakeupNew,
     ProbeId::SchedProcessExit,
+    ProbeId::SchedMigrateTask,
 ];
 
 /// The maps of the scheduler probe (its run-queue stats live in the shared `KNOWN` entries).
@@ -240,6 +241,11 @@ impl Probe for SchedProbe {
                         ProbeId::SchedProcessExit,
                         SCHED_EXIT_PROG,
                         "sched_process_exit",
+                    ),
+                    (
+                        ProbeId::SchedMigrateTask,
+                        SCHED_MIGRATE_PROG,
+                        "sched_migrate_task",
                     ),
                 ] {
                     let status = attach_tp_btf(ebpf, prog, tp, env.btf).map_or_else(
