@@ -30,6 +30,12 @@ const PERIOD_US: f64 = 100_000.0;
 /// nothing about the limit. Such a window is run again, up to [`ATTEMPTS`] times.
 const GOT_CPU_MIN: f64 = 0.9;
 const ATTEMPTS: usize = 3;
+/// For a steady load, which burns its quota and so always "gets" its limit: a window counts
+/// only if, while not throttled, the load ran at this share of the cores it can use
+/// (`used / (1 - throttled share)` against `peak`). A CI run found 1.82 of 2 cores (other work
+/// took the machine): the quota lasted longer, and the load was throttled 23% of the time at
+/// a limit where it is throttled 30-32% when it has both CPUs.
+const RAN_AT_PEAK_MIN: f64 = 0.95;
 
 /// One window's throttling entry of explain's JSON.
 fn observe(url: &str, uid: &str) -> serde_json::Value {
@@ -114,18 +120,23 @@ impl Pod {
         url: &str,
         limit: f64,
         load: &[String],
-        demand: f64,
+        (demand, peak): (f64, Option<f64>),
         what: &str,
     ) -> serde_json::Value {
         for attempt in 1..=ATTEMPTS {
             let t = self.window_once(url, limit, load, what);
             let used = t["cpu_used_cores"].as_f64().unwrap_or(0.0);
-            if used >= GOT_CPU_MIN * demand {
-                return t;
+            let running = 1.0 - t["wall_lost_share"].as_f64().unwrap_or(0.0);
+            let ran_at = used / running.max(1e-9);
+            match peak {
+                _ if used < GOT_CPU_MIN * demand => eprintln!(
+                    "{what}: the load got {used:.3} of the {demand:.3} cores it asks for (attempt {attempt} of {ATTEMPTS}): the machine is busy; running the window again"
+                ),
+                Some(p) if ran_at < RAN_AT_PEAK_MIN * p => eprintln!(
+                    "{what}: between throttles the load ran at {ran_at:.3} of its {p:.3} cores (attempt {attempt} of {ATTEMPTS}): the machine is busy; running the window again"
+                ),
+                _ => return t,
             }
-            eprintln!(
-                "{what}: the load got {used:.3} of the {demand:.3} cores it asks for (attempt {attempt} of {ATTEMPTS}): the machine is busy; running the window again"
-            );
         }
         panic!(
             "{what}: in {ATTEMPTS} windows the load never got {:.0}% of the {demand:.3} cores it asks for: this machine is too busy to measure a limit",
@@ -180,6 +191,7 @@ fn prove(
     limit: f64,
     load: &[String],
     demand: impl Fn(f64) -> f64,
+    peak: Option<f64>,
 ) -> serde_json::Value {
     require_root();
     let pod = Pod::new(tag, seed);
@@ -191,7 +203,13 @@ fn prove(
         "--no-collector.net",
     ]);
     let url = format!("http://{addr}/metrics");
-    let before = pod.window(&url, limit, load, demand(limit), &format!("{tag} before"));
+    let before = pod.window(
+        &url,
+        limit,
+        load,
+        (demand(limit), peak),
+        &format!("{tag} before"),
+    );
     let w0 = share(&before);
     assert!(
         w0 >= THRESHOLD,
@@ -209,7 +227,7 @@ fn prove(
         &url,
         advised,
         load,
-        demand(advised),
+        (demand(advised), peak),
         &format!("{tag} at the advised limit"),
     );
     assert!(
@@ -223,7 +241,7 @@ fn prove(
         &url,
         half,
         load,
-        demand(half),
+        (demand(half), peak),
         &format!("{tag} at half the extra"),
     );
     assert!(
@@ -257,6 +275,7 @@ fn advice_for_a_bursty_pod_brings_it_under_the_threshold() {
         0.25,
         &args(&["burst", "4", "60", "1537"]),
         |_| 4.0 * 60.0 / 1537.0,
+        None,
     );
     assert_eq!(rec["model"]["load"], "bursts", "{rec:#}");
     assert!(
@@ -274,9 +293,14 @@ fn advice_for_a_steady_pool_sizes_the_limit_and_the_pool() {
     let limit = 1.2;
     // 4 busy threads use the limit, at most one core per CPU.
     let cpus = f64::from(u32::try_from(podstat_tests::cpus()).unwrap_or(u32::MAX));
-    let rec = prove("advice-steady", 62, limit, &args(&["busy", "4"]), |l| {
-        l.min(cpus).min(4.0)
-    });
+    let rec = prove(
+        "advice-steady",
+        62,
+        limit,
+        &args(&["busy", "4"]),
+        |l| l.min(cpus).min(4.0),
+        Some(cpus.min(4.0)),
+    );
     assert_eq!(rec["model"]["load"], "steady", "{rec:#}");
     assert!(
         rec["burst_seconds"].is_null(),
@@ -301,7 +325,7 @@ fn advice_for_a_steady_pool_sizes_the_limit_and_the_pool() {
         limit,
         &args(&["busy", &pool.to_string()]),
         #[expect(clippy::cast_precision_loss, reason = "a pool of a few threads")]
-        (pool as f64).min(limit).min(cpus),
+        ((pool as f64).min(limit).min(cpus), None),
         "steady pool at the advised size",
     );
     assert!(
@@ -320,5 +344,6 @@ fn advice_for_a_pod_just_below_its_limit_brings_it_under_the_threshold() {
         0.5,
         &args(&["burst", "4", "75", "677"]),
         |_| 4.0 * 75.0 / 677.0,
+        None,
     );
 }
