@@ -66,16 +66,17 @@ fn cri_pods_prometheus_alert_and_dashboard() {
         quota_us: 1_000,
         script: "while :; do sleep 1; done",
     });
-    // One busy thread at a 0.5-core limit: a neighbour the burner's waiting tasks wait behind,
-    // so the "waiting time by neighbour pod" panel has data (without it the burner waited
-    // only behind its own tasks and the system in some runs).
+    // One busy thread at a 1-core limit (runnable all the time, never throttled): a neighbour
+    // the burner's waiting tasks wait behind, so the "waiting time by neighbour pod" panel has
+    // data. Without it the burner waited only behind its own tasks and the system in some runs;
+    // at a 0.5-core limit the neighbour, throttled half of each period, still missed once.
     let neighbour_uid = uid(3);
     let _ = ctr.run_pod(&PodSpec {
         namespace: NAMESPACE,
         name: "neighbour",
         uid: &neighbour_uid,
         container: "spin",
-        quota_us: 50_000,
+        quota_us: 100_000,
         script: "while :; do :; done",
     });
     let socket = ctr.socket.display().to_string();
