@@ -159,7 +159,13 @@ fn main() {
     // The pod-level limit: on the pod cgroup only.
     tree.write(0, &pod_level, "cpu.max", "20000 100000");
 
-    let (mut agent, addr) = start_agent(&["--probe.refresh-interval", "1s"]);
+    // --collector.cgroup.extended: cpu.stat.local (6.8+) and cpu.pressure are exported only
+    // with it since the series budget (a95cce7), and this scenario checks them on v2 kernels.
+    let (mut agent, addr) = start_agent(&[
+        "--probe.refresh-interval",
+        "1s",
+        "--collector.cgroup.extended",
+    ]);
     let attached_at = Instant::now();
     println!(
         "podstat-vm: [{:>4.1}s] agent up on {addr}",
