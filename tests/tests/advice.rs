@@ -128,19 +128,24 @@ impl Pod {
             let used = t["cpu_used_cores"].as_f64().unwrap_or(0.0);
             let running = 1.0 - t["wall_lost_share"].as_f64().unwrap_or(0.0);
             let ran_at = used / running.max(1e-9);
-            match peak {
-                _ if used < GOT_CPU_MIN * demand => eprintln!(
-                    "{what}: the load got {used:.3} of the {demand:.3} cores it asks for (attempt {attempt} of {ATTEMPTS}): the machine is busy; running the window again"
-                ),
-                Some(p) if ran_at < RAN_AT_PEAK_MIN * p => eprintln!(
-                    "{what}: between throttles the load ran at {ran_at:.3} of its {p:.3} cores (attempt {attempt} of {ATTEMPTS}): the machine is busy; running the window again"
-                ),
-                _ => return t,
-            }
+            let starved = if used < GOT_CPU_MIN * demand {
+                format!("the load got {used:.3} of the {demand:.3} cores it asks for")
+            } else if let Some(p) = peak.filter(|p| ran_at < RAN_AT_PEAK_MIN * p) {
+                format!("between throttles the load ran at {ran_at:.3} of its {p:.3} cores")
+            } else {
+                return t;
+            };
+            eprintln!(
+                "{what}: {starved} (attempt {attempt} of {ATTEMPTS}): the machine is busy; running the window again"
+            );
         }
         panic!(
-            "{what}: in {ATTEMPTS} windows the load never got {:.0}% of the {demand:.3} cores it asks for: this machine is too busy to measure a limit",
-            GOT_CPU_MIN * 100.0
+            "{what}: in {ATTEMPTS} windows the load never got {:.0}% of the {demand:.3} cores it asks for{}: this machine is too busy to measure a limit",
+            GOT_CPU_MIN * 100.0,
+            peak.map_or(String::new(), |p| format!(
+                ", or ran below {:.0}% of its {p:.3} cores between throttles",
+                RAN_AT_PEAK_MIN * 100.0
+            ))
         );
     }
 
