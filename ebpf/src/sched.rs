@@ -135,19 +135,11 @@ fn on_migrate(task: *const u8) -> Result<(), i32> {
     if on_rq == 0 {
         return Ok(());
     }
-    let cgroup_id = task_cgroup_id(task, &o)?;
+    let cgroup_id = task_cgroup_id(task, o)?;
     if KNOWN.get_ptr(cgroup_id).is_none() {
         return Ok(());
     }
-    let pid: u32 = load(task, o.task_pid)?;
-    // SAFETY: a pointer to a live map value, read once.
-    if WAIT_START
-        .get_ptr(pid)
-        .is_some_and(|w| unsafe { (*w).since_ns } != 0)
-    {
-        return Ok(());
-    }
-    start_wait(task, cgroup_id, 0, &o)
+    start_wait(task, cgroup_id, 0, o, Live::Keep)
 }
 
 #[btf_tracepoint(function = "sched_process_exit")]
@@ -161,24 +153,36 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// What [`start_wait`] does to a wait the task already has running.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Live {
+    /// Starts it again now: a wakeup or a switch-out begins a new wait.
+    Restart,
+    /// Leaves it: a migration of a queued task moves a wait, it does not begin one.
+    Keep,
+}
+
 #[inline(always)]
 fn start_wait(
     task: *const u8,
     cgroup_id: u64,
     throttled_group: u64,
     o: &Offsets,
+    live: Live,
 ) -> Result<(), i32> {
     let pid: u32 = load(task, o.task_pid)?;
     if pid == 0 {
         return Ok(());
     }
-    let now = clock_of(task, o)?;
     // A tracked task keeps its entry from its first wait until it exits: later waits rewrite it
     // in place, which costs a lookup instead of a hash insert and delete per context switch.
     if let Some(w) = WAIT_START.get_ptr_mut(pid) {
         // SAFETY: a pointer to a live map value; only this task's own events write it.
         unsafe {
-            (*w).since_ns = now;
+            if live == Live::Keep && (*w).since_ns != 0 {
+                return Ok(());
+            }
+            (*w).since_ns = clock_of(task, o)?;
             (*w).cgroup_id = cgroup_id;
             (*w).throttled_group = throttled_group;
         }
@@ -186,7 +190,7 @@ fn start_wait(
         .insert(
             pid,
             Wait {
-                since_ns: now,
+                since_ns: clock_of(task, o)?,
                 cgroup_id,
                 throttled_group,
             },
@@ -209,7 +213,7 @@ fn on_wakeup(task: *const u8) -> Result<(), i32> {
     if KNOWN.get_ptr(cgroup_id).is_none() {
         return Ok(());
     }
-    start_wait(task, cgroup_id, 0, o)
+    start_wait(task, cgroup_id, 0, o, Live::Restart)
 }
 
 /// Wakeup mode's clock: the clock of the run queue `task` is on (`task->se.cfs_rq->rq->clock`),
@@ -349,7 +353,7 @@ fn on_preempted(
             }
         }
     } else {
-        start_wait(prev, prev_cg, throttled_group, o)?;
+        start_wait(prev, prev_cg, throttled_group, o, Live::Restart)?;
     }
     let next_cg = task_cgroup_id(next, o).unwrap_or(0);
     let next_known = KNOWN.get_ptr_mut(next_cg);

@@ -28,6 +28,7 @@ pub mod http;
 pub mod kernel;
 pub mod kubelet;
 pub mod netns;
+pub mod oracle;
 pub mod proc;
 pub mod prometheus;
 pub mod rules;

@@ -3,14 +3,16 @@
 //! hierarchy in the kubelet's cgroupfs layout, the real agent scraped over HTTP.
 
 use std::{
+    path::Path,
     process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use podstat_tests::{
-    CgroupTree, Hist, cpus, find, probe_attached, require_root, scrape, start_agent, test_ids,
-    v1_hierarchies,
+    CgroupTree, Hist, cpus, find,
+    oracle::{Agreement, Pods, Workload, measure, wait_tracked},
+    probe_attached, require_root, scrape, start_agent, test_ids, v1_hierarchies,
 };
 
 const LOAD: &str = env!("CARGO_BIN_EXE_podstat-test-load");
@@ -66,27 +68,6 @@ fn expected_via() -> &'static str {
         SCHED_INFO_VIA
     } else {
         "tp_btf"
-    }
-}
-
-/// Waits until the agent's probes track `pod_uid` (its series appear after a wakeup).
-fn wait_tracked(
-    addr: std::net::SocketAddr,
-    name: &str,
-    want: &[(&str, &str)],
-    within: Duration,
-) -> Vec<podstat_tests::Sample> {
-    let deadline = Instant::now() + within;
-    loop {
-        let s = scrape(addr);
-        if !find(&s, name, want).is_empty() {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {name} series for {want:?} within {within:?}: the probes do not track the test cgroup"
-        );
-        thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -333,7 +314,7 @@ fn probe_series_go_when_the_cgroup_goes() {
     let mut load = tree.spawn(&ctr, Command::new(LOAD).args(["spin-sleep", "1", "1", "1"]));
     let _ = load.wait();
     let labels = [("pod_uid", uid.as_str()), ("container_id", cid.as_str())];
-    wait_tracked(
+    let _ = wait_tracked(
         addr,
         "podstat_runqueue_latency_seconds_count",
         &labels,
@@ -357,71 +338,17 @@ fn probe_series_go_when_the_cgroup_goes() {
     }
 }
 
-/// The kernel's own account of a process's run-queue waits, summed over its threads
-/// (`/proc/<pid>/task/*/schedstat`: run time, `run_delay` ns, `pcount`): thread id → (delay, count).
-fn schedstat_of(pid: u32) -> std::collections::BTreeMap<u32, (u64, u64)> {
-    let dir = format!("/proc/{pid}/task");
-    std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("reading {dir}: {e}"))
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let tid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let text = std::fs::read_to_string(e.path().join("schedstat")).ok()?;
-            let f: Vec<u64> = text
-                .split_whitespace()
-                .filter_map(|x| x.parse().ok())
-                .collect();
-            Some((tid, (*f.get(1)?, *f.get(2)?)))
-        })
-        .collect()
-}
-
-/// The kernel's account of `pid`'s threads and a scrape, taken while none of them ran: the
-/// schedstat read again after the scrape is unchanged (a thread still starting up, or one a
-/// heavy neighbour starves on its way to block, would otherwise be counted on one side only).
-fn quiet_reading(
-    pid: u32,
-    addr: std::net::SocketAddr,
-) -> (
-    std::collections::BTreeMap<u32, (u64, u64)>,
-    Vec<podstat_tests::Sample>,
-) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let before = schedstat_of(pid);
-        let s = scrape(addr);
-        if schedstat_of(pid) == before {
-            return (before, s);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the workload's threads did not keep still for one scrape within 20 s"
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A workload for [`oracle`].
+/// A workload for [`oracle`], with the cpu.shares of the victim's pod and of the other pod.
 struct Oracle {
-    /// `podstat-test-load gated` THREADS SPIN_US SLEEP_US.
-    victim: [&'static str; 3],
-    secs: u32,
-    migrate_every: &'static str,
-    /// Busy threads per CPU in the other pod.
-    hogs_per_cpu: usize,
-    /// cpu.shares of the victim's pod and of the other pod.
+    work: Workload,
     shares: (&'static str, &'static str),
-    /// Busy threads per CPU outside the pod cgroups (system daemons, a batch job).
-    system_hogs_per_cpu: usize,
 }
 
-/// Runs `podstat-test-load gated` in a container beside a pod of busy threads and compares the
-/// container's run-queue histogram delta (sum, count) with the change of `run_delay` and
-/// `pcount` summed over the workload's threads, both read while every thread is quiet (before
-/// the start and after the end of the work). Returns (sum ratio, count ratio), podstat/kernel.
-#[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
-fn oracle(mode_flags: &[&str], via: &str, ids: u32, work: &Oracle) -> (f64, f64) {
-    use std::io::{BufRead as _, BufReader, Write as _};
+/// Runs the workload in a container beside a pod of busy threads and compares the container's
+/// run-queue histogram delta with the kernel's account of its threads
+/// ([`podstat_tests::oracle::measure`]). Returns the agreement, after checking what must hold in
+/// every mode.
+fn oracle(mode_flags: &[&str], via: &str, ids: u32, case: &Oracle) -> Agreement {
     let v1 = v1_hierarchies();
     let root = format!("podstat-test-{}-oracle{ids}", std::process::id());
     let (uid_a, cid_a) = test_ids(ids);
@@ -432,162 +359,38 @@ fn oracle(mode_flags: &[&str], via: &str, ids: u32, work: &Oracle) -> (f64, f64)
     tree.mkdir(&ctr_a);
     tree.mkdir(&ctr_b);
     tree.write(0, &root, "cpu.shares", "262144");
-    tree.write(
-        0,
-        &format!("{root}/kubepods/burstable/pod{uid_a}"),
-        "cpu.shares",
-        work.shares.0,
-    );
-    tree.write(
-        0,
-        &format!("{root}/kubepods/burstable/pod{uid_b}"),
-        "cpu.shares",
-        work.shares.1,
-    );
+    for (uid, shares) in [(&uid_a, case.shares.0), (&uid_b, case.shares.1)] {
+        tree.write(
+            0,
+            &format!("{root}/kubepods/burstable/pod{uid}"),
+            "cpu.shares",
+            shares,
+        );
+    }
     let mut flags = agent_flags();
     flags.extend_from_slice(mode_flags);
     let (agent, addr) = start_agent(&flags);
     assert_runqueue_mode(&scrape(addr), via);
     thread::sleep(Duration::from_millis(500)); // one tracker refresh
-    let secs = work.secs;
-    let mut cmd = Command::new(LOAD);
-    cmd.arg("gated")
-        .args(work.victim)
-        .arg(secs.to_string())
-        .arg(work.migrate_every)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped());
-    let mut child = podstat_tests::Proc(Some(
-        tree.place(&ctr_a, &mut cmd)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}")),
-    ));
-    let c = child.0.as_mut().expect("child");
-    let pid = c.id();
-    let mut stdin = c.stdin.take().expect("stdin");
-    let mut stdout = BufReader::new(c.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    let _ = stdout.read_line(&mut line);
-    assert_eq!(line.trim(), "ready", "workload did not start");
-    let labels_a = [
-        ("pod_uid", uid_a.as_str()),
-        ("container_id", cid_a.as_str()),
-    ];
-    let s0 = wait_tracked(
-        addr,
-        "podstat_runqueue_latency_seconds_count",
-        &labels_a,
-        Duration::from_secs(3),
-    );
-    let mut hog = tree.spawn(
-        &ctr_b,
-        Command::new(LOAD).args([
-            "busy",
-            &(cpus() * work.hogs_per_cpu).to_string(),
-            &(secs + 3).to_string(),
-        ]),
-    );
-    // Busy threads outside the pod cgroups: the load balancer then also moves queued pod
-    // threads that no wakeup started a wait for, which wakeup mode missed before its
-    // sched_migrate_task program (docs/probes.md).
-    let system = (work.system_hogs_per_cpu > 0).then(|| {
-        podstat_tests::Proc(Some(
-            Command::new(LOAD)
-                .args([
-                    "busy",
-                    &(cpus() * work.system_hogs_per_cpu).to_string(),
-                    &(secs + 3).to_string(),
-                ])
-                .spawn()
-                .expect("spawning the busy threads outside the pods"),
-        ))
-    });
-    thread::sleep(Duration::from_millis(200));
-    drop(s0);
-    let (k0, s0) = quiet_reading(pid, addr);
-    stdin.write_all(b"go\n").expect("starting the workload");
-    line.clear();
-    let _ = stdout.read_line(&mut line);
-    let late: Vec<u64> = line
-        .strip_prefix("done ")
-        .unwrap_or_else(|| panic!("workload did not finish: {line:?}"))
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    thread::sleep(Duration::from_millis(100));
-    let (k1, s1) = quiet_reading(pid, addr);
-    drop(stdin);
-    let _ = hog.kill();
-    let _ = hog.wait();
-    drop(system);
-    assert_eq!(
-        k0.keys().collect::<Vec<_>>(),
-        k1.keys().collect::<Vec<_>>(),
-        "the workload's threads changed between the readings"
-    );
-    let (mut delay_ns, mut pcount) = (0u64, 0u64);
-    for (tid, (d1, n1)) in &k1 {
-        let (d0, n0) = k0[tid];
-        delay_ns += d1 - d0;
-        pcount += n1 - n0;
-    }
-    let h0 = Hist::find(&s0, "podstat_runqueue_latency_seconds", &labels_a).expect("A's histogram");
-    let h1 = Hist::find(&s1, "podstat_runqueue_latency_seconds", &labels_a).expect("A's histogram");
-    let delta = h1.minus(&h0);
-    #[expect(clippy::cast_precision_loss, reason = "ns and counts well below 2^52")]
-    let (kernel_sum, kernel_count) = (delay_ns as f64 / 1e9, pcount as f64);
-    let (sum_ratio, count_ratio) = (delta.sum / kernel_sum, delta.count / kernel_count);
-    eprintln!(
-        "{via}: podstat sum {:.6} s count {} | kernel run_delay {kernel_sum:.6} s pcount {kernel_count} | ratio sum {sum_ratio:.4} count {count_ratio:.4}",
-        delta.sum, delta.count
-    );
-    // Waiting time by who held the CPU adds up to the histogram's sum.
-    let by_sum: f64 = ["same_pod", "other_pod", "system"]
-        .iter()
-        .map(|by| {
-            let v = |s: &[podstat_tests::Sample]| {
-                let mut want = labels_a.to_vec();
-                want.push(("by", by));
-                find(s, "podstat_runqueue_wait_seconds_total", &want)
-                    .first()
-                    .map_or(0.0, |x| x.value)
-            };
-            v(&s1) - v(&s0)
-        })
-        .sum();
-    assert!(
-        (by_sum - delta.sum).abs() <= 1e-6 * delta.sum.max(1.0),
-        "podstat_runqueue_wait_seconds_total summed over by grew {by_sum} s, the histogram's sum {} s",
-        delta.sum
-    );
-    if let [late_ns, wakeups] = late[..]
-        && wakeups > 0
-    {
-        // A third account, from user space: how late the threads woke after their deadlines
-        // (timer interrupt, enqueue, run-queue wait, return to user). Its run-queue part is
-        // what both the kernel and podstat measure, so neither may exceed it.
-        #[expect(clippy::cast_precision_loss, reason = "ns well below 2^52")]
-        let late = late_ns as f64 / 1e9;
-        eprintln!(
-            "{via}: user-space lateness {late:.6} s over {wakeups} wakeups | kernel/lateness {:.4} podstat/lateness {:.4}",
-            kernel_sum / late,
-            delta.sum / late
-        );
-        assert!(
-            kernel_sum <= late * 1.01 && delta.sum <= late * 1.01,
-            "run-queue waiting (kernel {kernel_sum} s, podstat {} s) exceeds the lateness the threads measured themselves ({late} s)",
-            delta.sum
-        );
-    }
-    assert!(
-        pcount > 50,
-        "the workload got the CPU only {pcount} times: not the workload this test needs"
-    );
+    let pods = Pods {
+        tree: &tree,
+        victim: &ctr_a,
+        victim_labels: [
+            ("pod_uid", uid_a.as_str()),
+            ("container_id", cid_a.as_str()),
+        ],
+        hog: &ctr_b,
+        load: Path::new(LOAD),
+        quiet_within: Duration::from_secs(20),
+    };
+    let got = measure(&pods, addr, &case.work);
+    eprintln!("{via}: {}", got.describe());
+    got.assert_consistent();
     eprintln!(
         "{via}: the agent's programs missed {} runs (recursion_misses)",
         recursion_misses(agent.pid())
     );
-    (sum_ratio, count_ratio)
+    got
 }
 
 /// `recursion_misses` summed over the BPF programs process `pid` holds (its fdinfo): runs the
@@ -612,44 +415,52 @@ const ORACLE_WORKLOADS: [Oracle; 4] = [
     // else, beside one busy thread per CPU: every wait is a wakeup wait, and the threads
     // measure their own lateness as a third account.
     Oracle {
-        victim: ["2", "0", "500"],
-        secs: 4,
-        migrate_every: "0",
-        hogs_per_cpu: 1,
+        work: Workload {
+            victim: ["2", "0", "500"],
+            secs: 4,
+            migrate_every: "0",
+            hogs_per_cpu: 1,
+            system_hogs_per_cpu: 0,
+        },
         shares: ("1024", "1024"),
-        system_hogs_per_cpu: 0,
     },
     // Eight threads each working 50 µs and sleeping 50 µs beside one busy thread per CPU:
     // about 100 000 short wakeup waits.
     Oracle {
-        victim: ["8", "50", "50"],
-        secs: 4,
-        migrate_every: "0",
-        hogs_per_cpu: 1,
+        work: Workload {
+            victim: ["8", "50", "50"],
+            secs: 4,
+            migrate_every: "0",
+            hogs_per_cpu: 1,
+            system_hogs_per_cpu: 0,
+        },
         shares: ("1024", "1024"),
-        system_hogs_per_cpu: 0,
     },
     // A low-weight victim (2 threads) that works 200 µs and sleeps 1 ms beside a heavy pod
     // with twice as many busy threads as CPUs: long waits, which the load balancer ends by
     // migrating the waiting victim to the other CPU.
     Oracle {
-        victim: ["2", "200", "1000"],
-        secs: 8,
-        migrate_every: "0",
-        hogs_per_cpu: 2,
+        work: Workload {
+            victim: ["2", "200", "1000"],
+            secs: 8,
+            migrate_every: "0",
+            hogs_per_cpu: 2,
+            system_hogs_per_cpu: 0,
+        },
         shares: ("102", "10240"),
-        system_hogs_per_cpu: 0,
     },
     // Four threads each working 300 µs and sleeping 200 µs (thousands of wakeup waits),
     // pinning themselves to the next CPU every 10 rounds (migrations of a runnable task),
     // beside one busy thread per CPU in another pod of the same weight (preemptions).
     Oracle {
-        victim: ["4", "300", "200"],
-        secs: 4,
-        migrate_every: "10",
-        hogs_per_cpu: 1,
+        work: Workload {
+            victim: ["4", "300", "200"],
+            secs: 4,
+            migrate_every: "10",
+            hogs_per_cpu: 1,
+            system_hogs_per_cpu: 0,
+        },
         shares: ("1024", "1024"),
-        system_hogs_per_cpu: 0,
     },
 ];
 
@@ -658,8 +469,11 @@ const ORACLE_WORKLOADS: [Oracle; 4] = [
 /// kernel's switch-ins here before its `sched_migrate_task` program and 0.9936-0.9998x after,
 /// too close to the ±1% bound for a CI test (docs/probes.md), so only sched_info mode runs it.
 const LOADED_WORKLOAD: Oracle = Oracle {
-    system_hogs_per_cpu: 3,
-    ..ORACLE_WORKLOADS[1]
+    work: Workload {
+        system_hogs_per_cpu: 3,
+        ..ORACLE_WORKLOADS[1].work
+    },
+    shares: ORACLE_WORKLOADS[1].shares,
 };
 
 fn assert_count_agrees(count_ratio: f64) {
@@ -685,13 +499,13 @@ fn runqueue_latency_agrees_with_schedstat_in_sched_info_mode() {
         .step_by(2)
         .zip(ORACLE_WORKLOADS.iter().chain([&LOADED_WORKLOAD]))
     {
-        let (sum, count) = oracle(
+        let got = oracle(
             &["--probe.runqueue-mode", "sched-info"],
             SCHED_INFO_VIA,
             ids,
             w,
         );
-        assert_agrees(sum, count);
+        assert_agrees(got.sum_ratio(), got.count_ratio());
     }
 }
 
@@ -705,7 +519,8 @@ fn runqueue_latency_agrees_with_schedstat_in_sched_info_mode() {
 fn runqueue_latency_agrees_with_schedstat_in_wakeup_mode() {
     require_root();
     for (i, (ids, w)) in (50..).step_by(2).zip(&ORACLE_WORKLOADS).enumerate() {
-        let (sum, count) = oracle(&["--probe.runqueue-mode", "wakeup"], "tp_btf", ids, w);
+        let got = oracle(&["--probe.runqueue-mode", "wakeup"], "tp_btf", ids, w);
+        let (sum, count) = (got.sum_ratio(), got.count_ratio());
         if i == 0 {
             // The timer workload: its waits are short (0.03-0.2 s in all), so the few long
             // waits wakeup mode still misses (above) move its sum by 5-26%; a CI run alone on
