@@ -27,9 +27,11 @@ const WINDOW_SECS: u64 = 20;
 const PERIOD_US: f64 = 100_000.0;
 /// A window counts only if the load got at least this share of the CPU it asks for: on a
 /// machine shared with other work, a load that cannot run is throttled less, which says
-/// nothing about the limit. Such a window is run again, up to [`ATTEMPTS`] times.
+/// nothing about the limit. Such a window is run again, up to [`ATTEMPTS`] times (5: a CI
+/// run on an otherwise idle host had three "before" windows in a row at 1.71-1.79 of the 2
+/// cores between throttles, with the observer's debug build beside the load).
 const GOT_CPU_MIN: f64 = 0.9;
-const ATTEMPTS: usize = 3;
+const ATTEMPTS: usize = 5;
 /// For a steady load, which burns its quota and so always "gets" its limit: a window counts
 /// only if, while not throttled, the load ran at this share of the cores it can use
 /// (`used / (1 - throttled share)` against `peak`). A CI run found 1.82 of 2 cores (other work
