@@ -69,11 +69,11 @@ impl Agreement {
             ));
         }
         if let Some((late, _)) = self.lateness
-            && (self.run_delay > late * 1.01 || self.sum > late * 1.01)
+            && self.sum > late * 1.01
         {
             out.push(format!(
-                "run-queue waiting (kernel {} s, podstat {} s) exceeds the lateness the threads measured themselves ({late} s)",
-                self.run_delay, self.sum
+                "podstat's run-queue waiting ({} s) exceeds the lateness the threads measured themselves ({late} s)",
+                self.sum
             ));
         }
         if self.pcount <= 50.0 {
@@ -85,12 +85,29 @@ impl Agreement {
         out
     }
 
-    /// [`Self::inconsistencies`] as a test assertion.
+    /// Whether the kernel's own `run_delay` exceeds the threads' lateness: then the kernel,
+    /// not podstat, counted more waiting than the threads can have had (seen in a 6.18 guest in
+    /// wakeup mode: `run_delay` 2.73 s against 2.69 s of lateness, podstat 0.72 s).
+    #[must_use]
+    pub fn kernel_exceeds_lateness(&self) -> Option<f64> {
+        self.lateness
+            .filter(|(late, _)| self.run_delay > late * 1.01)
+            .map(|(late, _)| late)
+    }
+
+    /// [`Self::inconsistencies`] as a test assertion, and the kernel held to the lateness
+    /// too (on the test host it always was).
     ///
     /// # Panics
     /// When there is one.
     pub fn assert_consistent(&self) {
-        let bad = self.inconsistencies();
+        let mut bad = self.inconsistencies();
+        if let Some(late) = self.kernel_exceeds_lateness() {
+            bad.push(format!(
+                "the kernel's run_delay ({} s) exceeds the lateness the threads measured themselves ({late} s)",
+                self.run_delay
+            ));
+        }
         assert!(bad.is_empty(), "{}", bad.join("; "));
     }
 
