@@ -21,11 +21,52 @@ pub const SCHED_MIGRATE_PROG: &str = "sched_migrate_task";
 /// pid → [`Wait`]: when a tracked task became runnable (wakeup mode only).
 pub const WAIT_MAP: &str = "WAIT_START";
 
-/// pid → the task's `sched_info.run_delay` just after its last switch-in (sched_info mode): the
+/// The task's `sched_info.run_delay` just after its last switch-in (sched_info mode), one
+/// [`runq_base`] word per slot of an array indexed by [`runq_base_slot`] of the pid: the
 /// kernel adds a wait's part before a migration to `run_delay` when the task leaves the old
-/// run queue, so the next switch-in adds what `run_delay` grew by since then. LRU: nothing
-/// forgets a task that exits, so such records age out.
+/// run queue, so the next switch-in adds what `run_delay` grew by since then. An array, not a
+/// hash map: the verifier inlines an array lookup, where a hash (or LRU) lookup is a helper
+/// call with a hash and a bucket walk on every switch-in of a pod task (docs/performance.md
+/// has the A/B). Two tasks whose pids share a slot take turns in it, and each loses the
+/// migrated part of a wait the other overwrote; a record outlives its task and ages out when
+/// the slot is reused.
 pub const RUNQ_TASKS_MAP: &str = "RUNQ_TASKS";
+
+/// log2 of the slots of [`RUNQ_TASKS_MAP`]: 65,536 slots of 8 bytes, 512 KiB.
+pub const RUNQ_BASE_SLOTS_LOG2: u32 = 16;
+
+/// Slots of [`RUNQ_TASKS_MAP`].
+pub const RUNQ_BASE_SLOTS: u32 = 1 << RUNQ_BASE_SLOTS_LOG2;
+
+/// Bits of `run_delay` a [`runq_base`] word keeps; the pid is in the 22 above them
+/// (`PID_MAX_LIMIT` is 2^22 on 64-bit kernels). A migrated part is taken modulo 2^42 ns
+/// (73 minutes), so it stays exact after `run_delay` itself passes that.
+const BASE_BITS: u32 = 42;
+
+const BASE_MASK: u64 = (1 << BASE_BITS) - 1;
+
+/// The slot of `pid` in [`RUNQ_TASKS_MAP`]: Fibonacci hashing (the top bits of the pid times
+/// 2^32 / φ), so consecutive pids, the threads of one process, land far apart, in different
+/// cache lines (8 of them per 64-byte line).
+#[inline(always)]
+#[expect(
+    clippy::inline_always,
+    reason = "BPF has no real calls between these helpers; it must inline"
+)]
+pub fn runq_base_slot(pid: u32) -> u32 {
+    pid.wrapping_mul(0x9E37_79B1) >> (32 - RUNQ_BASE_SLOTS_LOG2)
+}
+
+/// The word [`RUNQ_TASKS_MAP`] keeps for `pid` whose `run_delay` is `run_delay`: one u64, so
+/// a reader on another CPU never sees one task's pid with another's base.
+#[inline(always)]
+#[expect(
+    clippy::inline_always,
+    reason = "BPF has no real calls between these helpers; it must inline"
+)]
+pub fn runq_base(pid: u32, run_delay: u64) -> u64 {
+    (u64::from(pid) << BASE_BITS) | (run_delay & BASE_MASK)
+}
 
 /// {victim cgroup id, holder cgroup id} ([`PreemptPair`]) → ns the victim's tasks waited on a
 /// run queue before getting the CPU from a task of the holder, for cgroups of different pods.
@@ -86,21 +127,28 @@ pub fn holder_class(holder_pod: u64, victim_pod: u64) -> usize {
     }
 }
 
-/// sched_info mode, at a switch-in: the whole wait that ends now, and the task's `run_delay`
-/// once the kernel has added it. `here` is `rq->clock - last_queued` (the wait on this run
-/// queue), `run_delay` the kernel's total before this switch-in, `before` what it was just
-/// after the task's previous switch-in (`None`: not seen yet). The kernel adds the part of a
-/// wait spent on other run queues to `run_delay` when the task leaves them (a migration), so
-/// that part is `run_delay - before`. A record older than the task (a reused pid) can exceed
-/// `run_delay`: no migrated part then.
+/// sched_info mode, at a switch-in of `pid`: the whole wait that ends now, and the
+/// [`runq_base`] word to keep for its next one. `here` is `rq->clock - last_queued` (the wait
+/// on this run queue), `run_delay` the kernel's total before this switch-in, `record` the
+/// task's slot in [`RUNQ_TASKS_MAP`]: `run_delay` just after the task's previous switch-in, if
+/// the slot holds this pid (0, or another pid: not seen yet, no migrated part). The kernel
+/// adds the part of a wait spent on other run queues to `run_delay` when the task leaves them
+/// (a migration), so that part is `run_delay - before`. A record older than the task (a
+/// reused pid) can exceed `run_delay`: no migrated part then.
 #[inline(always)]
 #[expect(
     clippy::inline_always,
     reason = "BPF has no real calls between these helpers; it must inline"
 )]
-pub fn wait_across_migrations(here: u64, run_delay: u64, before: Option<u64>) -> (u64, u64) {
-    let migrated = before.map_or(0, |b| run_delay.saturating_sub(b));
-    (here + migrated, run_delay + here)
+pub fn wait_across_migrations(pid: u32, here: u64, run_delay: u64, record: u64) -> (u64, u64) {
+    let mut migrated = 0;
+    if record != 0 && record >> BASE_BITS == u64::from(pid) {
+        let grown = run_delay.wrapping_sub(record) & BASE_MASK;
+        if grown <= run_delay {
+            migrated = grown;
+        }
+    }
+    (here + migrated, runq_base(pid, run_delay + here))
 }
 
 /// Value of [`WAIT_MAP`].
@@ -122,18 +170,19 @@ pub struct Wait {
 pub struct SchedStats {
     /// Run-queue latency ([`RUNQ_LAYOUT`]; the sum in ns).
     pub runq: Hist<RUNQ_SLOTS>,
+    /// Run-queue waiting time, ns, by who ran on the CPU just before the waiting task got it
+    /// (`prev` at its switch-in); adds up to `runq`'s sum. Right after that sum (`runq`'s last
+    /// slot), so that the two atomic adds of every wait mostly share a cache line.
+    pub wait_by: [u64; 3],
     /// Involuntary switch-outs while runnable, by who took the CPU.
     pub preempted_by: [u64; 3],
-    /// Run-queue waiting time, ns, by who ran on the CPU just before the waiting task got it
-    /// (`prev` at its switch-in); adds up to `runq`'s sum.
-    pub wait_by: [u64; 3],
 }
 
 impl SchedStats {
     pub const ZERO: Self = Self {
         runq: [0; RUNQ_SLOTS],
-        preempted_by: [0; 3],
         wait_by: [0; 3],
+        preempted_by: [0; 3],
     };
 }
 
@@ -175,31 +224,62 @@ mod tests {
 
     #[test]
     fn a_migrated_wait_is_added_up_like_run_delay() {
+        let pid = 4242;
         // Seen for the first time: only the wait on this run queue.
-        assert_eq!(wait_across_migrations(300, 10_000, None), (300, 10_300));
+        assert_eq!(
+            wait_across_migrations(pid, 300, 10_000, 0),
+            (300, runq_base(pid, 10_300))
+        );
         // No migration since the last switch-in: run_delay is where that one left it.
         assert_eq!(
-            wait_across_migrations(300, 10_300, Some(10_300)),
-            (300, 10_600)
+            wait_across_migrations(pid, 300, 10_300, runq_base(pid, 10_300)),
+            (300, runq_base(pid, 10_600))
         );
         // Waited 2 ms on another CPU (the kernel folded it into run_delay when the task left
         // that run queue), then 300 ns here: the histogram gets the whole 2.0003 ms.
-        let (wait, after) = wait_across_migrations(300, 2_010_600, Some(10_600));
-        assert_eq!((wait, after), (2_000_300, 2_010_900));
+        let (wait, after) = wait_across_migrations(pid, 300, 2_010_600, runq_base(pid, 10_600));
+        assert_eq!((wait, after), (2_000_300, runq_base(pid, 2_010_900)));
         // Summed over switch-ins, the waits are run_delay's growth (what /proc/<pid>/schedstat
-        // reports), from the first switch-in seen on.
-        let mut before = None;
-        let mut total = 0;
-        let mut run_delay = 5_000;
-        for (folded, here) in [(0, 100), (4_000, 50), (0, 0), (1_000, 7), (0, 9_999)] {
-            run_delay += folded; // a migration while waiting
-            let (w, after) = wait_across_migrations(here, run_delay, before);
-            total += w;
-            run_delay = after; // sched_info_arrive adds `here`
-            before = Some(after);
+        // reports), from the first switch-in seen on; also past 2^42 ns of run_delay.
+        for start in [5_000, (1 << 42) - 3_000] {
+            let mut record = 0;
+            let mut total = 0;
+            let mut run_delay = start;
+            for (folded, here) in [(0, 100), (4_000, 50), (0, 0), (1_000, 7), (0, 9_999)] {
+                run_delay += folded; // a migration while waiting
+                let (w, after) = wait_across_migrations(pid, here, run_delay, record);
+                total += w;
+                run_delay += here; // sched_info_arrive adds `here`
+                record = after;
+            }
+            assert_eq!(total, run_delay - start, "from {start}");
         }
-        assert_eq!(total, run_delay - 5_000);
         // A stale record of a reused pid larger than the new task's run_delay.
-        assert_eq!(wait_across_migrations(40, 100, Some(9_999)), (40, 140));
+        assert_eq!(
+            wait_across_migrations(pid, 40, 100, runq_base(pid, 9_999)),
+            (40, runq_base(pid, 140))
+        );
+        // Another task's record in the slot: nothing of it is added.
+        assert_eq!(
+            wait_across_migrations(pid, 40, 100, runq_base(pid + 1, 10)),
+            (40, runq_base(pid, 140))
+        );
+    }
+
+    #[test]
+    fn consecutive_pids_get_their_own_slots_and_cache_lines() {
+        // 8192 pids in a row, each slot taken once (a bitmap of the 65,536 slots).
+        for start in [1_u32, 300, 100_000, (1 << 22) - 9_000] {
+            let mut taken = [0_u64; (RUNQ_BASE_SLOTS / 64) as usize];
+            for pid in start..start + 8192 {
+                let slot = runq_base_slot(pid);
+                assert!(slot < RUNQ_BASE_SLOTS);
+                let (word, bit) = ((slot / 64) as usize, slot % 64);
+                assert_eq!(taken[word] & (1 << bit), 0, "pid {pid} shares a slot");
+                taken[word] |= 1 << bit;
+                // Neighbouring pids at least a cache line (8 slots) apart.
+                assert!(slot.abs_diff(runq_base_slot(pid + 1)) >= 8, "pid {pid}");
+            }
+        }
     }
 }

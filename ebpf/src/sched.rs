@@ -27,14 +27,15 @@
 
 use aya_ebpf::{
     macros::{btf_tracepoint, map},
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::BtfTracePointContext,
 };
 use podstat_common::{
     kernel::{Known, MAP_PREEMPT_PAIRS, MAP_WAIT, MAP_WAIT_PAIRS, Offsets, ns_to_units},
     sched::{
-        BY_OTHER_POD, DEFAULT_MAX_PREEMPT_PAIRS, DEFAULT_MAX_WAITING, PreemptPair, RUNQ_LAYOUT,
-        RUNQ_MODE_SCHED_INFO, Wait, holder_class, wait_across_migrations,
+        BY_OTHER_POD, DEFAULT_MAX_PREEMPT_PAIRS, DEFAULT_MAX_WAITING, PreemptPair, RUNQ_BASE_SLOTS,
+        RUNQ_LAYOUT, RUNQ_MODE_SCHED_INFO, Wait, holder_class, runq_base_slot,
+        wait_across_migrations,
     },
     throttle::{THROTTLE_GATE_NS, THROTTLE_MODE_SWITCH},
 };
@@ -70,13 +71,14 @@ static THROTTLED_TASKS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(DEFA
 static PREEMPT_PAIRS: HashMap<PreemptPair, u64> =
     HashMap::with_max_entries(DEFAULT_MAX_PREEMPT_PAIRS, 0);
 
-/// pid → `sched_info.run_delay` just after the task's last switch-in (sched_info mode; the
-/// loader shrinks it to one entry in wakeup mode). The kernel adds the part of a wait before a
-/// migration to `run_delay` when the task leaves the old run queue and stamps `last_queued`
-/// anew on the new one, so a switch-in adds what `run_delay` grew by since the last one to
-/// `rq->clock - last_queued`. LRU, because nothing forgets a task that exits.
+/// `sched_info.run_delay` just after a task's last switch-in, tagged with its pid, in the
+/// pid's slot ([`runq_base_slot`]; sched_info mode, the loader shrinks it to one entry in
+/// wakeup mode). The kernel adds the part of a wait before a migration to `run_delay` when the
+/// task leaves the old run queue and stamps `last_queued` anew on the new one, so a switch-in
+/// adds what `run_delay` grew by since the last one to `rq->clock - last_queued`. An array, so
+/// the lookup is inlined (see `RUNQ_TASKS_MAP`).
 #[map]
-static RUNQ_TASKS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(DEFAULT_MAX_WAITING, 0);
+static RUNQ_TASKS: Array<u64> = Array::with_max_entries(RUNQ_BASE_SLOTS, 0);
 
 /// {victim cgroup, holder cgroup} → ns the victim's tasks waited before a task of the holder,
 /// in another pod, left them the CPU: whose work a pod waited behind, by name.
@@ -431,19 +433,32 @@ fn switch_in_sched_info(
     // to run_delay since the task's last switch-in (see RUNQ_TASKS).
     let run_delay: u64 = load(next, o.task_run_delay)?;
     let pid: u32 = load(next, o.task_pid)?;
-    let delta = if let Some(base) = RUNQ_TASKS.get_ptr_mut(pid) {
-        // SAFETY: a pointer to a live map value; only this task's switch-ins write it.
-        let (delta, after) = wait_across_migrations(here, run_delay, Some(unsafe { *base }));
-        // SAFETY: as above.
-        unsafe { *base = after };
-        delta
-    } else {
-        let (delta, after) = wait_across_migrations(here, run_delay, None);
-        let _ = RUNQ_TASKS.insert(pid, after, 0);
-        delta
+    let delta = match RUNQ_TASKS.get_ptr_mut(runq_base_slot(pid)) {
+        Some(slot) => {
+            // SAFETY: a slot of an array map. A task whose pid shares the slot may write it
+            // from another CPU: each write is one aligned u64, and a word of another pid is
+            // no base for this one.
+            let (delta, after) = wait_across_migrations(pid, here, run_delay, unsafe {
+                core::ptr::read_volatile(slot)
+            });
+            // SAFETY: as above.
+            unsafe { core::ptr::write_volatile(slot, after) };
+            delta
+        }
+        // The array shrunk to one entry (wakeup mode never gets here).
+        None => here,
     };
     let holder = match seen {
         Some(n) => n.prev,
+        // Tasks that share a css_set share every cgroup: prev ran in next's own cgroup (the
+        // usual case, a thread of the same container), known without walking to it.
+        None if load::<*const u8>(prev, o.task_cgroups)? == load(next, o.task_cgroups)? => {
+            Holder {
+                cg: next_cg,
+                // SAFETY: known points into a map value.
+                pod: unsafe { (*known).pod_id },
+            }
+        }
         None => holder_of(prev, o, known, next_cg),
     };
     account_wait(known, next_cg, holder, delta);

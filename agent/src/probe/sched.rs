@@ -16,9 +16,9 @@ use aya::{
 use podstat_common::{
     kernel::{MAP_PREEMPT_PAIRS, MAP_WAIT, MAP_WAIT_PAIRS, Offsets},
     sched::{
-        PREEMPT_PAIRS_MAP, PreemptPair, RUNQ_MODE_SCHED_INFO, RUNQ_TASKS_MAP, SCHED_EXIT_PROG,
-        SCHED_MIGRATE_PROG, SCHED_SWITCH_PROG, SCHED_WAKEUP_NEW_PROG, SCHED_WAKEUP_PROG,
-        SWITCH_COUNT_MAP, WAIT_MAP, WAIT_PAIRS_MAP,
+        PREEMPT_PAIRS_MAP, PreemptPair, RUNQ_BASE_SLOTS, RUNQ_MODE_SCHED_INFO, RUNQ_TASKS_MAP,
+        SCHED_EXIT_PROG, SCHED_MIGRATE_PROG, SCHED_SWITCH_PROG, SCHED_WAKEUP_NEW_PROG,
+        SCHED_WAKEUP_PROG, SWITCH_COUNT_MAP, WAIT_MAP, WAIT_PAIRS_MAP,
     },
     throttle::THROTTLED_TASKS_MAP,
 };
@@ -206,10 +206,9 @@ impl Probe for SchedProbe {
                 THROTTLED_TASKS_MAP,
                 if sched_info { wanted.max_waiting } else { 1 },
             )
-            .map_max_entries(
-                RUNQ_TASKS_MAP,
-                if sched_info { wanted.max_waiting } else { 1 },
-            )
+            // An array indexed by a hash of the pid (RUNQ_BASE_SLOTS), not sized by
+            // --probe.max-waiting.
+            .map_max_entries(RUNQ_TASKS_MAP, if sched_info { RUNQ_BASE_SLOTS } else { 1 })
             .map_max_entries(PREEMPT_PAIRS_MAP, wanted.max_preempt_pairs)
             .map_max_entries(WAIT_PAIRS_MAP, wanted.max_preempt_pairs);
     }
