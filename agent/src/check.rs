@@ -35,6 +35,13 @@ pub struct Item {
     pub detail: String,
 }
 
+/// Entries of each sized eBPF map when check loads the probes. Whether a program loads and
+/// attaches does not depend on its maps' capacity, but their memory does: run with
+/// `kubectl exec` in the agent's pod, check is charged to the same memory limit as the
+/// running agent, and the full sizes of a second copy do not fit in the DaemonSet's limit
+/// (the node scenario, `cargo xtask node`, saw map creation fail with ENOMEM).
+const CHECK_MAP_ENTRIES: u32 = 64;
+
 /// Linux capability numbers (include/uapi/linux/capability.h).
 const CAPS: &[(u32, &str)] = &[
     (21, "CAP_SYS_ADMIN"),
@@ -198,6 +205,9 @@ pub fn report(args: &CheckArgs, enabled: &[&'static str]) -> Vec<Item> {
         .host
         .config(enabled, true, Arc::new(crate::metadata::Store::default()));
     config.drop_privileges = true;
+    if let Some(wanted) = config.probes.as_mut() {
+        wanted.shrink_maps(CHECK_MAP_ENTRIES);
+    }
     let running = crate::agent::Agent::start(config);
     let running = match running {
         Ok(r) => r,

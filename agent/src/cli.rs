@@ -32,7 +32,9 @@ pub enum Cmd {
     Agent(AgentArgs),
     /// Report what this host supports (cgroup layout, controllers, BTF, BPF permission) and
     /// which collectors and probes would run, each with the reason. Exits 0 if everything
-    /// enabled would run, 1 if something enabled would not.
+    /// enabled would run, 1 if something enabled would not. The probes are loaded for real,
+    /// with their maps sized for a few cgroups (the `--probe.max-*` sizes are capacity, not
+    /// support): run in the agent's pod, check shares the agent's memory limit.
     Check(CheckArgs),
     /// Live view of this node's pods and containers, refreshed every second: CPU used against
     /// the limit, throttled share of wall time, throttle pause p99, how far into the period

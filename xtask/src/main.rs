@@ -432,7 +432,23 @@ fn test(start: Instant, unprivileged: bool, filter: Option<&str>) -> anyhow::Res
     }
     tally.run(&mut cmd)?;
     matrix_tier(start, &mut tally)?;
+    node_tier(start, &mut tally)?;
     Ok(tally)
+}
+
+/// The DaemonSet on a node (`cargo xtask node`) as a tier of `cargo xtask test`: one result.
+fn node_tier(start: Instant, tally: &mut Tally) -> anyhow::Result<()> {
+    step(
+        start,
+        "the DaemonSet on a node in qemu (cargo xtask node: systemd, cgroup v2, containerd)",
+    );
+    let outcome = node::node(start);
+    let failed: Vec<String> = outcome
+        .as_ref()
+        .err()
+        .map(|e| vec![format!("node: {e:#}")])
+        .unwrap_or_default();
+    tally.results(1, &failed, || failed.join("\n"))
 }
 
 /// Seconds per fuzz target in `cargo xtask test`: 9 targets make three minutes.

@@ -786,7 +786,7 @@ fn boot(
 
 /// Whether the guest's console shows the kernel trapping on a text patch's int3 (`Oops:
 /// int3`): the emulator ran a half-patched instruction.
-fn stale_text_patch(log: &Path) -> bool {
+pub fn stale_text_patch(log: &Path) -> bool {
     fs::read(log).is_ok_and(|b| String::from_utf8_lossy(&b).contains("Oops: int3"))
 }
 

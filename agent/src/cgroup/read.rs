@@ -29,7 +29,8 @@ use super::{
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CgroupSample {
     pub stat: CpuStat,
-    /// v2 `cpu.stat.local` `throttled_usec`, in ns: throttling by this cgroup's own limit.
+    /// v2 `cpu.stat.local` `throttled_usec`, in ns: time its run queues were throttled, by its
+    /// own limit or an ancestor's.
     pub local_throttled_ns: Option<u64>,
     pub max: Option<CpuMax>,
     pub burst_us: Option<u64>,

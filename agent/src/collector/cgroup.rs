@@ -37,9 +37,10 @@ pub struct Options {
     pub sandbox: bool,
     /// Also export the series left out by default to keep the series budget per container
     /// (README, "Series budget"): user and system time, core-scheduling forced idle, the locally
-    /// caused throttled time, the CPU weight, CPU pressure (some and full; the kubelet exports
-    /// them too), and the burst families for cgroups without a burst allowance (with one they
-    /// are always exported).
+    /// throttled time of cgroups with a limit of their own (without one, it is exported once an
+    /// ancestor's limit throttles them), the CPU weight, CPU pressure (some and full; the
+    /// kubelet exports them too), and the burst families for cgroups without a burst allowance
+    /// (with one they are always exported).
     #[arg(long = "collector.cgroup.extended")]
     pub extended: bool,
     /// How long the limits read from cpu.max, cpu.max.burst and cpu.weight (v1: cfs_quota_us,
@@ -204,7 +205,7 @@ pub const CPU_THROTTLED_SECONDS: Family = crate::counter!(
 );
 pub const CPU_THROTTLED_LOCAL_SECONDS: Family = crate::counter!(
     "podstat_cpu_throttled_local_seconds",
-    "Throttled time caused by this cgroup's own limit, not an ancestor's (v2 cpu.stat.local throttled_usec, kernel 6.8+)."
+    "Time this cgroup's run queues were throttled while it had runnable tasks, by its own limit or an ancestor's (a pod-level limit), summed over CPUs (v2 cpu.stat.local throttled_usec, kernel 6.8+). Exported by default for a cgroup without a limit of its own once an ancestor's has throttled it; for every cgroup with --collector.cgroup.extended."
 );
 pub const CPU_BURSTS: Family = crate::counter!(
     "podstat_cpu_bursts",
@@ -312,12 +313,21 @@ pub const EXTENDED: &[Family] = &[
 pub const BURST: &[Family] = &[CPU_BURSTS, CPU_BURST_SECONDS, CPU_BURST_LIMIT_SECONDS];
 
 /// Whether `family` is exported for `sample`: every family with `extended`, else the default
-/// ones, and the burst families where a burst allowance is set.
+/// ones, the burst families where a burst allowance is set, and the locally throttled time of
+/// a cgroup that has no limit of its own but was throttled by an ancestor's: a container under
+/// a pod-level limit (KEP-2837), the one case where that time says something cpu.stat does
+/// not (which container of the pod stalled; `explain`, the pod-level alert and the dashboard
+/// read it).
 fn exported(family: &Family, sample: &CgroupSample, extended: bool) -> bool {
-    extended
-        || !(EXTENDED.iter().any(|f| f.name == family.name)
-            || (BURST.iter().any(|f| f.name == family.name)
-                && sample.burst_us.is_none_or(|b| b == 0)))
+    if extended {
+        return true;
+    }
+    if family.name == CPU_THROTTLED_LOCAL_SECONDS.name {
+        return sample.max.as_ref().is_none_or(|m| m.quota_us.is_none())
+            && sample.local_throttled_ns.is_some_and(|t| t > 0);
+    }
+    !(EXTENDED.iter().any(|f| f.name == family.name)
+        || (BURST.iter().any(|f| f.name == family.name) && sample.burst_us.is_none_or(|b| b == 0)))
 }
 
 /// Encodes the rows, family by family. Families with no value at all are left out, and those
@@ -371,5 +381,41 @@ impl Collect for CgroupCollector {
         }
         tracing::debug!(gather = ?(t1 - t0), encode = ?t1.elapsed(), rows = rows.len(), "cgroup collector");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroup::CpuMax;
+
+    #[test]
+    fn locally_throttled_time_is_exported_by_default_under_a_pod_level_limit_only() {
+        let limited = |quota_us| CgroupSample {
+            max: Some(CpuMax {
+                quota_us,
+                period_us: 100_000,
+            }),
+            local_throttled_ns: Some(5_000),
+            ..CgroupSample::default()
+        };
+        let local = &CPU_THROTTLED_LOCAL_SECONDS;
+        // No limit of its own, throttled by an ancestor's (the pod's).
+        assert!(exported(local, &limited(None), false));
+        let never = CgroupSample {
+            local_throttled_ns: Some(0),
+            ..limited(None)
+        };
+        assert!(!exported(local, &never, false));
+        // Its own limit: cpu.stat's throttled time already says it.
+        assert!(!exported(local, &limited(Some(20_000)), false));
+        assert!(exported(local, &limited(Some(20_000)), true));
+        // The other extended families stay behind the flag.
+        assert!(!exported(
+            &CPU_PRESSURE_WAITING_SECONDS,
+            &limited(None),
+            false
+        ));
+        assert!(exported(&CPU_USAGE_SECONDS, &limited(None), false));
     }
 }

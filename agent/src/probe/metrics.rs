@@ -56,8 +56,10 @@ pub fn encode(probes: &Probes, enc: &mut DescriptorEncoder) -> Result<(), fmt::E
         .iter()
         .filter_map(|(probe, status)| match status {
             Status::Attached(how) => Some((probe.name(), 1, *how)),
-            Status::Failed(_) | Status::Absent(_) => Some((probe.name(), 0, "")),
-            Status::Disabled | Status::NotNeeded(_) => None,
+            Status::Failed(_) => Some((probe.name(), 0, "")),
+            // Nothing on the host for it to watch (no aRFS driver, as on most NICs) is no
+            // failure: a 0 would fire PodstatProbeDetached on every such node.
+            Status::Absent(_) | Status::Disabled | Status::NotNeeded(_) => None,
         })
         .collect();
     if !reported.is_empty() {

@@ -148,6 +148,16 @@ pub struct Wanted {
     pub runqueue: RunqueueMode,
 }
 
+impl Wanted {
+    /// Caps every sized map at `entries`: for loading the probes to see whether they work,
+    /// not to measure a node.
+    pub fn shrink_maps(&mut self, entries: u32) {
+        self.max_cgroups = self.max_cgroups.min(entries);
+        self.max_waiting = self.max_waiting.min(entries);
+        self.max_preempt_pairs = self.max_preempt_pairs.min(entries);
+    }
+}
+
 impl Default for Wanted {
     fn default() -> Self {
         Self {
