@@ -395,9 +395,8 @@ pub fn node(start: Instant) -> anyhow::Result<()> {
             .arg("-device")
             .arg(format!("nvme-ns,drive={id},bus=nvme0,nsid={nsid}"));
     }
-    // Booted once more when the kernel died rather than a check failing, as the matrix does
-    // (`vm::stale_text_patch`): under TCG a live text patch is now and then executed stale (a
-    // run here oopsed in sched_clock_cpu 1.8 s into the boot). A failed check is never retried.
+    // Booted once more when the kernel died rather than a check failing, by the matrix's rule
+    // (`vm::boot_again`; a run here oopsed in sched_clock_cpu 1.8 s into the boot).
     let mut attempt = 1;
     let (seen, t) = loop {
         let mut agent_log = fs::File::create(&agent_log_path)?;
@@ -419,15 +418,18 @@ pub fn node(start: Instant) -> anyhow::Result<()> {
                 }
             },
         )?;
-        let died = seen.up_at.is_none()
-            || (seen.verdict.as_deref() != Some("PASS") && vm::stale_text_patch(&console_log));
-        if attempt == 2 || !died {
+        let why = vm::boot_again(
+            seen.verdict.as_deref() == Some("PASS"),
+            seen.up_at.is_some(),
+            &console_log,
+        );
+        let Some(why) = why.filter(|_| attempt == 1) else {
             break (seen, t);
-        }
+        };
         let first = out.join("console.boot1.log");
         fs::rename(&console_log, &first)?;
         eprintln!(
-            "node: the guest's kernel died before the verdict ({:.0}s; console kept in {}); booting once more",
+            "node: the guest's kernel died ({why}; after {:.0}s; console kept in {}); booting once more",
             t.elapsed().as_secs_f64(),
             first.display()
         );
