@@ -168,11 +168,12 @@ pub struct Wait {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SchedStats {
-    /// Run-queue latency ([`RUNQ_LAYOUT`]; the sum in ns).
+    /// Run-queue latency ([`RUNQ_LAYOUT`]) buckets. The kernel side leaves the sum slot at 0:
+    /// the sum is `wait_by`'s ([`Self::runq_with_sum`]).
     pub runq: Hist<RUNQ_SLOTS>,
     /// Run-queue waiting time, ns, by who ran on the CPU just before the waiting task got it
-    /// (`prev` at its switch-in); adds up to `runq`'s sum. Right after that sum (`runq`'s last
-    /// slot), so that the two atomic adds of every wait mostly share a cache line.
+    /// (`prev` at its switch-in): every wait is added to one of the three, so together they
+    /// are the histogram's sum.
     pub wait_by: [u64; 3],
     /// Involuntary switch-outs while runnable, by who took the CPU.
     pub preempted_by: [u64; 3],
@@ -184,6 +185,19 @@ impl SchedStats {
         wait_by: [0; 3],
         preempted_by: [0; 3],
     };
+}
+
+impl SchedStats {
+    /// The run-queue latency histogram with its sum: the waiting time of all three holders.
+    /// By construction the exported sum over `by` equals the histogram's sum.
+    pub fn runq_with_sum(&self) -> Hist<RUNQ_SLOTS> {
+        let mut h = self.runq;
+        h[RUNQ_LAYOUT.sum_slot()] = self
+            .wait_by
+            .iter()
+            .fold(0u64, |sum, ns| sum.wrapping_add(*ns));
+        h
+    }
 }
 
 impl Default for SchedStats {
@@ -220,6 +234,21 @@ mod tests {
         assert_eq!(holder_class(0, 7), BY_SYSTEM);
         assert_eq!(holder_class(7, 7), BY_SAME_POD);
         assert_eq!(holder_class(8, 7), BY_OTHER_POD);
+    }
+
+    #[test]
+    fn the_runq_sum_is_the_waiting_time_of_every_holder() {
+        let mut s = SchedStats::ZERO;
+        s.runq[3] = 2;
+        s.runq[RUNQ_LAYOUT.overflow_slot()] = 1;
+        s.wait_by = [1_000, 20_000, 300];
+        let h = s.runq_with_sum();
+        assert_eq!(h[RUNQ_LAYOUT.sum_slot()], 21_300);
+        assert_eq!(h[3], 2);
+        assert_eq!(h[RUNQ_LAYOUT.overflow_slot()], 1);
+        // The kernel side never writes the slot; a stale value there is not added to.
+        s.runq[RUNQ_LAYOUT.sum_slot()] = 5;
+        assert_eq!(s.runq_with_sum()[RUNQ_LAYOUT.sum_slot()], 21_300);
     }
 
     #[test]

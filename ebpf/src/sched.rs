@@ -42,7 +42,7 @@ use podstat_common::{
 
 use crate::{
     kernel::{
-        KNOWN, atomic_add, get_or_insert, load, map_full, now_ns, observe, offsets, task_cgroup_id,
+        KNOWN, atomic_add, count, get_or_insert, load, map_full, now_ns, offsets, task_cgroup_id,
     },
     throttle,
 };
@@ -273,17 +273,20 @@ fn holder_of(prev: *const u8, o: &Offsets, known: *mut Known, victim_cg: u64) ->
 }
 
 /// Adds a wait of `delta` ns of the task of `victim_cg` (entry `known`, pod `pod`) to the
-/// histogram and to who held the CPU: `by` and, for another pod, the (victim, holder) pair.
+/// histogram's bucket and to who held the CPU: `by` and, for another pod, the (victim, holder)
+/// pair. The histogram's sum is the sum of `by` ([`SchedStats::runq_with_sum`]), so a wait
+/// costs two atomic adds, not three.
+///
+/// [`SchedStats::runq_with_sum`]: podstat_common::sched::SchedStats::runq_with_sum
 #[inline(always)]
 fn account_wait(known: *mut Known, victim_cg: u64, holder: Holder, delta: u64) {
     // SAFETY: known points into a map value.
     let pod = unsafe { (*known).pod_id };
     // SAFETY: as above.
-    observe(
+    count(
         unsafe { core::ptr::addr_of_mut!((*known).sched.runq) },
         &RUNQ_LAYOUT,
         ns_to_units(delta),
-        delta,
     );
     let by = holder_class(holder.pod, pod);
     // SAFETY: `by` < 3; known points into a map value.
@@ -452,13 +455,11 @@ fn switch_in_sched_info(
         Some(n) => n.prev,
         // Tasks that share a css_set share every cgroup: prev ran in next's own cgroup (the
         // usual case, a thread of the same container), known without walking to it.
-        None if load::<*const u8>(prev, o.task_cgroups)? == load(next, o.task_cgroups)? => {
-            Holder {
-                cg: next_cg,
-                // SAFETY: known points into a map value.
-                pod: unsafe { (*known).pod_id },
-            }
-        }
+        None if load::<*const u8>(prev, o.task_cgroups)? == load(next, o.task_cgroups)? => Holder {
+            cg: next_cg,
+            // SAFETY: known points into a map value.
+            pod: unsafe { (*known).pod_id },
+        },
         None => holder_of(prev, o, known, next_cg),
     };
     account_wait(known, next_cg, holder, delta);

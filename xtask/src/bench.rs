@@ -210,7 +210,7 @@ pub fn all(start: Instant, c: &Config) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------------
 // Statistics
 
-fn median(v: &[f64]) -> f64 {
+pub(crate) fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     match v.len() {
@@ -488,7 +488,7 @@ fn render_probe(r: &mut String, setup: &Setup, p: &ProbeResult) {
 }
 
 /// Run time of all `owner`'s programs per context switch (its `sched_switch` run count).
-fn ns_per_switch(s: &StormRows, owner: &str) -> f64 {
+pub(crate) fn ns_per_switch(s: &StormRows, owner: &str) -> f64 {
     let total: u64 = s.ran(owner).map(|x| x.run_ns).sum();
     s.switch(owner)
         .map_or(f64::NAN, |(_, switches)| per(total, switches))

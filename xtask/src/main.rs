@@ -3,6 +3,7 @@
 //! Every command installs what it needs that is missing, and is quick when it is there.
 
 mod bench;
+mod bench_ab;
 #[path = "../../tests/src/bench_json.rs"]
 mod bench_json;
 mod bench_net;
@@ -128,11 +129,32 @@ enum Task {
         #[arg(long, default_value_t = 3000)]
         churn: usize,
     },
+    /// The pod path's cost per context switch of two or more podstat binaries in one run (a
+    /// change against its base): rounds of the `bench` storm in a pod, once per binary, the
+    /// order rotated; ns per sched_switch and the ratio to the same run's runqlat, per round
+    /// and as medians within the storm's two clusters (runqlat below or above --split-ns).
+    /// Needs root. Writes target/bench/ab.md.
+    BenchAb {
+        /// A binary to compare, as NAME=PATH; give two or more, the first is the baseline.
+        /// Binaries older than --web.scrape-window need a wrapper script that drops that flag.
+        #[arg(long = "binary", value_name = "NAME=PATH", required = true, value_parser = bench_ab::parse_binary)]
+        binaries: Vec<(String, PathBuf)>,
+        /// Rounds (each runs every binary once).
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// Seconds per storm.
+        #[arg(long, default_value_t = 5)]
+        storm_secs: u64,
+        /// runqlat's ns per sched_switch that splits the storm's two clusters.
+        #[arg(long, default_value_t = 600.0)]
+        split_ns: f64,
+    },
     /// Receive-path cost of the steering probes: iperf3 64-byte UDP and 1400-byte TCP over a
     /// veth pair between two network namespaces (RPS/RFS on, server in a pod cgroup), with no
-    /// programs, an empty sock_recv_length program, the agent (read-time steering) and the
-    /// agent with --probe.net.per-packet, interleaved; ns per received packet of each net
-    /// program (bpf_stats). Needs root. Writes target/bench/net.md.
+    /// programs, an empty sock_recv_length program, the agent (read-time steering, duty-cycled
+    /// as by default, and always attached) and the agent with --probe.net.per-packet,
+    /// interleaved; ns per received packet of each net program (bpf_stats). Needs root.
+    /// Writes target/bench/net.md.
     BenchNet {
         /// Seconds per iperf3 run.
         #[arg(long, default_value_t = 5)]
@@ -288,6 +310,29 @@ fn main() -> anyhow::Result<()> {
                     flood_secs,
                     flood_baseline,
                     churn,
+                },
+            )?;
+        }
+        Task::BenchAb {
+            binaries,
+            rounds,
+            storm_secs,
+            split_ns,
+        } => {
+            setup::toolchain(start)?;
+            setup::debian_packages(start, setup::BENCH_PACKAGES)?;
+            step(
+                start,
+                "building the bench scenario and the floor program's loader (release)",
+            );
+            build_scenarios(&["podstat-test-bench", "podstat-test-floor"])?;
+            bench_ab::run(
+                start,
+                &bench_ab::Config {
+                    binaries,
+                    rounds,
+                    storm_secs,
+                    split_ns,
                 },
             )?;
         }

@@ -226,7 +226,12 @@ impl Collect for SchedCollector {
         );
         let runq: Vec<(Target, PromHist)> = stats
             .iter()
-            .map(|(t, s)| (t.clone(), to_prom(&s.runq, &RUNQ_LAYOUT, RUNQ_CLASSIC, 1e9)))
+            .map(|(t, s)| {
+                (
+                    t.clone(),
+                    to_prom(&s.runq_with_sum(), &RUNQ_LAYOUT, RUNQ_CLASSIC, 1e9),
+                )
+            })
             .collect();
         let wait_by: Vec<(Target, [u64; 3])> =
             stats.iter().map(|(t, s)| (t.clone(), s.wait_by)).collect();

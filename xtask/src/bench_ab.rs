@@ -1,0 +1,226 @@
+//! `cargo xtask bench-ab`: the per-switch cost of two or more podstat binaries in one run, for
+//! a change to the pod path. Each round runs the probe part of `podstat-test-bench` (a
+//! context-switch storm in a pod container with podstat, runqlat and the empty program all
+//! attached) once per binary, the order rotated from round to round; the report gives each
+//! binary's ns per `sched_switch` and its ratio to the same run's runqlat, per round and as
+//! medians within each of the storm's two clusters.
+//!
+//! Why clusters: on the 2-CPU test host the storm's rounds fall in two groups whatever the
+//! binary (its two tasks mostly sharing a CPU or not), with runqlat's own cost under or over
+//! about 600 ns and podstat's 30–50% apart; a median over all rounds then compares the
+//! binaries' mix of clusters more than the binaries (docs/performance.md has the runs).
+
+use std::{collections::BTreeMap, fmt::Write as _, fs, path::PathBuf, time::Instant};
+
+use anyhow::{Context as _, ensure};
+
+use crate::{
+    bench::{median, ns_per_switch, out_dir, part, run_scenario},
+    bench_json::ProbeResult,
+    step,
+};
+
+pub struct Config {
+    /// (name, binary), the first the baseline.
+    pub binaries: Vec<(String, PathBuf)>,
+    pub rounds: usize,
+    pub storm_secs: u64,
+    /// runqlat's ns per switch that splits the clusters.
+    pub split_ns: f64,
+}
+
+/// One binary in one round.
+struct Row {
+    round: usize,
+    name: String,
+    pod: f64,
+    runqlat: f64,
+    floor: f64,
+    host: f64,
+}
+
+/// `NAME=PATH`, for `--binary`.
+pub fn parse_binary(s: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = s
+        .split_once('=')
+        .filter(|(n, p)| !n.is_empty() && !p.is_empty())
+        .ok_or_else(|| format!("{s:?} is not NAME=PATH"))?;
+    Ok((name.to_owned(), PathBuf::from(path)))
+}
+
+pub fn run(start: Instant, c: &Config) -> anyhow::Result<()> {
+    ensure!(
+        crate::is_root(),
+        "the benchmark needs root (cgroups, eBPF, bpf_stats)"
+    );
+    ensure!(
+        c.binaries.len() >= 2,
+        "give at least two binaries (--binary NAME=PATH, the first the baseline)"
+    );
+    ensure!(
+        c.rounds > 0 && c.storm_secs > 0,
+        "--rounds and --storm-secs must be at least 1"
+    );
+    for (name, bin) in &c.binaries {
+        ensure!(bin.is_file(), "{name}: {} is not a file", bin.display());
+    }
+    let out = out_dir()?;
+    let args: Vec<String> = [
+        "--skip-scrape",
+        "--skip-e2e",
+        "--skip-flood",
+        "--churn",
+        "0",
+        "--storm-secs",
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .chain([c.storm_secs.to_string()])
+    .collect();
+    let mut rows = Vec::new();
+    let n = c.binaries.len();
+    for round in 0..c.rounds {
+        for k in 0..n {
+            let (name, bin) = &c.binaries[(k + round) % n];
+            step(start, &format!("round {}/{}: {name}", round + 1, c.rounds));
+            let lines = run_scenario("podstat-test-bench", bin, &out, &args)
+                .with_context(|| format!("{name} ({}), round {}", bin.display(), round + 1))?;
+            let p: ProbeResult =
+                part(&lines, "probe")?.context("podstat-test-bench printed no probe result")?;
+            rows.push(Row {
+                round,
+                name: name.clone(),
+                pod: ns_per_switch(&p.pod, "podstat"),
+                runqlat: ns_per_switch(&p.pod, "runqlat"),
+                floor: ns_per_switch(&p.pod, "floor"),
+                host: ns_per_switch(&p.host, "podstat"),
+            });
+        }
+    }
+    let report = render(c, &rows)?;
+    println!("{report}");
+    let path = out.join("ab.md");
+    fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("report written to {}", path.display());
+    Ok(())
+}
+
+fn render(c: &Config, rows: &[Row]) -> anyhow::Result<String> {
+    let mut r = String::new();
+    writeln!(r, "# podstat bench-ab\n")?;
+    writeln!(
+        r,
+        "{} rounds of a {} s context-switch storm in a pod container, the binaries rotated; ns per `sched_switch` of all of podstat's programs (bpf_stats), runqlat's and the empty program's in the same storm.\n",
+        c.rounds, c.storm_secs
+    )?;
+    for (name, bin) in &c.binaries {
+        writeln!(r, "- `{name}`: {}", bin.display())?;
+    }
+    writeln!(
+        r,
+        "\n| round | binary | pod path ns | runqlat ns | / runqlat | floor ns | outside pods ns |"
+    )?;
+    writeln!(r, "|---:|---|---:|---:|---:|---:|---:|")?;
+    for x in rows {
+        writeln!(
+            r,
+            "| {} | {} | {:.0} | {:.0} | {:.3} | {:.0} | {:.0} |",
+            x.round + 1,
+            x.name,
+            x.pod,
+            x.runqlat,
+            x.pod / x.runqlat,
+            x.floor,
+            x.host
+        )?;
+    }
+    let base = &c.binaries[0].0;
+    for (cluster, fast) in [("runqlat below", true), ("runqlat at or above", false)] {
+        writeln!(
+            r,
+            "\n## Rounds with {cluster} {:.0} ns\n\n| binary | rounds | pod path ns (median) | / runqlat (median) | vs `{base}`: ns, / runqlat |\n|---|---:|---:|---:|---|",
+            c.split_ns
+        )?;
+        let mut by: BTreeMap<&str, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+        for x in rows.iter().filter(|x| (x.runqlat < c.split_ns) == fast) {
+            let e = by.entry(x.name.as_str()).or_default();
+            e.0.push(x.pod);
+            e.1.push(x.pod / x.runqlat);
+        }
+        let meds = |name: &str| by.get(name).map(|(ns, rat)| (median(ns), median(rat)));
+        let b = meds(base);
+        for (name, _) in &c.binaries {
+            let Some((ns, rat)) = meds(name) else {
+                continue;
+            };
+            let vs = b.map_or_else(
+                || "no baseline rounds".to_owned(),
+                |(bns, brat)| {
+                    format!(
+                        "{:+.1}%, {:+.1}%",
+                        100.0 * (ns / bns - 1.0),
+                        100.0 * (rat / brat - 1.0)
+                    )
+                },
+            );
+            writeln!(
+                r,
+                "| `{name}` | {} | {ns:.0} | {rat:.3} | {vs} |",
+                by[name.as_str()].0.len()
+            )?;
+        }
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binaries_are_name_equals_path() {
+        assert_eq!(
+            parse_binary("base=/tmp/podstat"),
+            Ok(("base".to_owned(), PathBuf::from("/tmp/podstat")))
+        );
+        for bad in ["base", "=/tmp/x", "base=", ""] {
+            assert!(parse_binary(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn the_report_compares_within_each_cluster() {
+        let row = |round, name: &str, pod, runqlat| Row {
+            round,
+            name: name.to_owned(),
+            pod,
+            runqlat,
+            floor: 50.0,
+            host: 100.0,
+        };
+        let c = Config {
+            binaries: vec![
+                ("old".to_owned(), PathBuf::from("/a")),
+                ("new".to_owned(), PathBuf::from("/b")),
+            ],
+            rounds: 2,
+            storm_secs: 5,
+            split_ns: 600.0,
+        };
+        let rows = [
+            row(0, "old", 180.0, 590.0),
+            row(0, "new", 198.0, 590.0),
+            row(1, "old", 260.0, 640.0),
+            row(1, "new", 273.0, 640.0),
+        ];
+        let r = render(&c, &rows).expect("render");
+        assert!(
+            r.contains("| `new` | 1 | 198 | 0.336 | +10.0%, +10.0% |"),
+            "{r}"
+        );
+        assert!(
+            r.contains("| `new` | 1 | 273 | 0.427 | +5.0%, +5.0% |"),
+            "{r}"
+        );
+    }
+}
