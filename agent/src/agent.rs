@@ -46,6 +46,8 @@ pub struct Config {
 pub enum StartError {
     #[error("starting the identity refresh thread")]
     Refresher(#[source] std::io::Error),
+    #[error("starting the steering duty-cycle thread")]
+    Duty(#[source] std::io::Error),
 }
 
 /// The running agent: the registry to serve, and the pieces behind it. Dropping it stops
@@ -59,12 +61,17 @@ pub struct Running {
     pub privilege: privilege::Outcome,
     stop: Arc<AtomicBool>,
     refresher: Option<JoinHandle<()>>,
+    /// The steering reader program's duty cycle (`probe::duty`).
+    duty: Option<JoinHandle<()>>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.refresher.take() {
+        for t in [self.refresher.take(), self.duty.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = t.join();
         }
     }
@@ -127,6 +134,13 @@ impl Agent {
                 }
             }
         }
+        let duty = match config.probes {
+            Some(wanted) => {
+                crate::probe::duty::spawn(Arc::clone(&probes), wanted.net_duty, Arc::clone(&stop))
+                    .map_err(StartError::Duty)?
+            }
+            None => None,
+        };
         let ctx = collector::Context {
             paths: &config.paths,
             cgroup: &config.cgroup,
@@ -148,6 +162,7 @@ impl Agent {
             privilege,
             stop,
             refresher,
+            duty,
         })
     }
 }

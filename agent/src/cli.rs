@@ -358,6 +358,12 @@ pub struct ProbeArgs {
     /// times; a power of two, 1 examines every read. Ignored with --probe.net.per-packet.
     #[arg(long = "probe.net.sample-every", value_name = "N", default_value_t = podstat_common::net::DEFAULT_SAMPLE_EVERY, value_parser = parse_sample_every)]
     pub net_sample_every: u32,
+    /// Read-time steering design: keep the read program attached for ON out of every EVERY
+    /// (ON/EVERY, e.g. 500ms/4s; EVERY a whole multiple of ON, at most 64 times) and detach it
+    /// in between, when reads cost nothing at all; the locality counts are scaled by EVERY/ON.
+    /// `always` keeps it attached. Ignored with --probe.net.per-packet.
+    #[arg(long = "probe.net.duty-cycle", value_name = "ON/EVERY", default_value = crate::probe::duty::DEFAULT_DUTY_CYCLE)]
+    pub net_duty_cycle: crate::probe::duty::DutyCycle,
 }
 
 /// Why a `--probe.net.sample-every` value was refused.
@@ -384,6 +390,7 @@ impl ProbeArgs {
             net_legacy_hooks: self.net_legacy_hooks,
             net_per_packet: self.net_per_packet,
             net_sample_every: self.net_sample_every,
+            net_duty: self.net_duty_cycle,
             max_cgroups: self.max_cgroups,
             max_waiting: self.max_waiting,
             max_preempt_pairs: self.max_preempt_pairs,
@@ -548,9 +555,20 @@ mod tests {
         let w = wanted(&[]);
         assert!(!w.net_per_packet);
         assert_eq!(w.net_sample_every, 16);
+        assert_eq!(w.net_duty.to_string(), "500ms/4s");
         let w = wanted(&["--probe.net.per-packet", "--probe.net.sample-every", "1"]);
         assert!(w.net_per_packet);
         assert_eq!(w.net_sample_every, 1);
+        let w = wanted(&["--probe.net.duty-cycle", "always"]);
+        assert!(!w.net_duty.cycles());
+        let w = wanted(&["--probe.net.duty-cycle", "100ms/800ms"]);
+        assert_eq!(w.net_duty.scale(), 8);
+        for bad in ["500ms/1.2s", "4s", "5ms/10ms"] {
+            assert!(
+                parse_from(["podstat", "agent", "--probe.net.duty-cycle", bad]).is_err(),
+                "--probe.net.duty-cycle {bad} accepted"
+            );
+        }
         for bad in ["0", "3", "131072", "x"] {
             assert!(
                 parse_from(["podstat", "agent", "--probe.net.sample-every", bad]).is_err(),

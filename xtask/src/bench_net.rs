@@ -75,10 +75,14 @@ pub fn all(start: Instant, c: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-const ARMS: [(&str, &str); 4] = [
+const ARMS: [(&str, &str); 5] = [
     ("none", "no programs"),
     ("floor", "empty `sock_recv_length` program"),
-    ("read", "agent, read-time steering (default)"),
+    ("read", "agent, read-time steering (default, duty-cycled)"),
+    (
+        "read_always",
+        "agent, read-time steering, `--probe.net.duty-cycle always`",
+    ),
     ("per_packet", "agent, `--probe.net.per-packet`"),
 ];
 const WORKLOADS: [(&str, &str); 2] = [
@@ -126,6 +130,24 @@ fn costs(runs: &[NetRun], workload: &str, arm: &str) -> (BTreeMap<String, (u64, 
     (progs, rx, delivered)
 }
 
+/// The duty-cycled read program against the always-attached one and the floor, per received
+/// packet.
+fn duty_summary(r: &mut String, totals: &BTreeMap<&str, f64>) -> std::fmt::Result {
+    if let (Some(read), Some(always), Some(floor)) = (
+        totals.get("read"),
+        totals.get("read_always"),
+        totals.get("floor"),
+    ) {
+        writeln!(
+            r,
+            "\nduty cycle: {:.3} of the always-attached read program's {always:.1} ns, {:.3} of the empty program's {floor:.1} ns (the floor of any program on the read path), in the same run.",
+            read / always.max(0.001),
+            read / floor.max(0.001)
+        )?;
+    }
+    Ok(())
+}
+
 #[expect(clippy::cast_precision_loss, reason = "counts far below 2^53")]
 fn render(c: &Config, net: &NetResult) -> anyhow::Result<String> {
     let mut r = String::new();
@@ -161,7 +183,7 @@ fn render(c: &Config, net: &NetResult) -> anyhow::Result<String> {
                 _ => String::new(),
             };
             let ratio = med / base_med;
-            let verdict = if matches!(arm, "read" | "per_packet") {
+            let verdict = if matches!(arm, "read" | "read_always" | "per_packet") {
                 if ratio >= TARGET {
                     " (target ≥ 99%: met)"
                 } else {
@@ -217,6 +239,7 @@ fn render(c: &Config, net: &NetResult) -> anyhow::Result<String> {
                 old / read.max(0.001)
             )?;
         }
+        duty_summary(&mut r, &totals)?;
     }
     Ok(r)
 }

@@ -13,7 +13,7 @@ use std::{
 use aya::{
     Btf, Ebpf,
     maps::{HashMap, Map, MapData, MapError, PerCpuArray},
-    programs::{BtfTracePoint, FEntry, FExit, KProbe},
+    programs::{BtfTracePoint, FEntry, FExit, KProbe, tp_btf::BtfTracePointLinkId},
 };
 use podstat_common::kernel::{KNOWN_MAP, Known, MAP_FULL_MAP, MAP_NAMES, Offsets};
 
@@ -104,6 +104,16 @@ pub fn attach_tp_btf(
     tracepoint: &str,
     btf: &Btf,
 ) -> Result<(), ProbeError> {
+    attach_tp_btf_link(ebpf, prog, tracepoint, btf).map(drop)
+}
+
+/// As [`attach_tp_btf`], returning the link's id (to detach it again: the duty cycle).
+pub fn attach_tp_btf_link(
+    ebpf: &mut Ebpf,
+    prog: &'static str,
+    tracepoint: &str,
+    btf: &Btf,
+) -> Result<BtfTracePointLinkId, ProbeError> {
     let p: &mut BtfTracePoint = ebpf
         .program_mut(prog)
         .ok_or(ProbeError::MissingProgram(prog))?
@@ -119,8 +129,7 @@ pub fn attach_tp_btf(
         how: "tp_btf",
         point: tracepoint.to_owned(),
         source,
-    })?;
-    Ok(())
+    })
 }
 
 /// Which side of a kernel function a program runs on.

@@ -9,13 +9,13 @@ use prometheus_client::{
     metrics::{counter::ConstCounter, gauge::ConstGauge},
 };
 
-use super::{Probes, Status};
+use super::{ProbeId, Probes, Status};
 use crate::metric::Family;
 
 /// `podstat_probe_attached`.
 pub const PROBE_ATTACHED: Family = crate::gauge!(
     "podstat_probe_attached",
-    "1 if the eBPF probe is loaded and attached, 0 if it failed (the log and `podstat check` say why); `via` is how it attached (for sched_switch, `tp_btf (sched_info)` when run-queue latency comes from the kernel's sched_info).",
+    "1 if the eBPF probe is loaded and attached, 0 if it failed (the log and `podstat check` say why), or for net_reader if the duty cycle's last re-attach failed; `via` is how it attached (for sched_switch, `tp_btf (sched_info)` when run-queue latency comes from the kernel's sched_info).",
 );
 /// `podstat_bpf_map_full_total`.
 pub const BPF_MAP_FULL: Family = crate::counter!(
@@ -55,6 +55,10 @@ pub fn encode(probes: &Probes, enc: &mut DescriptorEncoder) -> Result<(), fmt::E
         .status()
         .iter()
         .filter_map(|(probe, status)| match status {
+            // The duty cycle could not re-attach the steering reader: detached for now.
+            Status::Attached(how) if *probe == ProbeId::NetReader && probes.reader_lost() => {
+                Some((probe.name(), 0, *how))
+            }
             Status::Attached(how) => Some((probe.name(), 1, *how)),
             Status::Failed(_) => Some((probe.name(), 0, "")),
             // Nothing on the host for it to watch (no aRFS driver, as on most NICs) is no

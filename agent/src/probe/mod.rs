@@ -12,6 +12,7 @@
 //! reach the programs as read-only globals.
 
 pub mod btf;
+pub mod duty;
 mod error;
 pub mod kernel;
 pub mod metrics;
@@ -19,7 +20,16 @@ pub mod net;
 pub mod sched;
 pub mod throttle;
 
-use std::{any::Any, collections::HashSet, fmt, path::Path, sync::Arc};
+use std::{
+    any::Any,
+    collections::HashSet,
+    fmt,
+    path::Path,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use aya::{Btf, Ebpf, EbpfLoader};
 use podstat_common::{
@@ -138,6 +148,8 @@ pub struct Wanted {
     pub net_per_packet: bool,
     /// Read-time design: 1 read in this many is examined (a power of two; 1: every read).
     pub net_sample_every: u32,
+    /// Read-time design: when the reader program is attached (`--probe.net.duty-cycle`).
+    pub net_duty: duty::DutyCycle,
     /// Pod and container cgroups tracked at once (sizes KNOWN and the per-cgroup stats maps).
     pub max_cgroups: u32,
     /// Tasks waiting for a CPU at once (sizes WAIT_START).
@@ -167,6 +179,7 @@ impl Default for Wanted {
             net_legacy_hooks: false,
             net_per_packet: false,
             net_sample_every: podstat_common::net::DEFAULT_SAMPLE_EVERY,
+            net_duty: duty::DutyCycle::default(),
             max_cgroups: DEFAULT_MAX_CGROUPS,
             max_waiting: DEFAULT_MAX_WAITING,
             max_preempt_pairs: DEFAULT_MAX_PREEMPT_PAIRS,
@@ -275,8 +288,12 @@ pub struct Probes {
     units: Vec<Box<dyn Probe>>,
     shared: Option<Shared>,
     offsets: Option<Offsets>,
-    /// Keeps programs and links alive; dropping it detaches everything.
-    keep_alive: Option<Ebpf>,
+    /// Keeps programs and links alive; dropping it detaches everything. Locked by the duty
+    /// cycle, which detaches and re-attaches the steering reader program.
+    keep_alive: Mutex<Option<Ebpf>>,
+    /// The duty cycle failed to re-attach the steering reader program: it is detached until a
+    /// later window's attach works (`podstat_probe_attached` 0 for `net_reader` meanwhile).
+    reader_lost: AtomicBool,
 }
 
 impl fmt::Debug for Probes {
@@ -297,7 +314,8 @@ impl Probes {
             units,
             shared: None,
             offsets: None,
-            keep_alive: None,
+            keep_alive: Mutex::new(None),
+            reader_lost: AtomicBool::new(false),
         }
     }
 
@@ -319,7 +337,7 @@ impl Probes {
             tracing::warn!(probes = ?requested, reason = %crate::util::chain(why.as_ref()), "probes not attached");
             probes.report.fail(&requested, &why);
             probes.shared = None;
-            probes.keep_alive = None;
+            probes.keep_alive = Mutex::new(None);
         }
         probes
     }
@@ -378,7 +396,7 @@ impl Probes {
                 self.report.fail(unit.ids(), &Arc::new(why));
             }
         }
-        self.keep_alive = Some(ebpf);
+        self.keep_alive = Mutex::new(Some(ebpf));
         Ok(())
     }
 
@@ -390,6 +408,43 @@ impl Probes {
     /// Whether `probe` is attached.
     pub fn attached(&self, probe: ProbeId) -> bool {
         self.report.attached(probe)
+    }
+
+    /// Whether the duty cycle's last attach of the steering reader program failed: it is
+    /// detached until a later window's attach works (`podstat_probe_attached` says 0).
+    pub fn reader_lost(&self) -> bool {
+        self.reader_lost.load(Ordering::Relaxed)
+    }
+
+    /// Whether the steering reader program can be switched by the duty cycle: loaded in the
+    /// read-time design and attached.
+    pub fn net_reader_switchable(&self) -> bool {
+        self.unit::<net::NetProbe>()
+            .is_some_and(|n| n.design() == net::Design::ReadTime && n.reader().is_some())
+    }
+
+    /// Attaches (`on`) or detaches the steering reader program (the duty cycle). A failure to
+    /// attach marks the program lost ([`Self::reader_lost`]) until an attach works again.
+    pub fn set_net_reader(&self, on: bool) -> Result<(), ProbeError> {
+        let Some(net) = self.unit::<net::NetProbe>() else {
+            return Ok(());
+        };
+        let mut reader = net.reader();
+        let Some(link) = reader.as_mut() else {
+            return Ok(());
+        };
+        let mut ebpf = self
+            .keep_alive
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(ebpf) = ebpf.as_mut() else {
+            return Ok(());
+        };
+        let r = link.set(ebpf, on);
+        if on {
+            self.reader_lost.store(r.is_err(), Ordering::Relaxed);
+        }
+        r
     }
 
     /// The offsets resolved from this kernel's BTF, if any.

@@ -18,6 +18,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap},
+    programs::{BtfTracePoint, tp_btf::BtfTracePointLinkId},
 };
 use podstat_common::{
     kernel::Offsets,
@@ -27,7 +28,8 @@ use podstat_common::{
 use super::{
     Absence, AttachEnv, Attempts, Probe, ProbeError, ProbeId, Report, Status, Wanted,
     btf::{BtfError, KernelBtf},
-    kernel::{self, Shared, attach_tp_btf, per_cpu_sum},
+    duty::DutyCycle,
+    kernel::{self, Shared, attach_tp_btf, attach_tp_btf_link, per_cpu_sum},
 };
 use crate::{identity::Diff, netdev::topology::Topology};
 
@@ -74,7 +76,11 @@ pub struct NetProbe {
     offsets: Option<Result<NetOffsets, Arc<ProbeError>>>,
     sampling: NetSampling,
     design: Design,
+    /// Read-time design: when the reader program is attached ([`DutyCycle`]).
+    duty: DutyCycle,
     maps: Option<Mutex<NetMaps>>,
+    /// Read-time design: the reader program that attached, for the duty cycle.
+    reader: Mutex<Option<ReaderLink>>,
 }
 
 impl std::fmt::Debug for NetProbe {
@@ -94,6 +100,22 @@ impl NetProbe {
     /// The steering design this probe loaded.
     pub fn design(&self) -> Design {
         self.design
+    }
+
+    /// What the read-time design's locality counts are multiplied by on export: the duty
+    /// cycle's `every / on` (the in-program sampling weight is already in them); 1 per packet.
+    pub fn locality_scale(&self) -> u64 {
+        if self.design == Design::ReadTime {
+            self.duty.scale()
+        } else {
+            1
+        }
+    }
+
+    /// The reader program's link, for the duty cycle (`None` when it did not attach, or in the
+    /// per-packet design).
+    pub fn reader(&self) -> MutexGuard<'_, Option<ReaderLink>> {
+        self.reader.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The maps, locked, if they were taken.
@@ -142,26 +164,72 @@ pub fn own_netns_inum() -> u32 {
         .unwrap_or(0)
 }
 
-/// The first hook of `chain` that attaches: (program, tracepoint, how it is described).
+/// The first hook of `chain` that attaches: (program, tracepoint, how it is described). With
+/// it, the program that attached and its link (the duty cycle detaches and re-attaches it).
 fn first_of(
     ebpf: &mut Ebpf,
     env: &AttachEnv<'_>,
     chain: &[(&'static str, &'static str, &'static str)],
-) -> Status {
+) -> (Status, Option<ReaderLink>) {
     let mut why = Attempts::default();
     for (i, (prog, tp, how)) in chain.iter().enumerate() {
         // The first hook of each chain is the 6.3+ one that --probe.net.legacy-hooks skips.
         let r = if i == 0 && env.wanted.net_legacy_hooks {
             Err(ProbeError::NotUsed { point: tp })
         } else {
-            attach_tp_btf(ebpf, prog, tp, env.btf)
+            attach_tp_btf_link(ebpf, prog, tp, env.btf)
         };
         match r {
-            Ok(()) => return Status::Attached(how),
+            Ok(link) => {
+                return (
+                    Status::Attached(how),
+                    Some(ReaderLink {
+                        prog,
+                        link: Some(link),
+                    }),
+                );
+            }
             Err(e) => why.0.push(e),
         }
     }
-    Status::Failed(Arc::new(ProbeError::AllFailed(why)))
+    (Status::Failed(Arc::new(ProbeError::AllFailed(why))), None)
+}
+
+/// The read-time program and its link while attached (`None`: detached by the duty cycle).
+#[derive(Debug)]
+pub struct ReaderLink {
+    pub prog: &'static str,
+    pub link: Option<BtfTracePointLinkId>,
+}
+
+impl ReaderLink {
+    /// Attaches (`on`) or detaches the program; nothing when it already is.
+    pub fn set(&mut self, ebpf: &mut Ebpf, on: bool) -> Result<(), ProbeError> {
+        let prog = self.prog;
+        let p: &mut BtfTracePoint = ebpf
+            .program_mut(prog)
+            .ok_or(ProbeError::MissingProgram(prog))?
+            .try_into()
+            .map_err(|source| ProbeError::ProgramType { prog, source })?;
+        match (on, self.link.take()) {
+            (true, None) => {
+                self.link = Some(p.attach().map_err(|source| ProbeError::Attach {
+                    how: "tp_btf",
+                    point: prog.to_owned(),
+                    source,
+                })?);
+            }
+            (false, Some(id)) => {
+                p.detach(id).map_err(|source| ProbeError::Attach {
+                    how: "tp_btf (detach)",
+                    point: prog.to_owned(),
+                    source,
+                })?;
+            }
+            (_, same) => self.link = same,
+        }
+        Ok(())
+    }
 }
 
 fn fill_topology(ebpf: &mut Ebpf, sysfs: &Path) -> Result<(), ProbeError> {
@@ -230,18 +298,25 @@ impl NetProbe {
             let why = Arc::new(ProbeError::Topology(Box::new(why)));
             report.fail(&[ProbeId::NetReader], &why);
         } else {
-            let (all, tcp) = if self.sampling.weight == 1 {
-                (
+            let (all, tcp) = match (self.sampling.weight == 1, self.duty.cycles()) {
+                (true, false) => (
                     "tp_btf/sock_recv_length (read time: sk_incoming_cpu, every read)",
                     "tp_btf/tcp_rcv_space_adjust (read time: sk_incoming_cpu, every read; TCP only)",
-                )
-            } else {
-                (
+                ),
+                (false, false) => (
                     "tp_btf/sock_recv_length (read time: sk_incoming_cpu, sampled reads)",
                     "tp_btf/tcp_rcv_space_adjust (read time: sk_incoming_cpu, sampled reads; TCP only)",
-                )
+                ),
+                (true, true) => (
+                    "tp_btf/sock_recv_length (read time: sk_incoming_cpu, every read, duty-cycled)",
+                    "tp_btf/tcp_rcv_space_adjust (read time: sk_incoming_cpu, every read, duty-cycled; TCP only)",
+                ),
+                (false, true) => (
+                    "tp_btf/sock_recv_length (read time: sk_incoming_cpu, sampled reads, duty-cycled)",
+                    "tp_btf/tcp_rcv_space_adjust (read time: sk_incoming_cpu, sampled reads, duty-cycled; TCP only)",
+                ),
             };
-            let reader = first_of(
+            let (reader, link) = first_of(
                 ebpf,
                 env,
                 &[
@@ -250,6 +325,7 @@ impl NetProbe {
                 ],
             );
             report.record(ProbeId::NetReader, reader);
+            *self.reader.lock().unwrap_or_else(PoisonError::into_inner) = link;
         }
         report.record(ProbeId::NetSoftirq, Status::NotNeeded(SOFTIRQ_NOT_NEEDED));
         report.record(ProbeId::NetRxQueue, Status::NotNeeded(RXQ_NOT_NEEDED));
@@ -271,6 +347,7 @@ impl Probe for NetProbe {
         } else {
             Design::ReadTime
         };
+        self.duty = wanted.net_duty;
         let every = wanted.net_sample_every.max(1).next_power_of_two();
         self.sampling = NetSampling {
             mask: every - 1,
@@ -306,7 +383,7 @@ impl Probe for NetProbe {
             report.fail(&[ProbeId::NetReader, ProbeId::NetSoftirq], &why);
         } else {
             // Reader side: sock_recv_length (6.3+, any protocol), else tcp_rcv_space_adjust.
-            let reader = first_of(
+            let (reader, _) = first_of(
                 ebpf,
                 env,
                 &[
@@ -324,7 +401,7 @@ impl Probe for NetProbe {
             );
             report.record(ProbeId::NetReader, reader);
             // Softirq side: sk_data_ready (6.3+, TCP and UDP), else tcp_probe.
-            let softirq = first_of(
+            let (softirq, _) = first_of(
                 ebpf,
                 env,
                 &[

@@ -7,11 +7,12 @@
 //! veth pair with RPS and RFS on the receiver; an iperf3 server in a kubelet-style pod cgroup in
 //! the receiver. Two workloads from the sender: 64-byte UDP datagrams at full speed (`-u -l 64
 //! -b 0`: request-sized packets, the receiver the bottleneck) and 1400-byte TCP segments (`-l
-//! 1400 -M 1400`, TSO/GSO off on the sender's veth so every segment is one packet). Four arms,
+//! 1400 -M 1400`, TSO/GSO off on the sender's veth so every segment is one packet). Five arms,
 //! interleaved in every round (the order rotates from round to round): no programs; the floor
 //! (an empty `sock_recv_length` program, `podstat-test-floor`); the agent with the default
-//! read-time steering design; the agent with `--probe.net.per-packet` (the old design). Both
-//! agents run only the `net` collector. Throughput runs have `kernel.bpf_stats_enabled` off;
+//! read-time steering design (duty-cycled); the same with `--probe.net.duty-cycle always`; the
+//! agent with `--probe.net.per-packet` (the old design). The agents run only the `net`
+//! collector. Throughput runs have `kernel.bpf_stats_enabled` off;
 //! each arm with programs then does one cost run per workload with it on, from which the run
 //! time and events of each of its programs come (by the process holding them).
 //!
@@ -39,7 +40,7 @@ use podstat_tests::{
 const HIERARCHIES: [&str; 2] = ["/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpuacct"];
 const SUBNET: &str = "10.211.9";
 const WORKLOADS: [&str; 2] = ["udp64", "tcp1400"];
-const ARMS: [&str; 4] = ["none", "floor", "read", "per_packet"];
+const ARMS: [&str; 5] = ["none", "floor", "read", "read_always", "per_packet"];
 
 struct Config {
     secs: u64,
@@ -192,6 +193,11 @@ fn arm(
         "none" => None,
         "floor" => Some(start_floor(&c.out_dir, "floor-recv", "sock_recv_length")?),
         "read" => Some(start_agent(c, "agent-net-read", &[])?),
+        "read_always" => Some(start_agent(
+            c,
+            "agent-net-read-always",
+            &["--probe.net.duty-cycle", "always"],
+        )?),
         "per_packet" => Some(start_agent(
             c,
             "agent-net-per-packet",

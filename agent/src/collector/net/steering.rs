@@ -23,13 +23,13 @@ use crate::{
 /// `podstat_net_rx_steering_packets_total`.
 pub const NET_RX_STEERING_PACKETS: Family = crate::counter!(
     "podstat_net_rx_steering_packets",
-    "By default (read-time steering) reads, not packets: reads by the container that returned data, 1 in N per CPU examined and counted N times (--probe.net.sample-every, default 16), by where the socket's last packet was processed (sk_incoming_cpu, what SO_INCOMING_CPU returns) relative to the reading CPU: same_cpu, same_llc (another CPU sharing the last-level cache), same_node, remote_node (eBPF sock_recv_length or tcp_rcv_space_adjust; unconnected UDP sockets, which record no incoming CPU, are not counted). With --probe.net.per-packet: packets queued to the container's sockets, by where the softirq that queued them ran relative to the CPU the socket's reader last consumed data on (eBPF sk_data_ready or tcp_probe vs sock_recv_length or tcp_rcv_space_adjust)."
+    "By default (read-time steering) reads, not packets: reads by the container that returned data, 1 in N per CPU examined and counted N times (--probe.net.sample-every, default 16) while the read program is attached, ON out of every EVERY, and scaled by EVERY/ON (--probe.net.duty-cycle, default 500ms/4s: 1/8 of the time, counted 8 times), by where the socket's last packet was processed (sk_incoming_cpu, what SO_INCOMING_CPU returns) relative to the reading CPU: same_cpu, same_llc (another CPU sharing the last-level cache), same_node, remote_node (eBPF sock_recv_length or tcp_rcv_space_adjust; unconnected UDP sockets, which record no incoming CPU, are not counted). With --probe.net.per-packet: packets queued to the container's sockets, by where the softirq that queued them ran relative to the CPU the socket's reader last consumed data on (eBPF sk_data_ready or tcp_probe vs sock_recv_length or tcp_rcv_space_adjust)."
 );
 
 /// `podstat_net_flow_migrations_total`.
 pub const NET_FLOW_MIGRATIONS: Family = crate::counter!(
     "podstat_net_flow_migrations",
-    "Reads by the container on a socket that happened on another CPU than the socket's previous read: the thread movement that makes RFS and aRFS re-steer the flow. By default among the sampled reads only (a sampled read on another CPU than the socket's previous sampled read, not scaled); with --probe.net.per-packet, every read."
+    "Reads by the container on a socket that happened on another CPU than the socket's previous read: the thread movement that makes RFS and aRFS re-steer the flow. By default among the sampled reads only (a sampled read on another CPU than the socket's previous sampled read, also across the duty cycle's gaps; not scaled); with --probe.net.per-packet, every read."
 );
 
 /// `podstat_net_rx_queue_packets_total`.
@@ -133,6 +133,9 @@ pub fn encode(
     let read_time = probes
         .unit::<NetProbe>()
         .is_some_and(|p| p.design() == Design::ReadTime);
+    let scale = probes
+        .unit::<NetProbe>()
+        .map_or(1, NetProbe::locality_scale);
 
     let reader = probes.attached(ProbeId::NetReader);
     // Read time: the reader program alone counts locality; per packet it needs the softirq side.
@@ -140,7 +143,7 @@ pub fn encode(
         let mut m = NET_RX_STEERING_PACKETS.encode(enc)?;
         for (target, s) in &stats {
             for (locality, n) in LOCALITY_NAMES.iter().zip(s.locality) {
-                ConstCounter::new(n)
+                ConstCounter::new(n.saturating_mul(scale))
                     .encode(m.encode_family(&(target.clone(), LocalityLabel { locality }))?)?;
             }
         }
