@@ -132,7 +132,7 @@ enum Task {
     /// The pod path's cost per context switch of two or more podstat binaries in one run (a
     /// change against its base): rounds of the `bench` storm in a pod, once per binary, the
     /// order rotated; ns per sched_switch and the ratio to the same run's runqlat, per round
-    /// and as medians within the storm's two clusters (runqlat below or above --split-ns).
+    /// and as medians within the storm's two clusters of rounds.
     /// Needs root. Writes target/bench/ab.md.
     BenchAb {
         /// A binary to compare, as NAME=PATH; give two or more, the first is the baseline.
@@ -145,9 +145,10 @@ enum Task {
         /// Seconds per storm.
         #[arg(long, default_value_t = 5)]
         storm_secs: u64,
-        /// runqlat's ns per sched_switch that splits the storm's two clusters.
-        #[arg(long, default_value_t = 600.0)]
-        split_ns: f64,
+        /// podstat's ns per sched_switch that splits the storm's two clusters (default: the
+        /// middle of the widest gap between the rounds' figures).
+        #[arg(long)]
+        split_ns: Option<f64>,
     },
     /// Receive-path cost of the steering probes: iperf3 64-byte UDP and 1400-byte TCP over a
     /// veth pair between two network namespaces (RPS/RFS on, server in a pod cgroup), with no
