@@ -41,6 +41,12 @@ fn start_agent_in(net: &NetPair, extra: &[&str]) -> (Proc, SocketAddr) {
 /// `--probe.net.duty-cycle` in these tests.
 const TEST_DUTY_CYCLE: &str = "20ms/160ms";
 
+/// The read-time migration tests examine every read while the program is attached: their
+/// hopping readers get few reads on a loaded host (384 in a CI run of 2026-12-04), and 1 in 16
+/// of the duty cycle's 1/8 left 0 to 3 examined reads, too few to count migrations from. The
+/// default's sampling is what the `SO_INCOMING_CPU` test checks.
+const MIGRATION_SAMPLING: &[&str] = &["--probe.net.sample-every", "1"];
+
 fn value(s: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
     find(s, name, want).iter().map(|x| x.value).sum()
 }
@@ -68,8 +74,8 @@ impl Outcome {
 /// because the sender sends for 2 s and a loaded host delivers fewer packets to the hopping
 /// run (a CI run beside other work: 49 migrations in 1 712 packets, against 0 in 12 928).
 /// `least`: 20 per packet; at read time, where migrations are counted among the examined
-/// reads only (1 in 16, while the duty-cycled program is attached: 1/8 of the time), 4 (a
-/// run of 2026-12-04: 8 migrations among about 19 examined reads of the hopping readers).
+/// reads only (every read while the duty-cycled program is attached, 1/8 of the time, with
+/// [`MIGRATION_SAMPLING`]), 4.
 fn assert_hopping_migrates(pinned: &Outcome, hopping: &Outcome, what: &str) {
     let least = if what.starts_with("read") { 4.0 } else { 20.0 };
     assert!(
@@ -605,7 +611,7 @@ fn read_time_steering_locality_and_flow_migrations_per_pod() {
     let cg = format!("{root}/kubepods/burstable/pod{uid}/{cid}");
     let mut tree = CgroupTree::new(&[&v1.cpu, &v1.cpuacct]);
     tree.mkdir(&cg);
-    let (_agent, addr) = start_agent_in(&net, &[]);
+    let (_agent, addr) = start_agent_in(&net, MIGRATION_SAMPLING);
     thread::sleep(Duration::from_millis(500));
     let labels = [("pod_uid", uid.as_str()), ("container_id", cid.as_str())];
     let pinned = scenario(&net, &tree, &cg, addr, &labels, (1, 1, "pin1"));
@@ -675,7 +681,9 @@ fn read_time_legacy_hook_counts_tcp_steering() {
     let cg = format!("{root}/kubepods/burstable/pod{uid}/{cid}");
     let mut tree = CgroupTree::new(&[&v1.cpu, &v1.cpuacct]);
     tree.mkdir(&cg);
-    let (_agent, addr) = start_agent_in(&net, &["--probe.net.legacy-hooks"]);
+    let mut args = vec!["--probe.net.legacy-hooks"];
+    args.extend_from_slice(MIGRATION_SAMPLING);
+    let (_agent, addr) = start_agent_in(&net, &args);
     thread::sleep(Duration::from_millis(500));
     let labels = [("pod_uid", uid.as_str()), ("container_id", cid.as_str())];
     let pinned = scenario(&net, &tree, &cg, addr, &labels, (1, 1, "pin1"));
