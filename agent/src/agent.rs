@@ -134,13 +134,8 @@ impl Agent {
                 }
             }
         }
-        let duty = match config.probes {
-            Some(wanted) => {
-                crate::probe::duty::spawn(Arc::clone(&probes), wanted.net_duty, Arc::clone(&stop))
-                    .map_err(StartError::Duty)?
-            }
-            None => None,
-        };
+        let duty = crate::probe::duty::spawn(Arc::clone(&probes), Arc::clone(&stop))
+            .map_err(StartError::Duty)?;
         let ctx = collector::Context {
             paths: &config.paths,
             cgroup: &config.cgroup,

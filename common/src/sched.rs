@@ -185,9 +185,7 @@ impl SchedStats {
         wait_by: [0; 3],
         preempted_by: [0; 3],
     };
-}
 
-impl SchedStats {
     /// The run-queue latency histogram with its sum: the waiting time of all three holders.
     /// By construction the exported sum over `by` equals the histogram's sum.
     pub fn runq_with_sum(&self) -> Hist<RUNQ_SLOTS> {

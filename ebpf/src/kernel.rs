@@ -136,26 +136,25 @@ pub fn atomic_add(p: *mut u64, v: u64) {
 /// operations ([`slot_of`]); every histogram of every probe goes through here.
 #[inline(always)]
 pub fn observe<const N: usize>(hist: *mut Hist<N>, l: &Layout, units: u64, value: u64) {
-    let slot = slot_of(units, l);
-    if slot < N {
-        // SAFETY: slot is bounds-checked; hist points into a map value; N - 1 is the sum slot.
-        unsafe {
-            atomic_add(core::ptr::addr_of_mut!((*hist)[slot]), 1);
-            atomic_add(core::ptr::addr_of_mut!((*hist)[N - 1]), value);
-        }
+    if count(hist, l, units) {
+        // SAFETY: hist points into a map value; N - 1 is the sum slot.
+        unsafe { atomic_add(core::ptr::addr_of_mut!((*hist)[N - 1]), value) };
     }
 }
 
-/// Counts `units` in its bucket of `hist` and leaves the sum slot alone: for a histogram whose
-/// sum another counter already holds (the run-queue latency's is the sum of `wait_by`), one
-/// atomic add per event instead of two.
+/// Counts `units` in its bucket of `hist` and leaves the sum slot alone (whether it was
+/// counted): [`observe`]'s first half, and on its own for a histogram whose sum another counter
+/// already holds (the run-queue latency's is the sum of `wait_by`), one atomic add per event
+/// instead of two.
 #[inline(always)]
-pub fn count<const N: usize>(hist: *mut Hist<N>, l: &Layout, units: u64) {
+pub fn count<const N: usize>(hist: *mut Hist<N>, l: &Layout, units: u64) -> bool {
     let slot = slot_of(units, l);
-    if slot < N {
-        // SAFETY: slot is bounds-checked; hist points into a map value.
-        unsafe { atomic_add(core::ptr::addr_of_mut!((*hist)[slot]), 1) };
+    if slot >= N {
+        return false;
     }
+    // SAFETY: slot is bounds-checked; hist points into a map value.
+    unsafe { atomic_add(core::ptr::addr_of_mut!((*hist)[slot]), 1) };
+    true
 }
 
 /// Looks `key` up in `map`, inserting `zero` first if it is missing. `None` (and a

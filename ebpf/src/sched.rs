@@ -283,7 +283,7 @@ fn account_wait(known: *mut Known, victim_cg: u64, holder: Holder, delta: u64) {
     // SAFETY: known points into a map value.
     let pod = unsafe { (*known).pod_id };
     // SAFETY: as above.
-    count(
+    let _ = count(
         unsafe { core::ptr::addr_of_mut!((*known).sched.runq) },
         &RUNQ_LAYOUT,
         ns_to_units(delta),

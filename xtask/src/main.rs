@@ -292,13 +292,11 @@ fn main() -> anyhow::Result<()> {
             flood_baseline,
             churn,
         } => {
-            setup::toolchain(start)?;
-            setup::debian_packages(start, setup::BENCH_PACKAGES)?;
-            step(
+            prepare_bench(
                 start,
                 "building podstat, the bench scenario and the floor program's loader (release)",
-            );
-            build_scenarios(&["podstat-test-bench", "podstat-test-floor"])?;
+                &["podstat-test-bench", "podstat-test-floor"],
+            )?;
             bench::all(
                 start,
                 &bench::Config {
@@ -320,13 +318,11 @@ fn main() -> anyhow::Result<()> {
             storm_secs,
             split_ns,
         } => {
-            setup::toolchain(start)?;
-            setup::debian_packages(start, setup::BENCH_PACKAGES)?;
-            step(
+            prepare_bench(
                 start,
                 "building the bench scenario and the floor program's loader (release)",
-            );
-            build_scenarios(&["podstat-test-bench", "podstat-test-floor"])?;
+                &["podstat-test-bench", "podstat-test-floor"],
+            )?;
             bench_ab::run(
                 start,
                 &bench_ab::Config {
@@ -342,13 +338,11 @@ fn main() -> anyhow::Result<()> {
             rounds,
             sample_every,
         } => {
-            setup::toolchain(start)?;
-            setup::debian_packages(start, setup::BENCH_PACKAGES)?;
-            step(
+            prepare_bench(
                 start,
                 "building podstat and the bench-net scenario (release)",
-            );
-            build_scenarios(&["podstat-test-bench-net", "podstat-test-floor"])?;
+                &["podstat-test-bench-net", "podstat-test-floor"],
+            )?;
             bench_net::all(
                 start,
                 &bench_net::Config {
@@ -361,6 +355,15 @@ fn main() -> anyhow::Result<()> {
     }
     eprintln!("\n==> done in {:.0}s", start.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// What every benchmark task does first: the toolchain, the Debian packages the benchmarks
+/// use, and a release build of podstat and the scenario binaries `bins` (`what` says which).
+fn prepare_bench(start: Instant, what: &str, bins: &[&str]) -> anyhow::Result<()> {
+    setup::toolchain(start)?;
+    setup::debian_packages(start, setup::BENCH_PACKAGES)?;
+    step(start, what);
+    build_scenarios(bins)
 }
 
 /// Builds podstat and the scenario binaries `bins` of the tests crate, in release.

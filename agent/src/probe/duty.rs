@@ -136,17 +136,17 @@ pub fn phase(d: DutyCycle, start: Instant, now: Instant) -> (bool, Instant) {
     (attached, start + Duration::from_nanos(next))
 }
 
-/// Starts the thread that detaches and re-attaches the read-time program on `d`'s schedule,
-/// if the probes loaded it and `d` cycles; it stops when `stop` is set. Must start after the
-/// capabilities are dropped, like every other thread (it needs none).
+/// Starts the thread that detaches and re-attaches the read-time program on its duty cycle,
+/// if the probes loaded it and the cycle detaches ([`Probes::net_duty`]); it stops when `stop`
+/// is set. Must start after the capabilities are dropped, like every other thread (it needs
+/// none).
 pub fn spawn(
     probes: Arc<Probes>,
-    d: DutyCycle,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<Option<JoinHandle<()>>> {
-    if !d.cycles() || !probes.net_reader_switchable() {
+    let Some(d) = probes.net_duty() else {
         return Ok(None);
-    }
+    };
     tracing::info!(duty_cycle = %d, scale = d.scale(), "steering read program duty-cycled");
     std::thread::Builder::new()
         .name("net-duty".into())

@@ -107,6 +107,17 @@ pub fn attach_tp_btf(
     attach_tp_btf_link(ebpf, prog, tracepoint, btf).map(drop)
 }
 
+/// Program `prog` of the object, as a BTF tracepoint program.
+pub fn tp_btf_program<'a>(
+    ebpf: &'a mut Ebpf,
+    prog: &'static str,
+) -> Result<&'a mut BtfTracePoint, ProbeError> {
+    ebpf.program_mut(prog)
+        .ok_or(ProbeError::MissingProgram(prog))?
+        .try_into()
+        .map_err(|source| ProbeError::ProgramType { prog, source })
+}
+
 /// As [`attach_tp_btf`], returning the link's id (to detach it again: the duty cycle).
 pub fn attach_tp_btf_link(
     ebpf: &mut Ebpf,
@@ -114,11 +125,7 @@ pub fn attach_tp_btf_link(
     tracepoint: &str,
     btf: &Btf,
 ) -> Result<BtfTracePointLinkId, ProbeError> {
-    let p: &mut BtfTracePoint = ebpf
-        .program_mut(prog)
-        .ok_or(ProbeError::MissingProgram(prog))?
-        .try_into()
-        .map_err(|source| ProbeError::ProgramType { prog, source })?;
+    let p = tp_btf_program(ebpf, prog)?;
     p.load(tracepoint, btf)
         .map_err(|source| ProbeError::LoadProgram {
             how: "tp_btf",

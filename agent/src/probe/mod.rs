@@ -416,11 +416,13 @@ impl Probes {
         self.reader_lost.load(Ordering::Relaxed)
     }
 
-    /// Whether the steering reader program can be switched by the duty cycle: loaded in the
-    /// read-time design and attached.
-    pub fn net_reader_switchable(&self) -> bool {
+    /// The steering reader program's duty cycle, if it has one to run: the read-time design's
+    /// reader program attached (only that design keeps its link) and a cycle that detaches.
+    pub fn net_duty(&self) -> Option<duty::DutyCycle> {
         self.unit::<net::NetProbe>()
-            .is_some_and(|n| n.design() == net::Design::ReadTime && n.reader().is_some())
+            .filter(|n| n.reader().is_some())
+            .map(net::NetProbe::duty)
+            .filter(duty::DutyCycle::cycles)
     }
 
     /// Attaches (`on`) or detaches the steering reader program (the duty cycle). A failure to

@@ -18,7 +18,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap},
-    programs::{BtfTracePoint, tp_btf::BtfTracePointLinkId},
+    programs::tp_btf::BtfTracePointLinkId,
 };
 use podstat_common::{
     kernel::Offsets,
@@ -100,6 +100,11 @@ impl NetProbe {
     /// The steering design this probe loaded.
     pub fn design(&self) -> Design {
         self.design
+    }
+
+    /// When the reader program is attached (`--probe.net.duty-cycle`).
+    pub fn duty(&self) -> DutyCycle {
+        self.duty
     }
 
     /// What the read-time design's locality counts are multiplied by on export: the duty
@@ -206,11 +211,7 @@ impl ReaderLink {
     /// Attaches (`on`) or detaches the program; nothing when it already is.
     pub fn set(&mut self, ebpf: &mut Ebpf, on: bool) -> Result<(), ProbeError> {
         let prog = self.prog;
-        let p: &mut BtfTracePoint = ebpf
-            .program_mut(prog)
-            .ok_or(ProbeError::MissingProgram(prog))?
-            .try_into()
-            .map_err(|source| ProbeError::ProgramType { prog, source })?;
+        let p = kernel::tp_btf_program(ebpf, prog)?;
         match (on, self.link.take()) {
             (true, None) => {
                 self.link = Some(p.attach().map_err(|source| ProbeError::Attach {
