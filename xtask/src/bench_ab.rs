@@ -51,12 +51,24 @@ struct Row {
     host: f64,
 }
 
+/// A `--binary` value that is not `NAME=PATH`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NotNameEqualsPath(String);
+
+impl std::fmt::Display for NotNameEqualsPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?} is not NAME=PATH", self.0)
+    }
+}
+
+impl std::error::Error for NotNameEqualsPath {}
+
 /// `NAME=PATH`, for `--binary`.
-pub fn parse_binary(s: &str) -> Result<(String, PathBuf), String> {
+pub fn parse_binary(s: &str) -> Result<(String, PathBuf), NotNameEqualsPath> {
     let (name, path) = s
         .split_once('=')
         .filter(|(n, p)| !n.is_empty() && !p.is_empty())
-        .ok_or_else(|| format!("{s:?} is not NAME=PATH"))?;
+        .ok_or_else(|| NotNameEqualsPath(s.to_owned()))?;
     Ok((name.to_owned(), PathBuf::from(path)))
 }
 
