@@ -8,7 +8,12 @@
 //! assertions it always had, and the default read-time one, whose locality is also compared with
 //! what the test's own reader gets from the kernel (`SO_INCOMING_CPU`) under two RPS settings.
 
-use std::{collections::BTreeMap, net::SocketAddr, thread, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    thread,
+    time::{Duration, Instant},
+};
 
 use podstat_tests::{
     CgroupTree, NetPair, Proc, Sample, cpus, find, free_port,
@@ -24,7 +29,7 @@ fn net_bin() -> String {
 }
 
 /// The agent in the receiver's namespace with the flags every scenario here uses. The read
-/// program's duty cycle is the default's ratio (attached 1/8 of the time, counts scaled by 8)
+/// program's duty cycle is the default's ratio (attached 1/8 of the time, counted about 8 times)
 /// on a shorter period, so that each 2 s traffic run spans a few windows; a later
 /// `--probe.net.duty-cycle` in `extra` replaces it.
 fn start_agent_in(net: &NetPair, extra: &[&str]) -> (Proc, SocketAddr) {
@@ -52,6 +57,34 @@ const MIGRATION_SAMPLING: &[&str] = &[
     "--probe.net.sample-every",
     "1",
 ];
+
+/// The scrape after a traffic run, once the duty cycle's window open at its end has closed:
+/// duty-cycled, the locality counts are exported as of the last closed window
+/// (`podstat_probe_net_reader_windows_total`). Without that family (per packet, or always
+/// attached) the counters are the kernel maps' and the first scrape is the one.
+fn scrape_after(net: &NetPair, agent: SocketAddr) -> Vec<Sample> {
+    let windows = |s: &[Sample]| {
+        find(s, "podstat_probe_net_reader_windows_total", &[])
+            .first()
+            .map(|x| x.value)
+    };
+    let first = scrape_in(&net.rx, agent).expect("scrape after");
+    let Some(at_end) = windows(&first) else {
+        return first;
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        thread::sleep(Duration::from_millis(50));
+        let s = scrape_in(&net.rx, agent).expect("scrape after");
+        if windows(&s).is_some_and(|n| n > at_end) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the duty cycle closed no window in the 10 s after the traffic (windows: {at_end})"
+        );
+    }
+}
 
 fn value(s: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
     find(s, name, want).iter().map(|x| x.value).sum()
@@ -137,8 +170,7 @@ fn scenario(
         status.is_some(),
         "receiver did not end within 15 s after the sender"
     );
-    // One more refresh interval is not needed: the counters are read from the kernel maps.
-    let after = scrape_in(&net.rx, agent).expect("scrape after");
+    let after = scrape_after(net, agent);
     let d = |name: &str, extra: &[(&str, &str)]| {
         let mut want = labels.to_vec();
         want.extend_from_slice(extra);
@@ -198,7 +230,7 @@ fn udp_scenario(
         receiver.stop(0, Duration::from_secs(15)).is_some(),
         "UDP receiver did not end"
     );
-    let after = scrape_in(&net.rx, agent).expect("scrape after");
+    let after = scrape_after(net, agent);
     let d = |name: &str, extra: &[(&str, &str)]| {
         let mut want = labels.to_vec();
         want.extend_from_slice(extra);
@@ -503,7 +535,7 @@ fn oracle_run(
             oracle[c] += n;
         }
     }
-    let after = scrape_in(&net.rx, agent).expect("scrape after");
+    let after = scrape_after(net, agent);
     let mut got = [0.0; 4];
     for (c, loc) in LOCALITIES.iter().enumerate() {
         let mut want = labels.to_vec();
@@ -559,6 +591,10 @@ fn read_time_locality_agrees_with_so_incoming_cpu_under_two_rps_settings() {
         for proto in ["tcp", "udp"] {
             let (got, want, counted, reads) =
                 oracle_run(&net, &tree, &cg, addr, &labels, (proto, reader, other));
+            eprintln!(
+                "{setting}, {proto}: counted {counted} for {reads} reads (ratio {:.3})",
+                counted / reads.max(1.0)
+            );
             assert!(
                 (0.5..=2.0).contains(&(counted / reads.max(1.0))),
                 "{setting}, {proto}: podstat's scaled count {counted} does not estimate the reader's {reads} reads"
@@ -586,6 +622,18 @@ fn read_time_locality_agrees_with_so_incoming_cpu_under_two_rps_settings() {
             }
         }
     }
+    // The switching thread kept to the schedule it reports: its windows are 20 ms each (the
+    // syscalls and a thread's wake-up on a busy host add a few ms).
+    let s = scrape_in(&net.rx, addr).expect("final scrape");
+    let total = |name: &str| value(&s, name, &[]);
+    let windows = total("podstat_probe_net_reader_windows_total");
+    let attached = total("podstat_probe_net_reader_attached_seconds_total");
+    let per_window = attached / windows.max(1.0);
+    eprintln!("{windows} windows closed, {per_window:.4} s attached in each on average");
+    assert!(
+        windows >= 20.0 && (0.015..=0.06).contains(&per_window),
+        "duty cycle {TEST_DUTY_CYCLE}: {windows} windows, {attached} s attached in all"
+    );
 }
 
 /// The default read-time design with RFS on: a pinned reader, hopping readers and a connected

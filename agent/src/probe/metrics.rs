@@ -1,5 +1,6 @@
 //! The probes' self-metrics, for every probe whichever collectors run:
-//! `podstat_probe_attached{probe, via}` and `podstat_bpf_map_full_total{map}`.
+//! `podstat_probe_attached{probe, via}` and `podstat_bpf_map_full_total{map}`; with the steering
+//! read program duty-cycled, its windows and their attached time.
 
 use std::{fmt, sync::Arc};
 
@@ -9,7 +10,7 @@ use prometheus_client::{
     metrics::{counter::ConstCounter, gauge::ConstGauge},
 };
 
-use super::{ProbeId, Probes, Status};
+use super::{ProbeId, Probes, Status, net::NetProbe};
 use crate::metric::Family;
 
 /// `podstat_probe_attached`.
@@ -23,8 +24,24 @@ pub const BPF_MAP_FULL: Family = crate::counter!(
     "Inserts into an eBPF map that failed because it was full: those events were not measured. Raise --probe.max-cgroups or --probe.max-waiting.",
 );
 
+/// `podstat_probe_net_reader_windows_total`.
+pub const NET_READER_WINDOWS: Family = crate::counter!(
+    "podstat_probe_net_reader_windows",
+    "Windows of the duty-cycled steering read program (--probe.net.duty-cycle) that closed: the steering locality counts are exported as of the last one. About 1 per EVERY; fewer when the switching thread is delayed or attaching fails.",
+);
+/// `podstat_probe_net_reader_attached_seconds_total`.
+pub const NET_READER_ATTACHED: Family = crate::counter!(
+    "podstat_probe_net_reader_attached_seconds",
+    "Time the duty-cycled steering read program was attached in the windows that closed, as the switching thread timed it: its rate is the fraction of the time reads were examined (ON/EVERY, 0.125 by default, on schedule); each window's counts are extrapolated by the time it stands for over its own attached time.",
+);
+
 /// The probes' self-metrics.
-pub const FAMILIES: &[Family] = &[PROBE_ATTACHED, BPF_MAP_FULL];
+pub const FAMILIES: &[Family] = &[
+    PROBE_ATTACHED,
+    BPF_MAP_FULL,
+    NET_READER_WINDOWS,
+    NET_READER_ATTACHED,
+];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProbeLabel {
@@ -47,9 +64,9 @@ impl Collector for ProbeMetrics {
     }
 }
 
-/// Encodes both families: `podstat_probe_attached` for every requested probe that has to
-/// attach, and `podstat_bpf_map_full_total` for every map of every probe (and `known`)
-/// whenever the object loaded.
+/// Encodes `podstat_probe_attached` for every requested probe that has to attach,
+/// `podstat_bpf_map_full_total` for every map of every probe (and `known`) whenever the object
+/// loaded, and the read program's windows when it is duty-cycled.
 pub fn encode(probes: &Probes, enc: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
     let reported: Vec<(&'static str, i64, &'static str)> = probes
         .status()
@@ -78,6 +95,15 @@ pub fn encode(probes: &Probes, enc: &mut DescriptorEncoder) -> Result<(), fmt::E
         for (map, n) in overflows {
             ConstCounter::new(n).encode(m.encode_family(&MapLabel { map })?)?;
         }
+    }
+    let windows = probes
+        .unit::<NetProbe>()
+        .filter(|_| probes.net_duty().is_some())
+        .and_then(NetProbe::extrapolated)
+        .map(|e| e.windows());
+    if let Some((n, attached)) = windows {
+        ConstCounter::new(n).encode(NET_READER_WINDOWS.encode(enc)?)?;
+        ConstCounter::new(attached.as_secs_f64()).encode(NET_READER_ATTACHED.encode(enc)?)?;
     }
     Ok(())
 }

@@ -425,6 +425,13 @@ impl Probes {
             .filter(duty::DutyCycle::cycles)
     }
 
+    /// Closes one of the duty cycle's windows of the steering reader program, just detached.
+    pub fn close_net_window(&self, w: duty::Window) {
+        if let Some(net) = self.unit::<net::NetProbe>() {
+            net.close_window(w);
+        }
+    }
+
     /// Attaches (`on`) or detaches the steering reader program (the duty cycle). A failure to
     /// attach marks the program lost ([`Self::reader_lost`]) until an attach works again.
     pub fn set_net_reader(&self, on: bool) -> Result<(), ProbeError> {

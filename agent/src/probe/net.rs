@@ -28,7 +28,7 @@ use podstat_common::{
 use super::{
     Absence, AttachEnv, Attempts, Probe, ProbeError, ProbeId, Report, Status, Wanted,
     btf::{BtfError, KernelBtf},
-    duty::DutyCycle,
+    duty::{DutyCycle, Extrapolated, Window},
     kernel::{self, Shared, attach_tp_btf, attach_tp_btf_link, per_cpu_sum},
 };
 use crate::{identity::Diff, netdev::topology::Topology};
@@ -81,6 +81,8 @@ pub struct NetProbe {
     maps: Option<Mutex<NetMaps>>,
     /// Read-time design: the reader program that attached, for the duty cycle.
     reader: Mutex<Option<ReaderLink>>,
+    /// Read-time design, duty-cycled: the locality counts as exported.
+    extrapolated: Mutex<Extrapolated>,
 }
 
 impl std::fmt::Debug for NetProbe {
@@ -107,13 +109,32 @@ impl NetProbe {
         self.duty
     }
 
-    /// What the read-time design's locality counts are multiplied by on export: the duty
-    /// cycle's `every / on` (the in-program sampling weight is already in them); 1 per packet.
-    pub fn locality_scale(&self) -> u64 {
-        if self.design == Design::ReadTime {
-            self.duty.scale()
-        } else {
-            1
+    /// The locality counts to export in place of the kernel's, when they are extrapolated
+    /// from the duty cycle's windows: the read-time design with a cycle that detaches. `None`:
+    /// the kernel's counts are the totals (always attached, or per packet).
+    pub fn extrapolated(&self) -> Option<MutexGuard<'_, Extrapolated>> {
+        (self.design == Design::ReadTime && self.duty.cycles()).then(|| {
+            self.extrapolated
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+        })
+    }
+
+    /// Closes one of the duty cycle's windows: the kernel's locality counts now, weighted by
+    /// what the window stands for ([`Extrapolated::close`]).
+    pub fn close_window(&self, w: Window) {
+        let Some(maps) = self.maps() else {
+            return;
+        };
+        let raw: Vec<(u64, [u64; 4])> = maps
+            .stats
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(id, s)| (id, s.locality))
+            .collect();
+        drop(maps);
+        if let Some(mut e) = self.extrapolated() {
+            e.close(raw, w, self.duty);
         }
     }
 

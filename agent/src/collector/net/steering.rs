@@ -23,7 +23,7 @@ use crate::{
 /// `podstat_net_rx_steering_packets_total`.
 pub const NET_RX_STEERING_PACKETS: Family = crate::counter!(
     "podstat_net_rx_steering_packets",
-    "By default (read-time steering) reads, not packets: reads by the container that returned data, 1 in N per CPU examined and counted N times (--probe.net.sample-every, default 16) while the read program is attached, ON out of every EVERY, and scaled by EVERY/ON (--probe.net.duty-cycle, default 500ms/4s: 1/8 of the time, counted 8 times), by where the socket's last packet was processed (sk_incoming_cpu, what SO_INCOMING_CPU returns) relative to the reading CPU: same_cpu, same_llc (another CPU sharing the last-level cache), same_node, remote_node (eBPF sock_recv_length or tcp_rcv_space_adjust; unconnected UDP sockets, which record no incoming CPU, are not counted). With --probe.net.per-packet: packets queued to the container's sockets, by where the softirq that queued them ran relative to the CPU the socket's reader last consumed data on (eBPF sk_data_ready or tcp_probe vs sock_recv_length or tcp_rcv_space_adjust)."
+    "By default (read-time steering) reads, not packets: reads by the container that returned data, 1 in N per CPU examined and counted N times (--probe.net.sample-every, default 16) while the read program is attached, ON out of every EVERY, each window's counts extrapolated over the time it stands for as timed and exported when it closes (--probe.net.duty-cycle, default 500ms/4s: 1/8 of the time, counted about 8 times), by where the socket's last packet was processed (sk_incoming_cpu, what SO_INCOMING_CPU returns) relative to the reading CPU: same_cpu, same_llc (another CPU sharing the last-level cache), same_node, remote_node (eBPF sock_recv_length or tcp_rcv_space_adjust; unconnected UDP sockets, which record no incoming CPU, are not counted). With --probe.net.per-packet: packets queued to the container's sockets, by where the softirq that queued them ran relative to the CPU the socket's reader last consumed data on (eBPF sk_data_ready or tcp_probe vs sock_recv_length or tcp_rcv_space_adjust)."
 );
 
 /// `podstat_net_flow_migrations_total`.
@@ -112,7 +112,18 @@ pub fn encode(
     let Some(maps) = probes.unit::<NetProbe>().and_then(NetProbe::maps) else {
         return Ok(());
     };
-    let stats = join(identity, maps.stats.iter().filter_map(Result::ok));
+    // Duty-cycled, the locality counts are the windows' extrapolated ones, not the kernel's.
+    let extrapolated = probes.unit::<NetProbe>().and_then(NetProbe::extrapolated);
+    let stats = join(
+        identity,
+        maps.stats.iter().filter_map(Result::ok).map(|(id, mut s)| {
+            if let Some(e) = &extrapolated {
+                s.locality = e.get(id);
+            }
+            (id, s)
+        }),
+    );
+    drop(extrapolated);
     let mut rxq: BTreeMap<(String, String, u32), u64> = BTreeMap::new();
     for (key, per_cpu) in maps.rx_queue.iter().filter_map(Result::ok) {
         let device = device_name(devices, key.ifindex);
@@ -133,9 +144,6 @@ pub fn encode(
     let read_time = probes
         .unit::<NetProbe>()
         .is_some_and(|p| p.design() == Design::ReadTime);
-    let scale = probes
-        .unit::<NetProbe>()
-        .map_or(1, NetProbe::locality_scale);
 
     let reader = probes.attached(ProbeId::NetReader);
     // Read time: the reader program alone counts locality; per packet it needs the softirq side.
@@ -143,7 +151,7 @@ pub fn encode(
         let mut m = NET_RX_STEERING_PACKETS.encode(enc)?;
         for (target, s) in &stats {
             for (locality, n) in LOCALITY_NAMES.iter().zip(s.locality) {
-                ConstCounter::new(n.saturating_mul(scale))
+                ConstCounter::new(n)
                     .encode(m.encode_family(&(target.clone(), LocalityLabel { locality }))?)?;
             }
         }
