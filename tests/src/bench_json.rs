@@ -162,7 +162,8 @@ pub struct NetRun {
     /// `udp64` (64-byte UDP datagrams) or `tcp1400` (1400-byte TCP segments).
     pub workload: String,
     /// `none` (no programs), `floor` (an empty `sock_recv_length` program), `read` (the agent,
-    /// read-time steering) or `per_packet` (the agent with `--probe.net.per-packet`).
+    /// read-time steering, duty-cycled), `read_always` (the same always attached) or
+    /// `per_packet` (the agent with `--probe.net.per-packet`).
     pub arm: String,
     pub round: usize,
     /// Whether `kernel.bpf_stats_enabled` was on (the cost runs; throughput runs have it off).

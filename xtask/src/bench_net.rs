@@ -22,6 +22,9 @@ pub struct Config {
     pub secs: u64,
     pub rounds: usize,
     pub sample_every: u32,
+    /// `--arms`: a comma-separated subset of the arms (the scenario checks the names).
+    pub arms: Option<String>,
+    pub throughput_only: bool,
 }
 
 /// Received packets per second with the agent, against no programs.
@@ -42,19 +45,21 @@ pub fn all(start: Instant, c: &Config) -> anyhow::Result<()> {
     ensure!(bin.exists(), "{} missing ({from})", bin.display());
     let out_dir = out_dir()?;
     step(start, "running podstat-test-bench-net");
-    let lines = run_scenario(
-        "podstat-test-bench-net",
-        &bin,
-        &out_dir,
-        &[
-            "--secs".to_owned(),
-            c.secs.to_string(),
-            "--rounds".to_owned(),
-            c.rounds.to_string(),
-            "--sample-every".to_owned(),
-            c.sample_every.to_string(),
-        ],
-    )?;
+    let mut args = vec![
+        "--secs".to_owned(),
+        c.secs.to_string(),
+        "--rounds".to_owned(),
+        c.rounds.to_string(),
+        "--sample-every".to_owned(),
+        c.sample_every.to_string(),
+    ];
+    if let Some(arms) = &c.arms {
+        args.extend(["--arms".to_owned(), arms.clone()]);
+    }
+    if c.throughput_only {
+        args.push("--throughput-only".to_owned());
+    }
+    let lines = run_scenario("podstat-test-bench-net", &bin, &out_dir, &args)?;
     let raw = out_dir.join("net.json");
     fs::write(
         &raw,
@@ -130,6 +135,66 @@ fn costs(runs: &[NetRun], workload: &str, arm: &str) -> (BTreeMap<String, (u64, 
     (progs, rx, delivered)
 }
 
+/// ON/EVERY of the agent's default `--probe.net.duty-cycle` (500ms/4s), which the `read` arm
+/// runs.
+const DEFAULT_ON_FRACTION: f64 = 0.125;
+
+/// Mean and 95% half-width (normal approximation) of `v`.
+#[expect(clippy::cast_precision_loss, reason = "a handful of rounds")]
+fn mean_ci(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    if v.len() < 2 {
+        return (mean, f64::NAN);
+    }
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, 1.96 * (var / n).sqrt())
+}
+
+/// The read-time arms' throughput as the mean of their per-round ratios to the same round's
+/// no-program run, with a 95% interval; and what the duty-cycled arm should lose, from the
+/// always-attached arm: detached, the read path is the no-program path (the tracepoint's static
+/// key is off), so it loses ON/EVERY of what the always-attached program loses. That arm's
+/// loss is large enough to measure in a few rounds; the duty-cycled one's is not.
+fn throughput_summary(r: &mut String, runs: &[NetRun], workload: &str) -> std::fmt::Result {
+    let base = rates(runs, workload, "none");
+    let paired = |arm: &str| -> Vec<f64> {
+        rates(runs, workload, arm)
+            .iter()
+            .filter_map(|(round, x)| base.get(round).map(|b| x / b))
+            .collect()
+    };
+    let (read, always) = (paired("read"), paired("read_always"));
+    if read.is_empty() && always.is_empty() {
+        return Ok(());
+    }
+    writeln!(r)?;
+    for (v, what) in [(&read, "duty-cycled"), (&always, "always attached")] {
+        if !v.is_empty() {
+            let (m, ci) = mean_ci(v);
+            writeln!(
+                r,
+                "- read-time, {what}: mean of {} per-round ratios {:.1}% ± {:.1}% (95%)",
+                v.len(),
+                100.0 * m,
+                100.0 * ci
+            )?;
+        }
+    }
+    if !always.is_empty() {
+        let (m, ci) = mean_ci(&always);
+        let expected = 1.0 - (1.0 - m) * DEFAULT_ON_FRACTION;
+        writeln!(
+            r,
+            "- duty-cycled, expected from the always-attached arm's loss × ON/EVERY ({DEFAULT_ON_FRACTION}): {:.2}% ± {:.2}% (target ≥ 99%: {})",
+            100.0 * expected,
+            100.0 * ci * DEFAULT_ON_FRACTION,
+            if expected >= TARGET { "met" } else { "NOT met" }
+        )?;
+    }
+    Ok(())
+}
+
 /// The duty-cycled read program against the always-attached one and the floor, per received
 /// packet.
 fn duty_summary(r: &mut String, totals: &BTreeMap<&str, f64>) -> std::fmt::Result {
@@ -154,8 +219,15 @@ fn render(c: &Config, net: &NetResult) -> anyhow::Result<String> {
     writeln!(r, "# podstat bench-net")?;
     writeln!(
         r,
-        "\nA 4-queue veth between two namespaces (RPS + RFS on the receiver, iperf3 server in a pod cgroup); {} rounds of {} s per run, the arms interleaved and their order rotated every round; read-time agent with `--probe.net.sample-every {}`. Throughput runs with `kernel.bpf_stats_enabled` off; program costs from one extra run per arm and workload with it on.",
-        c.rounds, c.secs, net.sample_every
+        "\nA 4-queue veth between two namespaces (RPS + RFS on the receiver, iperf3 server in a pod cgroup); {} rounds of {} s per run, the arms interleaved and their order rotated every round; read-time agent with `--probe.net.sample-every {}`. Throughput runs with `kernel.bpf_stats_enabled` off; {}",
+        c.rounds,
+        c.secs,
+        net.sample_every,
+        if c.throughput_only {
+            "no cost runs (`--throughput-only`)."
+        } else {
+            "program costs from one extra run per arm and workload with it on."
+        }
     )?;
     for (workload, wdesc) in WORKLOADS {
         writeln!(r, "\n## {wdesc}\n")?;
@@ -168,6 +240,9 @@ fn render(c: &Config, net: &NetResult) -> anyhow::Result<String> {
         let base_med = median(&mut base.values().copied().collect::<Vec<_>>());
         for (arm, desc) in ARMS {
             let v = rates(&net.runs, workload, arm);
+            if v.is_empty() {
+                continue;
+            }
             let each: Vec<String> = v.values().map(|x| format!("{x:.0}")).collect();
             let med = median(&mut v.values().copied().collect::<Vec<_>>());
             // Per round: against the no-program run of the same round.
@@ -199,6 +274,7 @@ fn render(c: &Config, net: &NetResult) -> anyhow::Result<String> {
                 100.0 * ratio
             )?;
         }
+        throughput_summary(&mut r, &net.runs, workload)?;
         writeln!(
             r,
             "\n| arm | program | events per received packet | ns per event | ns per received packet | ns per delivered packet |"
@@ -207,6 +283,9 @@ fn render(c: &Config, net: &NetResult) -> anyhow::Result<String> {
         let mut totals: BTreeMap<&str, f64> = BTreeMap::new();
         for (arm, desc) in ARMS.iter().skip(1) {
             let (progs, rx, delivered) = costs(&net.runs, workload, arm);
+            if progs.is_empty() {
+                continue;
+            }
             let mut total_ns = 0u64;
             for (name, (events, ns)) in &progs {
                 total_ns += ns;
@@ -242,4 +321,62 @@ fn render(c: &Config, net: &NetResult) -> anyhow::Result<String> {
         duty_summary(&mut r, &totals)?;
     }
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(arm: &str, round: usize, delivered: f64) -> NetRun {
+        NetRun {
+            workload: "udp64".to_owned(),
+            arm: arm.to_owned(),
+            round,
+            stats: false,
+            secs: 1.0,
+            rx_packets: 0,
+            delivered,
+            bits_per_second: 0.0,
+            programs: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn the_duty_cycled_arm_is_expected_to_lose_on_every_of_the_always_attached_loss() {
+        // Always attached: 92% and 94% of the same rounds' no-program runs, a mean loss of 7%.
+        let runs = [
+            run("none", 0, 100.0),
+            run("none", 1, 200.0),
+            run("read_always", 0, 92.0),
+            run("read_always", 1, 188.0),
+            run("read", 0, 99.0),
+            run("read", 1, 200.0),
+        ];
+        let mut r = String::new();
+        throughput_summary(&mut r, &runs, "udp64").expect("render");
+        assert!(
+            r.contains("duty-cycled: mean of 2 per-round ratios 99.5%"),
+            "{r}"
+        );
+        assert!(
+            r.contains("always attached: mean of 2 per-round ratios 93.0%"),
+            "{r}"
+        );
+        // 1 - 0.07 / 8.
+        assert!(r.contains("ON/EVERY (0.125): 99.12%"), "{r}");
+        assert!(r.contains("target ≥ 99%: met"), "{r}");
+        // No read-time arm run: nothing said.
+        let mut none = String::new();
+        throughput_summary(&mut none, &runs[..2], "udp64").expect("render");
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn the_interval_is_the_normal_approximation() {
+        let (m, ci) = mean_ci(&[1.0, 3.0]);
+        assert!((m - 2.0).abs() < 1e-12);
+        // sd sqrt(2), n 2: 1.96 * sqrt(2) / sqrt(2).
+        assert!((ci - 1.96).abs() < 1e-12);
+        assert!(mean_ci(&[1.0]).1.is_nan());
+    }
 }

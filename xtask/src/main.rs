@@ -166,6 +166,13 @@ enum Task {
         /// --probe.net.sample-every of the read-time agent.
         #[arg(long, default_value_t = podstat_common::net::DEFAULT_SAMPLE_EVERY)]
         sample_every: u32,
+        /// Only these arms, comma-separated, with `none` (every ratio is against it): none,
+        /// floor, read, read_always, per_packet.
+        #[arg(long, value_name = "A,B,...")]
+        arms: Option<String>,
+        /// No cost runs (bpf_stats), throughput runs only: more rounds in the same time.
+        #[arg(long)]
+        throughput_only: bool,
     },
 }
 
@@ -337,6 +344,8 @@ fn main() -> anyhow::Result<()> {
             secs,
             rounds,
             sample_every,
+            arms,
+            throughput_only,
         } => {
             prepare_bench(
                 start,
@@ -349,6 +358,8 @@ fn main() -> anyhow::Result<()> {
                     secs,
                     rounds,
                     sample_every,
+                    arms,
+                    throughput_only,
                 },
             )?;
         }

@@ -16,7 +16,9 @@
 //! each arm with programs then does one cost run per workload with it on, from which the run
 //! time and events of each of its programs come (by the process holding them).
 //!
-//! `podstat-test-bench-net --out-dir DIR [--secs N] [--rounds N] [--sample-every N]`.
+//! `podstat-test-bench-net --out-dir DIR [--secs N] [--rounds N] [--sample-every N]
+//! [--arms A,B,...] [--throughput-only]`: `--arms` runs a subset (with `none`, which every
+//! ratio is against), `--throughput-only` skips the cost runs, for more rounds in the time.
 //! Everything it creates (namespaces, cgroups, processes, the `bpf_stats_enabled` and
 //! `net.core.rps_sock_flow_entries` sysctls) is undone by the harness's guards, also on error.
 
@@ -47,12 +49,32 @@ struct Config {
     rounds: usize,
     sample_every: u32,
     out_dir: PathBuf,
+    /// The arms to run, in [`ARMS`]' order; `none` always (every ratio is against it).
+    arms: Vec<&'static str>,
+    /// No cost runs (bpf_stats): throughput runs only, for more rounds in the same time.
+    throughput_only: bool,
 }
 
 fn usage() -> anyhow::Error {
     anyhow::anyhow!(
-        "usage: podstat-test-bench-net --out-dir DIR [--secs N] [--rounds N] [--sample-every N]"
+        "usage: podstat-test-bench-net --out-dir DIR [--secs N] [--rounds N] [--sample-every N] [--arms A,B,...] [--throughput-only]\narms: {}",
+        ARMS.join(", ")
     )
+}
+
+/// `--arms`: a comma-separated subset of [`ARMS`], run in that table's order, with `none`.
+fn parse_arms(list: &str) -> anyhow::Result<Vec<&'static str>> {
+    let wanted: Vec<&str> = list.split(',').map(str::trim).collect();
+    if let Some(bad) = wanted.iter().find(|a| !ARMS.contains(a)) {
+        bail!(
+            "--arms: unknown arm {bad:?}; the arms are {}",
+            ARMS.join(", ")
+        );
+    }
+    Ok(ARMS
+        .into_iter()
+        .filter(|a| *a == "none" || wanted.contains(a))
+        .collect())
 }
 
 fn parse_args() -> anyhow::Result<Config> {
@@ -61,6 +83,8 @@ fn parse_args() -> anyhow::Result<Config> {
         rounds: 5,
         sample_every: podstat_common::net::DEFAULT_SAMPLE_EVERY,
         out_dir: PathBuf::new(),
+        arms: ARMS.to_vec(),
+        throughput_only: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -70,6 +94,8 @@ fn parse_args() -> anyhow::Result<Config> {
             "--rounds" => c.rounds = value()?.parse().context("--rounds")?,
             "--sample-every" => c.sample_every = value()?.parse().context("--sample-every")?,
             "--out-dir" => c.out_dir = PathBuf::from(value()?),
+            "--arms" => c.arms = parse_arms(&value()?)?,
+            "--throughput-only" => c.throughput_only = true,
             _ => return Err(usage()),
         }
     }
@@ -205,7 +231,7 @@ fn arm(
         )?),
         other => bail!("unknown arm {other}"),
     };
-    let passes: &[bool] = if holder.is_some() {
+    let passes: &[bool] = if holder.is_some() && !c.throughput_only {
         &[false, true]
     } else {
         &[false]
@@ -308,8 +334,8 @@ fn main() -> anyhow::Result<()> {
         runs: Vec::new(),
     };
     for round in 0..c.rounds {
-        for k in 0..ARMS.len() {
-            let name = ARMS[(k + round) % ARMS.len()];
+        for k in 0..c.arms.len() {
+            let name = c.arms[(k + round) % c.arms.len()];
             arm(start, &c, &net, (round, name), &mut result.runs)?;
         }
     }
