@@ -135,6 +135,55 @@ fn costs(runs: &[NetRun], workload: &str, arm: &str) -> (BTreeMap<String, (u64, 
     (progs, rx, delivered)
 }
 
+/// Delivered packets per second of every arm that ran on `workload`, each round and against
+/// the no-program runs.
+fn throughput_table(r: &mut String, runs: &[NetRun], workload: &str) -> std::fmt::Result {
+    writeln!(
+        r,
+        "| arm | delivered packets/s (each round) | median | vs no programs: median (range over rounds) |"
+    )?;
+    writeln!(r, "|---|---|---|---|")?;
+    let base = rates(runs, workload, "none");
+    let base_med = median(&mut base.values().copied().collect::<Vec<_>>());
+    for (arm, desc) in ARMS {
+        let v = rates(runs, workload, arm);
+        if v.is_empty() {
+            continue;
+        }
+        let each: Vec<String> = v.values().map(|x| format!("{x:.0}")).collect();
+        let med = median(&mut v.values().copied().collect::<Vec<_>>());
+        // Per round: against the no-program run of the same round.
+        let mut per_round: Vec<f64> = v
+            .iter()
+            .filter_map(|(round, x)| base.get(round).map(|b| x / b))
+            .collect();
+        per_round.sort_by(f64::total_cmp);
+        let spread = match (per_round.first(), per_round.last()) {
+            (Some(lo), Some(hi)) if arm != "none" => {
+                format!(" ({:.1}–{:.1}%)", 100.0 * lo, 100.0 * hi)
+            }
+            _ => String::new(),
+        };
+        let ratio = med / base_med;
+        let verdict = if matches!(arm, "read" | "read_always" | "per_packet") {
+            if ratio >= TARGET {
+                " (target ≥ 99%: met)"
+            } else {
+                " (target ≥ 99%: NOT met)"
+            }
+        } else {
+            ""
+        };
+        writeln!(
+            r,
+            "| {desc} | {} | {med:.0} | {:.1}%{spread}{verdict} |",
+            each.join(", "),
+            100.0 * ratio
+        )?;
+    }
+    Ok(())
+}
+
 /// ON/EVERY of the agent's default `--probe.net.duty-cycle` (500ms/4s), which the `read` arm
 /// runs.
 const DEFAULT_ON_FRACTION: f64 = 0.125;
@@ -231,49 +280,7 @@ fn render(c: &Config, net: &NetResult) -> anyhow::Result<String> {
     )?;
     for (workload, wdesc) in WORKLOADS {
         writeln!(r, "\n## {wdesc}\n")?;
-        writeln!(
-            r,
-            "| arm | delivered packets/s (each round) | median | vs no programs: median (range over rounds) |"
-        )?;
-        writeln!(r, "|---|---|---|---|")?;
-        let base = rates(&net.runs, workload, "none");
-        let base_med = median(&mut base.values().copied().collect::<Vec<_>>());
-        for (arm, desc) in ARMS {
-            let v = rates(&net.runs, workload, arm);
-            if v.is_empty() {
-                continue;
-            }
-            let each: Vec<String> = v.values().map(|x| format!("{x:.0}")).collect();
-            let med = median(&mut v.values().copied().collect::<Vec<_>>());
-            // Per round: against the no-program run of the same round.
-            let mut per_round: Vec<f64> = v
-                .iter()
-                .filter_map(|(round, x)| base.get(round).map(|b| x / b))
-                .collect();
-            per_round.sort_by(f64::total_cmp);
-            let spread = match (per_round.first(), per_round.last()) {
-                (Some(lo), Some(hi)) if arm != "none" => {
-                    format!(" ({:.1}–{:.1}%)", 100.0 * lo, 100.0 * hi)
-                }
-                _ => String::new(),
-            };
-            let ratio = med / base_med;
-            let verdict = if matches!(arm, "read" | "read_always" | "per_packet") {
-                if ratio >= TARGET {
-                    " (target ≥ 99%: met)"
-                } else {
-                    " (target ≥ 99%: NOT met)"
-                }
-            } else {
-                ""
-            };
-            writeln!(
-                r,
-                "| {desc} | {} | {med:.0} | {:.1}%{spread}{verdict} |",
-                each.join(", "),
-                100.0 * ratio
-            )?;
-        }
+        throughput_table(&mut r, &net.runs, workload)?;
         throughput_summary(&mut r, &net.runs, workload)?;
         writeln!(
             r,
