@@ -282,6 +282,9 @@ fn render(c: &Config, net: &NetResult) -> anyhow::Result<String> {
         writeln!(r, "\n## {wdesc}\n")?;
         throughput_table(&mut r, &net.runs, workload)?;
         throughput_summary(&mut r, &net.runs, workload)?;
+        if c.throughput_only {
+            continue;
+        }
         writeln!(
             r,
             "\n| arm | program | events per received packet | ns per event | ns per received packet | ns per delivered packet |"
