@@ -30,8 +30,8 @@ fn net_bin() -> String {
 
 /// The agent in the receiver's namespace with the flags every scenario here uses. The read
 /// program's duty cycle is the default's ratio (attached 1/8 of the time, counted about 8 times)
-/// on a shorter period, so that each 2 s traffic run spans a few windows; a later
-/// `--probe.net.duty-cycle` in `extra` replaces it.
+/// on a shorter period, so that each 2 s traffic run spans a few windows; a
+/// `--probe.net.duty-cycle` in `extra` is used instead.
 fn start_agent_in(net: &NetPair, extra: &[&str]) -> (Proc, SocketAddr) {
     let mut args = vec!["--no-collector.cgroup", "--probe.refresh-interval", "200ms"];
     if !extra.contains(&"--probe.net.duty-cycle") {

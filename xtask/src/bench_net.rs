@@ -115,6 +115,13 @@ fn rates(runs: &[NetRun], workload: &str, arm: &str) -> BTreeMap<usize, f64> {
         .collect()
 }
 
+/// Each round's rate against the no-program run of the same round (`base`), in round order.
+fn per_round_ratios(arm: &BTreeMap<usize, f64>, base: &BTreeMap<usize, f64>) -> Vec<f64> {
+    arm.iter()
+        .filter_map(|(round, x)| base.get(round).map(|b| x / b))
+        .collect()
+}
+
 /// Per program of `arm` on `workload`, over its cost runs: (events, run time, veth packets,
 /// delivered packets).
 fn costs(runs: &[NetRun], workload: &str, arm: &str) -> (BTreeMap<String, (u64, u64)>, u64, f64) {
@@ -152,11 +159,7 @@ fn throughput_table(r: &mut String, runs: &[NetRun], workload: &str) -> std::fmt
         }
         let each: Vec<String> = v.values().map(|x| format!("{x:.0}")).collect();
         let med = median(&mut v.values().copied().collect::<Vec<_>>());
-        // Per round: against the no-program run of the same round.
-        let mut per_round: Vec<f64> = v
-            .iter()
-            .filter_map(|(round, x)| base.get(round).map(|b| x / b))
-            .collect();
+        let mut per_round = per_round_ratios(&v, &base);
         per_round.sort_by(f64::total_cmp);
         let spread = match (per_round.first(), per_round.last()) {
             (Some(lo), Some(hi)) if arm != "none" => {
@@ -207,12 +210,7 @@ fn mean_ci(v: &[f64]) -> (f64, f64) {
 /// loss is large enough to measure in a few rounds; the duty-cycled one's is not.
 fn throughput_summary(r: &mut String, runs: &[NetRun], workload: &str) -> std::fmt::Result {
     let base = rates(runs, workload, "none");
-    let paired = |arm: &str| -> Vec<f64> {
-        rates(runs, workload, arm)
-            .iter()
-            .filter_map(|(round, x)| base.get(round).map(|b| x / b))
-            .collect()
-    };
+    let paired = |arm: &str| per_round_ratios(&rates(runs, workload, arm), &base);
     let (read, always) = (paired("read"), paired("read_always"));
     if read.is_empty() && always.is_empty() {
         return Ok(());

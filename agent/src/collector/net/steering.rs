@@ -109,11 +109,14 @@ pub fn encode(
     identity: &IdMap,
     devices: &[Device],
 ) -> Result<(), std::fmt::Error> {
-    let Some(maps) = probes.unit::<NetProbe>().and_then(NetProbe::maps) else {
+    let Some(net) = probes.unit::<NetProbe>() else {
+        return Ok(());
+    };
+    let Some(maps) = net.maps() else {
         return Ok(());
     };
     // Duty-cycled, the locality counts are the windows' extrapolated ones, not the kernel's.
-    let extrapolated = probes.unit::<NetProbe>().and_then(NetProbe::extrapolated);
+    let extrapolated = net.extrapolated();
     let stats = join(
         identity,
         maps.stats.iter().filter_map(Result::ok).map(|(id, mut s)| {
@@ -141,9 +144,7 @@ pub fn encode(
     let arfs: Vec<(u32, podstat_common::net::ArfsStats)> =
         maps.arfs.iter().filter_map(Result::ok).collect();
     drop(maps);
-    let read_time = probes
-        .unit::<NetProbe>()
-        .is_some_and(|p| p.design() == Design::ReadTime);
+    let read_time = net.design() == Design::ReadTime;
 
     let reader = probes.attached(ProbeId::NetReader);
     // Read time: the reader program alone counts locality; per packet it needs the softirq side.
