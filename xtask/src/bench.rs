@@ -4,6 +4,7 @@
 //! only starts it and writes the report, each figure against its baseline from the same run.
 
 use std::{
+    collections::BTreeMap,
     ffi::OsString,
     fmt::Write as _,
     fs,
@@ -218,6 +219,29 @@ pub(crate) fn median(v: &[f64]) -> f64 {
         n if n % 2 == 1 => v[n / 2],
         n => f64::midpoint(v[n / 2 - 1], v[n / 2]),
     }
+}
+
+/// Each round's figure of `arm` against `base`'s in the same round, in round order: paired, so
+/// the host's state in a round (which moves every figure of it) cancels out.
+pub(crate) fn per_round_ratios(
+    arm: &BTreeMap<usize, f64>,
+    base: &BTreeMap<usize, f64>,
+) -> Vec<f64> {
+    arm.iter()
+        .filter_map(|(round, x)| base.get(round).map(|b| x / b))
+        .collect()
+}
+
+/// Mean and 95% half-width (normal approximation) of `v`.
+#[expect(clippy::cast_precision_loss, reason = "a handful of rounds")]
+pub(crate) fn mean_ci(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    if v.len() < 2 {
+        return (mean, f64::NAN);
+    }
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, 1.96 * (var / n).sqrt())
 }
 
 #[expect(clippy::cast_precision_loss, reason = "counters below 2^53 are exact")]
@@ -654,5 +678,21 @@ mod tests {
         assert_eq!(median(&[3.0, 1.0, 2.0]).to_bits(), 2.0f64.to_bits());
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]).to_bits(), 2.5f64.to_bits());
         assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn the_interval_is_the_normal_approximation() {
+        let (m, ci) = mean_ci(&[1.0, 3.0]);
+        assert!((m - 2.0).abs() < 1e-12);
+        // sd sqrt(2), n 2: 1.96 * sqrt(2) / sqrt(2).
+        assert!((ci - 1.96).abs() < 1e-12);
+        assert!(mean_ci(&[1.0]).1.is_nan());
+    }
+
+    #[test]
+    fn ratios_pair_the_rounds_both_ran() {
+        let arm = BTreeMap::from([(0, 110.0), (1, 90.0), (3, 50.0)]);
+        let base = BTreeMap::from([(0, 100.0), (1, 100.0), (2, 100.0)]);
+        assert_eq!(per_round_ratios(&arm, &base), vec![1.1, 0.9]);
     }
 }

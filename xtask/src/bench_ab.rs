@@ -3,7 +3,8 @@
 //! context-switch storm in a pod container with podstat, runqlat and the empty program all
 //! attached) once per binary, the order rotated from round to round; the report gives each
 //! binary's ns per `sched_switch` and its ratio to the same run's runqlat, per round and as
-//! medians within each of the storm's two clusters.
+//! medians within each of the storm's two clusters, and every binary against every other paired
+//! round by round (the mean of the per-round ratios, with a 95% interval).
 //!
 //! Why clusters: on the 2-CPU test host the storm's rounds fall in two groups whatever the
 //! binary (its two tasks mostly sharing a CPU or not), podstat's cost in them 30–50% apart; a
@@ -18,7 +19,7 @@ use std::{collections::BTreeMap, fmt::Write as _, fs, path::PathBuf, time::Insta
 use anyhow::{Context as _, ensure};
 
 use crate::{
-    bench::{median, ns_per_switch, out_dir, part, run_scenario},
+    bench::{mean_ci, median, ns_per_switch, out_dir, part, per_round_ratios, run_scenario},
     bench_json::ProbeResult,
     step,
 };
@@ -158,6 +159,7 @@ fn render(c: &Config, rows: &[Row]) -> anyhow::Result<String> {
             x.host
         )?;
     }
+    paired(&mut r, c, rows)?;
     let base = &c.binaries[0].0;
     let pods: Vec<f64> = rows.iter().map(|x| x.pod).collect();
     let Some(split) = c.split_ns.or_else(|| widest_gap(&pods)) else {
@@ -203,6 +205,58 @@ fn render(c: &Config, rows: &[Row]) -> anyhow::Result<String> {
         }
     }
     Ok(r)
+}
+
+/// Every binary against every other, round by round: the mean of the per-round ratios of their
+/// pod-path ns, with a 95% interval, and the rounds in which the row's binary cost less. A
+/// round's host state (which cluster it fell in, what else ran) moves all of its binaries
+/// alike, so pairing cancels it where medians over rounds compare the clusters' mix.
+fn paired(r: &mut String, c: &Config, rows: &[Row]) -> anyhow::Result<()> {
+    let pods = |name: &str| -> BTreeMap<usize, f64> {
+        rows.iter()
+            .filter(|x| x.name == name)
+            .map(|x| (x.round, x.pod))
+            .collect()
+    };
+    let names: Vec<&str> = c.binaries.iter().map(|(n, _)| n.as_str()).collect();
+    writeln!(
+        r,
+        "\n## Paired by round\n\nThe row's pod path over the column's in the same round: mean of the per-round ratios, 95% interval, and the rounds in which the row cost less.\n"
+    )?;
+    writeln!(
+        r,
+        "| vs | {} |",
+        names
+            .iter()
+            .map(|n| format!("`{n}`"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    )?;
+    writeln!(r, "|---|{}", "---|".repeat(names.len()))?;
+    for a in &names {
+        let cells: Vec<String> = names
+            .iter()
+            .map(|b| {
+                if a == b {
+                    return "–".to_owned();
+                }
+                let v = per_round_ratios(&pods(a), &pods(b));
+                if v.is_empty() {
+                    return "no rounds".to_owned();
+                }
+                let (mean, ci) = mean_ci(&v);
+                let lower = v.iter().filter(|x| **x < 1.0).count();
+                format!(
+                    "{:+.1}% ± {:.1}% ({lower}/{})",
+                    100.0 * (mean - 1.0),
+                    100.0 * ci,
+                    v.len()
+                )
+            })
+            .collect();
+        writeln!(r, "| `{a}` | {} |", cells.join(" | "))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -255,6 +309,10 @@ mod tests {
             "{r}"
         );
         assert!(r.contains("below 229 ns (the widest gap"), "{r}");
+        // Round 0: 198 / 180 = 1.10, round 1: 273 / 260 = 1.05: mean 1.075, sd 0.0354, so
+        // 1.96 * 0.0354 / sqrt(2) = 4.9%; the other way 0.909 and 0.952.
+        assert!(r.contains("| `new` | +7.5% ± 4.9% (0/2) | – |"), "{r}");
+        assert!(r.contains("| `old` | – | -6.9% ± 4.2% (2/2) |"), "{r}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::{collections::BTreeMap, fmt::Write as _, fs, time::Instant};
 use anyhow::{Context as _, ensure};
 
 use crate::{
-    bench::{out_dir, part, podstat_bin, run_scenario},
+    bench::{mean_ci, out_dir, part, per_round_ratios, podstat_bin, run_scenario},
     bench_json::{NetResult, NetRun},
     step,
 };
@@ -115,13 +115,6 @@ fn rates(runs: &[NetRun], workload: &str, arm: &str) -> BTreeMap<usize, f64> {
         .collect()
 }
 
-/// Each round's rate against the no-program run of the same round (`base`), in round order.
-fn per_round_ratios(arm: &BTreeMap<usize, f64>, base: &BTreeMap<usize, f64>) -> Vec<f64> {
-    arm.iter()
-        .filter_map(|(round, x)| base.get(round).map(|b| x / b))
-        .collect()
-}
-
 /// Per program of `arm` on `workload`, over its cost runs: (events, run time, veth packets,
 /// delivered packets).
 fn costs(runs: &[NetRun], workload: &str, arm: &str) -> (BTreeMap<String, (u64, u64)>, u64, f64) {
@@ -190,18 +183,6 @@ fn throughput_table(r: &mut String, runs: &[NetRun], workload: &str) -> std::fmt
 /// ON/EVERY of the agent's default `--probe.net.duty-cycle` (500ms/4s), which the `read` arm
 /// runs.
 const DEFAULT_ON_FRACTION: f64 = 0.125;
-
-/// Mean and 95% half-width (normal approximation) of `v`.
-#[expect(clippy::cast_precision_loss, reason = "a handful of rounds")]
-fn mean_ci(v: &[f64]) -> (f64, f64) {
-    let n = v.len() as f64;
-    let mean = v.iter().sum::<f64>() / n;
-    if v.len() < 2 {
-        return (mean, f64::NAN);
-    }
-    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    (mean, 1.96 * (var / n).sqrt())
-}
 
 /// The read-time arms' throughput as the mean of their per-round ratios to the same round's
 /// no-program run, with a 95% interval; and what the duty-cycled arm should lose, from the
@@ -377,14 +358,5 @@ mod tests {
         let mut none = String::new();
         throughput_summary(&mut none, &runs[..2], "udp64").expect("render");
         assert!(none.is_empty());
-    }
-
-    #[test]
-    fn the_interval_is_the_normal_approximation() {
-        let (m, ci) = mean_ci(&[1.0, 3.0]);
-        assert!((m - 2.0).abs() < 1e-12);
-        // sd sqrt(2), n 2: 1.96 * sqrt(2) / sqrt(2).
-        assert!((ci - 1.96).abs() < 1e-12);
-        assert!(mean_ci(&[1.0]).1.is_nan());
     }
 }
