@@ -212,13 +212,16 @@ fn render(c: &Config, rows: &[Row]) -> anyhow::Result<String> {
 /// round's host state (which cluster it fell in, what else ran) moves all of its binaries
 /// alike, so pairing cancels it where medians over rounds compare the clusters' mix.
 fn paired(r: &mut String, c: &Config, rows: &[Row]) -> anyhow::Result<()> {
-    let pods = |name: &str| -> BTreeMap<usize, f64> {
-        rows.iter()
-            .filter(|x| x.name == name)
-            .map(|x| (x.round, x.pod))
-            .collect()
-    };
     let names: Vec<&str> = c.binaries.iter().map(|(n, _)| n.as_str()).collect();
+    // Each binary's pod-path ns by round, gathered once for every cell of its row and column.
+    let mut pods: BTreeMap<&str, BTreeMap<usize, f64>> = BTreeMap::new();
+    for x in rows {
+        pods.entry(x.name.as_str())
+            .or_default()
+            .insert(x.round, x.pod);
+    }
+    let none = BTreeMap::new();
+    let pods_of = |name: &str| pods.get(name).unwrap_or(&none);
     writeln!(
         r,
         "\n## Paired by round\n\nThe row's pod path over the column's in the same round: mean of the per-round ratios, 95% interval, and the rounds in which the row cost less.\n"
@@ -240,7 +243,7 @@ fn paired(r: &mut String, c: &Config, rows: &[Row]) -> anyhow::Result<()> {
                 if a == b {
                     return "–".to_owned();
                 }
-                let v = per_round_ratios(&pods(a), &pods(b));
+                let v = per_round_ratios(pods_of(a), pods_of(b));
                 if v.is_empty() {
                     return "no rounds".to_owned();
                 }
