@@ -88,36 +88,35 @@ const SUB_EDGES_Q62: [u64; 3] = [
     7_755_900_482_342_532_474, // 2^62 * 2^0.75
 ];
 
-/// `floor(log2(x))` for `x >= 1` by halving the search range with shifts: six steps, no loop
-/// and no table (BPF has no count-leading-zeros instruction).
+/// `floor(log2(x))` for `1 <= x < 2^32` by halving the search range with shifts: five steps, no
+/// loop and no table (BPF has no count-leading-zeros instruction). [`slot_of`] takes it of a
+/// value already shifted down by the zero bucket's power, and no layout spans 32 powers of two.
 #[inline(always)]
 #[expect(
     clippy::inline_always,
     reason = "BPF has no real calls between these helpers; it must inline"
 )]
-pub fn log2_floor(mut x: u64) -> u32 {
+pub const fn log2_floor(mut x: u64) -> u32 {
     let mut r = 0;
-    let mut s = u32::from(x > 0xffff_ffff) << 5;
+    let mut s = ((x > 0xffff) as u32) << 4;
     x >>= s;
     r |= s;
-    s = u32::from(x > 0xffff) << 4;
+    s = ((x > 0xff) as u32) << 3;
     x >>= s;
     r |= s;
-    s = u32::from(x > 0xff) << 3;
+    s = ((x > 0xf) as u32) << 2;
     x >>= s;
     r |= s;
-    s = u32::from(x > 0xf) << 2;
+    s = ((x > 0x3) as u32) << 1;
     x >>= s;
     r |= s;
-    s = u32::from(x > 0x3) << 1;
-    x >>= s;
-    r |= s;
-    r | u32::from(x > 0x1)
+    r | (x > 0x1) as u32
 }
 
 /// Slot of `v` (in kernel units) in a histogram with layout `l`: the native bucket
-/// `(2^((i-1)/4), 2^(i/4)]` that holds it, found with [`log2_floor`] and three compares
-/// against shifted constants, whatever the number of buckets (no comparison chain).
+/// `(2^((i-1)/4), 2^(i/4)]` that holds it, found with [`log2_floor`], one shift and three
+/// compares against constants, whatever the number of buckets (no comparison chain). `const`,
+/// so tables of edges are computed from it at build time (`bucketing::EDGE_NS`).
 #[inline(always)]
 #[expect(
     clippy::inline_always,
@@ -125,24 +124,53 @@ pub fn log2_floor(mut x: u64) -> u32 {
 )]
 #[expect(
     clippy::many_single_char_names,
-    reason = "the names of the maths in the comment: v, u, e, s, m"
+    reason = "the names of the maths in the comment: v, d, e, w, m"
 )]
-pub fn slot_of(v: u64, l: &Layout) -> usize {
+pub const fn slot_of(v: u64, l: &Layout) -> usize {
     if v <= 1 << l.zero_log2 {
         return 0;
     }
     if v > 1 << l.top_log2 {
         return l.overflow_slot();
     }
-    // v is in (2^e, 2^(e+1)] with e = floor(log2(v - 1)); it is above the m-th edge of that
-    // power of two, 2^(e + m/4) (irrational), exactly when v - 1 >= floor(2^(e + m/4)).
-    let u = v - 1;
-    let e = log2_floor(u);
-    let s = 62 - e;
-    let m = usize::from(u >= SUB_EDGES_Q62[0] >> s)
-        + usize::from(u >= SUB_EDGES_Q62[1] >> s)
-        + usize::from(u >= SUB_EDGES_Q62[2] >> s);
-    SUB_BUCKETS * (e - l.zero_log2) as usize + m + 1
+    // v is in (2^e, 2^(e+1)] with e = floor(log2(v - 1)) = zero_log2 + d (below 2^32 once
+    // shifted: top_log2 - zero_log2 <= 32). v is above the m-th edge of that power of two,
+    // 2^(e + m/4) (irrational), exactly when v - 1 >= floor(2^(e + m/4)) = floor(C_m >> s)
+    // with s = 62 - e, that is when v << s > C_m: one shift of v instead of one per constant.
+    let d = log2_floor((v - 1) >> l.zero_log2);
+    let w = v << (62 - l.zero_log2 - d);
+    let m = (w > SUB_EDGES_Q62[0]) as usize
+        + (w > SUB_EDGES_Q62[1]) as usize
+        + (w > SUB_EDGES_Q62[2]) as usize;
+    SUB_BUCKETS * d as usize + m + 1
+}
+
+/// [`slot_of`]`(`[`ns_to_units`]`(ns), l)` for a duration in ns, the zero bucket found by one
+/// compare of the ns before the conversion's multiply (most run-queue waits of a busy CPU are
+/// that short: 64% of the bucketing microbenchmark's short set).
+#[inline(always)]
+#[expect(
+    clippy::inline_always,
+    reason = "BPF has no real calls between these helpers; it must inline"
+)]
+pub const fn slot_of_ns(ns: u64, l: &Layout) -> usize {
+    if ns <= zero_ns(l) {
+        return 0;
+    }
+    slot_of(ns_to_units(ns), l)
+}
+
+/// The longest duration, in ns, that a time histogram with layout `l` counts in its zero
+/// bucket (954 ns for the run-queue's 2^-20 s): the last ns that [`ns_to_units`] takes to at
+/// most `2^zero_log2` units.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "zero edges are below 2^31 units, so their ns are too"
+)]
+pub const fn zero_ns(l: &Layout) -> u64 {
+    // (ns * Q) >> 32 <= T  <=>  ns * Q < (T + 1) << 32  <=>  ns < ceil(((T + 1) << 32) / Q).
+    let bound = ((1u128 << l.zero_log2) + 1) << 32;
+    (bound.div_ceil(NS_TO_UNITS_Q32 as u128) - 1) as u64
 }
 
 /// `ceil(2^62 / 10^9)`: ns to kernel time units (2^-30 s) as a multiply and a shift.
@@ -158,7 +186,7 @@ const NS_TO_UNITS_Q32: u64 = 4_611_686_019;
     clippy::inline_always,
     reason = "BPF has no real calls between these helpers; it must inline"
 )]
-pub fn ns_to_units(ns: u64) -> u64 {
+pub const fn ns_to_units(ns: u64) -> u64 {
     if ns >= 1 << 31 {
         return u64::MAX;
     }
@@ -346,15 +374,47 @@ mod tests {
 
     #[test]
     fn log2_floor_matches_leading_zeros() {
-        for e in 0..64 {
+        for e in 0..32 {
             for x in [
                 1u64 << e,
                 (1u64 << e) | 1,
                 (1u64 << e).wrapping_mul(2).wrapping_sub(1),
             ] {
-                if x >= 1 << e {
+                if x >= 1 << e && x < 1 << 32 {
                     assert_eq!(log2_floor(x), x.ilog2(), "{x}");
                 }
+            }
+        }
+    }
+
+    /// The zero bucket's edge in ns is exact, and the ns way gives the units way's slot, in every
+    /// time layout; every layout spans at most 32 powers of two (what `log2_floor` takes).
+    #[test]
+    fn slot_of_ns_is_slot_of_units() {
+        use crate::{
+            sched::RUNQ_LAYOUT,
+            throttle::{PERIOD_LAYOUT, THREAD_LAYOUT},
+        };
+        assert_eq!(zero_ns(&RUNQ_LAYOUT), 954);
+        for l in [RUNQ_LAYOUT, PERIOD_LAYOUT, THREAD_LAYOUT] {
+            assert!(l.top_log2 - l.zero_log2 <= 32, "{l:?}");
+        }
+        for l in [RUNQ_LAYOUT, PERIOD_LAYOUT] {
+            let z = zero_ns(&l);
+            assert!(ns_to_units(z) <= 1 << l.zero_log2, "{l:?}");
+            assert!(ns_to_units(z + 1) > 1 << l.zero_log2, "{l:?}");
+            for ns in (0..1 << 18).chain((0..1 << 32).step_by(4099)).chain([
+                z - 1,
+                z,
+                z + 1,
+                1 << 31,
+                u64::MAX,
+            ]) {
+                assert_eq!(
+                    slot_of_ns(ns, &l),
+                    slot_of(ns_to_units(ns), &l),
+                    "{ns} ns in {l:?}"
+                );
             }
         }
     }

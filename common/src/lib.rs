@@ -4,6 +4,7 @@
 //! kernel side and userspace agree on the layout. The `user` feature adds `aya::Pod`.
 #![no_std]
 
+pub mod bucketing;
 pub mod kernel;
 pub mod net;
 pub mod sched;

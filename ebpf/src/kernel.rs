@@ -10,7 +10,7 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray},
 };
 use podstat_common::kernel::{
-    DEFAULT_MAX_CGROUPS, Hist, Known, Layout, MAP_NAMES, Offsets, slot_of,
+    DEFAULT_MAX_CGROUPS, Hist, Known, Layout, MAP_NAMES, Offsets, slot_of, slot_of_ns,
 };
 
 /// Kernel struct offsets, filled in by the loader (`EbpfLoader::set_global`) before load.
@@ -133,28 +133,46 @@ pub fn atomic_add(p: *mut u64, v: u64) {
 
 /// Records `value` (its own unit: ns, or threads) in the bucket of `units` (the same value in
 /// the layout's kernel units) of `hist`, and adds it to the sum. The bucket is found with bit
-/// operations ([`slot_of`]); every histogram of every probe goes through here.
+/// operations ([`slot_of`]); every histogram of every probe goes through here or
+/// [`observe_ns`].
 #[inline(always)]
 pub fn observe<const N: usize>(hist: *mut Hist<N>, l: &Layout, units: u64, value: u64) {
-    if count(hist, l, units) {
-        // SAFETY: hist points into a map value; N - 1 is the sum slot.
-        unsafe { atomic_add(core::ptr::addr_of_mut!((*hist)[N - 1]), value) };
-    }
+    add_to(hist, slot_of(units, l), value);
 }
 
-/// Counts `units` in its bucket of `hist` and leaves the sum slot alone (whether it was
-/// counted): [`observe`]'s first half, and on its own for a histogram whose sum another counter
-/// already holds (the run-queue latency's is the sum of `wait_by`), one atomic add per event
-/// instead of two.
+/// [`observe`] for a duration in ns, the slot from [`slot_of_ns`] (the zero bucket by a compare
+/// of the ns, without the conversion).
 #[inline(always)]
-pub fn count<const N: usize>(hist: *mut Hist<N>, l: &Layout, units: u64) -> bool {
-    let slot = slot_of(units, l);
+pub fn observe_ns<const N: usize>(hist: *mut Hist<N>, l: &Layout, ns: u64) {
+    add_to(hist, slot_of_ns(ns, l), ns);
+}
+
+/// Counts a duration of `ns` in its bucket of `hist` and leaves the sum slot alone (whether it
+/// was counted): for a histogram whose sum another counter already holds (the run-queue
+/// latency's is the sum of `wait_by`), one atomic add per event instead of two.
+#[inline(always)]
+pub fn count_ns<const N: usize>(hist: *mut Hist<N>, l: &Layout, ns: u64) -> bool {
+    count_slot(hist, slot_of_ns(ns, l))
+}
+
+/// Adds one to `slot` of `hist` if it is one of its buckets; whether it was.
+#[inline(always)]
+pub fn count_slot<const N: usize>(hist: *mut Hist<N>, slot: usize) -> bool {
     if slot >= N {
         return false;
     }
     // SAFETY: slot is bounds-checked; hist points into a map value.
     unsafe { atomic_add(core::ptr::addr_of_mut!((*hist)[slot]), 1) };
     true
+}
+
+/// Counts `slot` of `hist` and adds `value` to its sum slot (`N - 1`).
+#[inline(always)]
+fn add_to<const N: usize>(hist: *mut Hist<N>, slot: usize, value: u64) {
+    if count_slot(hist, slot) {
+        // SAFETY: hist points into a map value; N - 1 is the sum slot.
+        unsafe { atomic_add(core::ptr::addr_of_mut!((*hist)[N - 1]), value) };
+    }
 }
 
 /// Looks `key` up in `map`, inserting `zero` first if it is missing. `None` (and a

@@ -31,7 +31,7 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use podstat_common::{
-    kernel::{Known, MAP_PREEMPT_PAIRS, MAP_WAIT, MAP_WAIT_PAIRS, Offsets, ns_to_units},
+    kernel::{Known, MAP_PREEMPT_PAIRS, MAP_WAIT, MAP_WAIT_PAIRS, Offsets},
     sched::{
         BY_OTHER_POD, DEFAULT_MAX_PREEMPT_PAIRS, DEFAULT_MAX_WAITING, PreemptPair, RUNQ_BASE_SLOTS,
         RUNQ_LAYOUT, RUNQ_MODE_SCHED_INFO, Wait, holder_class, runq_base_slot,
@@ -42,7 +42,7 @@ use podstat_common::{
 
 use crate::{
     kernel::{
-        KNOWN, atomic_add, count, get_or_insert, load, map_full, now_ns, offsets, task_cgroup_id,
+        KNOWN, atomic_add, count_ns, get_or_insert, load, map_full, now_ns, offsets, task_cgroup_id,
     },
     throttle,
 };
@@ -283,10 +283,10 @@ fn account_wait(known: *mut Known, victim_cg: u64, holder: Holder, delta: u64) {
     // SAFETY: known points into a map value.
     let pod = unsafe { (*known).pod_id };
     // SAFETY: as above.
-    let _ = count(
+    let _ = count_ns(
         unsafe { core::ptr::addr_of_mut!((*known).sched.runq) },
         &RUNQ_LAYOUT,
-        ns_to_units(delta),
+        delta,
     );
     let by = holder_class(holder.pod, pod);
     // SAFETY: `by` < 3; known points into a map value.

@@ -31,12 +31,12 @@ use aya_ebpf::{
     programs::{FEntryContext, FExitContext, ProbeContext},
 };
 use podstat_common::{
-    kernel::{DEFAULT_MAX_CGROUPS, MAP_THROTTLE_STATS, Offsets, ns_to_units},
+    kernel::{DEFAULT_MAX_CGROUPS, MAP_THROTTLE_STATS, Offsets},
     throttle::{PERIOD_LAYOUT, THREAD_LAYOUT, THROTTLE_MODE_HOOKS, ThrottleStats},
 };
 
 use crate::kernel::{
-    KNOWN, atomic_add, cgroup_kn_id, get_or_insert, now_ns, observe, offsets, read,
+    KNOWN, atomic_add, cgroup_kn_id, get_or_insert, now_ns, observe, observe_ns, offsets, read,
 };
 
 /// cgroup id → episode in progress and histograms.
@@ -137,12 +137,11 @@ unsafe fn open_episode(st: *mut ThrottleStats, tg: *const u8, now: u64, o: &Offs
         let after = now - start;
         // SAFETY: as the caller promises.
         unsafe {
-            observe(
+            observe_ns(
                 core::ptr::addr_of_mut!((*st).exhausted_after),
                 &PERIOD_LAYOUT,
-                ns_to_units(after),
                 after,
-            )
+            );
         };
         return end;
     }
@@ -160,12 +159,7 @@ unsafe fn close_episode(st: *mut ThrottleStats, now: u64, nr_cpus: u32) {
     unsafe {
         if now > (*st).start_ns {
             let pause = now - (*st).start_ns;
-            observe(
-                core::ptr::addr_of_mut!((*st).pause),
-                &PERIOD_LAYOUT,
-                ns_to_units(pause),
-                pause,
-            );
+            observe_ns(core::ptr::addr_of_mut!((*st).pause), &PERIOD_LAYOUT, pause);
             let runnable = u64::from((*st).runnable);
             observe(
                 core::ptr::addr_of_mut!((*st).runnable_threads),

@@ -187,3 +187,24 @@ pub struct NetResult {
     pub sample_every: u32,
     pub runs: Vec<NetRun>,
 }
+
+/// `podstat-test-bucketing`: ns per run of each bucketing program (`bucketing_floor`,
+/// `bucketing_native`, `bucketing_chain`) on each input set, one figure per round.
+#[derive(Serialize, Deserialize)]
+pub struct BucketingResult {
+    /// Runs per timed test run.
+    pub repeat: u32,
+    /// Values in the slot check that the kernel's slots matched userspace's, per program.
+    pub checked: BTreeMap<String, usize>,
+    pub sets: Vec<BucketingSet>,
+}
+
+/// One input set of the bucketing microbenchmark.
+#[derive(Serialize, Deserialize)]
+pub struct BucketingSet {
+    pub name: String,
+    /// What the durations stand for.
+    pub what: String,
+    /// Program name → ns per run in each round, in round order.
+    pub ns: BTreeMap<String, Vec<f64>>,
+}

@@ -13,11 +13,13 @@
 //! - [`netns`]: [`NetPair`], two namespaces joined by a veth pair.
 //! - [`expo`]: reading a scrape ([`find`], [`probe_attached`], [`Hist`]).
 //! - [`bpf`]: `bpf_stats` and per-program run time, for the benches.
+//! - [`bucketing`]: the bucketing microbenchmark's programs under `BPF_PROG_TEST_RUN`.
 //! - [`tls`]: test certificates, and [`tls::Secure`], an agent behind TLS and basic auth.
 
 pub mod agent;
 pub mod bench_json;
 pub mod bpf;
+pub mod bucketing;
 pub mod cgroup;
 pub mod churn;
 pub mod cri;

@@ -147,3 +147,19 @@ impl Logged {
         s
     }
 }
+
+/// This thread's CPU time (user and system): what a spinning load has used, or what a
+/// benchmark's syscall cost this thread without the time it was preempted.
+#[must_use]
+pub fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
+    Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
+}

@@ -301,8 +301,13 @@ fn main() -> anyhow::Result<()> {
         } => {
             prepare_bench(
                 start,
-                "building podstat, the bench scenario and the floor program's loader (release)",
-                &["podstat-test-bench", "podstat-test-floor"],
+                "building podstat, the bench scenario, the floor program's loader and the \
+                 bucketing microbenchmark (release)",
+                &[
+                    "podstat-test-bench",
+                    "podstat-test-floor",
+                    "podstat-test-bucketing",
+                ],
             )?;
             bench::all(
                 start,

@@ -153,25 +153,11 @@ fn gated(threads: usize, spin: Duration, sleep: Duration, secs: Duration, migrat
     std::process::exit(0);
 }
 
-/// This thread's CPU time.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid timespec to write into.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
-    Duration::new(
-        u64::try_from(ts.tv_sec).unwrap_or(0),
-        u32::try_from(ts.tv_nsec).unwrap_or(0),
-    )
-}
-
 /// Spins until this thread has used `d` more CPU time.
 fn burn_cpu(d: Duration) {
-    let end = thread_cpu() + d;
+    let end = podstat_tests::proc::thread_cpu_time() + d;
     let mut x = 0u64;
-    while thread_cpu() < end {
+    while podstat_tests::proc::thread_cpu_time() < end {
         for _ in 0..1000 {
             x = black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
         }
