@@ -96,7 +96,9 @@ enum Task {
     /// per-event cost of every probe program against libbpf-tools runqlat during a
     /// context-switch storm, inside a pod and outside; end-to-end storm throughput with no
     /// probe, with an empty sched_switch program (the floor), with podstat and with runqlat;
-    /// the scrape flood (agent CPU and latency at 1, 8 and 32 concurrent scrapers).
+    /// the scrape flood (agent CPU and latency at 1, 8 and 32 concurrent scrapers); pod churn;
+    /// the run-queue bucketing alone against the comparison chain it replaced (socket filters
+    /// under BPF_PROG_TEST_RUN, after checking their slots against userspace's).
     /// Needs root. Writes target/bench/report.md.
     Bench {
         /// Pods in the scrape benchmark (3 containers each).
