@@ -10,7 +10,14 @@ use std::{collections::BTreeMap, fs, path::Path};
 
 use super::ParseError;
 
-/// Parses a CPU list (`0-3,8,10-11`), as in `smp_affinity_list`, `online`, `cpulist`.
+/// The highest CPU number a list may name. Kernels build with at most 8,192 CPUs
+/// (`CONFIG_NR_CPUS`); the cap bounds what a list can make us allocate. It is on the CPU, not on
+/// a range's width, so that two ranges that meet (`0-10000,7290-65535`) and the one range
+/// they make (`0-65535`) are both accepted or both refused.
+pub const MAX_CPU: u32 = 65_535;
+
+/// Parses a CPU list (`0-3,8,10-11`), as in `smp_affinity_list`, `online`, `cpulist`. A CPU
+/// above [`MAX_CPU`] is an error.
 pub fn parse_cpu_list(s: &str) -> Result<Vec<u32>, ParseError> {
     let bad = || ParseError::CpuList(s.to_owned());
     let t = s.trim();
@@ -23,12 +30,18 @@ pub fn parse_cpu_list(s: &str) -> Result<Vec<u32>, ParseError> {
             Some((a, b)) => {
                 let a: u32 = a.trim().parse().map_err(|_| bad())?;
                 let b: u32 = b.trim().parse().map_err(|_| bad())?;
-                if b < a || b - a > 65_536 {
+                if b < a || b > MAX_CPU {
                     return Err(bad());
                 }
                 cpus.extend(a..=b);
             }
-            None => cpus.push(part.trim().parse().map_err(|_| bad())?),
+            None => {
+                let cpu: u32 = part.trim().parse().map_err(|_| bad())?;
+                if cpu > MAX_CPU {
+                    return Err(bad());
+                }
+                cpus.push(cpu);
+            }
         }
     }
     Ok(cpus)
@@ -173,6 +186,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn ranges_that_meet_parse_as_their_merged_form_does() {
+        let both = parse_cpu_list("0-10000,7290-65535").expect("within MAX_CPU");
+        let mut merged = both.clone();
+        merged.sort_unstable();
+        merged.dedup();
+        assert_eq!(merged, parse_cpu_list("0-65535").expect("the merged form"));
+    }
+
+    #[test]
     fn cpu_lists_and_masks() {
         for (s, want) in [
             ("0-3,8,10-11", Some(vec![0, 1, 2, 3, 8, 10, 11])),
@@ -180,6 +202,12 @@ mod tests {
             ("", Some(vec![])),
             ("3-1", None),
             ("x", None),
+            ("65535", Some(vec![65_535])),
+            ("65536", None),
+            ("0-65536", None),
+            // The fuzzer's procfs crash: two ranges within the old width cap that meet in a
+            // range beyond it, so the list parsed and its merged form did not.
+            ("000000-10000,7290-65537", None),
         ] {
             let got = parse_cpu_list(s);
             assert_eq!(got.clone().ok(), want, "{s:?}");
