@@ -26,23 +26,14 @@ pub fn parse_cpu_list(s: &str) -> Result<Vec<u32>, ParseError> {
         return Ok(cpus);
     }
     for part in t.split(',') {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let a: u32 = a.trim().parse().map_err(|_| bad())?;
-                let b: u32 = b.trim().parse().map_err(|_| bad())?;
-                if b < a || b > MAX_CPU {
-                    return Err(bad());
-                }
-                cpus.extend(a..=b);
-            }
-            None => {
-                let cpu: u32 = part.trim().parse().map_err(|_| bad())?;
-                if cpu > MAX_CPU {
-                    return Err(bad());
-                }
-                cpus.push(cpu);
-            }
+        // A single CPU is the range from it to itself.
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let a: u32 = a.trim().parse().map_err(|_| bad())?;
+        let b: u32 = b.trim().parse().map_err(|_| bad())?;
+        if b < a || b > MAX_CPU {
+            return Err(bad());
         }
+        cpus.extend(a..=b);
     }
     Ok(cpus)
 }
