@@ -232,8 +232,9 @@ fn v1_tree() -> CgroupTree {
 // Agent
 
 /// Starts `podstat agent` on a free loopback port with `extra` flags and the bench's
-/// `--probe.refresh-interval`, its output in `<out_dir>/<name>.log`, and waits until
-/// `/metrics` answers with a body `ready` accepts.
+/// `--probe.refresh-interval` (unless `extra` sets its own: the flag may be given once), its
+/// output in `<out_dir>/<name>.log`, and waits until `/metrics` answers with a body `ready`
+/// accepts.
 fn start_agent(
     c: &Config,
     name: &'static str,
@@ -241,7 +242,10 @@ fn start_agent(
     ready: impl Fn(&str) -> bool,
 ) -> anyhow::Result<(Logged, SocketAddr)> {
     let addr = free_addr();
-    let mut args = vec!["--probe.refresh-interval", PROBE_REFRESH];
+    let mut args = Vec::new();
+    if !extra.contains(&"--probe.refresh-interval") {
+        args.extend(["--probe.refresh-interval", PROBE_REFRESH]);
+    }
     args.extend_from_slice(extra);
     let mut agent = Logged::spawn(name, &mut agent_command(None, addr, &args), &c.out_dir)?;
     if let Err(e) = wait_metrics(&mut agent.proc, addr, ready) {
