@@ -16,7 +16,7 @@ use aya::{
     util::nr_cpus,
 };
 use podstat_common::{
-    bucketing::{HIST_MAP, INPUT_MAP, NEXT_MAP, VALUES, chain_slot},
+    bucketing::{CHAIN_BOUNDS_NS, EDGE_NS, HIST_MAP, INPUT_MAP, NEXT_MAP, VALUES, chain_slot},
     kernel::{Hist, ns_to_units, slot_of},
     sched::{RUNQ_LAYOUT, RUNQ_SLOTS},
 };
@@ -103,38 +103,16 @@ pub fn input_sets() -> Vec<InputSet> {
     ]
 }
 
-/// Durations next to every run-queue bucket edge and the chain's bounds (the ns on each side of
-/// each edge), then the extremes, padded to `VALUES` with zeros: the set the slot check uses.
+/// Durations next to every run-queue bucket edge ([`EDGE_NS`], the last ns of each slot) and the
+/// chain's bounds (the ns on each side of each), then the extremes, padded to `VALUES` with
+/// zeros: the set the slot check uses.
 #[must_use]
 pub fn edge_values() -> Vec<[u64; VALUES]> {
-    let mut all: Vec<u64> = vec![0, 1, 953, 954, 955, 1 << 31, u64::MAX];
-    // ns_to_units is monotonic: the last ns of each slot is where the slot changes.
-    let mut ns = 0u64;
-    let mut slot = expected_slot(NATIVE, 0);
-    while ns < 1_100_000_000 {
-        // Step by a tenth of the ns, enough to land within every bucket (each is 19% wide).
-        let step = (ns / 16).max(1);
-        let next = ns + step;
-        let s = expected_slot(NATIVE, next);
-        if s == slot {
-            ns = next;
-            continue;
-        }
-        // Bisect (ns, next] for the first ns of the new slot.
-        let (mut a, mut b) = (ns, next);
-        while b - a > 1 {
-            let m = a + (b - a) / 2;
-            if expected_slot(NATIVE, m) == slot {
-                a = m;
-            } else {
-                b = m;
-            }
-        }
-        all.extend([a.saturating_sub(1), a, b, b + 1]);
-        slot = s;
-        ns = b;
+    let mut all: Vec<u64> = vec![0, 1, 1 << 31, u64::MAX];
+    for e in EDGE_NS {
+        all.extend([e.saturating_sub(1), e, e + 1, e + 2]);
     }
-    for b in podstat_common::bucketing::CHAIN_BOUNDS_NS {
+    for b in CHAIN_BOUNDS_NS {
         all.extend([b - 1, b, b + 1]);
     }
     all.chunks(VALUES)
