@@ -223,20 +223,11 @@ impl Bench {
 /// # Errors
 /// `sched_setaffinity` failing.
 pub fn pin_to_current_cpu() -> Result<usize, String> {
-    // SAFETY: plain libc calls on a local, zeroed CPU set.
-    unsafe {
-        let cpu = libc::sched_getcpu();
-        let cpu = usize::try_from(cpu).map_err(|_| "sched_getcpu failed".to_owned())?;
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set) != 0 {
-            return Err(format!(
-                "sched_setaffinity: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        Ok(cpu)
-    }
+    // SAFETY: sched_getcpu has no arguments and no preconditions.
+    let cpu = usize::try_from(unsafe { libc::sched_getcpu() })
+        .map_err(|_| "sched_getcpu failed".to_owned())?;
+    crate::proc::pin_thread(cpu).map_err(|e| format!("sched_setaffinity: {e}"))?;
+    Ok(cpu)
 }
 
 /// Runs `program` once per value of each edge set and compares the kernel's histogram with

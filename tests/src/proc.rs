@@ -163,3 +163,22 @@ pub fn thread_cpu_time() -> Duration {
         u32::try_from(ts.tv_nsec).unwrap_or(0),
     )
 }
+
+/// Pins the calling thread to `cpu` (the process's other threads keep their affinity).
+///
+/// # Errors
+/// `sched_setaffinity` failing (no such CPU, or not allowed).
+pub fn pin_thread(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it, and
+    // sched_setaffinity(0) reads it for the calling thread.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

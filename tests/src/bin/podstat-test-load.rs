@@ -35,17 +35,6 @@ fn spin_for(d: Duration) {
     black_box(x);
 }
 
-/// Pins the calling thread to `cpu`.
-fn pin_to(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it, and
-    // sched_setaffinity(0) reads it for the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set);
-    }
-}
-
 /// CLOCK_MONOTONIC, ns.
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -126,7 +115,9 @@ fn gated(threads: usize, spin: Duration, sleep: Duration, secs: Duration, migrat
                         clippy::cast_possible_truncation,
                         reason = "a round count mod a CPU count"
                     )]
-                    pin_to((t + (round / migrate_every) as usize) % ncpu);
+                    let _ = podstat_tests::proc::pin_thread(
+                        (t + (round / migrate_every) as usize) % ncpu,
+                    );
                 }
             }
             let _ = done_tx.send((0, 0));

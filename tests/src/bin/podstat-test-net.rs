@@ -37,16 +37,6 @@ fn arg<T: std::str::FromStr>(args: &[String], i: usize) -> T {
         .unwrap_or_else(|| usage())
 }
 
-fn pin(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it;
-    // sched_setaffinity(0) affects only the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set);
-    }
-}
-
 fn cpus() -> usize {
     thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
@@ -58,7 +48,7 @@ fn send(args: &[String]) {
     let secs: u64 = arg(args, 5);
     let cpu: i64 = arg(args, 6);
     if let Ok(c) = usize::try_from(cpu) {
-        pin(c);
+        let _ = podstat_tests::proc::pin_thread(c);
     }
     let mut socks: Vec<TcpStream> = (0..flows)
         .map(|_| {
@@ -135,7 +125,7 @@ impl Shared {
 
 /// Pinned to `cpu`, blocking reads of thread `t`'s share of the flows.
 fn read_pinned(sh: &Shared, t: usize, threads: usize, cpu: usize) {
-    pin(cpu);
+    let _ = podstat_tests::proc::pin_thread(cpu);
     let mut buf = vec![0u8; 64 * 1024];
     let mine: Vec<usize> = (t..sh.socks.len()).step_by(threads).collect();
     for &i in &mine {
@@ -164,7 +154,7 @@ fn read_shared(sh: &Shared, t: usize, hop: Option<u64>) {
                     && n_reads.is_multiple_of(every)
                 {
                     cpu = (cpu + 1) % ncpu;
-                    pin(cpu);
+                    let _ = podstat_tests::proc::pin_thread(cpu);
                 }
             }
         }
@@ -242,7 +232,7 @@ fn usend(args: &[String]) {
     let secs: u64 = arg(args, 4);
     let cpu: i64 = arg(args, 5);
     if let Ok(c) = usize::try_from(cpu) {
-        pin(c);
+        let _ = podstat_tests::proc::pin_thread(c);
     }
     let sock = UdpSocket::bind("0.0.0.0:0").unwrap_or_else(|e| {
         eprintln!("bind: {e}");
@@ -273,7 +263,7 @@ fn urecv(args: &[String]) {
     let port: u16 = arg(args, 2);
     let secs: u64 = arg(args, 3);
     let cpu: usize = arg(args, 4);
-    pin(cpu);
+    let _ = podstat_tests::proc::pin_thread(cpu);
     let sock = UdpSocket::bind(("0.0.0.0", port)).unwrap_or_else(|e| {
         eprintln!("bind {port}: {e}");
         std::process::exit(1)
@@ -324,7 +314,7 @@ fn orecv(args: &[String]) {
     let port: u16 = arg(args, 3);
     let secs: u64 = arg(args, 4);
     let cpu: usize = arg(args, 5);
-    pin(cpu);
+    let _ = podstat_tests::proc::pin_thread(cpu);
     let end = Instant::now() + Duration::from_secs(secs);
     let mut tally: BTreeMap<(i32, i32), u64> = BTreeMap::new();
     let mut buf = vec![0u8; 64 * 1024];
