@@ -221,12 +221,25 @@ unsafe extern "C" {
     fn libc_geteuid() -> u32;
 }
 
+/// Runs the task; a failure is printed as its chain of causes on one line, without the
+/// backtrace anyhow adds under `RUST_BACKTRACE` (a CI log's tail is kept for the reason, and
+/// every error here names what failed).
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match task(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[expect(
     clippy::too_many_lines,
     reason = "the subcommand table: one arm per task"
 )]
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn task(cli: Cli) -> anyhow::Result<()> {
     let start = Instant::now();
     match cli.cmd {
         Task::Setup { test_deps } => {

@@ -410,6 +410,7 @@ pub fn node(start: Instant) -> anyhow::Result<()> {
                 result: RESULT,
                 within: RUN_TIMEOUT,
                 echo: &["podstat-node:"],
+                heartbeat: None,
             },
             &console_log,
             |line| {
@@ -418,11 +419,7 @@ pub fn node(start: Instant) -> anyhow::Result<()> {
                 }
             },
         )?;
-        let why = vm::boot_again(
-            seen.verdict.as_deref() == Some("PASS"),
-            seen.up_at.is_some(),
-            &console_log,
-        );
+        let why = vm::boot_again(seen.verdict.as_deref() == Some("PASS"), &seen, &console_log);
         let Some(why) = why.filter(|_| attempt == 1) else {
             break (seen, t);
         };

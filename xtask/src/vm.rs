@@ -32,6 +32,17 @@ const RESULT: &str = "PODSTAT-VM RESULT ";
     reason = "seconds, as the messages print it; from_mins is newer than the MSRV"
 )]
 const GUEST_TIMEOUT: Duration = Duration::from_secs(240);
+/// The heartbeat line `/init` prints every 5 s from a shell loop apart from the scenario.
+const HEARTBEAT: &str = "podstat-vm-heartbeat:";
+/// How long the heartbeat may be missing before the guest is taken for hung. The scenario's
+/// busy threads are capped by CFS limits, so a live guest runs the loop within a few seconds.
+#[expect(
+    clippy::duration_suboptimal_units,
+    reason = "seconds, as the messages print it; from_mins is newer than the MSRV"
+)]
+const HEARTBEAT_LOST: Duration = Duration::from_secs(60);
+/// How many lines of a failed guest's console the matrix prints at its end.
+const TAIL: usize = 40;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,6 +70,8 @@ pub struct Outcome {
     pub passed: bool,
     pub detail: String,
     pub secs: f64,
+    /// The guest's serial console (the last boot's).
+    pub log: PathBuf,
 }
 
 /// `xtask/vm-kernels.toml`, or `PODSTAT_VM_KERNELS` (to try a pin before writing it down).
@@ -509,6 +522,7 @@ mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || mount -t debugfs deb
 mount -t bpf bpf /sys/fs/bpf
 ip link set lo up
 echo +cpu > /sys/fs/cgroup/cgroup.subtree_control
+(while :; do sleep 5; echo "podstat-vm-heartbeat: up $(cut -d' ' -f1 /proc/uptime) s"; done) &
 echo "podstat-vm: guest up: $(uname -r), $(nproc) CPUs"
 PODSTAT_BIN=/bin/podstat RUST_BACKTRACE=1 /bin/podstat-test-vm /podstat-vm/expect
 rc=$?
@@ -634,13 +648,19 @@ pub struct Console<'a> {
     pub within: Duration,
     /// Lines starting with one of these are echoed to stderr (progress).
     pub echo: &'a [&'a str],
+    /// A line the guest prints on its own every few seconds from `up` on (a process apart from
+    /// the scenario), and how long it may be missing before the guest is taken for hung: its
+    /// kernel or the emulator, since a hung scenario does not stop it. None: no heartbeat.
+    pub heartbeat: Option<(&'a str, Duration)>,
 }
 
 /// What the console said: the verdict (None: none within the time), when `up` was seen (s
-/// after qemu started; None: never) and whether qemu was killed.
+/// after qemu started; None: never), and when the heartbeat stopped (s after qemu started,
+/// the last beat's time; None: it did not, or there is none).
 pub struct Seen {
     pub verdict: Option<String>,
     pub up_at: Option<f64>,
+    pub heartbeat_lost: Option<f64>,
 }
 
 /// Runs qemu (`cmd`, its serial console on stdout) and reads the console into `log`, calling
@@ -672,19 +692,32 @@ pub fn run_console(
     let mut file = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let mut verdict = None;
     let mut up_at = None;
+    let mut heartbeat_lost = None;
+    // The last heartbeat, or `up` (the guest starts beating then).
+    let mut last_beat = None;
     loop {
         let limit = if up_at.is_some() {
             c.within
         } else {
             c.up_within.min(c.within)
         };
-        let left = (t0 + limit).saturating_duration_since(Instant::now());
+        let beat_due = c
+            .heartbeat
+            .zip(last_beat)
+            .filter(|_| verdict.is_none())
+            .map(|((_, every), last): ((&str, Duration), Instant)| last + every);
+        let until = beat_due.map_or(t0 + limit, |d| d.min(t0 + limit));
+        let left = until.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(line) => {
                 let line = line.trim_end_matches('\r').to_owned();
                 writeln!(file, "{line}")?;
                 if up_at.is_none() && line.contains(c.up) {
                     up_at = Some(t0.elapsed().as_secs_f64());
+                    last_beat = Some(Instant::now());
+                }
+                if c.heartbeat.is_some_and(|(beat, _)| line.contains(beat)) {
+                    last_beat = Some(Instant::now());
                 }
                 if c.echo.iter().any(|e| line.starts_with(e)) || line.contains("panicked") {
                     eprintln!("  [{}] {line}", c.name);
@@ -694,6 +727,12 @@ pub fn run_console(
                 if let Some(at) = line.find(c.result) {
                     verdict = Some(line[at + c.result.len()..].trim().to_owned());
                 }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout)
+                if beat_due.is_some_and(|d| Instant::now() >= d) =>
+            {
+                heartbeat_lost = last_beat.map(|b| b.duration_since(t0).as_secs_f64());
+                break;
             }
             // qemu exited, or the guest is out of time.
             Err(_) => break,
@@ -717,7 +756,11 @@ pub fn run_console(
     if !stderr.trim().is_empty() {
         writeln!(file, "--- qemu stderr ---\n{stderr}")?;
     }
-    Ok(Seen { verdict, up_at })
+    Ok(Seen {
+        verdict,
+        up_at,
+        heartbeat_lost,
+    })
 }
 
 /// qemu under software emulation (see GUEST_TIMEOUT), 2 CPUs, serial console on stdout.
@@ -742,13 +785,13 @@ pub fn qemu(memory_mib: u32, kernel: &Path, append: &str) -> Command {
 
 /// Boots one kernel and reads its verdict from the serial console. The console is kept in
 /// target/vm-cache/logs/<name>.log.
-/// The verdict: passed, what the console said, and whether the guest reached `/init` at all.
+/// The verdict: passed, what the console said (or why it said nothing), and what was seen.
 fn boot(
     k: &Kernel,
     vmlinuz: &Path,
     initrd: &Path,
     log: &Path,
-) -> anyhow::Result<(bool, String, bool)> {
+) -> anyhow::Result<(bool, String, Seen)> {
     let mut cmd = qemu(
         1024,
         vmlinuz,
@@ -764,24 +807,31 @@ fn boot(
             result: RESULT,
             within: GUEST_TIMEOUT,
             echo: &["podstat-vm:"],
+            heartbeat: Some((HEARTBEAT, HEARTBEAT_LOST)),
         },
         log,
         |_| {},
     )?;
-    let reached_init = seen.up_at.is_some();
-    Ok(match seen.verdict {
-        Some(v) if v == "PASS" => (true, "PASS".into(), reached_init),
-        Some(v) => (false, v, reached_init),
-        None => (
+    let (passed, verdict) = match (&seen.verdict, seen.heartbeat_lost) {
+        (Some(v), _) => (v == "PASS", v.clone()),
+        (None, Some(at)) => (
+            false,
+            format!(
+                "the guest hung: its heartbeat stopped {at:.0}s after qemu started, none for {}s (see {})",
+                HEARTBEAT_LOST.as_secs(),
+                log.display()
+            ),
+        ),
+        (None, None) => (
             false,
             format!(
                 "no result line within {}s (see {})",
                 GUEST_TIMEOUT.as_secs(),
                 log.display()
             ),
-            reached_init,
         ),
-    })
+    };
+    Ok((passed, verdict, seen))
 }
 
 /// Whether the guest's console shows the kernel trapping on a text patch's int3 (`Oops:
@@ -790,24 +840,55 @@ fn stale_text_patch(log: &Path) -> bool {
     fs::read(log).is_ok_and(|b| String::from_utf8_lossy(&b).contains("Oops: int3"))
 }
 
-/// Why a guest that did not pass is booted once more, if it is: its kernel died, not a check.
-/// Under TCG a live text patch (the int3 of text_poke_bp, for jump labels and BPF trampolines)
-/// is occasionally executed stale on the other vCPU. Seen on 6.12 at boot (an Oops in
-/// sched_clock_cpu at 2 s, before /init, in the matrix and in the node) and on 6.18 while the
-/// agent attached its programs ("Oops: int3" in enqueue_task_fair, a CI run of 2026-12-03).
-/// That is the emulator's cross-modifying code, not podstat. `reached` is whether the guest's
-/// own program started; `log` its console. A guest whose scenario failed a check is never
+/// Why a guest that did not pass is booted once more, if it is: its kernel died or hung, not
+/// a check.
+/// - Under TCG a live text patch (the int3 of text_poke_bp, for jump labels and BPF
+///   trampolines) is occasionally executed stale on the other vCPU. Seen on 6.12 at boot (an
+///   Oops in sched_clock_cpu at 2 s, before /init, in the matrix and in the node) and on 6.18
+///   while the agent attached its programs ("Oops: int3" in enqueue_task_fair, a CI run of
+///   2026-12-03). That is the emulator's cross-modifying code, not podstat.
+/// - A guest whose heartbeat (a shell loop apart from the scenario) stopped: its kernel or the
+///   emulator hung. A CI run of 2026-12-07 saw 5.10 print nothing to its end at 240 s; 8 runs
+///   here passed in 30-32 s each.
+/// - A guest that never started its own program.
+///
+/// A guest whose scenario failed a check, or hung while the heartbeat went on, is never
 /// booted again (None).
-pub fn boot_again(passed: bool, reached: bool, log: &Path) -> Option<&'static str> {
+pub fn boot_again(passed: bool, seen: &Seen, log: &Path) -> Option<String> {
     if passed {
         None
     } else if stale_text_patch(log) {
-        Some("Oops: int3, a stale text patch")
-    } else if reached {
+        Some("Oops: int3, a stale text patch".into())
+    } else if let Some(at) = seen.heartbeat_lost {
+        Some(format!("its heartbeat stopped {at:.0}s after qemu started"))
+    } else if seen.up_at.is_some() {
         None
     } else {
-        Some("before the guest's own program started")
+        Some("before the guest's own program started".into())
     }
+}
+
+/// The last `n` lines of a console log but heartbeats, indented, then the last heartbeat,
+/// for a failure's report.
+pub fn console_tail(log: &Path, n: usize) -> String {
+    let text = match fs::read(log) {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) => return format!("    (cannot read {}: {e})\n", log.display()),
+    };
+    let (beats, lines): (Vec<&str>, Vec<&str>) = text.lines().partition(|l| l.contains(HEARTBEAT));
+    let mut out =
+        lines[lines.len().saturating_sub(n)..]
+            .iter()
+            .fold(String::new(), |mut out, l| {
+                let _ = writeln!(out, "    | {l}");
+                out
+            });
+    let _ = writeln!(
+        out,
+        "    last heartbeat: {}",
+        beats.last().map_or("none", |b| b.trim())
+    );
+    out
 }
 
 /// The names of the kernels that failed.
@@ -847,13 +928,13 @@ pub fn matrix(start: Instant, kernels: &[Kernel]) -> anyhow::Result<Vec<Outcome>
         fs::write(&initrd, initramfs(k, &bins, &busybox)?)
             .with_context(|| format!("writing {}", initrd.display()))?;
         let log = logs.join(format!("{}.log", k.name));
-        let (mut passed, mut verdict, reached_init) = boot(k, vmlinuz, &initrd, &log)?;
-        if let Some(why) = boot_again(passed, reached_init, &log) {
+        let (mut passed, mut verdict, seen) = boot(k, vmlinuz, &initrd, &log)?;
+        if let Some(why) = boot_again(passed, &seen, &log) {
             // Boot once more, keeping the first console.
             let first = logs.join(format!("{}.boot1.log", k.name));
             fs::rename(&log, &first)?;
             eprintln!(
-                "kernel {}: the guest's kernel died ({why}; {verdict}; console kept in {}); booting once more",
+                "kernel {}: the guest's kernel died or hung ({why}; {verdict}; console kept in {}); booting once more",
                 k.name,
                 first.display()
             );
@@ -872,6 +953,7 @@ pub fn matrix(start: Instant, kernels: &[Kernel]) -> anyhow::Result<Vec<Outcome>
             passed,
             detail,
             secs,
+            log,
         });
     }
     eprintln!("\nkernel matrix:");
@@ -886,6 +968,15 @@ pub fn matrix(start: Instant, kernels: &[Kernel]) -> anyhow::Result<Vec<Outcome>
             if o.passed { "PASS" } else { "FAIL" },
             o.secs,
             o.detail
+        );
+    }
+    // Last, so that a run's tail shows why a guest failed.
+    for o in outcomes.iter().filter(|o| !o.passed) {
+        eprintln!(
+            "\nkernel {}: the last {TAIL} lines of its console ({}):\n{}",
+            o.name,
+            o.log.display(),
+            console_tail(&o.log, TAIL)
         );
     }
     Ok(outcomes)
@@ -913,10 +1004,91 @@ mod tests {
         .expect("log");
         assert!(!stale_text_patch(&log));
         assert!(!stale_text_patch(&dir.join("missing.log")));
-        // A failed check is not booted again; a guest that never started its program is.
-        assert_eq!(boot_again(false, true, &log), None);
-        assert!(boot_again(false, false, &log).is_some());
-        assert_eq!(boot_again(true, true, &log), None);
+        // A failed check is not booted again; a guest that never started its program is, and
+        // so is one whose heartbeat stopped.
+        let seen = |up_at, heartbeat_lost| Seen {
+            verdict: None,
+            up_at,
+            heartbeat_lost,
+        };
+        assert_eq!(boot_again(false, &seen(Some(9.0), None), &log), None);
+        assert!(boot_again(false, &seen(None, None), &log).is_some());
+        assert!(boot_again(false, &seen(Some(9.0), Some(40.0)), &log).is_some());
+        assert_eq!(boot_again(true, &seen(Some(9.0), None), &log), None);
+        fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    /// A stand-in for qemu: a shell that prints `script`'s lines, then `exec`s into a sleep
+    /// (so that killing it closes the console).
+    fn fake_guest(script: &str, log: &Path, heartbeat: Duration) -> (Seen, Duration) {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", script]);
+        let t = Instant::now();
+        let seen = run_console(
+            &mut cmd,
+            &Console {
+                name: "fake",
+                up: "guest up",
+                up_within: Duration::from_secs(20),
+                result: RESULT,
+                within: Duration::from_secs(20),
+                echo: &[],
+                heartbeat: Some(("beat", heartbeat)),
+            },
+            log,
+            |_| {},
+        )
+        .expect("run_console");
+        (seen, t.elapsed())
+    }
+
+    #[test]
+    fn a_guest_whose_heartbeat_stops_is_told_from_one_that_hangs_or_passes() {
+        let dir = std::env::temp_dir().join(format!("podstat-test-vm-beat-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("temp dir");
+        let log = dir.join("guest.log");
+        let beat = Duration::from_millis(700);
+        // The kernel hangs: up, two beats, then nothing. Ended at the missing beat, not at 20 s.
+        let (seen, took) = fake_guest(
+            "echo guest up; echo beat; sleep 0.2; echo beat; exec sleep 30",
+            &log,
+            beat,
+        );
+        assert!(seen.verdict.is_none());
+        assert!(
+            seen.heartbeat_lost.is_some_and(|at| at < 1.0),
+            "{:?}",
+            seen.heartbeat_lost
+        );
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        assert!(boot_again(false, &seen, &log).is_some());
+        // The scenario runs 3 s, longer than the heartbeat's limit, while the heartbeat goes
+        // on: nothing is missed, its verdict is read, and a failed one is not booted again.
+        let (seen, _) = fake_guest(
+            "echo guest up; i=0; while [ $i -lt 12 ]; do echo beat; sleep 0.25; i=$((i+1)); done; echo 'PODSTAT-VM RESULT FAIL exit=1'",
+            &log,
+            beat,
+        );
+        assert_eq!(seen.verdict.as_deref(), Some("FAIL exit=1"));
+        assert_eq!(seen.heartbeat_lost, None);
+        assert_eq!(boot_again(false, &seen, &log), None);
+        // A passing guest with no beat after its verdict: the verdict ends the wait for beats.
+        let (seen, took) = fake_guest(
+            "echo guest up; echo 'PODSTAT-VM RESULT PASS'; sleep 1.5",
+            &log,
+            beat,
+        );
+        assert_eq!(seen.verdict.as_deref(), Some("PASS"));
+        assert_eq!(seen.heartbeat_lost, None);
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        let tail = console_tail(&log, 1);
+        assert!(tail.contains("RESULT PASS") && tail.contains("last heartbeat: none"));
+        fs::write(&log, "podstat-vm: agent up\npodstat-vm-heartbeat: up 9 s\n").expect("log");
+        let tail = console_tail(&log, 1);
+        assert!(
+            tail.contains("agent up")
+                && tail.contains("last heartbeat: podstat-vm-heartbeat: up 9 s")
+        );
         fs::remove_dir_all(&dir).expect("cleanup");
     }
 
