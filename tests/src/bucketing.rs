@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use anyhow::{Context as _, bail, ensure};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, PerCpuValues},
@@ -134,22 +135,22 @@ impl Bench {
     ///
     /// # Errors
     /// No eBPF object in this build, or the kernel refusing a program.
-    pub fn load() -> Result<Self, String> {
+    pub fn load() -> anyhow::Result<Self> {
         let object = podstat::probe::object();
-        if object.is_empty() {
-            return Err("this build has no eBPF object (run it through `cargo xtask`)".into());
-        }
+        ensure!(
+            !object.is_empty(),
+            "this build has no eBPF object (run it through `cargo xtask`)"
+        );
         let mut ebpf = EbpfLoader::new()
             .load(object)
-            .map_err(|e| format!("loading the eBPF object: {}", podstat::util::chain(&e)))?;
+            .context("loading the eBPF object")?;
         for name in PROGRAMS {
             let prog: &mut SocketFilter = ebpf
                 .program_mut(name)
-                .ok_or_else(|| format!("the eBPF object has no program {name}"))?
+                .with_context(|| format!("the eBPF object has no program {name}"))?
                 .try_into()
-                .map_err(|e| format!("{name}: {e}"))?;
-            prog.load()
-                .map_err(|e| format!("loading {name}: {}", podstat::util::chain(&e)))?;
+                .with_context(|| format!("{name} is not a socket filter"))?;
+            prog.load().with_context(|| format!("loading {name}"))?;
         }
         Ok(Self { ebpf })
     }
@@ -159,47 +160,46 @@ impl Bench {
     ///
     /// # Errors
     /// A map update failing.
-    pub fn set_input(&mut self, values: &[u64; VALUES]) -> Result<(), String> {
+    pub fn set_input(&mut self, values: &[u64; VALUES]) -> anyhow::Result<()> {
         let mut input: Array<&mut MapData, [u64; VALUES]> =
-            Array::try_from(self.map(INPUT_MAP)?).map_err(|e| format!("{INPUT_MAP}: {e}"))?;
+            Array::try_from(self.map(INPUT_MAP)?).context(INPUT_MAP)?;
         input
             .set(0, values, 0)
-            .map_err(|e| format!("writing {INPUT_MAP}: {e}"))?;
-        let cpus = nr_cpus().map_err(|(_, e)| format!("counting CPUs: {e}"))?;
+            .with_context(|| format!("writing {INPUT_MAP}"))?;
+        let cpus = nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
         let mut next: PerCpuArray<&mut MapData, u32> =
-            PerCpuArray::try_from(self.map(NEXT_MAP)?).map_err(|e| format!("{NEXT_MAP}: {e}"))?;
-        let zeros =
-            PerCpuValues::try_from(vec![0u32; cpus]).map_err(|e| format!("per-CPU zeros: {e}"))?;
+            PerCpuArray::try_from(self.map(NEXT_MAP)?).context(NEXT_MAP)?;
+        let zeros = PerCpuValues::try_from(vec![0u32; cpus]).context("per-CPU zeros")?;
         next.set(0, zeros, 0)
-            .map_err(|e| format!("writing {NEXT_MAP}: {e}"))?;
+            .with_context(|| format!("writing {NEXT_MAP}"))?;
         let mut hist: Array<&mut MapData, Hist<RUNQ_SLOTS>> =
-            Array::try_from(self.map(HIST_MAP)?).map_err(|e| format!("{HIST_MAP}: {e}"))?;
+            Array::try_from(self.map(HIST_MAP)?).context(HIST_MAP)?;
         hist.set(0, [0; RUNQ_SLOTS], 0)
-            .map_err(|e| format!("writing {HIST_MAP}: {e}"))
+            .with_context(|| format!("writing {HIST_MAP}"))
     }
 
     /// The histogram the programs counted into.
     ///
     /// # Errors
     /// The map read failing.
-    pub fn hist(&mut self) -> Result<Hist<RUNQ_SLOTS>, String> {
+    pub fn hist(&mut self) -> anyhow::Result<Hist<RUNQ_SLOTS>> {
         let hist: Array<&mut MapData, Hist<RUNQ_SLOTS>> =
-            Array::try_from(self.map(HIST_MAP)?).map_err(|e| format!("{HIST_MAP}: {e}"))?;
+            Array::try_from(self.map(HIST_MAP)?).context(HIST_MAP)?;
         hist.get(&0, 0)
-            .map_err(|e| format!("reading {HIST_MAP}: {e}"))
+            .with_context(|| format!("reading {HIST_MAP}"))
     }
 
     /// Runs `program` `runs` times in one test run; this thread's CPU time for it.
     ///
     /// # Errors
     /// No such program, or the test run failing.
-    pub fn run(&self, program: &str, runs: u32) -> Result<Duration, String> {
+    pub fn run(&self, program: &str, runs: u32) -> anyhow::Result<Duration> {
         let prog: &SocketFilter = self
             .ebpf
             .program(program)
-            .ok_or_else(|| format!("the eBPF object has no program {program}"))?
+            .with_context(|| format!("the eBPF object has no program {program}"))?
             .try_into()
-            .map_err(|e| format!("{program}: {e}"))?;
+            .with_context(|| format!("{program} is not a socket filter"))?;
         let opts = TestRunOptions {
             data_in: Some(&PACKET),
             repeat: runs,
@@ -207,14 +207,14 @@ impl Bench {
         };
         let before = crate::proc::thread_cpu_time();
         prog.test_run(opts)
-            .map_err(|e| format!("test run of {program}: {}", podstat::util::chain(&e)))?;
+            .with_context(|| format!("test run of {program}"))?;
         Ok(crate::proc::thread_cpu_time().saturating_sub(before))
     }
 
-    fn map(&mut self, name: &str) -> Result<&mut aya::maps::Map, String> {
+    fn map(&mut self, name: &str) -> anyhow::Result<&mut aya::maps::Map> {
         self.ebpf
             .map_mut(name)
-            .ok_or_else(|| format!("the eBPF object has no map {name}"))
+            .with_context(|| format!("the eBPF object has no map {name}"))
     }
 }
 
@@ -222,11 +222,12 @@ impl Bench {
 ///
 /// # Errors
 /// `sched_setaffinity` failing.
-pub fn pin_to_current_cpu() -> Result<usize, String> {
+pub fn pin_to_current_cpu() -> anyhow::Result<usize> {
     // SAFETY: sched_getcpu has no arguments and no preconditions.
     let cpu = usize::try_from(unsafe { libc::sched_getcpu() })
-        .map_err(|_| "sched_getcpu failed".to_owned())?;
-    crate::proc::pin_thread(cpu).map_err(|e| format!("sched_setaffinity: {e}"))?;
+        .map_err(|_| std::io::Error::last_os_error())
+        .context("sched_getcpu")?;
+    crate::proc::pin_thread(cpu).context("sched_setaffinity")?;
     Ok(cpu)
 }
 
@@ -235,7 +236,7 @@ pub fn pin_to_current_cpu() -> Result<usize, String> {
 ///
 /// # Errors
 /// A run failing, or the first set whose histogram differs (with the slots that differ).
-pub fn check_slots(bench: &mut Bench, program: &str) -> Result<usize, String> {
+pub fn check_slots(bench: &mut Bench, program: &str) -> anyhow::Result<usize> {
     let sets = edge_values();
     let mut checked = 0;
     for set in &sets {
@@ -253,12 +254,12 @@ pub fn check_slots(bench: &mut Bench, program: &str) -> Result<usize, String> {
                 .filter(|&i| got[i] != want[i])
                 .map(|i| format!("slot {i}: kernel {} userspace {}", got[i], want[i]))
                 .collect();
-            return Err(format!(
+            bail!(
                 "{program}: the kernel's slots differ from userspace's for the set starting \
                  {:?}: {}",
                 &set[..4],
                 diff.join(", ")
-            ));
+            );
         }
         checked += set.len();
     }

@@ -547,10 +547,11 @@ fn runqueue_latency_agrees_with_schedstat_in_wakeup_mode() {
 fn kernel_bucketing_finds_the_slots_userspace_computes() {
     use podstat_tests::bucketing::{Bench, CHAIN, NATIVE, SEARCH, check_slots, pin_to_current_cpu};
     require_root();
-    pin_to_current_cpu().unwrap_or_else(|e| panic!("pinning the test thread: {e}"));
-    let mut bench = Bench::load().unwrap_or_else(|e| panic!("loading the bucketing programs: {e}"));
+    pin_to_current_cpu().unwrap_or_else(|e| panic!("pinning the test thread: {e:#}"));
+    let mut bench =
+        Bench::load().unwrap_or_else(|e| panic!("loading the bucketing programs: {e:#}"));
     for program in [NATIVE, CHAIN, SEARCH] {
-        let n = check_slots(&mut bench, program).unwrap_or_else(|e| panic!("{e}"));
+        let n = check_slots(&mut bench, program).unwrap_or_else(|e| panic!("{e:#}"));
         assert!(n >= 2 * 81, "{program}: only {n} values checked");
     }
 }

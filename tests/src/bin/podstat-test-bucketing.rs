@@ -14,7 +14,7 @@ use podstat_tests::{
     },
 };
 
-fn run(rounds: usize) -> Result<BucketingResult, String> {
+fn run(rounds: usize) -> anyhow::Result<BucketingResult> {
     let cpu = pin_to_current_cpu()?;
     let mut bench = Bench::load()?;
     let mut checked = BTreeMap::new();
@@ -52,31 +52,27 @@ fn run(rounds: usize) -> Result<BucketingResult, String> {
 fn main() -> ExitCode {
     let mut rounds = 21;
     let mut args = std::env::args().skip(1);
+    let usage = || {
+        eprintln!("usage: podstat-test-bucketing [--out-dir DIR] [--rounds N (≥ 1)]");
+        ExitCode::from(2)
+    };
     while let Some(a) = args.next() {
         match (a.as_str(), args.next()) {
             ("--out-dir", Some(_)) => {}
-            ("--rounds", Some(n)) if n.parse::<usize>().is_ok_and(|n| n > 0) => {
-                rounds = n.parse().unwrap_or(rounds);
-            }
-            _ => {
-                eprintln!("usage: podstat-test-bucketing [--out-dir DIR] [--rounds N (≥ 1)]");
-                return ExitCode::from(2);
-            }
+            ("--rounds", Some(n)) => match n.parse::<usize>() {
+                Ok(n @ 1..) => rounds = n,
+                _ => return usage(),
+            },
+            _ => return usage(),
         }
     }
-    match run(rounds) {
-        Ok(r) => match serde_json::to_string(&r) {
-            Ok(json) => {
-                println!("{{\"bucketing\":{json}}}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("podstat-test-bucketing: {e}");
-                ExitCode::FAILURE
-            }
-        },
+    match run(rounds).and_then(|r| Ok(serde_json::to_string(&r)?)) {
+        Ok(json) => {
+            println!("{{\"bucketing\":{json}}}");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
-            eprintln!("podstat-test-bucketing: {e}");
+            eprintln!("podstat-test-bucketing: {e:#}");
             ExitCode::FAILURE
         }
     }
