@@ -476,11 +476,19 @@ const LOADED_WORKLOAD: Oracle = Oracle {
     shares: ORACLE_WORKLOADS[1].shares,
 };
 
+/// On this repository's test host the count comes out 0.9905-1.0000x `pcount` with the sum
+/// exact: its kernel sometimes switches to a task without the `sched_switch` tracepoint (a
+/// `sched_switch` ftrace misses the same switches), and `pcount` counts those switch-ins too
+/// (docs/probes.md, "Switch-ins no tracepoint shows"). The qemu guests' Debian kernels count
+/// exactly.
 fn assert_count_agrees(got: &Agreement) {
     assert!(
         got.count_agrees(),
-        "run-queue waits counted {:.4}x the kernel's pcount (allowed ±1%)",
-        got.count_ratio()
+        "run-queue waits counted {:.4}x the kernel's pcount (allowed ±1%; with the sum \
+         {:.4}x: a count short with an exact sum is switch-ins the kernel made without the \
+         sched_switch tracepoint, see docs/probes.md)",
+        got.count_ratio(),
+        got.sum_ratio()
     );
 }
 
